@@ -1,0 +1,261 @@
+"""SteeringVector: one direction per layer plus the metadata that says what it was built for."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+
+METADATA_KEY = "steerlab"
+FORMAT_VERSION = 1
+
+
+class IncompatibleVectorError(ValueError):
+    """A vector cannot be applied to this model: other hidden size or missing layers."""
+
+
+class VectorFileError(ValueError):
+    """A vector file is missing, unreadable, or not a steerlab vector."""
+
+
+class ModelMismatchWarning(UserWarning):
+    """A vector built on another model of the same shape is being applied."""
+
+
+class TaskMismatchWarning(UserWarning):
+    """A vector built for one task is being applied for another."""
+
+
+@dataclass
+class VectorMeta:
+    """What a vector was built from and for; stored as JSON in the safetensors header."""
+
+    model_name: str
+    hidden_size: int
+    num_layers: int
+    method: str
+    model_fingerprint: str = ""
+    model_type: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
+    residual_norms: dict[str, float] = field(default_factory=dict)
+    recommended: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    steerlab_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def for_model(cls, lm: "LoadedModel", method: str, **kwargs: Any) -> "VectorMeta":
+        return cls(
+            model_name=lm.name,
+            hidden_size=lm.hidden_size,
+            num_layers=lm.num_layers,
+            method=method,
+            model_fingerprint=lm.fingerprint,
+            model_type=str(getattr(lm.model.config, "model_type", "")),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "VectorMeta":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VectorFileError(f"{source}: the steerlab metadata is not valid JSON ({exc})") from None
+        known = {f.name for f in fields(cls)}
+        missing = [k for k in ("model_name", "hidden_size", "num_layers", "method") if k not in raw]
+        if missing:
+            raise VectorFileError(f"{source}: the metadata lacks {', '.join(missing)}")
+        # Fields from a newer steerlab are kept readable rather than rejected.
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass
+class SteeringVector:
+    """Per-layer directions (layer index -> [hidden_size] tensor) and their metadata.
+
+    Supports ``v1 + v2``, ``v1 - v2`` and ``3.0 * v`` for vectors of the same model.
+    """
+
+    directions: dict[int, torch.Tensor]
+    meta: VectorMeta
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise ValueError("a steering vector needs at least one layer")
+        clean = {}
+        for layer, tensor in self.directions.items():
+            tensor = torch.as_tensor(tensor).detach().float().cpu()
+            if tensor.ndim != 1 or tensor.shape[0] != self.meta.hidden_size:
+                raise ValueError(
+                    f"layer {layer}: direction has shape {tuple(tensor.shape)}, expected ({self.meta.hidden_size},)"
+                )
+            clean[int(layer)] = tensor
+        self.directions = dict(sorted(clean.items()))
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.directions)
+
+    def norms(self) -> dict[int, float]:
+        return {layer: float(t.norm()) for layer, t in self.directions.items()}
+
+    # ---- arithmetic -------------------------------------------------------------------------------
+    def _combine(self, other: "SteeringVector", sign: float) -> "SteeringVector":
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if (other.meta.hidden_size, other.meta.model_name) != (self.meta.hidden_size, self.meta.model_name):
+            raise IncompatibleVectorError(
+                f"cannot combine a vector for {self.meta.model_name} (hidden size {self.meta.hidden_size}) "
+                f"with one for {other.meta.model_name} (hidden size {other.meta.hidden_size})"
+            )
+        out = {k: v.clone() for k, v in self.directions.items()}
+        for layer, tensor in other.directions.items():
+            out[layer] = out.get(layer, torch.zeros_like(tensor)) + sign * tensor
+        op = "+" if sign > 0 else "-"
+        meta = replace(self.meta, method="arithmetic", params={"expression": f"({self.meta.method}) {op} ({other.meta.method})"},
+                       task=self.meta.task if self.meta.task == other.meta.task else "")
+        return SteeringVector(out, meta)
+
+    def __add__(self, other: "SteeringVector") -> "SteeringVector":
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: "SteeringVector") -> "SteeringVector":
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scalar: float) -> "SteeringVector":
+        if not isinstance(scalar, (int, float)):
+            return NotImplemented
+        return SteeringVector({k: v * float(scalar) for k, v in self.directions.items()}, replace(self.meta))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "SteeringVector":
+        return self * -1.0
+
+    # ---- safety rails -----------------------------------------------------------------------------
+    def check_compatible(self, lm: "LoadedModel", layers: list[int] | None = None, task: str | None = None) -> None:
+        """Refuse a model of another shape; warn for another model of this shape or another task."""
+        m = self.meta
+        if m.hidden_size != lm.hidden_size:
+            raise IncompatibleVectorError(
+                f"this vector was built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers) "
+                f"and cannot be applied to {lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers); "
+                f"build a vector on {lm.name} instead"
+            )
+        wanted = self.layers if layers is None else list(layers)
+        bad = [layer for layer in wanted if not 0 <= layer < lm.num_layers]
+        if bad:
+            raise IncompatibleVectorError(
+                f"layer {bad[0]} is out of range for {lm.name}, which has layers 0..{lm.num_layers - 1} "
+                f"(the vector was built for {m.model_name} with {m.num_layers} layers)"
+            )
+        missing = [layer for layer in wanted if layer not in self.directions]
+        if missing:
+            raise IncompatibleVectorError(
+                f"the vector has no direction for layer {missing[0]}; it has layers {self.layers}"
+            )
+        same_model = (m.model_fingerprint and m.model_fingerprint == lm.fingerprint) or (
+            not m.model_fingerprint and m.model_name == lm.name
+        )
+        if not same_model:
+            warnings.warn(
+                f"this vector was built for {m.model_name} but is applied to {lm.name} (same hidden size "
+                f"{lm.hidden_size}); its effect there is untested",
+                ModelMismatchWarning,
+                stacklevel=3,
+            )
+        if task and m.task and task != m.task:
+            warnings.warn(
+                f"this vector was built for task '{m.task}' but is applied for task '{task}'; "
+                "steering vectors rarely transfer between tasks",
+                TaskMismatchWarning,
+                stacklevel=3,
+            )
+
+    # ---- files ------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write safetensors (metadata in the header) atomically; refuse to replace a file unless asked."""
+        path = Path(path)
+        tensors = {f"layer.{layer}": t.contiguous() for layer, t in self.directions.items()}
+        blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(self.meta), sort_keys=True)})
+        write_atomic(path, blob, overwrite=overwrite)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SteeringVector":
+        """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
+        path = Path(path)
+        if not path.is_file():
+            raise VectorFileError(f"{path}: no such vector file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for corrupt input
+            raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
+        if METADATA_KEY not in header:
+            raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
+        meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
+        directions = {}
+        for key, tensor in tensors.items():
+            prefix, _, index = key.partition(".")
+            if prefix != "layer" or not index.isdigit():
+                raise VectorFileError(f"{path}: unexpected tensor '{key}' (expected layer.N)")
+            directions[int(index)] = tensor
+        return cls(directions, meta)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for `steerlab vector info`."""
+        info = asdict(self.meta)
+        info["layers"] = self.layers
+        info["norms"] = {str(k): round(v, 4) for k, v in self.norms().items()}
+        return info
+
+
+def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the path appeared meanwhile, so a concurrent writer is not clobbered.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def layer_multipliers(spec: Mapping[int, float] | list[int] | None, default: list[int]) -> dict[int, float]:
+    """Normalise a layer choice (list of layers or {layer: multiplier}) to {layer: multiplier}."""
+    if spec is None:
+        return {layer: 1.0 for layer in default}
+    if isinstance(spec, Mapping):
+        return {int(k): float(v) for k, v in spec.items()}
+    return {int(layer): 1.0 for layer in spec}
