@@ -1,9 +1,9 @@
 """Read and write llama.cpp's GGUF control-vector files, so a steerlab vector runs in llama.cpp and back.
 
 The format: ``general.architecture = "controlvector"``, a ``controlvector.model_hint`` string, a
-``controlvector.layer_count`` uint32 (the number of direction tensors, as repeng and llama.cpp's
-cvector-generator write it; llama.cpp's loader ignores it) and one 1-D float32 tensor ``direction.N``
-per layer.
+``controlvector.layer_count`` (the number of direction tensors: uint32 from repeng and from us, int32
+from llama.cpp's cvector-generator; llama.cpp's loader ignores it) and one 1-D float32 tensor
+``direction.N`` per layer. A ``steerlab.meta`` JSON string is added, which the other readers ignore.
 
 What N means: llama.cpp's loader (``common_control_vector_load_one``) stores ``direction.N`` at row
 N-1 of its buffer, ``llama_adapter_cvec::apply`` copies row N-1 into ``tensors[N]``, and every model
