@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -250,6 +251,15 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def content_hash(vector: SteeringVector) -> str:
+    """sha256 of the directions (layer index, then float32 bytes, in layer order): names a vector's content, not its file."""
+    digest = hashlib.sha256()
+    for layer, tensor in vector.directions.items():
+        digest.update(f"layer.{layer}:".encode())
+        digest.update(tensor.float().contiguous().numpy().astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()
 
 
 def layer_multipliers(spec: Mapping[int, float] | list[int] | None, default: list[int]) -> dict[int, float]:
