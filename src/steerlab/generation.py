@@ -1,0 +1,117 @@
+"""Steered generation beside the unsteered original, in the same batched call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .data import format_prompt
+from .models import LoadedModel
+from .steering import SteeringSpec, Steer, VectorSteering
+from .vector import SteeringVector
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's steered output and, when asked, its unsteered original."""
+
+    prompt: str
+    steered: str
+    original: str | None = None
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+
+
+def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
+    """Accept a vector, a spec, a list of specs, or any object with `attach` (e.g. an LM-Steer)."""
+    if steering is None or hasattr(steering, "attach"):
+        return steering
+    if isinstance(steering, SteeringVector):
+        return VectorSteering(SteeringSpec(steering))
+    return VectorSteering(steering)
+
+
+def encode_prompts(lm: LoadedModel, prompts: Sequence[str], *, use_chat_template: bool | None = None,
+                   system: str | None = None) -> list[list[int]]:
+    """Token ids each prompt is generated from (through the chat template unless told not to)."""
+    chat = lm.use_chat_template if use_chat_template is None else use_chat_template
+    texts = [format_prompt(lm.tokenizer, p, use_chat_template=bool(chat), system=system) for p in prompts]
+    return [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None = None,
+    *,
+    generate_orig_output: bool = False,
+    config: GenerationConfig | None = None,
+    batch_size: int = 8,
+    use_chat_template: bool | None = None,
+    system: str | None = None,
+    task: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[GenerationResult]:
+    """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
+
+    The original rows ride in the same forward passes as the steered rows with a per-row multiplier of 0,
+    so they are truly unsteered and cost no separate run.
+    """
+    config = config or GenerationConfig()
+    steer = as_steer(steering)
+    ids = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
+    results: list[GenerationResult] = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        with_orig = generate_orig_output and steer is not None
+        rows = chunk + chunk if with_orig else chunk
+        scale = torch.tensor([1.0] * len(chunk) + ([0.0] * len(chunk) if with_orig else []))
+        texts = generate_ids(lm, rows, steer, row_scale=scale, config=config, task=task)
+        for i, prompt in enumerate(prompts[start : start + len(chunk)]):
+            original = texts[len(chunk) + i] if with_orig else None
+            if generate_orig_output and steer is None:
+                original = texts[i]
+            results.append(GenerationResult(prompt, texts[i], original))
+        if progress:
+            progress(len(chunk))
+    return results
+
+
+@torch.inference_mode()
+def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
+                 row_scale: torch.Tensor | None = None, config: GenerationConfig,
+                 task: str | None = None) -> list[str]:
+    """Left-pad token rows, generate with per-row steering scales, and decode only the new tokens."""
+    tok = lm.tokenizer
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                  pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
+    if config.do_sample:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    device = lm.device
+    handle = steer.attach(lm, row_scale=row_scale, prompt_lengths=mask.sum(1), task=task) if steer else None
+    try:
+        out = lm.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return tok.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
