@@ -1,1 +1,33 @@
-"""Steering methods: each module has a typed config and fit(lm, data, config) -> a steer."""
+"""Steering methods: each module has a typed config and fit(lm, data, config, task=) -> a steer.
+
+The registry maps the name used on the command line (`--method NAME`) to the method's config class
+and fit function; a new method is one module and one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import caa
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    fit: Callable[..., Any]
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    "caa": Method("caa", caa.CAAConfig, caa.fit, "mean difference of residual activations (recommended default)"),
+}
+
+
+def get_method(name: str) -> Method:
+    """Look up a method by its command-line name, with the list of known ones in the error."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
