@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .data import demo_dataset_path, load_pairs
+from .evaluation.sentiment import vader_scores
 from .generation import GenerationConfig, generate
 from .methods.caa import CAAConfig, fit
 from .steering import SteeringSpec
@@ -61,12 +62,8 @@ def run_demo(args) -> int:
 
 def _print_scores(orig, plus, minus) -> None:
     """Mean VADER compound per column: the demo measures its effect instead of asking to be believed."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-
     def mean(results) -> float:
-        return sum(analyzer.polarity_scores(r.steered)["compound"] for r in results) / len(results)
+        return sum(vader_scores([r.steered for r in results])) / len(results)
 
     print(f"\nmean VADER sentiment (-1..1): original {mean(orig):+.2f}, positive {mean(plus):+.2f}, negative {mean(minus):+.2f}")
 
