@@ -209,7 +209,7 @@ def _combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return rows * scale
     if scale.shape[0] % rows.shape[0] == 0:  # e.g. [steered rows, original rows] from one multiplier list
         return rows.repeat(scale.shape[0] // rows.shape[0]) * scale
-    raise SteeringError(f"{rows.shape[0]} per-row multipliers do not fit {scale.shape[0]} rows")
+    raise SteeringError(f"{rows.shape[0]} per-row multipliers for a batch of {scale.shape[0]} rows; give one per row")
 
 
 def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec], *,
