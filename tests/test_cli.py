@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_model
 from steerlab.cli import main
@@ -72,3 +73,19 @@ def test_existing_output_is_not_overwritten(model_dir, tmp_path, capsys):
     assert main(["vector", "build", "--model", str(model_dir), "--positive", "a", "--negative", "b", "--out", str(out)]) == 1
     assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"precious"
+
+
+def test_export_import_and_merge_commands(model_dir, tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for out, pos in ((a, "I love it"), (b, "So calm")):
+        assert main(["vector", "build", "--model", str(model_dir), "--positive", pos, "--negative", "meh",
+                     "--layers", "1,2", "--out", str(out)]) == 0
+    gguf, back = tmp_path / "a.gguf", tmp_path / "back.safetensors"
+    assert main(["vector", "export-gguf", str(a), str(gguf)]) == 0
+    assert main(["vector", "import-gguf", str(gguf), str(back)]) == 0
+    va, vb = SteeringVector.load(a), SteeringVector.load(b)
+    assert all(torch.equal(SteeringVector.load(back).directions[k], va.directions[k]) for k in va.layers)
+    merged = tmp_path / "m.safetensors"
+    assert main(["vector", "merge", str(a), str(b), "--weights", "1,-0.5", "--out", str(merged)]) == 0
+    expected = va.directions[2] - 0.5 * vb.directions[2]
+    torch.testing.assert_close(SteeringVector.load(merged).directions[2], expected)
