@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ARCHS, tiny_model
+from tiny_model import ARCHS, tiny_model
 from steerlab.activations import record_activations
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_model
+from tiny_model import tiny_model
 from steerlab.cli import main
 from steerlab.vector import SteeringVector
 
@@ -53,7 +53,7 @@ def test_inline_one_shot_pair(model_dir, tmp_path):
     (["vector", "build", "--data", "d.jsonl", "--set", "bacth_size=2", "--out", "x.safetensors"],
      "error: config: unknown key 'bacth_size' for CAAConfig; allowed keys: layers, batch_size"),
     (["vector", "build", "--method", "magic", "--data", "d.jsonl", "--out", "x.safetensors"],
-     "error: unknown method 'magic'; available: caa"),
+     "error: unknown method 'magic'; available: caa, pca, prompt, vector_prompt"),
     (["vector", "info", "nope.safetensors"], "error: nope.safetensors: no such vector file"),
     (["generate", "--vector", "a.safetensors", "--vector", "b.safetensors", "--multiplier", "1", "--prompt", "x"],
      "error: 1 --multiplier for 2 --vector; give one per vector"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ARCHS, tiny_model
+from tiny_model import ARCHS, tiny_model
 from steerlab.models import ModelLoadError, find_decoder_layers, load_model
 
 # Where each family keeps its blocks, written out here as the independent reference.

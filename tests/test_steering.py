@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from tiny_model import tiny_model
 from steerlab.generation import GenerationConfig, encode_prompts, generate, generate_ids
 from steerlab.steering import SteeringError, SteeringSpec, VectorSteering, steer
 from steerlab.vector import SteeringVector, VectorMeta

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_model
+from tiny_model import tiny_model
 from steerlab.vector import (
     IncompatibleVectorError,
     ModelMismatchWarning,

@@ -1,4 +1,4 @@
-"""A tiny random-initialised Llama with a character-level tokenizer and a ChatML-style chat template, for fast tests."""
+"""Tiny random-initialised models (several architectures) with a character tokenizer and a chat template, for fast tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import string
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from steerlab.models import LoadedModel
 
@@ -58,3 +58,35 @@ def chat_ids(lm: LoadedModel, user: str, system: str | None = None) -> list[int]
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+ARCHS = ["llama", "qwen2", "gemma2", "gemma3", "gpt2", "gpt_neox"]
+
+
+def tiny_config(arch: str, vocab_size: int):
+    """A 4-block, width-32 config of each family, to show steerlab never depends on the family's names."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+    if arch == "llama":
+        return tf.LlamaConfig(num_key_value_heads=2, **sizes, **common)
+    if arch == "qwen2":
+        return tf.Qwen2Config(num_key_value_heads=2, **sizes, **common)
+    if arch == "gemma2":
+        return tf.Gemma2Config(num_key_value_heads=2, head_dim=8, sliding_window=16, **sizes, **common)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=16, **sizes, **common)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=256, **common)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(max_position_embeddings=256, **sizes, **common)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0) -> LoadedModel:
+    """A random model of one family, named tiny-<arch>."""
+    tokenizer = char_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)), attn_implementation="eager").eval()
+    return LoadedModel(model, tokenizer, name=f"tiny-{arch}")
