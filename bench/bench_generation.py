@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--multiplier", type=float, default=4.0)
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     body += table(["contender", "time", "loop / batched (per round)"],
                   [["steerlab batched", fmt_range(*rounds.summary("steerlab batched (batch 8 + originals)"), unit=" s"), ""],
                    ["per-prompt loop", fmt_range(*rounds.summary("per-prompt loop"), unit=" s"), fmt_range(*speedup)]])
-    save_result("generation", results)
     if not args.no_doc:
+        save_result("generation", results)
         write_section("generation", body)
     print(body)
     return results

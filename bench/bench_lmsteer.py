@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=int, default=256, help="tokens per text (LMSteerConfig's max_length)")
     parser.add_argument("--chunk", type=int, default=2048, help="steerlab's chunk_size (LMSteerConfig's default)")
     parser.add_argument("--worker", choices=["steerlab", "reference"], help=argparse.SUPPRESS)
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args)
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     body += table(["contender", "peak RSS", "added by the step", "step time", "trained tokens/s"], rows)
     body += (f"\nsteerlab / reference, per round: peak RSS {fmt_range(*results['peak_ratio'], digits=3)}, added memory "
              f"{fmt_range(*results['added_ratio'], digits=3)}, step time {fmt_range(*results['time_ratio'], digits=3)}.\n")
-    save_result("lmsteer", results)
     if not args.no_doc:
+        save_result("lmsteer", results)
         write_section("lmsteer", body)
     print(body)
     return results

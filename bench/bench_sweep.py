@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=30, help="how many layers, spread evenly")
     parser.add_argument("--multipliers", default="-2,-1,0,1,2")
     parser.add_argument("--vector-pairs", type=int, default=64, help="sycophancy pairs the swept vector is built from")
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
                   [[GRID, fmt_range(*rounds.summary(GRID), unit=" s"), fmt_range(*ratio, digits=3)],
                    [PER_CELL, fmt_range(*rounds.summary(PER_CELL), unit=" s"), ""]])
     body += f"\nLargest difference in p(matching) between the two: {diff:.2e}.\n"
-    save_result("sweep", results)
     if not args.no_doc:
+        save_result("sweep", results)
         write_section("sweep", body)
     print(body)
     return results

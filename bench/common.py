@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Sequence
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 DOC = REPO / "docs" / "benchmarks.md"
-DOC_TITLE = "# Benchmarks\n\nWritten by `make bench` (bench/run_all.py); each section is rewritten by its own script.\n"
+DOC_TITLE = "# Benchmarks\n"
 PACKAGES = ("torch", "transformers", "numpy", "steerlab", "steering-vectors", "repeng", "scikit-learn")
 
 
@@ -135,6 +135,8 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
 
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = doc.read_text(encoding="utf-8") if doc.exists() else DOC_TITLE
+    if not text.startswith("# "):
+        text = DOC_TITLE + "\n" + text
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text and end in text:
         before, rest = text.split(start, 1)
@@ -142,6 +144,19 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     write_atomic(doc, text.encode("utf-8"), overwrite=True)
+
+
+def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
+    """Rewrite the doc with its sections in `order` (sections not named keep their order, after those)."""
+    from steerlab.vector import write_atomic
+
+    text = doc.read_text(encoding="utf-8")
+    found = re.findall(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->", text, flags=re.S)
+    blocks = {name: re.search(rf"<!-- bench:{name} -->\n.*?<!-- /bench:{name} -->", text, flags=re.S).group(0)
+              for name in found}
+    names = [n for n in order if n in blocks] + [n for n in found if n not in order]
+    head = text.split("<!-- bench:", 1)[0].rstrip() if found else text.rstrip()
+    write_atomic(doc, (head + "\n\n" + "\n\n".join(blocks[n] for n in names) + "\n").encode("utf-8"), overwrite=True)
 
 
 def save_result(name: str, data: object) -> Path:

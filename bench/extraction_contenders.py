@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from steerlab.activations import positions_from_mask, tokenize_pair
+from steerlab.activations import length_batches, positions_from_mask, tokenize_pair
 from steerlab.data import ContrastiveDataset, format_prompt
 from steerlab.methods.caa import CAAConfig, fit
 from steerlab.models import LoadedModel
@@ -63,22 +63,21 @@ def per_example_fit(lm: LoadedModel, data: ContrastiveDataset, layers: list[int]
 
 @torch.inference_mode()
 def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, batch_size: int) -> None:
-    """The floor for reading both sides separately: every full sequence, length-sorted, one batched pass per
-    batch_size pairs (2 * batch_size rows), stopped after block `deepest`, nothing read."""
-    seqs: list[list[int]] = []
+    """The floor for reading both sides separately: every full sequence, batched as steerlab batches pairs
+    (length-sorted, at most batch_size pairs = 2 * batch_size rows, little padding), one bare forward per batch
+    stopped after block `deepest`, nothing read."""
+    seqs = []
     for pair in data.pairs:
         prefix, pos, neg = tokenize_pair(lm, pair)
-        seqs += [prefix + pos, prefix + neg]
-    seqs.sort(key=len)
+        seqs.append((prefix + pos, prefix + neg))
 
     def stop(module, args, output):
         raise _Stop
 
     handle = lm.layers[deepest].register_forward_hook(stop)
     try:
-        for start in range(0, len(seqs), 2 * batch_size):
-            chunk = seqs[start : start + 2 * batch_size]
-            ids, mask = _left_pad(chunk, lm.tokenizer.pad_token_id)
+        for idx in length_batches([max(len(s) for s in pair) for pair in seqs], batch_size):
+            ids, mask = _left_pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id)
             try:
                 lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
             except _Stop:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, load_result, table, write_section  # noqa: E402
+from common import REPO, load_result, order_sections, table, write_section  # noqa: E402
 
 PROFILES = {
     "full": {
@@ -27,12 +27,21 @@ PROFILES = {
         "bench_lmsteer.py": [],
     },
     "quick": {
-        "bench_extraction.py": ["--pairs", "6", "--scaling-sizes", "4,8,16", "--qwen-sizes", "4,8"],
+        "bench_extraction.py": ["--pairs", "6", "--scaling-sizes", "4,8,16", "--qwen-sizes", "8"],
         "bench_generation.py": ["--side-prompts", "8", "--side-new-tokens", "16"],
         "bench_sweep.py": ["--questions", "2", "--layers", "2", "--multipliers=-1,0,1", "--vector-pairs", "16"],
         "bench_lmsteer.py": ["--batch", "4", "--length", "256", "--chunk", "256"],
     },
 }
+SECTIONS = ["about", "summary", "gpu", "extraction", "scaling", "generation", "sweep", "lmsteer"]
+ABOUT = """How steerlab compares with the libraries people would otherwise use, measured in the same run on the
+same machine, and with the physical limit where there is one. `make bench` runs everything (the sizes the
+issue asks for); `make bench-quick` runs small sizes. Every script pins its thread count (shown in each
+section), warms each contender up once, then times them in alternating order (A B C, C B A, ...); the
+tables give the median over the rounds with min-max, and ratios are computed round by round before
+taking the median, because the machine is shared and its speed drifts. Absolute times on a busy machine
+say little; the ratios are the result. Raw per-round numbers are in bench/results/*.json.
+"""
 GPU_NOTE = ("No GPU machine was available to the session that produced these numbers, so the GPU part (a "
             "random-initialised 1B-7B Llama in bf16: extraction and steered generation tokens/s) was not measured.")
 
@@ -112,8 +121,10 @@ def write_summary(profile: str, failures: list[str]) -> None:
     body += table(["goal", "target", "measured", "verdict"], summary_rows())
     if failures:
         body += "\nBenchmarks that failed in this run: " + ", ".join(failures) + ".\n"
+    write_section("about", ABOUT)
     write_section("summary", body)
     write_section("gpu", "## GPU\n\n" + GPU_NOTE + "\n")
+    order_sections(SECTIONS)
 
 
 def main(argv: list[str] | None = None) -> None:
