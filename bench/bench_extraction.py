@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
                 json.dump(ec.pair_texts(lm, data), f)
             repeng = Worker(python, Path(__file__).with_name("repeng_worker.py"), lm.model.name_or_path, f.name, str(threads))
-            extra = {"repeng": repeng.ready["repeng"], "numpy (repeng's venv)": repeng.ready["numpy"]}
+            extra = {"repeng (own venv)": repeng.ready["repeng"], "numpy (repeng's venv)": repeng.ready["numpy"]}
     body = header_block(threads, command.strip(), extra)
     body += (f"## CAA extraction on SmolLM2-135M-Instruct (fp32)\n\nThe first {args.pairs} sycophancy A/B pairs "
              f"({n_tokens} tokens per side in all, prompt and answer letter), read at the answer letter, batch {args.batch_size} pairs "

@@ -115,7 +115,7 @@ def versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[name] = "not installed here"
+            pass
     found.update(extra or {})
     return found
 
