@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import caa
+from . import caa, lm_steer
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "caa": Method("caa", caa.CAAConfig, caa.fit, "mean difference of residual activations (recommended default)"),
+    "lm_steer": Method("lm_steer", lm_steer.LMSteerConfig, lm_steer.fit, "trained low-rank map of the output embeddings (LM-Steer)"),
 }
 
 
