@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
 
 from .data import format_prompt
 from .models import LoadedModel
@@ -30,6 +31,39 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+
+
+class RowSeededSampler(LogitsProcessor):
+    """Sample each row from its own seeded generator (Gumbel-max), so a row's text never depends on its batch.
+
+    HF's sampler draws one multinomial over the whole batch: the same prompt and seed give different
+    text depending on which other rows ride along. Perturbing each row's tempered, top-p-filtered logits
+    with Gumbel noise from that row's generator and taking the argmax is an exact sample per row.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self._rows(scores.shape[0])])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
+        return scores + gumbel.to(scores.device)
+
+    def _rows(self, batch: int) -> list[torch.Generator]:
+        if batch != len(self.generators):
+            raise ValueError(f"{len(self.generators)} row seeds for a batch of {batch} rows")
+        return self.generators
 
 
 def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
@@ -76,7 +110,11 @@ def generate(
         with_orig = generate_orig_output and steer is not None
         rows = chunk + chunk if with_orig else chunk
         scale = torch.tensor([1.0] * len(chunk) + ([0.0] * len(chunk) if with_orig else []))
-        texts = generate_ids(lm, rows, steer, row_scale=scale, config=config, task=task)
+        # Prompt i samples with seed + i, and its original with the same seed: they differ only by steering.
+        seeds = [config.seed + start + i for i in range(len(chunk))] if config.seed is not None else None
+        if seeds is not None and with_orig:
+            seeds = seeds + seeds
+        texts = generate_ids(lm, rows, steer, row_scale=scale, config=config, task=task, row_seeds=seeds)
         for i, prompt in enumerate(prompts[start : start + len(chunk)]):
             original = texts[len(chunk) + i] if with_orig else None
             if generate_orig_output and steer is None:
@@ -87,11 +125,27 @@ def generate(
     return results
 
 
-@torch.inference_mode()
 def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
                  row_scale: torch.Tensor | None = None, config: GenerationConfig,
-                 task: str | None = None) -> list[str]:
-    """Left-pad token rows, generate with per-row steering scales, and decode only the new tokens."""
+                 task: str | None = None, row_seeds: Sequence[int] | None = None) -> list[str]:
+    """Left-pad token rows, generate with per-row steering scales, and decode only the new tokens.
+
+    With sampling and `row_seeds`, each row samples from its own generator (see RowSeededSampler).
+    """
+    new = generate_tokens(lm, rows, steer, row_scale=row_scale, config=config, task=task, row_seeds=row_seeds)
+    return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
+                    row_scale: torch.Tensor | None = None, config: GenerationConfig, task: str | None = None,
+                    row_seeds: Sequence[int] | None = None,
+                    stopping_criteria: Sequence[StoppingCriteria] = ()) -> torch.Tensor:
+    """The new tokens [rows, steps] of `generate_ids` (pad after a row ends), before decoding.
+
+    `stopping_criteria` see the ids after every step and may end rows early: the server streams each
+    row's tokens and stops it at its own max_tokens this way.
+    """
     tok = lm.tokenizer
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -101,12 +155,17 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
         mask[i, width - len(r) :] = 1
     kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                   pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
-    if config.do_sample:
-        kwargs.update(temperature=config.temperature, top_p=config.top_p)
+    if config.do_sample and row_seeds is None:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
     else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if config.do_sample:
+            sampler = RowSeededSampler(row_seeds, config.temperature, config.top_p)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
+    if stopping_criteria:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     device = lm.device
     handle = steer.attach(lm, row_scale=row_scale, prompt_lengths=mask.sum(1), task=task) if steer else None
     try:
@@ -114,4 +173,4 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
     finally:
         if handle is not None:
             handle.remove()
-    return tok.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
+    return out[:, width:].cpu()
