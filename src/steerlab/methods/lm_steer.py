@@ -9,7 +9,7 @@ applied as an LMSteer (lm_steer_artifact) through the same generation API as ste
 
 from __future__ import annotations
 
-import logging
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -21,8 +21,6 @@ from .lm_steer_train import InsufficientMemoryError, LabelledTexts, TrainingSet,
 
 __all__ = ["LMSteerConfig", "LMSteer", "LMSteerHandle", "LabelledTexts", "InsufficientMemoryError", "fit",
            "steered_hidden"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,11 +69,12 @@ def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[Con
 
     `data` is contrastive pairs (loss on each answer's tokens; the prompt and chat template are masked) or
     LabelledTexts (stand-alone positive/negative texts), or a list of those, one per steer when
-    num_steers > 1. The memory estimate goes to `report` (default: the log) before training, and training
-    stops with InsufficientMemoryError, proposing smaller settings, when it would not fit.
+    num_steers > 1. The memory estimate goes to `report` (default: printed to stderr) before training,
+    and training stops with InsufficientMemoryError, proposing smaller settings, when it would not fit.
+    `progress` is called once per optimiser step (config.steps in all).
     """
     config = config or LMSteerConfig()
-    report = report or log.info
+    report = report or (lambda message: print(message, file=sys.stderr))
     sets = [TrainingSet.of(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
     if len(sets) != config.num_steers:
         raise ValueError(f"num_steers is {config.num_steers} but {len(sets)} training set(s) were given; "
