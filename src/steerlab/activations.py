@@ -49,6 +49,10 @@ def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, Tok
         prefix = tok(text, add_special_tokens=not lm.use_chat_template)["input_ids"]
     else:
         prefix = tok(pair.answer_prefix, add_special_tokens=True)["input_ids"]
+        if not prefix:
+            # A text's first token would otherwise become the attention sink, whose activation is ~10x
+            # larger than the others' and would dominate the mean over the text's tokens.
+            prefix = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
     pos = tok(pair.positive, add_special_tokens=False)["input_ids"]
     neg = tok(pair.negative, add_special_tokens=False)["input_ids"]
     if not pos or not neg:
