@@ -77,7 +77,8 @@ class _Term:
         self.direction = direction  # [hidden]
         self.rows = rows  # [R] per-row coefficient (layer weight * multiplier * row scale)
         self.positions = positions
-        self.uniform = bool((rows == rows[0]).all())
+        # The common case (one multiplier, all positions) becomes one precomputed addition per forward.
+        self.constant = rows[0] * direction if bool((rows == rows[0]).all()) and positions == "all" else None
 
 
 class SteeringHandle:
@@ -150,9 +151,9 @@ class SteeringHandle:
 
     def _delta(self, term: _Term, hidden: torch.Tensor) -> torch.Tensor:
         batch = hidden.shape[0]
+        if term.constant is not None:
+            return term.constant
         direction = term.direction
-        if term.uniform and term.positions == "all":
-            return term.rows[0] * direction
         rows = _fit_rows(term.rows, batch, "multipliers")
         coef = rows.to(hidden.dtype)[:, None, None]
         if term.positions == "all":
@@ -209,7 +210,7 @@ def _combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return rows * scale
     if scale.shape[0] % rows.shape[0] == 0:  # e.g. [steered rows, original rows] from one multiplier list
         return rows.repeat(scale.shape[0] // rows.shape[0]) * scale
-    raise SteeringError(f"{rows.shape[0]} per-row multipliers do not fit {scale.shape[0]} rows")
+    raise SteeringError(f"{rows.shape[0]} per-row multipliers for a batch of {scale.shape[0]} rows; give one per row")
 
 
 def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec], *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import caa
+from . import caa, pca, prompt, vector_prompt
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "caa": Method("caa", caa.CAAConfig, caa.fit, "mean difference of residual activations (recommended default)"),
+    "pca": Method("pca", pca.PCAConfig, pca.fit, "first principal component of contrastive activations (RepE / repeng)"),
+    "prompt": Method("prompt", prompt.PromptConfig, prompt.fit, "an instruction added to every prompt (no vector)"),
+    "vector_prompt": Method("vector_prompt", vector_prompt.VectorPromptConfig, vector_prompt.fit,
+                            "an instruction distilled into a vector: its mean shift of the residual stream"),
 }
 
 

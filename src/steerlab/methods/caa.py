@@ -39,9 +39,12 @@ def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: Contra
                             params: dict) -> SteeringVector:
     """Mean difference per layer, with each layer's typical residual norm kept for norm-relative strengths."""
     diff = (acts.positive - acts.negative).mean(0)  # [n_layers, hidden]
-    norms = torch.cat([acts.positive, acts.negative]).norm(dim=-1).mean(0)  # [n_layers]
-    meta = VectorMeta.for_model(
-        lm, "caa", params=params, dataset=data.describe(), task=task,
-        residual_norms={str(layer): round(float(n), 4) for layer, n in zip(acts.layers, norms)},
-    )
+    meta = VectorMeta.for_model(lm, "caa", params=params, dataset=data.describe(), task=task,
+                                residual_norms=residual_norms(acts.layers, acts.positive, acts.negative))
     return SteeringVector({layer: diff[i] for i, layer in enumerate(acts.layers)}, meta)
+
+
+def residual_norms(layers: list[int], *acts: torch.Tensor) -> dict[str, float]:
+    """Mean L2 norm per layer of activations [n, n_layers, hidden] (the metadata's residual_norms)."""
+    norms = torch.cat(acts).norm(dim=-1).mean(0)  # [n_layers]
+    return {str(layer): round(float(n), 4) for layer, n in zip(layers, norms)}

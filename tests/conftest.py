@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny random Llama, the real SmolLM2 (loaded once), and the shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlab.models import LoadedModel
+from tiny_model import tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_llama() -> LoadedModel:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The real default model (installed by the Makefile); loaded once per test session."""
+    from steerlab.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"{SHARED_DATA}: the shared data folder must sit beside the repository")
+    return SHARED_DATA
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tiny models run fastest on one thread; the real model gets both cores."""
+    torch.set_num_threads(2 if item.get_closest_marker("slow") else 1)

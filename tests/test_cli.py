@@ -1,0 +1,91 @@
+"""The command line on a tiny saved model: build, info, generate; errors are one line without a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiny_model import tiny_model
+from steerlab.cli import main
+from steerlab.vector import SteeringVector
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    lm = tiny_model("llama")
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_build_info_generate(model_dir, tmp_path, capsys):
+    out = tmp_path / "v.safetensors"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Day?", "positive": "Good day.", "negative": "Bad day."}\n'
+                     '{"prompt": "Food?", "positive": "Tasty.", "negative": "Awful."}\n')
+    assert main(["vector", "build", "--model", str(model_dir), "--data", str(pairs), "--layers", "1,2",
+                 "--task", "sentiment", "--out", str(out)]) == 0
+    vector = SteeringVector.load(out)
+    assert vector.layers == [1, 2] and vector.meta.task == "sentiment" and vector.meta.dataset["pairs"] == 2
+    capsys.readouterr()
+    assert main(["vector", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "caa" and info["layers"] == [1, 2] and info["dataset"]["name"] == "pairs.jsonl"
+    assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "8", "--layers", "1",
+                 "--prompt", "Hi", "--prompt", "Tell me more", "--orig", "--max-new-tokens", "5", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Hi", "Tell me more"] and all(r["original"] is not None for r in rows)
+
+
+def test_inline_one_shot_pair(model_dir, tmp_path):
+    out = tmp_path / "one.safetensors"
+    assert main(["vector", "build", "--model", str(model_dir), "--positive", "I love it", "--negative", "I hate it",
+                 "--out", str(out)]) == 0
+    assert SteeringVector.load(out).meta.dataset["pairs"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vector", "build", "--data", "missing.jsonl", "--out", "x.safetensors"], "error: missing.jsonl: no such file"),
+    (["vector", "build", "--positive", "a", "--out", "x.safetensors"], "error: inline: 1 positive and 0 negative texts"),
+    (["vector", "build", "--data", "d.jsonl", "--set", "bacth_size=2", "--out", "x.safetensors"],
+     "error: config: unknown key 'bacth_size' for CAAConfig; allowed keys: layers, batch_size"),
+    (["vector", "build", "--method", "magic", "--data", "d.jsonl", "--out", "x.safetensors"],
+     "error: unknown method 'magic'; available: caa, pca, prompt, vector_prompt"),
+    (["vector", "info", "nope.safetensors"], "error: nope.safetensors: no such vector file"),
+    (["generate", "--vector", "a.safetensors", "--vector", "b.safetensors", "--multiplier", "1", "--prompt", "x"],
+     "error: 1 --multiplier for 2 --vector; give one per vector"),
+    (["generate", "--layers", "x", "--prompt", "hi"], "error: --layers x: expected layer numbers"),
+])
+def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"positive": "a", "negative": "b"}\n')
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+
+
+def test_existing_output_is_not_overwritten(model_dir, tmp_path, capsys):
+    out = tmp_path / "v.safetensors"
+    out.write_bytes(b"precious")
+    assert main(["vector", "build", "--model", str(model_dir), "--positive", "a", "--negative", "b", "--out", str(out)]) == 1
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+
+
+def test_export_import_and_merge_commands(model_dir, tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for out, pos in ((a, "I love it"), (b, "So calm")):
+        assert main(["vector", "build", "--model", str(model_dir), "--positive", pos, "--negative", "meh",
+                     "--layers", "1,2", "--out", str(out)]) == 0
+    gguf, back = tmp_path / "a.gguf", tmp_path / "back.safetensors"
+    assert main(["vector", "export-gguf", str(a), str(gguf)]) == 0
+    assert main(["vector", "import-gguf", str(gguf), str(back)]) == 0
+    va, vb = SteeringVector.load(a), SteeringVector.load(b)
+    assert all(torch.equal(SteeringVector.load(back).directions[k], va.directions[k]) for k in va.layers)
+    merged = tmp_path / "m.safetensors"
+    assert main(["vector", "merge", str(a), str(b), "--weights", "1,-0.5", "--out", str(merged)]) == 0
+    expected = va.directions[2] - 0.5 * vb.directions[2]
+    torch.testing.assert_close(SteeringVector.load(merged).directions[2], expected)
