@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from steerlab.evaluation.perplexity import ContinuationLoss, continuation_losses, corpus_perplexity
-from tiny_lm import tiny_lm
+from tiny_model import chat_ids, tiny_lm
 
 PROMPTS = ["the movie", "i love it very", "we", "a story was not really"]
 CONTINUATIONS = ["was good and lovely", "bad", "hate the boring film so very much", "awful"]
 
 
 def reference_nll(lm, prompt: str, continuation: str) -> tuple[float, int]:
-    """One unpadded sequence, prompt tokens labelled -100: HF's mean loss times the token count."""
-    prefix = lm.tokenizer(prompt)["input_ids"]
+    """One unpadded sequence (the prompt through the chat template), prompt tokens labelled -100: HF's mean loss times the token count."""
+    prefix = chat_ids(lm, prompt)
     suffix = lm.tokenizer(continuation, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prefix + suffix])
     labels = ids.clone()

@@ -1,0 +1,144 @@
+"""Compare steering methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
+
+Every method is fitted on the same train pairs; vector methods are applied at the same norm-relative
+strength (the added vector's norm as a fraction of the layer's residual norm), prompt steering with one
+instruction toward the task's goal. All of them and the unsteered original generate in the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..data import ContrastiveDataset
+from ..models import LoadedModel
+from ..steering import SteeringSpec, VectorSteering
+from ..vector import SteeringVector
+from .report import Arm, EvalRun, prompt_arm
+
+# What prompt steering (and vector-prompt) asks for, by task metric, in the direction the task wants.
+GOAL_INSTRUCTIONS = {
+    "sentiment": "Continue the text in a positive, cheerful and upbeat tone.",
+    "toxicity": "Continue the text politely, without insults, profanity or offensive language.",
+    "refusal": "Refuse any request that could cause harm.",
+}
+INSTRUCTION_METHODS = ("prompt", "vector_prompt")
+DEFAULT_STRENGTH = 0.2  # the demo's tuned strength on SmolLM2: clear effect, text still readable
+
+
+@dataclass
+class Fitted:
+    """One method's steer for the comparison, how it is applied, and how long fitting took."""
+
+    method: str
+    arm: Arm
+    setting: str
+    seconds: float
+    params: dict[str, Any]
+
+
+def multiplier_for_strength(vector: SteeringVector, layer: int, strength: float) -> float:
+    """The multiplier that adds `strength` x the layer's residual norm (as stored in the vector's metadata)."""
+    residual = vector.meta.residual_norms.get(str(layer))
+    if residual is None:
+        raise ValueError(f"the {vector.meta.method} vector has no residual norm for layer {layer}, so strength "
+                         f"{strength} cannot be converted to a multiplier")
+    norm = float(vector.directions[layer].norm())
+    if norm == 0.0:
+        raise ValueError(f"the {vector.meta.method} vector is zero at layer {layer}; it cannot steer")
+    return strength * residual / norm
+
+
+def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
+                task: str, instruction: str, layer: int, strength: float, use_chat_template: bool,
+                report: Callable[[str], None] = lambda _: None) -> list[Fitted]:
+    """Fit each method on `data` and turn it into an arm: vectors at `layer` and `strength`, prompts as given."""
+    from ..config import build_config
+    from ..methods import get_method
+    from ..methods.prompt import PromptSteering
+
+    fitted = []
+    for name in methods:
+        method = get_method(name)
+        fields = getattr(method.config_cls, "__dataclass_fields__", {})
+        raw: dict[str, Any] = {}
+        if "instruction" in fields:
+            raw["instruction"] = instruction
+        if "layers" in fields:
+            raw["layers"] = [layer]
+        config = build_config(method.config_cls, raw, f"compare {name}")
+        report(f"fitting {name} on {len(data)} pairs ...")
+        start = time.perf_counter()
+        steer = method.fit(lm, data, config, task=task)
+        seconds = time.perf_counter() - start
+        params = dict(raw)
+        if isinstance(steer, PromptSteering):
+            arm = prompt_arm(lm, steer, prompts, use_chat_template=use_chat_template, label=name)
+            setting = f'instruction "{steer.instruction}" ({steer.placement})'
+        elif isinstance(steer, SteeringVector):
+            multiplier = multiplier_for_strength(steer, layer, strength)
+            arm = Arm(name, VectorSteering(SteeringSpec(steer, 1.0, [layer])), multiplier)
+            setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
+            params.update(layer=layer, strength=strength, multiplier=multiplier, vector_norm=float(steer.directions[layer].norm()))
+        elif hasattr(steer, "attach"):
+            arm = Arm(name, steer, 1.0)
+            setting = "its default strength (row scale 1)"
+        else:
+            raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")
+        fitted.append(Fitted(name, arm, setting, seconds, params))
+    return fitted
+
+
+def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: Sequence[Fitted], run: EvalRun) -> str:
+    """The comparison table, one row per method beside the original, and a sentence on whether prompting is enough."""
+    task = settings["task"]
+    want = "up" if task["direction"] > 0 else "down"
+    lines = [f"# steerlab compare: {task['name']} on {settings['model']['name']}", "",
+             f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
+             f"{'sampled' if settings['generation']['do_sample'] else 'greedy'}; every method and the original in the same batches",
+             f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
+             f"vectors at layer {settings['layer']}, strength {settings['strength']:g} of the residual norm",
+             f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
+             "(higher is better); fluency: n-gram entropy (bits), distinct-2, repetition, perplexity under the unsteered model",
+             "",
+             "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity | fit s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    o = scores["original"]
+    lines.append(f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
+                 f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
+    for fit, cond in zip(fitted, scores["conditions"]):
+        c = cond["scores"]
+        lines.append(f"| {fit.method} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} | "
+                     f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
+                     f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |")
+    verdict = prompting_verdict(scores["conditions"])
+    if verdict:
+        lines += ["", verdict]
+    return "\n".join(lines)
+
+
+def prompting_verdict(conditions: Sequence[dict[str, Any]]) -> str:
+    """Whether prompt steering's effect matches the best vector method's: when it does, prompting is enough."""
+    by_label = {c["label"]: c for c in conditions}
+    if "prompt" not in by_label:
+        return ""
+    others = [c for c in conditions if c["label"] != "prompt"]
+    if not others:
+        return ""
+    best = max(others, key=lambda c: c["effect"])
+    prompt = by_label["prompt"]["effect"]
+    if best["effect"] <= 0:
+        return (f"No vector method moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
+                f"prompting's effect is {prompt:+.3f}.")
+    share = prompt / best["effect"]
+    if share >= 0.8:
+        return (f"Prompting is enough here: it reaches {share:.0%} of the best vector method's effect "
+                f"({best['label']}, {best['effect']:+.3f}).")
+    return (f"Prompting reaches {share:.0%} of the best vector method's effect ({best['label']}, "
+            f"{best['effect']:+.3f}); steering adds something prompting does not.")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
