@@ -95,8 +95,8 @@ def _add_compare(sub) -> None:
                                 "strength): one table of effect and fluency, to see when prompting is enough.")
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
     p.add_argument("--layer", type=int, help="layer for vector methods (default: the model's middle layer)")
-    p.add_argument("--strength", type=float, help="vector methods' added norm as a fraction of the layer's "
-                                                  "residual norm (default 0.2)")
+    p.add_argument("--strengths", help="comma-separated strengths for vector methods: the added norm as a fraction "
+                                       "of the layer's residual norm (default 0.2)")
     p.add_argument("--instruction", help="instruction for prompt steering and vector-prompt (default: one toward the task's goal)")
     _add_generation_args(p, limit=50)
     from steerlab.cli import add_model_args
@@ -161,11 +161,17 @@ def _task_settings(task, args, n_prompts: int) -> dict[str, Any]:
             "split": args.split, "prompts": n_prompts, "limit": args.limit, "chat": bool(task.chat)}
 
 
+def _task_chat(lm, task) -> bool:
+    """Use the chat template only when both the task and the model do, for fitting as for generation."""
+    lm.use_chat_template = bool(task.chat and lm.use_chat_template)
+    return lm.use_chat_template
+
+
 def _model_settings(lm) -> dict[str, Any]:
     return {"name": lm.name, "fingerprint": lm.fingerprint, "layers": lm.num_layers, "hidden_size": lm.hidden_size}
 
 
-def _multipliers(text: str | None) -> list[float] | None:
+def _numbers(text: str | None, option: str) -> list[float] | None:
     from steerlab.cli import CLIError
 
     if not text:
@@ -173,7 +179,7 @@ def _multipliers(text: str | None) -> list[float] | None:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise CLIError(f"--multipliers {text}: expected numbers like 4 or -4,4 (write --multipliers=-4,4)") from None
+        raise CLIError(f"{option} {text}: expected numbers like 4 or -4,4 (write {option}=-4,4)") from None
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -229,11 +235,11 @@ def cmd_eval(args) -> int:
     config = _config(args)
     out = _out_folder(args, "eval", task.name)
     layers = parse_layers(args.layers)
-    multipliers = _multipliers(args.multipliers)
+    multipliers = _numbers(args.multipliers, "--multipliers")
     prompts = task.eval_items(args.split, args.data_dir, args.limit)
     vector = SteeringVector.load(args.vector) if args.vector else None
     lm = load_cli_model(args)
-    chat = bool(task.chat and lm.use_chat_template)
+    chat = _task_chat(lm, task)
     steer, steer_info = vector, {}
     if vector is None:
         steer, steer_info = _fit_for_eval(lm, task, args, layers, GOAL_INSTRUCTIONS.get(task.metric))
@@ -330,22 +336,22 @@ def cmd_compare(args) -> int:
     instruction = args.instruction or GOAL_INSTRUCTIONS.get(task.metric)
     if instruction is None and any(m in ("prompt", "vector_prompt") for m in methods):
         raise CLIError(f"no default instruction for metric '{task.metric}'; pass --instruction TEXT")
-    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    strengths = _numbers(args.strengths, "--strengths") or [DEFAULT_STRENGTH]
     prompts = task.eval_items(args.split, args.data_dir, args.limit)
     data = task.train_data(args.data_dir, args.train_limit)
     lm = load_cli_model(args)
     layer = lm.default_layer() if args.layer is None else args.layer
-    chat = bool(task.chat and lm.use_chat_template)
+    chat = _task_chat(lm, task)
     fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
-                         strength=strength, use_chat_template=chat, report=lambda line: print(line, file=sys.stderr))
+                         strengths=strengths, use_chat_template=chat, report=lambda line: print(line, file=sys.stderr))
     with progress_bar(len(prompts), f"generating {len(fitted)} methods + original per prompt") as bar:
         run = generate_arms(lm, prompts, [f.arm for f in fitted], config=config, batch_size=args.batch_size,
                             use_chat_template=chat, task=task.name, progress=bar.update)
     print("scoring ...", file=sys.stderr)
     scores = score_run(lm, run, task.metric, task.direction, use_chat_template=chat, batch_size=args.batch_size)
     settings = {"command": "compare", "task": _task_settings(task, args, len(prompts)), "model": _model_settings(lm),
-                "train": data.describe(), "layer": layer, "strength": strength, "instruction": instruction,
-                "methods": {f.method: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params}
+                "train": data.describe(), "layer": layer, "strengths": strengths, "instruction": instruction,
+                "methods": {f.label: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params}
                             for f in fitted},
                 "generation": asdict(config), "batch_size": args.batch_size}
     report = Report(_jsonable(settings), scores, run)

@@ -1,7 +1,7 @@
 """Compare steering methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
 
 Every method is fitted on the same train pairs; vector methods are applied at the same norm-relative
-strength (the added vector's norm as a fraction of the layer's residual norm), prompt steering with one
+strengths (the added vector's norm as a fraction of the layer's residual norm), prompt steering with one
 instruction toward the task's goal. All of them and the unsteered original generate in the same batches.
 """
 
@@ -30,9 +30,9 @@ DEFAULT_STRENGTH = 0.2  # the demo's tuned strength on SmolLM2: clear effect, te
 
 @dataclass
 class Fitted:
-    """One method's steer for the comparison, how it is applied, and how long fitting took."""
+    """One row of the comparison: a method's steer at one setting, and how long fitting the method took."""
 
-    method: str
+    label: str
     arm: Arm
     setting: str
     seconds: float
@@ -52,9 +52,9 @@ def multiplier_for_strength(vector: SteeringVector, layer: int, strength: float)
 
 
 def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
-                task: str, instruction: str, layer: int, strength: float, use_chat_template: bool,
+                task: str, instruction: str, layer: int, strengths: Sequence[float], use_chat_template: bool,
                 report: Callable[[str], None] = lambda _: None) -> list[Fitted]:
-    """Fit each method on `data` and turn it into an arm: vectors at `layer` and `strength`, prompts as given."""
+    """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given."""
     from ..config import build_config
     from ..methods import get_method
     from ..methods.prompt import PromptSteering
@@ -77,17 +77,21 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
         if isinstance(steer, PromptSteering):
             arm = prompt_arm(lm, steer, prompts, use_chat_template=use_chat_template, label=name)
             setting = f'instruction "{steer.instruction}" ({steer.placement})'
+            fitted.append(Fitted(name, arm, setting, seconds, params))
         elif isinstance(steer, SteeringVector):
-            multiplier = multiplier_for_strength(steer, layer, strength)
-            arm = Arm(name, VectorSteering(SteeringSpec(steer, 1.0, [layer])), multiplier)
-            setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
-            params.update(layer=layer, strength=strength, multiplier=multiplier, vector_norm=float(steer.directions[layer].norm()))
+            applied = VectorSteering(SteeringSpec(steer, 1.0, [layer]))
+            for strength in strengths:
+                multiplier = multiplier_for_strength(steer, layer, strength)
+                label = name if len(strengths) == 1 else f"{name}@{strength:g}"
+                setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
+                fitted.append(Fitted(label, Arm(label, applied, multiplier), setting, seconds, dict(
+                    params, layer=layer, strength=strength, multiplier=multiplier,
+                    vector_norm=float(steer.directions[layer].norm()),
+                    residual_norm=float(steer.meta.residual_norms[str(layer)]))))
         elif hasattr(steer, "attach"):
-            arm = Arm(name, steer, 1.0)
-            setting = "its default strength (row scale 1)"
+            fitted.append(Fitted(name, Arm(name, steer, 1.0), "its default strength (row scale 1)", seconds, params))
         else:
             raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")
-        fitted.append(Fitted(name, arm, setting, seconds, params))
     return fitted
 
 
@@ -99,7 +103,7 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
              f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
              f"{'sampled' if settings['generation']['do_sample'] else 'greedy'}; every method and the original in the same batches",
              f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
-             f"vectors at layer {settings['layer']}, strength {settings['strength']:g} of the residual norm",
+             f"vectors at layer {settings['layer']}, strength = added norm / the layer's residual norm",
              f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
              "(higher is better); fluency: n-gram entropy (bits), distinct-2, repetition, perplexity under the unsteered model",
              "",
@@ -110,7 +114,7 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
                  f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
     for fit, cond in zip(fitted, scores["conditions"]):
         c = cond["scores"]
-        lines.append(f"| {fit.method} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} | "
+        lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} | "
                      f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
                      f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |")
     verdict = prompting_verdict(scores["conditions"])
@@ -120,7 +124,10 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
 
 
 def prompting_verdict(conditions: Sequence[dict[str, Any]]) -> str:
-    """Whether prompt steering's effect matches the best vector method's: when it does, prompting is enough."""
+    """Whether prompt steering's effect matches the best other setting's: when it does, prompting is enough.
+
+    Effect only: read it beside the fluency columns, since a strong setting may also break the text.
+    """
     by_label = {c["label"]: c for c in conditions}
     if "prompt" not in by_label:
         return ""
