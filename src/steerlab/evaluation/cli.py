@@ -162,9 +162,8 @@ def _task_settings(task, args, n_prompts: int) -> dict[str, Any]:
 
 
 def _task_chat(lm, task) -> bool:
-    """Use the chat template only when both the task and the model do, for fitting as for generation."""
-    lm.use_chat_template = bool(task.chat and lm.use_chat_template)
-    return lm.use_chat_template
+    """Generate through the chat template only when both the task and the model use one (fitting follows the model)."""
+    return bool(task.chat and lm.use_chat_template)
 
 
 def _model_settings(lm) -> dict[str, Any]:
