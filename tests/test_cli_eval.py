@@ -7,6 +7,8 @@ import json
 import pytest
 
 from steerlab.cli import main
+from steerlab.data import load_pairs
+from steerlab.methods.caa import CAAConfig, fit
 from steerlab.vector import SteeringVector
 from tiny_model import tiny_model
 
@@ -112,6 +114,17 @@ def test_eval_fits_a_method_on_the_task(model_dir, task_file, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["steer"]["config"]["instruction"] == "Be cheerful."
     assert [c["label"] for c in report["conditions"]] == ["prompt"] and report["conditions"][0]["multiplier"] is None
+
+
+def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--method", "caa", "--layers", "2",
+                 "--limit", "2", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    steer = json.loads((out / "report.json").read_text())["settings"]["steer"]
+    vector = fit(tiny_model("llama"), load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
+    expected = 0.2 * vector.meta.residual_norms["2"] / float(vector.directions[2].norm())
+    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, abs=1e-3)]
+    assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}
 
 
 def test_compare_puts_every_method_in_one_table(model_dir, task_file, tmp_path, capsys):

@@ -61,6 +61,17 @@ def test_prompt_and_vector_arms_share_a_batch():
     assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(vector, 3.0, [1]), config=CONFIG)]
 
 
+def test_two_vectors_in_one_batch_equal_their_separate_runs():
+    """Each steer is attached with its own per-row scale, so one vector's rows never see the other's."""
+    lm = tiny_lm()
+    a, b = random_vector(lm, seed=1), random_vector(lm, seed=2)
+    arms = [Arm("a", VectorSteering(SteeringSpec(a, 1.0, [1])), 2.0), Arm("b", VectorSteering(SteeringSpec(b, 1.0, [2])), -3.0)]
+    run = generate_arms(lm, PROMPTS, arms, config=CONFIG, batch_size=12)
+    assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(a, 2.0, [1]), config=CONFIG)]
+    assert run.conditions[1].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(b, -3.0, [2]), config=CONFIG)]
+    assert run.conditions[0].texts != run.conditions[1].texts
+
+
 def test_sampled_rows_of_a_prompt_share_its_seed():
     """With sampling, multiplier 0 reproduces the original row exactly: the rows differ only by steering."""
     lm = tiny_lm()
