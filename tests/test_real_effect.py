@@ -38,3 +38,22 @@ def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     plus, zero, minus = (sum(vader_scores([r.steered for r in results[i * n:(i + 1) * n]])) / n for i in range(3))
     print(f"\nSST-2 CAA at layer {LAYER}, multiplier +/-{multiplier:.2f}: VADER + {plus:.3f}, 0 {zero:.3f}, - {minus:.3f}")
     assert plus > zero > minus
+
+
+@pytest.mark.slow
+def test_refusal_ab_vector_report(smollm2, shared_data):
+    """Print p(matching) at -1/0/+1 for a refusal vector (no direction asserted: SmolLM2 answers at chance)."""
+    from steerlab.data import load_pairs
+    from steerlab.evaluation.ab import Cell, load_ab_items, score_ab
+
+    train = load_pairs(shared_data / "caa" / "generate" / "refusal" / "generate_dataset.json")
+    vector = fit(smollm2, train.subset(range(64)), CAAConfig(layers=[15]), task="refusal")
+    items = load_ab_items(shared_data / "caa" / "test" / "refusal" / "test_dataset_ab.json")
+    cells = [Cell(), Cell(15, -1.0), Cell(15, 1.0)]
+    grid = score_ab(smollm2, items, vector, cells, task="refusal")
+    summaries = [grid.summary(c) for c in range(len(cells))]
+    print("\nrefusal A/B, layer 15, 64 train pairs, 50 test items: "
+          + ", ".join(f"x{m:+.0f}: p(matching) {s['p_matching']:.3f} (file order {s['p_matching_file_order']:.3f})"
+                      for m, s in zip([0, -1, 1], summaries))
+          + f"; unsteered prefers the first answer in both orders on {summaries[0]['first_in_both_orders']:.0%}")
+    assert all(0.0 <= s["p_matching"] <= 1.0 and s["answer_mass"] > 0.0 for s in summaries)

@@ -1,0 +1,112 @@
+"""Norm-relative steering strength: the added vector's norm as a fraction of its layer's typical residual norm.
+
+A raw multiplier (CAA's -1/0/+1) means different things on different models: a mean-difference vector
+can be tiny next to one model's residual stream and large next to another's. A norm-relative strength
+s adds a vector of norm s * (mean residual norm at that layer), so s = 0.1 nudges every model by about
+a tenth of its own residual stream. Residual norms are measured on neutral text (steerlab's demo
+prompts unless told otherwise) and stored in the vector's metadata, so any later run can convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from importlib import resources
+from typing import Sequence
+
+import torch
+
+from .activations import _pad, positions_from_mask
+from .models import LoadedModel
+from .vector import SteeringVector
+
+NEUTRAL_TEXTS_FILE = "demo_prompts.txt"
+NORM_SOURCE_KEY = "residual_norms_text"
+
+
+class StrengthError(ValueError):
+    """A norm-relative strength cannot be converted; the message says what to measure first."""
+
+
+def neutral_texts() -> list[str]:
+    """steerlab's shipped neutral prompts (written for steerlab): the default text residual norms are measured on."""
+    path = resources.files("steerlab") / "resources" / NEUTRAL_TEXTS_FILE
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.inference_mode()
+def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: Sequence[str] | None = None,
+                   *, batch_size: int = 16) -> dict[int, float]:
+    """Mean L2 norm of each layer's output (the residual stream) over the tokens of neutral text.
+
+    Each text's first token is left out: many models park a huge activation there (an attention
+    sink), which would make the "typical" norm many times larger than any other token's.
+    """
+    layers = sorted(set(range(lm.num_layers) if layers is None else (int(layer) for layer in layers)))
+    bad = [layer for layer in layers if not 0 <= layer < lm.num_layers]
+    if bad:
+        raise ValueError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}")
+    texts = list(texts) if texts is not None else neutral_texts()
+    rows = [lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    rows = [r for r in rows if len(r) > 1]
+    if not rows:
+        raise ValueError("residual norms need at least one text of two or more tokens")
+    sums = dict.fromkeys(layers, 0.0)
+    count = 0
+    read: dict[str, torch.Tensor] = {}
+
+    def hook_for(layer: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            sums[layer] += float((hidden.float().norm(dim=-1) * read["mask"]).sum())
+        return hook
+
+    handles = [lm.layers[layer].register_forward_hook(hook_for(layer)) for layer in layers]
+    try:
+        for start in range(0, len(rows), batch_size):
+            ids, mask = _pad(rows[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
+            positions = positions_from_mask(mask)
+            keep = mask * (positions > 0)
+            read["mask"] = keep.to(lm.device, torch.float32)
+            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                     position_ids=positions.to(lm.device), use_cache=False, logits_to_keep=1)
+            count += int(keep.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: sums[layer] / count for layer in layers}
+
+
+def with_neutral_norms(lm: LoadedModel, vector: SteeringVector, texts: Sequence[str] | None = None,
+                       source: str = "steerlab demo prompts") -> SteeringVector:
+    """A copy of `vector` whose metadata holds residual norms measured on neutral text at its layers."""
+    norms = residual_norms(lm, vector.layers, texts)
+    params = dict(vector.meta.params, **{NORM_SOURCE_KEY: source if texts is None else f"{len(texts)} given texts"})
+    meta = replace(vector.meta, residual_norms={str(k): round(v, 4) for k, v in norms.items()}, params=params)
+    return SteeringVector(dict(vector.directions), meta)
+
+
+def _norms(vector: SteeringVector, layer: int) -> tuple[float, float]:
+    if layer not in vector.directions:
+        raise StrengthError(f"the vector has no direction for layer {layer}; it has layers {vector.layers}")
+    residual = vector.meta.residual_norms.get(str(layer))
+    if residual is None:
+        raise StrengthError(
+            f"the vector has no residual norm for layer {layer}, so a norm-relative strength cannot be converted; "
+            "measure it with steerlab.strength.with_neutral_norms(lm, vector) (steerlab sweep does this)"
+        )
+    direction = float(vector.directions[layer].norm())
+    if direction == 0.0:
+        raise StrengthError(f"the vector's direction at layer {layer} is zero; no multiplier gives it a strength")
+    return float(residual), direction
+
+
+def multiplier_for(vector: SteeringVector, layer: int, strength: float) -> float:
+    """The raw multiplier that adds a vector of norm `strength` * (layer's residual norm)."""
+    residual, direction = _norms(vector, layer)
+    return strength * residual / direction
+
+
+def strength_of(vector: SteeringVector, layer: int, multiplier: float) -> float:
+    """The norm-relative strength of a raw multiplier at `layer`: ||multiplier * v|| / residual norm (signed)."""
+    residual, direction = _norms(vector, layer)
+    return multiplier * direction / residual
