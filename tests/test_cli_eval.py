@@ -9,6 +9,7 @@ import pytest
 from steerlab.cli import main
 from steerlab.data import load_pairs
 from steerlab.methods.caa import CAAConfig, fit
+from steerlab.strength import residual_norms
 from steerlab.vector import SteeringVector
 from tiny_model import tiny_model
 
@@ -121,9 +122,12 @@ def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, 
     assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--method", "caa", "--layers", "2",
                  "--limit", "2", "--max-new-tokens", "3", "--out", str(out)]) == 0
     steer = json.loads((out / "report.json").read_text())["settings"]["steer"]
-    vector = fit(tiny_model("llama"), load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
-    expected = 0.2 * vector.meta.residual_norms["2"] / float(vector.directions[2].norm())
-    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, abs=1e-3)]
+    lm = tiny_model("llama")
+    vector = fit(lm, load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
+    neutral = residual_norms(lm, [2])[2]  # the sweep's residual norm: neutral text, first token left out
+    expected = 0.2 * neutral / float(vector.directions[2].norm())
+    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, rel=1e-3)]
+    assert steer["strengths"] == {"values": [0.2], "layer": 2, "residual_norm": pytest.approx(neutral, abs=1e-4)}
     assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}
 
 

@@ -80,8 +80,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a --method config key")
     p.add_argument("--layers", help="layers to steer (default: the vector's recommended or all its layers; "
                                     "with --method: the model's middle layer)")
-    p.add_argument("--multipliers", help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
-                                         "(default: the vector's recommended multiplier)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--multipliers", help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
+                                            "(default: the vector's recommended multiplier, else strength 0.2)")
+    size.add_argument("--strengths", help="comma-separated norm-relative strengths (added norm / the first steered "
+                                          "layer's residual norm on neutral text, as in `steerlab sweep`)")
     p.add_argument("--instruction", help="instruction for --method prompt / vector_prompt (default: one toward the task's goal)")
     _add_generation_args(p, limit=None)
     from steerlab.cli import add_model_args
@@ -245,7 +248,7 @@ def cmd_eval(args) -> int:
     if isinstance(steer, SteeringVector):
         vector = steer
         spec = SteeringSpec(vector, 1.0, layers)
-        multipliers = multipliers or _default_multiplier(vector, list(spec.layer_weights()), fitted=args.vector is None)
+        multipliers = _vector_multipliers(lm, spec, multipliers, _numbers(args.strengths, "--strengths"), steer_info)
         arms = multiplier_arms(VectorSteering(spec), multipliers)
         steer_info.update(method=vector.meta.method, source=args.vector or f"fitted ({args.method})",
                           layers=spec.layer_weights(), multipliers=multipliers, task=vector.meta.task,
@@ -253,8 +256,8 @@ def cmd_eval(args) -> int:
         steer_info["description"] = (f"{vector.meta.method} vector ({steer_info['source']}) at layers "
                                      f"{list(spec.layer_weights())}, multipliers {', '.join(f'{m:g}' for m in multipliers)}")
     elif hasattr(steer, "prompt_text"):
-        if multipliers:
-            raise CLIError("prompt steering has no multiplier; drop --multipliers")
+        if multipliers or args.strengths:
+            raise CLIError("prompt steering has no strength; drop --multipliers/--strengths")
         arms = [prompt_arm(lm, steer, prompts, use_chat_template=chat)]
         steer_info["description"] = f'prompt steering: "{steer.instruction}" ({steer.placement})'
     else:
@@ -272,6 +275,25 @@ def cmd_eval(args) -> int:
     _print_table(report)
     print(f"\nreport -> {out}")
     return 0
+
+
+def _vector_multipliers(lm, spec, multipliers, strengths, info: dict[str, Any]) -> list[float]:
+    """--multipliers as given; else --strengths (or 0.2 when the vector recommends no multiplier) converted at
+    the first steered layer with residual norms measured on neutral text, as `steerlab sweep` does."""
+    from steerlab.strength import multiplier_for, with_neutral_norms
+
+    from .compare import DEFAULT_STRENGTH
+
+    recommended = spec.vector.meta.recommended.get("multiplier")
+    if multipliers:
+        return multipliers
+    if recommended is not None and not strengths:
+        return [float(recommended)]
+    strengths = strengths or [DEFAULT_STRENGTH]
+    layer = next(iter(spec.layer_weights()))
+    measured = with_neutral_norms(lm, spec.vector)
+    info["strengths"] = {"values": strengths, "layer": layer, "residual_norm": measured.meta.residual_norms[str(layer)]}
+    return [round(multiplier_for(measured, layer, s), 4) for s in strengths]
 
 
 def _fit_for_eval(lm, task, args, layers, default_instruction):
@@ -300,20 +322,6 @@ def _fit_for_eval(lm, task, args, layers, default_instruction):
     info = {"method": args.method, "config": asdict(config), "train": data.describe(),
             "fit_seconds": round(time.perf_counter() - start, 2)}
     return steer, info
-
-
-def _default_multiplier(vector, layers: list[int], fitted: bool) -> list[float]:
-    """The vector's recommended multiplier; for a vector fitted here, compare's default strength at its first layer."""
-    from steerlab.cli import CLIError
-
-    from .compare import DEFAULT_STRENGTH, multiplier_for_strength
-
-    rec = vector.meta.recommended.get("multiplier")
-    if rec is not None:
-        return [float(rec)]
-    if fitted:
-        return [round(multiplier_for_strength(vector, layers[0], DEFAULT_STRENGTH), 3)]
-    raise CLIError("the vector has no recommended multiplier; pass --multipliers (e.g. --multipliers=-4,4)")
 
 
 def cmd_compare(args) -> int:

@@ -1,8 +1,9 @@
 """Compare steering methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
 
 Every method is fitted on the same train pairs; vector methods are applied at the same norm-relative
-strengths (the added vector's norm as a fraction of the layer's residual norm), prompt steering with one
-instruction toward the task's goal. All of them and the unsteered original generate in the same batches.
+strengths (the added vector's norm as a fraction of the layer's mean residual norm on neutral text, as
+`steerlab sweep` defines it), prompt steering with one instruction toward the task's goal. All of them
+and the unsteered original generate in the same batches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable, Sequence
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
+from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector
 from .report import Arm, EvalRun, prompt_arm
 
@@ -37,18 +39,6 @@ class Fitted:
     setting: str
     seconds: float
     params: dict[str, Any]
-
-
-def multiplier_for_strength(vector: SteeringVector, layer: int, strength: float) -> float:
-    """The multiplier that adds `strength` x the layer's residual norm (as stored in the vector's metadata)."""
-    residual = vector.meta.residual_norms.get(str(layer))
-    if residual is None:
-        raise ValueError(f"the {vector.meta.method} vector has no residual norm for layer {layer}, so strength "
-                         f"{strength} cannot be converted to a multiplier")
-    norm = float(vector.directions[layer].norm())
-    if norm == 0.0:
-        raise ValueError(f"the {vector.meta.method} vector is zero at layer {layer}; it cannot steer")
-    return strength * residual / norm
 
 
 def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
@@ -79,9 +69,11 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
             setting = f'instruction "{steer.instruction}" ({steer.placement})'
             fitted.append(Fitted(name, arm, setting, seconds, params))
         elif isinstance(steer, SteeringVector):
+            # Residual norms measured on the same neutral text for every vector, as `steerlab sweep` measures them.
+            steer = with_neutral_norms(lm, steer)
             applied = VectorSteering(SteeringSpec(steer, 1.0, [layer]))
             for strength in strengths:
-                multiplier = multiplier_for_strength(steer, layer, strength)
+                multiplier = multiplier_for(steer, layer, strength)
                 label = name if len(strengths) == 1 else f"{name}@{strength:g}"
                 setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
                 fitted.append(Fitted(label, Arm(label, applied, multiplier), setting, seconds, dict(

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -27,14 +26,12 @@ from ..models import LoadedModel
 from ..steering import Steer
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .perplexity import continuation_losses, corpus_perplexity
-from .refusal import is_refusal
-from .sentiment import vader_scores
-from .toxicity import ProfanityCheckScorer, toxic_share
+from .sweep import metric_scores
+from .toxicity import toxic_share
 
 if TYPE_CHECKING:
     from ..methods.prompt import PromptSteering
 
-METRICS = ("sentiment", "toxicity", "refusal")
 METRIC_NOTES = {
     "sentiment": "mean VADER compound (-1 negative .. +1 positive)",
     "toxicity": "mean P(toxic) from alt-profanity-check (0 .. 1)",
@@ -60,22 +57,6 @@ class EvalRun:
     original: list[str]
     conditions: list[Condition]
     seconds: float = 0.0
-
-
-@lru_cache(maxsize=1)
-def _toxicity_scorer() -> ProfanityCheckScorer:
-    return ProfanityCheckScorer()
-
-
-def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
-    """Per-text behaviour score for a task metric: sentiment (VADER), toxicity (P(toxic)) or refusal (0/1)."""
-    if metric == "sentiment":
-        return vader_scores(texts)
-    if metric == "toxicity":
-        return _toxicity_scorer().scores(texts)
-    if metric == "refusal":
-        return [float(is_refusal(t)) for t in texts]
-    raise ValueError(f"unknown metric '{metric}'; known: {', '.join(METRICS)}")
 
 
 @dataclass
