@@ -27,8 +27,8 @@ def register(sub, vsub) -> None:
     _add_compare(sub)
 
 
-def _parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+def _parser(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=description, epilog=f"example:\n  {EXAMPLES[name]}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -49,8 +49,9 @@ def _add_generation_args(p: argparse.ArgumentParser, limit: int | None) -> None:
 
 
 def _add_diagnose(vsub) -> None:
-    p = _parser(vsub, "diagnose", "Check whether contrastive pairs isolate a direction: held-out AUROC, consistency "
-                                  "and norm per layer, with a verdict and the layers worth trying.")
+    p = _parser(vsub, "diagnose", "check whether pairs isolate a direction (held-out AUROC per layer)",
+                "Check whether contrastive pairs isolate a direction: held-out AUROC, consistency and norm per "
+                "layer, with a verdict and the layers worth trying.")
     src = p.add_argument_group("data (one of)")
     src.add_argument("--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}")
     src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
@@ -71,8 +72,9 @@ def _add_diagnose(vsub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = _parser(sub, "eval", "Evaluate a steer on a task: steered beside original, scored for effect and fluency, "
-                             "written as a report folder (report.json, summary.md, samples.jsonl).")
+    p = _parser(sub, "eval", "evaluate a steer on a task and write a report folder",
+                "Evaluate a steer on a task: steered beside original, scored for effect and fluency, written as a "
+                "report folder (report.json, summary.md, samples.jsonl).")
     steer = p.add_argument_group("steer (one of)")
     steer.add_argument("--vector", help="a vector file")
     steer.add_argument("--method", help="fit this method on the task's train pairs (e.g. caa, pca, vector_prompt, prompt)")
@@ -94,8 +96,9 @@ def _add_eval(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    p = _parser(sub, "compare", "Compare steering methods on one task and budget (same pairs, prompts, tokens, "
-                                "strength): one table of effect and fluency, to see when prompting is enough.")
+    p = _parser(sub, "compare", "compare steering methods on one task and budget",
+                "Compare steering methods on one task and budget (same pairs, prompts, tokens, strength): one table "
+                "of effect and fluency, to see when prompting is enough.")
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
     p.add_argument("--layer", type=int, help="layer for vector methods (default: the model's middle layer)")
     p.add_argument("--strengths", help="comma-separated strengths for vector methods: the added norm as a fraction "
