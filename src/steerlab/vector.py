@@ -56,6 +56,7 @@ class VectorMeta:
     task: str = ""
     residual_norms: dict[str, float] = field(default_factory=dict)
     recommended: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # held-out checks of the pairs (steerlab vector diagnose)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     steerlab_version: str = __version__
     format_version: int = FORMAT_VERSION
