@@ -153,7 +153,7 @@ def sentiment_rows(folder: Path) -> list[str]:
 def write_sections(out: Path, docs: Path) -> None:
     s1 = ["## 1. The CAA A/B protocol on SmolLM2-135M-Instruct\n", ab_section(out / "smollm2", docs, "SmolLM2", "smollm2"),
           "Commands: `python bench/results_ab.py ab smollm2 --all-positions` then `python bench/results_ab.py write`; "
-          "one behaviour's sweep alone: `steerlab sweep --task refusal --limit-train 200 --strengths -0.2,0.2,0.4 "
+          "one behaviour's sweep alone: `steerlab sweep --task refusal --limit-train 200 --strengths=-0.2,0.2,0.4 "
           "--out sweeps/refusal`.\n"]
     qwen = ab_section(out / "qwen", docs, "Qwen2.5-Coder-0.5B-Instruct", "qwen")
     s3 = ["## 3. A larger model: Qwen2.5-Coder-0.5B-Instruct\n",

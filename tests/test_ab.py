@@ -122,6 +122,21 @@ def test_grid_matches_one_forward_per_cell_with_a_hand_written_hook(positions):
                 assert grid.first[c, i, o].item() == pytest.approx(expect_first / (m + n), abs=2e-5)
 
 
+@torch.inference_mode()
+def test_a_tokenizer_that_merges_the_bracket_and_letter_is_asked_for_the_merged_tokens():
+    lm = tiny_lm()
+    lm.tokenizer.add_tokens(["(A", "(B"])
+    lm.model.resize_token_embeddings(len(lm.tokenizer))
+    merged_a, merged_b = lm.tokenizer.convert_tokens_to_ids(["(A", "(B"])
+    pair = PAIRS[0]
+    grid = score_ab(lm, [pair], cells=[UNSTEERED], swap=False)
+    ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)["input_ids"]
+    probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+    m, n = float(probs[merged_a]), float(probs[merged_b])
+    assert grid.match[0, 0, 0].item() == pytest.approx(m / (m + n), abs=2e-5)
+    assert grid.mass[0, 0, 0].item() == pytest.approx(m + n, rel=2e-4)
+
+
 def test_two_vectors_in_one_grid_are_kept_apart():
     lm = tiny_lm()
     v0, v1 = _vector(lm, [2], seed=1), _vector(lm, [2], seed=2)

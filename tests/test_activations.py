@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tiny_model import ARCHS, tiny_model
-from steerlab.activations import length_batches, record_activations
+from steerlab.activations import length_batches, record_activations, tokenize_pair
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit
 
@@ -38,6 +38,8 @@ def reference_caa(lm, pairs, layers):
                                  add_special_tokens=False)["input_ids"]
             else:
                 prompt_ids = tok(pair.answer_prefix, add_special_tokens=True)["input_ids"]
+                # A stand-alone text starts after BOS (else EOS), so its own first token is not the attention sink.
+                prompt_ids = prompt_ids or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
             answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 out = lm.model(torch.tensor([prompt_ids + answer_ids]), output_hidden_states=True)
@@ -111,3 +113,10 @@ def test_caa_parity_on_smollm2(smollm2, shared_data):
     for pairs in (ab, TEXT_PAIRS):
         vector = fit(smollm2, ContrastiveDataset(pairs, "p", "0"), CAAConfig(layers=[5, 15], batch_size=5))
         assert_parity(vector, reference_caa(smollm2, pairs, [5, 15]))
+
+
+def test_stand_alone_texts_start_after_bos(tiny_llama):
+    """An empty prompt gives the BOS token as context, so the text's first token is not the attention sink."""
+    prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
+    assert prefix == [tiny_llama.tokenizer.bos_token_id]
+    assert pos == tiny_llama.tokenizer("Great film!", add_special_tokens=False)["input_ids"]

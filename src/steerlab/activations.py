@@ -48,12 +48,23 @@ def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, Tok
         text = format_prompt(tok, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
         prefix = tok(text, add_special_tokens=not lm.use_chat_template)["input_ids"]
     else:
-        prefix = tok(pair.answer_prefix, add_special_tokens=True)["input_ids"]
+        prefix = with_start_token(tok, tok(pair.answer_prefix, add_special_tokens=True)["input_ids"])
     pos = tok(pair.positive, add_special_tokens=False)["input_ids"]
     neg = tok(pair.negative, add_special_tokens=False)["input_ids"]
     if not pos or not neg:
         raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
     return list(prefix), list(pos), list(neg)
+
+
+def with_start_token(tokenizer, prefix: TokenIds) -> TokenIds:
+    """`prefix`, or the BOS (else EOS) token when it is empty, so a text never starts at position 0.
+
+    The first position is the attention sink: its activation is ~10x larger than other tokens' (1360 vs
+    110 at SmolLM2's layer 12) and would dominate a mean over the text's tokens.
+    """
+    if prefix:
+        return list(prefix)
+    return [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 
 
 def record_pair_activations(

@@ -167,25 +167,35 @@ class _Row:
 
 
 def _prepare(lm: LoadedModel, pair: ContrastivePair, positions: str) -> _Row:
+    """Token rows for one item: the context up to where the two full answers' tokens first differ, and those tokens.
+
+    Tokenizing each full answer (not the answer prefix and the letter apart) keeps the tokenizer's own
+    merges: SmolLM2 writes "(A" as "(" + "A" and is asked after "(", Qwen writes "(A" as one token and
+    is asked for "(A" against "(B" right after the assistant-turn start.
+    """
     tok = lm.tokenizer
     chat = bool(lm.use_chat_template)
     if chat:
         messages = [{"role": "user", "content": pair.prompt}]
-        full_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + pair.answer_prefix
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         user_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     else:
-        full_text, user_text = pair.prompt + pair.answer_prefix, pair.prompt
-    ids = tok(full_text, add_special_tokens=not chat)["input_ids"]
+        text, user_text = pair.prompt, pair.prompt
+    ids_m = tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"]
+    ids_n = tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"]
+    k = 0
+    while k < min(len(ids_m), len(ids_n)) and ids_m[k] == ids_n[k]:
+        k += 1
+    if k == 0 or k == min(len(ids_m), len(ids_n)):
+        raise ABFormatError(f"answers {pair.positive!r} and {pair.negative!r} do not tokenize to different tokens "
+                            "after a shared context")
+    context = ids_m[:k]
     split = 0
     if positions == "answer":
         user_ids = tok(user_text, add_special_tokens=not chat)["input_ids"]
-        while split < min(len(ids) - 1, len(user_ids)) and ids[split] == user_ids[split]:
+        while split < min(k - 1, len(user_ids)) and context[split] == user_ids[split]:
             split += 1
-    m = tok(pair.positive, add_special_tokens=False)["input_ids"]
-    n = tok(pair.negative, add_special_tokens=False)["input_ids"]
-    if not m or not n or m[0] == n[0]:
-        raise ABFormatError(f"answers {pair.positive!r} and {pair.negative!r} do not start with different tokens")
-    return _Row(ids[:split], ids[split:], m[0], n[0], pair.positive == first_answer(pair))
+    return _Row(context[:split], context[split:], ids_m[k], ids_n[k], pair.positive == first_answer(pair))
 
 
 def _specs(vectors: Sequence[SteeringVector], cells: Sequence[Cell], rows_per_cell: int) -> list[SteeringSpec]:

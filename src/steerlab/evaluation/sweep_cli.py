@@ -8,7 +8,7 @@ from pathlib import Path
 
 EXAMPLES = (
     "steerlab sweep --task sentiment --layers 4,8,12,16,20 --strengths 0.1,0.2 --limit 20 --out sweeps/sentiment\n"
-    "  steerlab sweep --task refusal --multipliers -1,1 --out sweeps/refusal\n"
+    "  steerlab sweep --task refusal --multipliers=-1,1 --out sweeps/refusal\n"
     "  steerlab sweep --task my_task.yaml --out sweeps/mine"
 )
 
@@ -25,8 +25,8 @@ def register(sub, vector_sub=None) -> None:
     p.add_argument("--method", default="caa", help="steering method (sweeps build CAA vectors)")
     p.add_argument("--layers", help="layers: all (default), 4,8,12 or 0-29")
     grid = p.add_mutually_exclusive_group()
-    grid.add_argument("--multipliers", help="raw multipliers, e.g. -1,1 (the CAA paper's)")
-    grid.add_argument("--strengths", help="norm-relative strengths (fraction of the layer's residual norm), e.g. "
+    grid.add_argument("--multipliers", help="raw multipliers, e.g. --multipliers=-1,1 (the CAA paper's; write = before a leading minus)")
+    grid.add_argument("--strengths", help="norm-relative strengths (fraction of the layer's residual norm), e.g. --strengths="
                       "-0.25,-0.1,0.1,0.25 (default)")
     p.add_argument("--split", default="val", choices=["val", "test"], help="items to score (default val: held out of training)")
     p.add_argument("--limit", type=int, help="score only the first N items or prompts")
@@ -98,8 +98,11 @@ def cmd_sweep(args) -> int:
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage) or bars.setdefault(stage, progress_bar(total, stage))
-        bar.update(done - bar.n)
+        if stage not in bars:
+            for previous in bars.values():
+                previous.close()
+            bars[stage] = progress_bar(total, stage)
+        bars[stage].update(done - bars[stage].n)
 
     start = time.perf_counter()
     try:
