@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                 json.dump(ec.pair_texts(lm, data), f)
             repeng = Worker(python, Path(__file__).with_name("repeng_worker.py"), lm.model.name_or_path, f.name, str(threads))
             extra = {"repeng (own venv)": repeng.ready["repeng"], "numpy (repeng's venv)": repeng.ready["numpy"]}
-    body = header_block(threads, command.strip(), extra)
-    body += (f"## CAA extraction on SmolLM2-135M-Instruct (fp32)\n\nThe first {args.pairs} sycophancy A/B pairs "
+    body = header_block(threads, command.strip(), extra, title="CAA extraction on SmolLM2-135M-Instruct (fp32)")
+    body += (f"The first {args.pairs} sycophancy A/B pairs "
              f"({n_tokens} tokens per side in all, prompt and answer letter), read at the answer letter, batch {args.batch_size} pairs "
              f"(repeng: {2 * args.batch_size} strings, which is the same rows). Median over {args.rounds} alternated rounds "
              f"after a warm-up on {min(4, args.pairs)} pairs (min-max). Ratios are per round, then the median. steering-vectors: "
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
             models.append(("Qwen2.5-Coder-0.5B", qwen, qwen_sizes))
         start = time.perf_counter()
         rows = scaling(models, args)
-        sbody = header_block(threads, command.strip())
-        sbody += (f"## How extraction cost grows\n\nsteerlab's CAA extraction at each model's middle layer, alternated with "
+        sbody = header_block(threads, command.strip(), title="How extraction cost grows")
+        sbody += (f"steerlab's CAA extraction at each model's middle layer, alternated with "
                   f"the truncated forward over the same pairs; median over {args.scaling_rounds} rounds (min-max). Pairs are "
                   "the first N sycophancy A/B items (past 1000, continuing into the hallucination set).")
         if qwen is None:

@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"runs": runs, "threads": threads, "rank": args.rank, "batch": args.batch, "length": args.length,
                "chunk": args.chunk, "peak_ratio": ratio("peak_rss"), "added_ratio": ratio("added"),
                "time_ratio": ratio("seconds")}
-    body = header_block(threads, "python bench/bench_lmsteer.py " + " ".join(passed))
-    body += (f"## LM-Steer: one training step, bounded loss vs full logits (SmolLM2-135M-Instruct, fp32)\n\n"
+    body = header_block(threads, "python bench/bench_lmsteer.py " + " ".join(passed),
+                        title="LM-Steer: one training step, bounded loss vs full logits (SmolLM2-135M-Instruct, fp32)")
+    body += (f""
              f"{args.batch} texts (half positive, half negative SST-2 dev sentences joined to at least {args.length} "
              f"words), cut at {args.length} tokens; rank {args.rank}; steerlab's chunk_size {args.chunk} tokens. Each "
              f"contender in a fresh process per round ({args.rounds} rounds, alternated), after a one-text warm-up step. "

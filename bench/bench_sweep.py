@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"threads": threads, "layers": layers, "multipliers": mults, "questions": len(items),
                "times": rounds.times, "ratio": ratio, "max_abs_diff": diff}
     command = "python bench/bench_sweep.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
-    body = header_block(threads, command)
-    body += (f"## Layer x multiplier sweep of A/B scores (SmolLM2-135M-Instruct, fp32)\n\n"
+    body = header_block(threads, command, title="Layer x multiplier sweep of A/B scores (SmolLM2-135M-Instruct, fp32)")
+    body += (f""
              f"{len(layers)} layers ({', '.join(map(str, layers))}) x {len(mults)} multipliers ({args.multipliers}) = "
              f"{len(cells)} cells; the first {len(items)} CAA sycophancy test questions, each in both choice orders; a CAA "
              f"vector from {args.vector_pairs} sycophancy pairs. steerlab: `score_ab(lm, items, vector, cells)` once "

@@ -120,11 +120,11 @@ def versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return found
 
 
-def header_block(threads: int, command: str, extra_versions: Mapping[str, str] | None = None) -> str:
-    """The machine, versions and command line a section was measured with (goes at the top of each section)."""
+def header_block(threads: int, command: str, extra_versions: Mapping[str, str] | None = None, *, title: str) -> str:
+    """A section's heading, then the command line, machine and versions it was measured with."""
     info = machine(threads)
     vers = versions(extra_versions)
-    return (f"Command: `{command}`. Measured {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
+    return (f"## {title}\n\nCommand: `{command}`. Measured {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
             + "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".\n\n"
             + "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n\n")
 
@@ -147,16 +147,15 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
 
 
 def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
-    """Rewrite the doc with its sections in `order` (sections not named keep their order, after those)."""
+    """Put the marked sections in `order` (unnamed ones after them), leaving all unmarked text where it is."""
     from steerlab.vector import write_atomic
 
     text = doc.read_text(encoding="utf-8")
-    found = re.findall(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->", text, flags=re.S)
-    blocks = {name: re.search(rf"<!-- bench:{name} -->\n.*?<!-- /bench:{name} -->", text, flags=re.S).group(0)
-              for name in found}
-    names = [n for n in order if n in blocks] + [n for n in found if n not in order]
-    head = text.split("<!-- bench:", 1)[0].rstrip() if found else text.rstrip()
-    write_atomic(doc, (head + "\n\n" + "\n\n".join(blocks[n] for n in names) + "\n").encode("utf-8"), overwrite=True)
+    pattern = re.compile(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->", flags=re.S)
+    blocks = {m.group(1): m.group(0) for m in pattern.finditer(text)}
+    names = [n for n in order if n in blocks] + [n for n in blocks if n not in order]
+    slots = iter(names)
+    write_atomic(doc, pattern.sub(lambda _: blocks[next(slots)], text).encode("utf-8"), overwrite=True)
 
 
 def save_result(name: str, data: object) -> Path:
