@@ -91,7 +91,7 @@ def compare(lm, data, layers: list[int], args, repeng: Worker | None) -> dict:
             "vs_limit": rounds.ratios(STEERLAB, LIMIT), "summary": {n: rounds.summary(n) for n in rounds.times}}
 
 
-def extraction_body(result: dict, data, n_tokens: int) -> str:
+def extraction_body(result: dict, data) -> str:
     """One Markdown table for one layer set."""
     layers = result["layers"]
     which = f"layer {layers[0]}" if len(layers) == 1 else f"all {len(layers)} layers"
@@ -210,11 +210,18 @@ def main(argv: list[str] | None = None) -> dict:
     repeng, extra = None, {}
     if args.layer_sets:
         if python is None:
-            print("[extraction] no repeng interpreter (make repeng-venv, or STEERLAB_REPENG_PYTHON): repeng left out")
+            print("[extraction] no repeng interpreter (`make bench` creates .venv-repeng; or set STEERLAB_REPENG_PYTHON): "
+                  "repeng left out")
         else:
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:  # the pairs' texts for repeng
                 json.dump(ec.pair_texts(lm, data), f)
-            repeng = Worker(python, Path(__file__).with_name("repeng_worker.py"), lm.model.name_or_path, f.name, str(threads))
+            pairs_file = f.name
+            try:
+                repeng = Worker(python, Path(__file__).with_name("repeng_worker.py"), lm.model.name_or_path, pairs_file,
+                                str(threads))
+            except Exception:
+                os.unlink(pairs_file)
+                raise
             extra = {"repeng (own venv)": repeng.ready["repeng"], "numpy (repeng's venv)": repeng.ready["numpy"]}
     body = header_block(threads, command.strip(), extra, title="CAA extraction on SmolLM2-135M-Instruct (fp32)")
     body += (f"The first {args.pairs} sycophancy A/B pairs "
@@ -231,10 +238,11 @@ def main(argv: list[str] | None = None) -> dict:
             layers = [lm.default_layer()] if which == "middle" else list(range(lm.num_layers))
             result = compare(lm, data, layers, args, repeng)
             results[which] = result
-            body += extraction_body(result, data, n_tokens)
+            body += extraction_body(result, data)
     finally:
         if repeng is not None:
             repeng.close()
+            os.unlink(pairs_file)
     if args.layer_sets:
         if not args.no_doc:
             save_result("extraction", results)

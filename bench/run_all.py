@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process) and rewrite docs/benchmarks.md's summary of goals.
 
     python bench/run_all.py                 # full sizes (hours on a 2-core CPU)
-    python bench/run_all.py --profile quick # small sizes that finish in about 15 minutes on 2 busy cores
+    python bench/run_all.py --profile quick # small sizes: about 30 minutes on 2 cores shared with other jobs
     python bench/run_all.py --summary-only  # rebuild the summary from bench/results/*.json
 
 A benchmark that fails is reported and the others still run; the summary marks its goals "not measured".
