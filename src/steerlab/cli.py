@@ -63,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_demo(sub)
     for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that subsystem is not part of this installation
-            raise
-        module.register(sub, vsub)
+        importlib.import_module(name).register(sub, vsub)
     return parser
 
 
