@@ -119,6 +119,30 @@ def run_ab(args) -> None:
         run_side_effects(lm, vectors, out, args.side_limit, side)
 
 
+def run_key_cells(args) -> None:
+    """Re-score the unsteered and recommended-layer cells of finished runs, keeping per-question scores (for errors)."""
+    out = args.out / args.model
+    lm = None
+    for behaviour in CAA_BEHAVIOURS:
+        path = out / f"{behaviour}.json"
+        if not path.exists():
+            continue
+        run = json.loads(path.read_text())
+        if "key" in run:
+            continue
+        lm = lm or load(args.model)
+        vector = SteeringVector.load(out / f"{behaviour}.safetensors")
+        rec = run["recommended"]
+        layer, m = rec["layer"], rec["multiplier"]
+        cells = [UNSTEERED, Cell(layer, -1.0), Cell(layer, 1.0), Cell(layer, -m), Cell(layer, m)]
+        items = get_task(behaviour).eval_items("test", limit=run["test_items"])
+        grid = score_ab(lm, items, vector, cells)
+        run["key"] = {"cells": [[c.layer, c.multiplier] for c in cells],
+                      "summaries": [grid.summary(i) for i in range(len(cells))],
+                      "item_scores": [[round(x, 5) for x in grid.item_scores(i).tolist()] for i in range(len(cells))]}
+        save_json(path, run)
+
+
 def run_side_effects(lm, vectors: dict, out: Path, limit: int, path: Path) -> None:
     """MMLU and TruthfulQA A/B accuracy, unsteered and with each behaviour's vector at its recommended cell, +/-."""
     names = list(vectors)
@@ -174,7 +198,7 @@ def run_sentiment(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["ab", "sentiment", "write"])
+    parser.add_argument("step", choices=["ab", "key", "sentiment", "write"])
     parser.add_argument("model", nargs="?", choices=["smollm2", "qwen"], default="smollm2")
     parser.add_argument("--limit", type=int, help="items (A/B) or val prompts (sentiment) per cell")
     parser.add_argument("--limit-train", type=int, default=200, help="training pairs")
@@ -195,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         write_sections(args.out, args.docs)
     elif args.step == "ab":
         run_ab(args)
+        run_key_cells(args)
+    elif args.step == "key":
+        run_key_cells(args)
     else:
         run_sentiment(args)
 

@@ -16,6 +16,12 @@ from steerlab.vector import write_atomic  # noqa: E402
 
 PAPER = {"sycophancy": (0.64, 0.76, 0.82), "hallucination": (0.48, 0.74, 0.88), "refusal": (0.42, 0.74, 0.89)}
 BEHAVIOURS = ("sycophancy", "hallucination", "refusal")
+# load_model names a GGUF model after its file name up to the first dot ("qwen2" for qwen2.5-...gguf).
+DISPLAY = {"qwen2": "Qwen2.5-Coder-0.5B-Instruct"}
+
+
+def _name(run: dict) -> str:
+    return DISPLAY.get(run["model"], run["model"])
 
 
 def _load(folder: Path, name: str) -> dict | None:
@@ -41,6 +47,13 @@ def at_chance(summary: dict, n: int) -> bool:
     return abs(summary["accuracy"] - 0.5) < 2 * math.sqrt(0.25 / n) and abs(summary["p_matching"] - 0.5) < 0.05
 
 
+def _se(base: list[float], steered: list[float]) -> float:
+    """Standard error of the mean per-question change in p(matching)."""
+    diffs = [b - a for a, b in zip(base, steered)]
+    mean = sum(diffs) / len(diffs)
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+
+
 def _f(x: float) -> str:
     return f"{x:.2f}"
 
@@ -53,7 +66,7 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
     first = next(iter(runs.values()))
     lines = []
     n_layers = len(first["layers"])
-    lines.append(f"Model: {first['model']}; {first['train_pairs']} training pairs per behaviour (from the CAA generate "
+    lines.append(f"Model: {_name(first)}; {first['train_pairs']} training pairs per behaviour (from the CAA generate "
                  f"set less its last 50), the last 50 generate items as validation ({first['val_items']} scored), "
                  f"{first['test_items']} held-out test questions, each asked in both choice orders; "
                  f"{n_layers} layers ({', '.join(map(str, first['layers'])) if n_layers < 30 else '0-29'}); "
@@ -75,7 +88,7 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
                  "in debiased p(matching) among norm-relative strengths 0.2 and 0.4 whose answer mass p(A)+p(B) keeps "
                  "90% of the unsteered one); the numbers are test-set debiased p(matching) at -/0/+. 'flipped' is the "
                  "share of test questions whose preferred answer (order-averaged) differs from the unsteered model's "
-                 "under +.\n")
+                 "under +; the bracket gives the standard error of the mean per-question change at -s and +s.\n")
     lines.append("| behaviour | layer (val) | raw -1 / 0 / +1 | norm-relative -s / 0 / +s | s | flipped at +s | answer mass at +s | Llama-2-7b-chat, layer 13, -1 / 0 / +1 (paper) |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for b, run in runs.items():
@@ -84,8 +97,12 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
         raw = [_cell(run, layer, -1.0), base, _cell(run, layer, 1.0)]
         rel = [_cell(run, layer, -m), base, _cell(run, layer, m)]
         note = " (no cell passed on val; middle layer shown)" if rec.get("fallback") else ""
+        se = ""
+        if "key" in run:  # per-question changes re-scored with the same vectors: standard errors of -s and +s
+            se = " (+-" + " / +-".join(f"{_se(run['key']['item_scores'][0], run['key']['item_scores'][i]):.3f}"
+                                       for i in (3, 4)) + ")"
         lines.append(f"| {b} | {layer}{note} | {' / '.join(_f(x['p_matching']) for x in raw)} | "
-                     f"{' / '.join(_f(x['p_matching']) for x in rel)} | {rec['value']:g} (x{m:.1f}) | "
+                     f"{' / '.join(_f(x['p_matching']) for x in rel)}{se} | {rec['value']:g} (x{m:.1f}) | "
                      f"{_f(rel[2]['flipped'])} | {_f(rel[2]['answer_mass'])} (unsteered {_f(base['answer_mass'])}) | "
                      f"{' / '.join(map(str, PAPER[b]))} |")
     if any(r.get("all_positions") for r in runs.values()):
@@ -107,7 +124,7 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
             for name, s in zip(curves, group):
                 curves[name].append(s["p_matching"])
         png = docs / "results" / f"ab_{b}_{tag}.png"
-        write_atomic(png, curves_png(layers, curves, title=f"{b}: {run['model']}, test set, both orders",
+        write_atomic(png, curves_png(layers, curves, title=f"{b}: {_name(run)}, test set, both orders",
                                      y_label="p(matching), debiased", reference=run["test"][0]["p_matching"]),
                      overwrite=True)
         lines.append(f"![{b} per layer](results/{png.name})\n")
@@ -140,12 +157,12 @@ def sentiment_rows(folder: Path) -> list[str]:
         return []
     val, rec = run["val"], run["val"]["recommended"]
     if not rec:
-        return [f"| {run['model']} | {val['note']} | | | | |"]
+        return [f"| {_name(run)} | {val['note']} | | | | |"]
     t = run["test"]
     neutral = t["neutral"]
     controls = [k for k in t if k not in ("neutral",) and not k.endswith(" prompts")]
     ctrl = "; ".join(f"{k}: {t[k][0]['vader']:+.2f} -> {t[k][1]['vader']:+.2f}" for k in controls)
-    return [f"| {run['model']} | layer {rec['layer']}, strength {rec['value']:g} (x{rec['multiplier']:.1f}) | "
+    return [f"| {_name(run)} | layer {rec['layer']}, strength {rec['value']:g} (x{rec['multiplier']:.1f}) | "
             f"{neutral[2]['vader']:+.2f} / {neutral[0]['vader']:+.2f} / {neutral[1]['vader']:+.2f} | "
             f"{neutral[0]['fluency']:.2f} -> {neutral[1]['fluency']:.2f} | {ctrl} | {run['seconds']:.0f} |"]
 

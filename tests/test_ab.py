@@ -179,6 +179,7 @@ def test_flips_count_items_whose_preferred_answer_changes_against_the_unsteered_
     assert s["flipped_to_matching"] == 0.25
     assert s["p_matching"] == pytest.approx((0.6 + 0.8 + 0.3 + 0.2) / 4)
     assert s["accuracy"] == 0.5
+    assert s["change_se"] == pytest.approx(torch.tensor([0.0, 0.4, 0.0, -0.5]).std().item() / 2, abs=1e-4)
     assert "flipped" not in grid.summary(0)
 
 

@@ -152,6 +152,9 @@ class ABGrid:
             base = self.item_scores(baseline) > 0.5
             out["flipped"] = round(float((pref != base).float().mean()), 4)
             out["flipped_to_matching"] = round(float((pref & ~base).float().mean()), 4)
+            diff = self.item_scores(c) - self.item_scores(baseline)
+            # Standard error of the mean per-question change: how far p(matching) moved beyond item noise.
+            out["change_se"] = round(float(diff.std() / len(diff) ** 0.5), 4) if len(diff) > 1 else 0.0
         return out
 
 
