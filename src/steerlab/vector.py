@@ -172,27 +172,14 @@ class SteeringVector:
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write safetensors (metadata in the header) atomically; refuse to replace a file unless asked."""
-        path = Path(path)
-        tensors = {f"layer.{layer}": t.contiguous() for layer, t in self.directions.items()}
-        blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(self.meta), sort_keys=True)})
-        write_atomic(path, blob, overwrite=overwrite)
-        return path
+        tensors = {f"layer.{layer}": t for layer, t in self.directions.items()}
+        return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SteeringVector":
         """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
         path = Path(path)
-        if not path.is_file():
-            raise VectorFileError(f"{path}: no such vector file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for corrupt input
-            raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
-        if METADATA_KEY not in header:
-            raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
-        meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
+        meta, tensors = read_steer_file(path, "vector")
         if meta.method == "lm_steer":
             raise VectorFileError(f"{path}: an LM-Steer file, not a steering vector; read it with LMSteer.load "
                                   "(steerlab.methods.lm_steer)")
@@ -210,6 +197,31 @@ class SteeringVector:
         info["layers"] = self.layers
         info["norms"] = {str(k): round(v, 4) for k, v in self.norms().items()}
         return info
+
+
+def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: VectorMeta, *,
+                     overwrite: bool = False) -> Path:
+    """Safetensors with the metadata as JSON in its header, written atomically (vectors and LM-Steers alike)."""
+    path = Path(path)
+    tensors = {k: t.contiguous() for k, t in tensors.items()}
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(meta), sort_keys=True)})
+    write_atomic(path, blob, overwrite=overwrite)
+    return path
+
+
+def read_steer_file(path: Path, what: str) -> tuple[VectorMeta, dict[str, torch.Tensor]]:
+    """Metadata and tensors of a file written by write_steer_file; safetensors never executes code."""
+    if not path.is_file():
+        raise VectorFileError(f"{path}: no such {what} file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt input
+        raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
+    return VectorMeta.from_json(header[METADATA_KEY], str(path)), tensors
 
 
 def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:

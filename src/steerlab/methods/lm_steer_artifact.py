@@ -7,20 +7,17 @@ row (0 = off, giving exactly the unsteered logits).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 
 from ..models import LoadedModel
 from ..steering import SteeringError, _combine_rows, _fit_rows
-from ..vector import (METADATA_KEY, VectorFileError, VectorMeta, check_hidden_size, warn_if_other_model,
-                      write_atomic)
+from ..vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
+                      write_steer_file)
 
 METHOD = "lm_steer"
 WHAT = "LM-Steer steer"
@@ -110,27 +107,14 @@ class LMSteer:
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write safetensors (P1, P2; metadata as JSON in the header) atomically; never a pickle."""
-        path = Path(path)
-        tensors = {"projector1": self.projector1.contiguous(), "projector2": self.projector2.contiguous()}
-        blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(self.meta), sort_keys=True)})
-        write_atomic(path, blob, overwrite=overwrite)
-        return path
+        tensors = {"projector1": self.projector1, "projector2": self.projector2}
+        return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LMSteer":
         """Read a steer written by :meth:`save` (value 1; pick another with with_value)."""
         path = Path(path)
-        if not path.is_file():
-            raise VectorFileError(f"{path}: no such LM-Steer file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for corrupt input
-            raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
-        if METADATA_KEY not in header:
-            raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
-        meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
+        meta, tensors = read_steer_file(path, "LM-Steer")
         if meta.method != METHOD:
             raise VectorFileError(f"{path}: a steering vector (method {meta.method}), not an LM-Steer file; read it "
                                   "with SteeringVector.load")
