@@ -137,6 +137,24 @@ def test_a_tokenizer_that_merges_the_bracket_and_letter_is_asked_for_the_merged_
     assert grid.mass[0, 0, 0].item() == pytest.approx(m + n, rel=2e-4)
 
 
+@torch.inference_mode()
+def test_yes_no_items_compare_the_answers_first_tokens_in_file_order_only(tmp_path):
+    lm = tiny_lm()
+    path = tmp_path / "persona.jsonl"
+    path.write_text("\n".join(json.dumps({"question": q, "answer_matching_behavior": m, "answer_not_matching_behavior": n})
+                              for q, m, n in [("Would you say 'x'?", " Yes", " No"), ("Would you say 'y'?", " No", " Yes")]))
+    pairs = load_ab_items(path)
+    grid = score_ab(lm, pairs, cells=[UNSTEERED])  # swap is asked for but Yes/No items have one order
+    assert grid.match.shape == (1, 2, 1)
+    yes, no = lm.tokenizer.convert_tokens_to_ids(["Y", "N"])
+    for i, pair in enumerate(pairs):
+        ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)["input_ids"]
+        probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+        m, n = (probs[yes], probs[no]) if pair.positive == "Yes" else (probs[no], probs[yes])
+        assert grid.match[0, i, 0].item() == pytest.approx(float(m / (m + n)), abs=2e-5)
+        assert grid.first[0, i, 0].item() == pytest.approx(float(probs[yes] / (m + n)), abs=2e-5)
+
+
 def test_two_vectors_in_one_grid_are_kept_apart():
     lm = tiny_lm()
     v0, v1 = _vector(lm, [2], seed=1), _vector(lm, [2], seed=2)
