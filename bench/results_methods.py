@@ -21,63 +21,81 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from steerlab.cli import main as steerlab  # noqa: E402
+from steerlab.evaluation.compare import prompting_verdict  # noqa: E402
 from steerlab.vector import write_atomic  # noqa: E402
 
 TASKS = ("sentiment", "toxicity")
+# LM-Steer trains, so it runs on its own with a CPU-sized budget (the settings its SmolLM2 test uses).
+RUNS = {"main": ["--methods", "caa,pca,prompt,vector_prompt"],
+        "lm_steer": ["--methods", "lm_steer", "--set", "lm_steer.steps=200", "--set", "lm_steer.batch_size=4",
+                     "--set", "lm_steer.max_length=32"]}
 SETTINGS = {"limit": 40, "max_new_tokens": 40, "train_limit": 200, "strengths": "0.2,0.4", "threads": 2, "seed": 0}
 BEGIN, END = "<!-- results_methods section 2 begin -->", "<!-- results_methods section 2 end -->"
 NEXT_SECTION = "<!-- results_ab section 3 begin -->"
 
 
-def command(task: str, out: Path) -> list[str]:
+def folder(out_root: Path, task: str, run: str) -> Path:
+    return out_root / (task if run == "main" else f"{task}-{run}")
+
+
+def command(task: str, run: str, out: Path) -> list[str]:
     s = SETTINGS
-    return ["compare", "--task", task, "--limit", str(s["limit"]), "--max-new-tokens", str(s["max_new_tokens"]),
+    return ["compare", *RUNS[run], "--task", task, "--limit", str(s["limit"]), "--max-new-tokens", str(s["max_new_tokens"]),
             "--train-limit", str(s["train_limit"]), "--strengths", s["strengths"], "--sample", "--top-p", "0.9",
             "--seed", str(s["seed"]), "--threads", str(s["threads"]), "--batch-size", "32", "--out", str(out),
             "--overwrite"]
 
 
-def run(out_root: Path, tasks: list[str]) -> None:
+def run(out_root: Path, tasks: list[str], runs: list[str]) -> None:
     for task in tasks:
-        start = time.perf_counter()
-        code = steerlab(command(task, out_root / task))
-        if code:
-            raise SystemExit(f"steerlab compare --task {task} failed ({code})")
-        (out_root / task / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+        for name in runs:
+            out = folder(out_root, task, name)
+            start = time.perf_counter()
+            code = steerlab(command(task, name, out))
+            if code:
+                raise SystemExit(f"steerlab compare --task {task} ({name}) failed ({code})")
+            (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
 
 
-def task_table(folder: Path) -> list[str]:
-    report = json.loads((folder / "report.json").read_text())
+def task_table(out_root: Path, task: str) -> list[str]:
+    report = json.loads((folder(out_root, task, "main") / "report.json").read_text())
     s = report["settings"]
-    methods = s["methods"]
+    methods = dict(s["methods"])
     o = report["original"]
+    conditions = list(report["conditions"])
+    walls = []
+    for name in RUNS:
+        path = folder(out_root, task, name)
+        walls.append(f"{name} {(path / 'wall_seconds.txt').read_text().strip()} s"
+                     if (path / "wall_seconds.txt").exists() else f"{name} ?")
+        if name == "main" or not (path / "report.json").exists():
+            continue
+        extra = json.loads((path / "report.json").read_text())
+        for label, info in extra["settings"]["methods"].items():
+            info = dict(info, setting=f"{info['setting']} (own run; its original {extra['original']['behaviour']:+.3f})")
+            methods[label] = info
+        conditions += extra["conditions"]
     rows = [f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
             f"{o['repetition']:.2f} | {_num(o['perplexity'])} |"]
-    for c in report["conditions"]:
+    for c in conditions:
         x = c["scores"]
         rows.append(f"| {c['label']} | {methods[c['label']]['setting']} | {x['behaviour']:+.3f} | {c['effect']:+.3f} | "
                     f"{x['fluency_entropy']:.2f} | {x['distinct_2']:.2f} | {x['repetition']:.2f} | {_num(x['perplexity'])} |")
     extra = ""
     if "toxic_share" in o:
-        shares = ", ".join(f"{c['label']} {c['scores']['toxic_share']:.0%}" for c in report["conditions"])
+        shares = ", ".join(f"{c['label']} {c['scores']['toxic_share']:.0%}" for c in conditions)
         extra = f"\nShare of continuations scored toxic (P >= 0.5): original {o['toxic_share']:.0%}; {shares}.\n"
-    wall = (folder / "wall_seconds.txt").read_text().strip() if (folder / "wall_seconds.txt").exists() else "?"
+    wall = ", ".join(walls)
     fit_seconds = {label.split("@")[0]: v["fit_seconds"] for label, v in methods.items()}
     fits = ", ".join(f"{name} {sec:.0f} s" for name, sec in fit_seconds.items())
     head = [f"### {s['task']['name']}: {s['task']['metric_note']}, the task wants it "
             f"{'up' if s['task']['direction'] > 0 else 'down'}\n",
             f"{s['task']['prompts']} {s['task']['split']} prompts, train pairs: {s['train']['name']} "
             f"({s['train']['pairs']}); vectors at layer {s['layer']}; instruction: \"{s['instruction']}\". "
-            f"Fit times: {fits}; whole run {wall} s.\n",
+            f"Fit times: {fits}; whole runs: {wall}.\n",
             "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity |",
             "|---|---|---|---|---|---|---|---|"]
-    return head + rows + [extra, _verdict(report), ""]
-
-
-def _verdict(report: dict) -> str:
-    from steerlab.evaluation.compare import prompting_verdict
-
-    return prompting_verdict(report["conditions"])
+    return head + rows + [extra, prompting_verdict(conditions), ""]
 
 
 def _num(value: float | None) -> str:
@@ -99,13 +117,17 @@ def section(out_root: Path) -> str:
              "model given their prompts (low perplexity alone can mean repetition; read it with the others).\n",
              f"Sizes: {s['limit']} prompts, {s['max_new_tokens']} new tokens, up to {s['train_limit']} train pairs, "
              f"strengths {s['strengths']}, {s['threads']} CPU threads on a shared 2-core machine (timings are "
-             "inflated by other jobs). LM-Steer is not included: it was not in the method registry when this ran.\n"]
+             "inflated by other jobs). LM-Steer trains, so it ran on its own (same prompts, seeds and train pairs; "
+             "200 steps of 4 texts cut to 32 tokens, rank 1000, epsilon 1e-3, applied at steer value 1); its effect "
+             "is against the original of its own run.\n"]
     for task in TASKS:
-        lines += task_table(out_root / task)
-    lines.append("Commands: `python bench/results_methods.py` (runs `steerlab compare --task T --limit "
-                 f"{s['limit']} --max-new-tokens {s['max_new_tokens']} --train-limit {s['train_limit']} "
-                 f"--strengths {s['strengths']} --sample --top-p 0.9 --seed {s['seed']}` for T = sentiment, toxicity, "
-                 "then writes this section); `--write-only` re-renders it from the report folders.\n")
+        lines += task_table(out_root, task)
+    lines.append("Commands: `python bench/results_methods.py` (runs `steerlab compare --task T --methods "
+                 f"caa,pca,prompt,vector_prompt --limit {s['limit']} --max-new-tokens {s['max_new_tokens']} "
+                 f"--train-limit {s['train_limit']} --strengths {s['strengths']} --sample --top-p 0.9 --seed {s['seed']}` "
+                 "and the same with `--methods lm_steer --set lm_steer.steps=200 --set lm_steer.batch_size=4 "
+                 "--set lm_steer.max_length=32`, for T = sentiment, toxicity, then writes this section); "
+                 "`--write-only` re-renders it from the report folders.\n")
     return "\n".join(lines)
 
 
@@ -128,8 +150,9 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=ROOT / "steerlab-out" / "results-methods", help="report folders")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md is written")
     parser.add_argument("--tasks", default=",".join(TASKS), help="tasks to run (default: both)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which runs (default: main,lm_steer)")
     parser.add_argument("--write-only", action="store_true", help="only re-render the section from saved reports")
     args = parser.parse_args()
     if not args.write_only:
-        run(args.out, [t for t in args.tasks.split(",") if t])
+        run(args.out, [t for t in args.tasks.split(",") if t], [r for r in args.runs.split(",") if r])
     print(f"wrote {write_section(args.out, args.docs)}")

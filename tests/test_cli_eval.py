@@ -150,15 +150,43 @@ def test_compare_puts_every_method_in_one_table(model_dir, task_file, tmp_path, 
     assert len(samples) == 3 and sorted(samples[0]["steered"]) == sorted(labels)
 
 
+def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(model_dir), "--task", str(task_file), "--methods", "caa,lm_steer",
+                 "--set", "lm_steer.steps=3", "--set", "lm_steer.rank=4", "--set", "lm_steer.epsilon=0.5",
+                 "--layer", "1", "--limit", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    lm_steer = report["settings"]["methods"]["lm_steer"]
+    assert (lm_steer["params"]["steps"], lm_steer["params"]["rank"]) == (3, 4)
+    assert lm_steer["setting"] == "steer value 1; steps=3; rank=4; epsilon=0.5"
+    assert [c["label"] for c in report["conditions"]] == ["caa", "lm_steer"] and report["conditions"][1]["multiplier"] == 1.0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--task", "sentiment"], "error: give one steer: --vector FILE or --method NAME"),
     (["eval", "--task", "sycophancy", "--method", "caa"],
      "error: task 'sycophancy' is an A/B task, scored by answer probabilities rather than generated text; "
      "use `steerlab sweep --task sycophancy` for it"),
     (["compare", "--task", "sentiment", "--methods", "caa,magic"], "error: unknown method 'magic'; available: "),
+    (["compare", "--task", "sentiment", "--methods", "caa", "--set", "lm_steer.steps=3"],
+     "error: --set lm_steer.steps=3: expected METHOD.KEY=VALUE for one of the compared methods (caa), "
+     "e.g. --set lm_steer.steps=200"),
     (["eval", "--task", "sentiment", "--vector", "v.safetensors", "--multipliers", "x"],
      "error: --multipliers x: expected numbers like 4 or -4,4 (write --multipliers=-4,4)"),
 ])
 def test_eval_errors_are_one_clear_line(argv, message, capsys):
     assert main(argv) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith(message)
+
+
+def test_prompting_verdict():
+    from steerlab.evaluation.compare import prompting_verdict
+
+    def rows(**effects):
+        return [{"label": k, "effect": v} for k, v in effects.items()]
+
+    assert prompting_verdict(rows(caa=0.3, prompt=0.27)) == "Prompting is enough here: it reaches 90% of the best steer's effect (caa, +0.300)."
+    assert prompting_verdict(rows(caa=0.3, pca=0.1, prompt=0.06)).startswith("Prompting reaches 20% of the best steer's effect (caa, +0.300")
+    assert prompting_verdict(rows(caa=0.2, prompt=-0.08)).startswith("Prompting did not move the behaviour the wanted way (effect -0.080)")
+    assert prompting_verdict(rows(caa=-0.1, prompt=0.05)).startswith("No steer moved the behaviour the wanted way")
+    assert prompting_verdict(rows(caa=0.3)) == ""

@@ -104,6 +104,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--strengths", help="comma-separated strengths for vector methods: the added norm as a fraction "
                                        "of the layer's residual norm (default 0.2)")
     p.add_argument("--instruction", help="instruction for prompt steering and vector-prompt (default: one toward the task's goal)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override one method's config key, e.g. --set lm_steer.steps=200")
     _add_generation_args(p, limit=50)
     from steerlab.cli import add_model_args
 
@@ -343,6 +345,13 @@ def cmd_compare(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CLIError(f"unknown method '{unknown[0]}'; available: {', '.join(METHODS)}")
+    overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        name, dot, rest = item.partition(".")
+        if not dot or "=" not in rest or name not in methods:
+            raise CLIError(f"--set {item}: expected METHOD.KEY=VALUE for one of the compared methods "
+                           f"({', '.join(methods)}), e.g. --set lm_steer.steps=200")
+        overrides.setdefault(name, []).append(rest)
     instruction = args.instruction or GOAL_INSTRUCTIONS.get(task.metric)
     if instruction is None and any(m in ("prompt", "vector_prompt") for m in methods):
         raise CLIError(f"no default instruction for metric '{task.metric}'; pass --instruction TEXT")
@@ -353,7 +362,8 @@ def cmd_compare(args) -> int:
     layer = lm.default_layer() if args.layer is None else args.layer
     chat = _task_chat(lm, task)
     fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
-                         strengths=strengths, use_chat_template=chat, report=lambda line: print(line, file=sys.stderr))
+                         strengths=strengths, use_chat_template=chat, overrides=overrides,
+                         report=lambda line: print(line, file=sys.stderr))
     with progress_bar(len(prompts), f"generating {len(fitted)} methods + original per prompt") as bar:
         run = generate_arms(lm, prompts, [f.arm for f in fitted], config=config, batch_size=args.batch_size,
                             use_chat_template=chat, task=task.name, progress=bar.update)

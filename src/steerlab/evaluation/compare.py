@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
+
+import yaml
 
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
@@ -43,12 +45,17 @@ class Fitted:
 
 def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
                 task: str, instruction: str, layer: int, strengths: Sequence[float], use_chat_template: bool,
+                overrides: dict[str, list[str]] | None = None,
                 report: Callable[[str], None] = lambda _: None) -> list[Fitted]:
-    """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given."""
+    """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given.
+
+    `overrides` maps a method name to its "key=value" config overrides (e.g. LM-Steer's steps).
+    """
     from ..config import build_config
     from ..methods import get_method
     from ..methods.prompt import PromptSteering
 
+    overrides = overrides or {}
     fitted = []
     for name in methods:
         method = get_method(name)
@@ -58,12 +65,15 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
             raw["instruction"] = instruction
         if "layers" in fields:
             raw["layers"] = [layer]
+        for item in overrides.get(name, []):
+            key, _, value = item.partition("=")
+            raw[key.strip()] = yaml.safe_load(value)
         config = build_config(method.config_cls, raw, f"compare {name}")
         report(f"fitting {name} on {len(data)} pairs ...")
         start = time.perf_counter()
         steer = method.fit(lm, data, config, task=task)
         seconds = time.perf_counter() - start
-        params = dict(raw)
+        params = asdict(config)
         if isinstance(steer, PromptSteering):
             arm = prompt_arm(lm, steer, prompts, use_chat_template=use_chat_template, label=name)
             setting = f'instruction "{steer.instruction}" ({steer.placement})'
@@ -81,7 +91,8 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
                     vector_norm=float(steer.directions[layer].norm()),
                     residual_norm=float(steer.meta.residual_norms[str(layer)]))))
         elif hasattr(steer, "attach"):
-            fitted.append(Fitted(name, Arm(name, steer, 1.0), "its default strength (row scale 1)", seconds, params))
+            setting = "; ".join(["steer value 1"] + overrides.get(name, []))
+            fitted.append(Fitted(name, Arm(name, steer, 1.0), setting, seconds, params))
         else:
             raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")
     return fitted
@@ -121,22 +132,23 @@ def prompting_verdict(conditions: Sequence[dict[str, Any]]) -> str:
     Effect only: read it beside the fluency columns, since a strong setting may also break the text.
     """
     by_label = {c["label"]: c for c in conditions}
-    if "prompt" not in by_label:
-        return ""
     others = [c for c in conditions if c["label"] != "prompt"]
-    if not others:
+    if "prompt" not in by_label or not others:
         return ""
     best = max(others, key=lambda c: c["effect"])
     prompt = by_label["prompt"]["effect"]
     if best["effect"] <= 0:
-        return (f"No vector method moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
+        return (f"No steer moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
                 f"prompting's effect is {prompt:+.3f}.")
+    if prompt <= 0:
+        return (f"Prompting did not move the behaviour the wanted way (effect {prompt:+.3f}); the best steer, "
+                f"{best['label']}, reached {best['effect']:+.3f} (check its fluency columns).")
     share = prompt / best["effect"]
     if share >= 0.8:
-        return (f"Prompting is enough here: it reaches {share:.0%} of the best vector method's effect "
+        return (f"Prompting is enough here: it reaches {share:.0%} of the best steer's effect "
                 f"({best['label']}, {best['effect']:+.3f}).")
-    return (f"Prompting reaches {share:.0%} of the best vector method's effect ({best['label']}, "
-            f"{best['effect']:+.3f}); steering adds something prompting does not.")
+    return (f"Prompting reaches {share:.0%} of the best steer's effect ({best['label']}, {best['effect']:+.3f}; "
+            "check its fluency columns): steering adds something prompting does not.")
 
 
 def _num(value: float | None, fmt: str) -> str:
