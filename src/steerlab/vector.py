@@ -56,6 +56,7 @@ class VectorMeta:
     task: str = ""
     residual_norms: dict[str, float] = field(default_factory=dict)
     recommended: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # held-out checks of the pairs (steerlab vector diagnose)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     steerlab_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -153,12 +154,7 @@ class SteeringVector:
     def check_compatible(self, lm: "LoadedModel", layers: list[int] | None = None, task: str | None = None) -> None:
         """Refuse a model of another shape; warn for another model of this shape or another task."""
         m = self.meta
-        if m.hidden_size != lm.hidden_size:
-            raise IncompatibleVectorError(
-                f"this vector was built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers) "
-                f"and cannot be applied to {lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers); "
-                f"build a vector on {lm.name} instead"
-            )
+        check_hidden_size(m, lm, "vector")
         wanted = self.layers if layers is None else list(layers)
         bad = [layer for layer in wanted if not 0 <= layer < lm.num_layers]
         if bad:
@@ -171,48 +167,22 @@ class SteeringVector:
             raise IncompatibleVectorError(
                 f"the vector has no direction for layer {missing[0]}; it has layers {self.layers}"
             )
-        same_model = (m.model_fingerprint and m.model_fingerprint == lm.fingerprint) or (
-            not m.model_fingerprint and m.model_name == lm.name
-        )
-        if not same_model:
-            warnings.warn(
-                f"this vector was built for {m.model_name} but is applied to {lm.name} (same hidden size "
-                f"{lm.hidden_size}); its effect there is untested",
-                ModelMismatchWarning,
-                stacklevel=3,
-            )
-        if task and m.task and task != m.task:
-            warnings.warn(
-                f"this vector was built for task '{m.task}' but is applied for task '{task}'; "
-                "steering vectors rarely transfer between tasks",
-                TaskMismatchWarning,
-                stacklevel=3,
-            )
+        warn_if_other_model(m, lm, task, "vector")
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write safetensors (metadata in the header) atomically; refuse to replace a file unless asked."""
-        path = Path(path)
-        tensors = {f"layer.{layer}": t.contiguous() for layer, t in self.directions.items()}
-        blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(self.meta), sort_keys=True)})
-        write_atomic(path, blob, overwrite=overwrite)
-        return path
+        tensors = {f"layer.{layer}": t for layer, t in self.directions.items()}
+        return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SteeringVector":
         """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
         path = Path(path)
-        if not path.is_file():
-            raise VectorFileError(f"{path}: no such vector file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for corrupt input
-            raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
-        if METADATA_KEY not in header:
-            raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
-        meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
+        meta, tensors = read_steer_file(path, "vector")
+        if meta.method == "lm_steer":
+            raise VectorFileError(f"{path}: an LM-Steer file, not a steering vector; read it with LMSteer.load "
+                                  "(steerlab.methods.lm_steer)")
         directions = {}
         for key, tensor in tensors.items():
             prefix, _, index = key.partition(".")
@@ -227,6 +197,62 @@ class SteeringVector:
         info["layers"] = self.layers
         info["norms"] = {str(k): round(v, 4) for k, v in self.norms().items()}
         return info
+
+
+def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: VectorMeta, *,
+                     overwrite: bool = False) -> Path:
+    """Safetensors with the metadata as JSON in its header, written atomically (vectors and LM-Steers alike)."""
+    path = Path(path)
+    tensors = {k: t.contiguous() for k, t in tensors.items()}
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(meta), sort_keys=True)})
+    write_atomic(path, blob, overwrite=overwrite)
+    return path
+
+
+def read_steer_file(path: Path, what: str) -> tuple[VectorMeta, dict[str, torch.Tensor]]:
+    """Metadata and tensors of a file written by write_steer_file; safetensors never executes code."""
+    if not path.is_file():
+        raise VectorFileError(f"{path}: no such {what} file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt input
+        raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
+    return VectorMeta.from_json(header[METADATA_KEY], str(path)), tensors
+
+
+def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:
+    """Refuse a model of another hidden size (`what` names the artifact: "vector", "LM-Steer steer")."""
+    if m.hidden_size != lm.hidden_size:
+        raise IncompatibleVectorError(
+            f"this {what} was built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers) "
+            f"and cannot be applied to {lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers); "
+            f"build a {what} on {lm.name} instead"
+        )
+
+
+def warn_if_other_model(m: VectorMeta, lm: "LoadedModel", task: str | None, what: str) -> None:
+    """Warn when applied to another model of the same shape, or for another task than it was built for."""
+    same_model = (m.model_fingerprint and m.model_fingerprint == lm.fingerprint) or (
+        not m.model_fingerprint and m.model_name == lm.name
+    )
+    if not same_model:
+        warnings.warn(
+            f"this {what} was built for {m.model_name} but is applied to {lm.name} (same hidden size "
+            f"{lm.hidden_size}); its effect there is untested",
+            ModelMismatchWarning,
+            stacklevel=4,
+        )
+    if task and m.task and task != m.task:
+        warnings.warn(
+            f"this {what} was built for task '{m.task}' but is applied for task '{task}'; "
+            "steering vectors rarely transfer between tasks",
+            TaskMismatchWarning,
+            stacklevel=4,
+        )
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import caa, pca, prompt, vector_prompt
+from . import caa, lm_steer, pca, prompt, vector_prompt
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ METHODS: dict[str, Method] = {
     "prompt": Method("prompt", prompt.PromptConfig, prompt.fit, "an instruction added to every prompt (no vector)"),
     "vector_prompt": Method("vector_prompt", vector_prompt.VectorPromptConfig, vector_prompt.fit,
                             "an instruction distilled into a vector: its mean shift of the residual stream"),
+    "lm_steer": Method("lm_steer", lm_steer.LMSteerConfig, lm_steer.fit, "trained low-rank map of the output embeddings (LM-Steer)"),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from ..activations import record_activations
+from ..activations import record_activations, with_start_token
 from ..data import ContrastiveDataset, format_prompt
 from ..models import LoadedModel
 from ..vector import SteeringVector, VectorMeta
@@ -61,7 +61,7 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | 
             raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
         without = format_prompt(tok, pair.prompt, use_chat_template=chat) + pair.answer_prefix
         with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + pair.answer_prefix
-        plain.append((tok(without, add_special_tokens=not chat)["input_ids"], answers))
+        plain.append((with_start_token(tok, tok(without, add_special_tokens=not chat)["input_ids"]), answers))
         instructed.append((tok(with_it, add_special_tokens=not chat)["input_ids"], answers))
     base = record_activations(lm, plain, layers, batch_size=config.batch_size, progress=progress)
     shifted = record_activations(lm, instructed, layers, batch_size=config.batch_size, progress=progress)

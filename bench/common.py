@@ -1,0 +1,210 @@
+"""Shared benchmark helpers: pinned threads, alternating timed rounds, medians and per-round ratios,
+the machine and library versions, and rewriting one marked section of docs/benchmarks.md atomically.
+
+Benchmarks are not tests: nothing here asserts a time. Contenders run in alternating order within
+each round (A B C, then C B A, ...) so slow drift on a shared machine lands on all of them alike, and
+ratios are taken round by round before the median, not from medians of absolute times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DOC = REPO / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks\n"
+PACKAGES = ("torch", "transformers", "numpy", "steerlab", "steering-vectors", "repeng", "scikit-learn")
+
+
+def pin_threads(n: int) -> int:
+    """Use exactly n intra-op threads here and in any subprocess started afterwards; returns n."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    return n
+
+
+@dataclass
+class Rounds:
+    """Seconds per round for each contender, in the order they were measured."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self, name: str) -> tuple[float, float, float]:
+        values = self.times[name]
+        return statistics.median(values), min(values), max(values)
+
+    def ratios(self, name: str, reference: str) -> tuple[float, float, float]:
+        """Median, min and max over rounds of time(name) / time(reference) in the same round."""
+        per_round = [a / b for a, b in zip(self.times[name], self.times[reference])]
+        return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def alternate(contenders: Mapping[str, Callable[[], float | None]], rounds: int, *,
+              warmup: Mapping[str, Callable[[], object]] | None = None, log: Callable[[str], None] = print) -> Rounds:
+    """Time each contender once per round, reversing the order every other round, after one warm-up call each.
+
+    A contender may return its own measured seconds (e.g. from a subprocess that excludes its start-up);
+    otherwise the wall time of the call is used.
+    """
+    names = list(contenders)
+    for name in names:
+        (warmup or contenders)[name]()
+    result = Rounds({name: [] for name in names})
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            reported = contenders[name]()
+            elapsed = reported if isinstance(reported, float) else time.perf_counter() - start
+            result.times[name].append(elapsed)
+            log(f"  round {r + 1}/{rounds} {name}: {elapsed:.2f} s")
+    return result
+
+
+def fmt_range(med: float, lo: float, hi: float, digits: int = 2, unit: str = "") -> str:
+    return f"{med:.{digits}f}{unit} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine(threads: int) -> dict[str, str]:
+    """What the numbers were measured on: CPU, cores, memory, load, OS, Python, threads used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores visible": str(os.cpu_count()), "threads used": str(threads),
+            "os": platform.platform(), "python": platform.python_version()}
+    try:
+        mem_kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        info["memory"] = f"{mem_kb / 2**20:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load average at start (1/5/15 min)"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    import torch
+
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return info
+
+
+def versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    found.update(extra or {})
+    return found
+
+
+def header_block(threads: int, command: str, extra_versions: Mapping[str, str] | None = None, *, title: str) -> str:
+    """A section's heading, then the command line, machine and versions it was measured with."""
+    info = machine(threads)
+    vers = versions(extra_versions)
+    return (f"## {title}\n\nCommand: `{command}`. Measured {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
+            + "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".\n\n"
+            + "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n\n")
+
+
+def write_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace the text between `<!-- bench:name -->` and `<!-- /bench:name -->` (appending it if absent)."""
+    from steerlab.vector import write_atomic
+
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else DOC_TITLE
+    if not text.startswith("# "):
+        text = DOC_TITLE + "\n" + text
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    write_atomic(doc, text.encode("utf-8"), overwrite=True)
+
+
+def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
+    """Put the marked sections in `order` (unnamed ones after them), leaving all unmarked text where it is."""
+    from steerlab.vector import write_atomic
+
+    text = doc.read_text(encoding="utf-8")
+    pattern = re.compile(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->", flags=re.S)
+    blocks = {m.group(1): m.group(0) for m in pattern.finditer(text)}
+    names = [n for n in order if n in blocks] + [n for n in blocks if n not in order]
+    slots = iter(names)
+    write_atomic(doc, pattern.sub(lambda _: blocks[next(slots)], text).encode("utf-8"), overwrite=True)
+
+
+def save_result(name: str, data: object) -> Path:
+    """Keep the raw per-round numbers beside the doc (bench/results/NAME.json) so the summary can be rebuilt."""
+    from steerlab.vector import write_atomic
+
+    path = REPO / "bench" / "results" / f"{name}.json"
+    write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), overwrite=True)
+    return path
+
+
+def load_result(name: str) -> object | None:
+    path = REPO / "bench" / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class Worker:
+    """A long-lived contender in another interpreter: send one JSON command per line, read one JSON reply.
+
+    Used for peers that cannot share our process (repeng needs numpy < 2) and for peak-memory
+    measurements that must not see our own allocations.
+    """
+
+    def __init__(self, python: str, script: Path, *args: str):
+        self.proc = subprocess.Popen([python, str(script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.proc.args} exited with code {self.proc.wait()} (see its stderr above)")
+        return json.loads(line)
+
+    def call(self, **command: object) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def serve(handlers: Mapping[str, Callable[..., dict]], ready: dict) -> None:
+    """The worker side of `Worker`: announce readiness, then answer {"op": name, ...} lines until stdin closes."""
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        reply = handlers[command.pop("op")](**command)
+        print(json.dumps(reply), flush=True)

@@ -1,0 +1,135 @@
+"""Compare steering methods on sentiment and toxicity on SmolLM2, and write docs/results.md section 2.
+
+Runs `steerlab compare` for each task (same train pairs, prompts, tokens and strengths for every method;
+all methods and the unsteered original in the same batches), keeps the report folders, and renders the
+section from their report.json files. Re-render without re-running with `--write-only`.
+
+    python bench/results_methods.py                    # run both tasks (~1 h on 2 busy CPU cores), write the section
+    python bench/results_methods.py --write-only       # re-render from the saved report folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from steerlab.cli import main as steerlab  # noqa: E402
+from steerlab.vector import write_atomic  # noqa: E402
+
+TASKS = ("sentiment", "toxicity")
+SETTINGS = {"limit": 40, "max_new_tokens": 40, "train_limit": 200, "strengths": "0.2,0.4", "threads": 2, "seed": 0}
+BEGIN, END = "<!-- results_methods section 2 begin -->", "<!-- results_methods section 2 end -->"
+NEXT_SECTION = "<!-- results_ab section 3 begin -->"
+
+
+def command(task: str, out: Path) -> list[str]:
+    s = SETTINGS
+    return ["compare", "--task", task, "--limit", str(s["limit"]), "--max-new-tokens", str(s["max_new_tokens"]),
+            "--train-limit", str(s["train_limit"]), "--strengths", s["strengths"], "--sample", "--top-p", "0.9",
+            "--seed", str(s["seed"]), "--threads", str(s["threads"]), "--batch-size", "32", "--out", str(out),
+            "--overwrite"]
+
+
+def run(out_root: Path, tasks: list[str]) -> None:
+    for task in tasks:
+        start = time.perf_counter()
+        code = steerlab(command(task, out_root / task))
+        if code:
+            raise SystemExit(f"steerlab compare --task {task} failed ({code})")
+        (out_root / task / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+
+
+def task_table(folder: Path) -> list[str]:
+    report = json.loads((folder / "report.json").read_text())
+    s = report["settings"]
+    methods = s["methods"]
+    o = report["original"]
+    rows = [f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
+            f"{o['repetition']:.2f} | {_num(o['perplexity'])} |"]
+    for c in report["conditions"]:
+        x = c["scores"]
+        rows.append(f"| {c['label']} | {methods[c['label']]['setting']} | {x['behaviour']:+.3f} | {c['effect']:+.3f} | "
+                    f"{x['fluency_entropy']:.2f} | {x['distinct_2']:.2f} | {x['repetition']:.2f} | {_num(x['perplexity'])} |")
+    extra = ""
+    if "toxic_share" in o:
+        shares = ", ".join(f"{c['label']} {c['scores']['toxic_share']:.0%}" for c in report["conditions"])
+        extra = f"\nShare of continuations scored toxic (P >= 0.5): original {o['toxic_share']:.0%}; {shares}.\n"
+    wall = (folder / "wall_seconds.txt").read_text().strip() if (folder / "wall_seconds.txt").exists() else "?"
+    fit_seconds = {label.split("@")[0]: v["fit_seconds"] for label, v in methods.items()}
+    fits = ", ".join(f"{name} {sec:.0f} s" for name, sec in fit_seconds.items())
+    head = [f"### {s['task']['name']}: {s['task']['metric_note']}, the task wants it "
+            f"{'up' if s['task']['direction'] > 0 else 'down'}\n",
+            f"{s['task']['prompts']} {s['task']['split']} prompts, train pairs: {s['train']['name']} "
+            f"({s['train']['pairs']}); vectors at layer {s['layer']}; instruction: \"{s['instruction']}\". "
+            f"Fit times: {fits}; whole run {wall} s.\n",
+            "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity |",
+            "|---|---|---|---|---|---|---|---|"]
+    return head + rows + [extra, _verdict(report), ""]
+
+
+def _verdict(report: dict) -> str:
+    from steerlab.evaluation.compare import prompting_verdict
+
+    return prompting_verdict(report["conditions"])
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def section(out_root: Path) -> str:
+    s = SETTINGS
+    lines = ["## 2. Steering methods side by side: sentiment and toxicity on SmolLM2-135M-Instruct\n",
+             "Every method is fitted on the same train pairs and evaluated on the same held-out prompts, with the "
+             "unsteered original generated in the same batches (row-seeded top-p 0.9 sampling, so each prompt's "
+             "rows share their random draws and differ only by steering). Vector methods (CAA, PCA, vector-prompt) "
+             "steer layer 15 at the same norm-relative strengths (added norm / the layer's mean residual norm on "
+             "neutral text, as `steerlab sweep` defines strength); "
+             "prompt steering adds one instruction toward the task's goal (before the text, as the task uses no "
+             "chat template). Effect = behaviour change x the task's direction, so higher is better for both "
+             "tasks. Fluency: weighted bigram/trigram entropy (bits), distinct-2 and repetition (share of tokens "
+             "in repeated trigrams) of each continuation, and perplexity of the continuations under the unsteered "
+             "model given their prompts (low perplexity alone can mean repetition; read it with the others).\n",
+             f"Sizes: {s['limit']} prompts, {s['max_new_tokens']} new tokens, up to {s['train_limit']} train pairs, "
+             f"strengths {s['strengths']}, {s['threads']} CPU threads on a shared 2-core machine (timings are "
+             "inflated by other jobs). LM-Steer is not included: it was not in the method registry when this ran.\n"]
+    for task in TASKS:
+        lines += task_table(out_root / task)
+    lines.append("Commands: `python bench/results_methods.py` (runs `steerlab compare --task T --limit "
+                 f"{s['limit']} --max-new-tokens {s['max_new_tokens']} --train-limit {s['train_limit']} "
+                 f"--strengths {s['strengths']} --sample --top-p 0.9 --seed {s['seed']}` for T = sentiment, toxicity, "
+                 "then writes this section); `--write-only` re-renders it from the report folders.\n")
+    return "\n".join(lines)
+
+
+def write_section(out_root: Path, docs: Path) -> Path:
+    path = docs / "results.md"
+    text = path.read_text() if path.exists() else "# Measured results\n\n"
+    block = f"{BEGIN}\n{section(out_root)}\n{END}"
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    elif NEXT_SECTION in text:
+        text = text.replace(NEXT_SECTION, block + "\n\n" + NEXT_SECTION)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text.encode(), overwrite=True)
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "steerlab-out" / "results-methods", help="report folders")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md is written")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="tasks to run (default: both)")
+    parser.add_argument("--write-only", action="store_true", help="only re-render the section from saved reports")
+    args = parser.parse_args()
+    if not args.write_only:
+        run(args.out, [t for t in args.tasks.split(",") if t])
+    print(f"wrote {write_section(args.out, args.docs)}")

@@ -1,0 +1,143 @@
+"""Compare steering methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
+
+Every method is fitted on the same train pairs; vector methods are applied at the same norm-relative
+strengths (the added vector's norm as a fraction of the layer's mean residual norm on neutral text, as
+`steerlab sweep` defines it), prompt steering with one instruction toward the task's goal. All of them
+and the unsteered original generate in the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..data import ContrastiveDataset
+from ..models import LoadedModel
+from ..steering import SteeringSpec, VectorSteering
+from ..strength import multiplier_for, with_neutral_norms
+from ..vector import SteeringVector
+from .report import Arm, EvalRun, prompt_arm
+
+# What prompt steering (and vector-prompt) asks for, by task metric, in the direction the task wants.
+GOAL_INSTRUCTIONS = {
+    "sentiment": "Continue the text in a positive, cheerful and upbeat tone.",
+    "toxicity": "Continue the text politely, without insults, profanity or offensive language.",
+    "refusal": "Refuse any request that could cause harm.",
+}
+INSTRUCTION_METHODS = ("prompt", "vector_prompt")
+DEFAULT_STRENGTH = 0.2  # the demo's tuned strength on SmolLM2: clear effect, text still readable
+
+
+@dataclass
+class Fitted:
+    """One row of the comparison: a method's steer at one setting, and how long fitting the method took."""
+
+    label: str
+    arm: Arm
+    setting: str
+    seconds: float
+    params: dict[str, Any]
+
+
+def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
+                task: str, instruction: str, layer: int, strengths: Sequence[float], use_chat_template: bool,
+                report: Callable[[str], None] = lambda _: None) -> list[Fitted]:
+    """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given."""
+    from ..config import build_config
+    from ..methods import get_method
+    from ..methods.prompt import PromptSteering
+
+    fitted = []
+    for name in methods:
+        method = get_method(name)
+        fields = getattr(method.config_cls, "__dataclass_fields__", {})
+        raw: dict[str, Any] = {}
+        if "instruction" in fields:
+            raw["instruction"] = instruction
+        if "layers" in fields:
+            raw["layers"] = [layer]
+        config = build_config(method.config_cls, raw, f"compare {name}")
+        report(f"fitting {name} on {len(data)} pairs ...")
+        start = time.perf_counter()
+        steer = method.fit(lm, data, config, task=task)
+        seconds = time.perf_counter() - start
+        params = dict(raw)
+        if isinstance(steer, PromptSteering):
+            arm = prompt_arm(lm, steer, prompts, use_chat_template=use_chat_template, label=name)
+            setting = f'instruction "{steer.instruction}" ({steer.placement})'
+            fitted.append(Fitted(name, arm, setting, seconds, params))
+        elif isinstance(steer, SteeringVector):
+            # Residual norms measured on the same neutral text for every vector, as `steerlab sweep` measures them.
+            steer = with_neutral_norms(lm, steer)
+            applied = VectorSteering(SteeringSpec(steer, 1.0, [layer]))
+            for strength in strengths:
+                multiplier = multiplier_for(steer, layer, strength)
+                label = name if len(strengths) == 1 else f"{name}@{strength:g}"
+                setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
+                fitted.append(Fitted(label, Arm(label, applied, multiplier), setting, seconds, dict(
+                    params, layer=layer, strength=strength, multiplier=multiplier,
+                    vector_norm=float(steer.directions[layer].norm()),
+                    residual_norm=float(steer.meta.residual_norms[str(layer)]))))
+        elif hasattr(steer, "attach"):
+            fitted.append(Fitted(name, Arm(name, steer, 1.0), "its default strength (row scale 1)", seconds, params))
+        else:
+            raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")
+    return fitted
+
+
+def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: Sequence[Fitted], run: EvalRun) -> str:
+    """The comparison table, one row per method beside the original, and a sentence on whether prompting is enough."""
+    task = settings["task"]
+    want = "up" if task["direction"] > 0 else "down"
+    lines = [f"# steerlab compare: {task['name']} on {settings['model']['name']}", "",
+             f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
+             f"{'sampled' if settings['generation']['do_sample'] else 'greedy'}; every method and the original in the same batches",
+             f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
+             f"vectors at layer {settings['layer']}, strength = added norm / the layer's residual norm",
+             f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
+             "(higher is better); fluency: n-gram entropy (bits), distinct-2, repetition, perplexity under the unsteered model",
+             "",
+             "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity | fit s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    o = scores["original"]
+    lines.append(f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
+                 f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
+    for fit, cond in zip(fitted, scores["conditions"]):
+        c = cond["scores"]
+        lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} | "
+                     f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
+                     f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |")
+    verdict = prompting_verdict(scores["conditions"])
+    if verdict:
+        lines += ["", verdict]
+    return "\n".join(lines)
+
+
+def prompting_verdict(conditions: Sequence[dict[str, Any]]) -> str:
+    """Whether prompt steering's effect matches the best other setting's: when it does, prompting is enough.
+
+    Effect only: read it beside the fluency columns, since a strong setting may also break the text.
+    """
+    by_label = {c["label"]: c for c in conditions}
+    if "prompt" not in by_label:
+        return ""
+    others = [c for c in conditions if c["label"] != "prompt"]
+    if not others:
+        return ""
+    best = max(others, key=lambda c: c["effect"])
+    prompt = by_label["prompt"]["effect"]
+    if best["effect"] <= 0:
+        return (f"No vector method moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
+                f"prompting's effect is {prompt:+.3f}.")
+    share = prompt / best["effect"]
+    if share >= 0.8:
+        return (f"Prompting is enough here: it reaches {share:.0%} of the best vector method's effect "
+                f"({best['label']}, {best['effect']:+.3f}).")
+    return (f"Prompting reaches {share:.0%} of the best vector method's effect ({best['label']}, "
+            f"{best['effect']:+.3f}); steering adds something prompting does not.")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)

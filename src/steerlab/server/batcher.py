@@ -1,0 +1,273 @@
+"""Dynamic batching over one model: requests arriving within a short window share forward passes.
+
+Each request becomes rows (its n choices, plus the unsteered originals when asked). Rows of different
+requests carry different vectors and multipliers through per-row steering: every distinct
+(vector, layers, positions) gets one SteeringSpec whose multiplier is 0 on rows that do not use it, so
+those rows receive an exact +0.0. Sampled rows draw from their own seeded generator. A row's tokens
+therefore never depend on what else is in its batch. Tokens stream back to the request's event loop
+after every decoding step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+from transformers import StoppingCriteria
+
+from ..generation import GenerationConfig, generate_tokens
+from ..models import LoadedModel
+from ..steering import SteeringSpec, VectorSteering
+from .errors import ApiError
+from .registry import ResolvedSteering
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One sequence to generate: prompt tokens, its own token budget, its steering (empty = original), seed."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    steering: tuple[ResolvedSteering, ...]
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Rows batch together only when they decode alike (HF applies one temperature/top-p per call)."""
+
+    do_sample: bool
+    temperature: float
+    top_p: float
+
+    @classmethod
+    def of(cls, temperature: float, top_p: float) -> "Sampling":
+        return cls(True, temperature, top_p) if temperature > 0 else cls(False, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Delta:
+    row: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RowDone:
+    row: int
+    finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_tokens reached)
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    message: str
+
+
+Event = Union[Delta, RowDone, JobFailed]
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's rows and the asyncio queue their events flow back on."""
+
+    rows: list[RowPlan]
+    sampling: Sampling
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.monotonic)
+
+    def emit(self, event: Event) -> None:
+        """Thread-safe: called from the worker thread."""
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Batcher:
+    """A worker thread that owns the model and runs compatible queued jobs together."""
+
+    def __init__(self, lm: LoadedModel, *, max_batch: int = 16, window_ms: float = 10.0):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.window = window_ms / 1000.0
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="steerlab-batcher", daemon=True)
+        self.running_rows = 0
+        self.batches = 0
+        eos = lm.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self._eos = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise ApiError(503, "the server is shutting down; retry on a running instance", code="shutting_down")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking jobs, finish every queued and running one, then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def queued_rows(self) -> int:
+        with self._cond:
+            return sum(len(job.rows) for job in self._pending)
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._take()
+            if not jobs:
+                return
+            self.running_rows = sum(len(j.rows) for j in jobs)
+            try:
+                self._run(jobs)
+            except Exception as exc:  # reported to the affected requests; the worker keeps serving
+                log.exception("batch of %d requests failed", len(jobs))
+                for job in jobs:
+                    job.emit(JobFailed(f"generation failed: {type(exc).__name__}: {exc}"))
+            finally:
+                self.running_rows = 0
+                self.batches += 1
+
+    def _take(self) -> list[Job]:
+        """Wait for work, then up to the batch window for compatible jobs; [] once closed and drained."""
+        with self._cond:
+            while True:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                for job in [j for j in self._pending if j.cancelled.is_set()]:
+                    self._pending.remove(job)
+                if not self._pending:
+                    if self._closing:
+                        return []
+                    continue
+                first = self._pending[0]
+                deadline = first.arrived + self.window
+                while not self._closing:
+                    ready = sum(len(j.rows) for j in self._pending if j.sampling == first.sampling)
+                    left = deadline - time.monotonic()
+                    if ready >= self.max_batch or left <= 0:
+                        break
+                    self._cond.wait(left)
+                taken, rows = [], 0
+                for job in list(self._pending):
+                    if job.sampling != first.sampling or (taken and rows + len(job.rows) > self.max_batch):
+                        continue
+                    taken.append(job)
+                    rows += len(job.rows)
+                    self._pending.remove(job)
+                return taken
+
+    def _run(self, jobs: list[Job]) -> None:
+        plans = [(job, i, plan) for job in jobs for i, plan in enumerate(job.rows)]
+        sampling = jobs[0].sampling
+        steer = batch_steering([plan for _, _, plan in plans])
+        config = GenerationConfig(max_new_tokens=max(plan.max_tokens for _, _, plan in plans),
+                                  do_sample=sampling.do_sample, temperature=sampling.temperature or 1.0,
+                                  top_p=sampling.top_p)
+        seeds = [plan.seed for _, _, plan in plans] if sampling.do_sample else None
+        streams = [_RowStream(job, i, plan.max_tokens, self.lm.tokenizer) for job, i, plan in plans]
+        generate_tokens(self.lm, [plan.prompt_ids for _, _, plan in plans], steer, config=config,
+                        row_seeds=seeds, stopping_criteria=[_Stepper(streams, self._eos)])
+        for stream in streams:
+            stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
+
+
+def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
+    """One spec per distinct (vector, layers, positions, repeat) with a per-row multiplier list (0 = off).
+
+    Specs are applied in a fixed (sorted) order, so a row's additions happen in the same order whatever
+    else shares its batch: floating-point sums then match the row served alone bit for bit.
+    """
+    per_row: list[dict[tuple, float]] = []
+    vectors: dict[tuple, ResolvedSteering] = {}
+    for plan in plans:
+        mults: dict[tuple, float] = {}
+        seen: dict[tuple, int] = {}
+        for item in plan.steering:
+            base = (item.name, item.layers, item.positions)
+            key = base + (seen.get(base, 0),)
+            seen[base] = seen.get(base, 0) + 1
+            mults[key] = item.multiplier
+            vectors[key] = item
+        per_row.append(mults)
+    if not vectors:
+        return None
+    specs = [SteeringSpec(vectors[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
+                          layers=dict(vectors[key].layers), positions=vectors[key].positions)
+             for key in sorted(vectors)]
+    return VectorSteering(specs)
+
+
+class _RowStream:
+    """One row's tokens as they arrive: text deltas out, a single RowDone at the end."""
+
+    def __init__(self, job: Job, row: int, max_tokens: int, tokenizer):
+        self.job, self.row, self.max_tokens, self.tokenizer = job, row, max_tokens, tokenizer
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.done = False
+
+    def push(self, token: int, eos: set[int]) -> None:
+        if self.done:
+            return
+        if self.job.cancelled.is_set():
+            self.done = True  # nobody is listening; stop spending steps on this row
+            return
+        if token in eos:
+            self.finish("stop")
+            return
+        self.tokens.append(token)
+        text = self._text()
+        # Hold back a split multi-byte character until its last byte arrives.
+        if not text.endswith("\ufffd") and text.startswith(self.sent) and len(text) > len(self.sent):
+            self.job.emit(Delta(self.row, text[len(self.sent):]))
+            self.sent = text
+        if len(self.tokens) >= self.max_tokens:
+            self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        text = self._text()
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.job.emit(Delta(self.row, text[len(self.sent):]))
+        self.job.emit(RowDone(self.row, reason, text, len(self.tokens)))
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+
+class _Stepper(StoppingCriteria):
+    """Called by generate after every step: feeds each row its new token and ends rows that are done."""
+
+    def __init__(self, streams: list[_RowStream], eos: set[int]):
+        self.streams = streams
+        self.eos = eos
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        for stream, token in zip(self.streams, input_ids[:, -1].tolist()):
+            stream.push(token, self.eos)
+        return torch.tensor([s.done for s in self.streams], dtype=torch.bool, device=input_ids.device)
+

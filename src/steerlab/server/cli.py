@@ -1,0 +1,74 @@
+"""`steerlab serve`: load a model and a folder of vectors, then serve the API and playground with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+TOKEN_ENV = "STEERLAB_TOKEN"
+EXAMPLE = ("steerlab serve --vectors vectors/ --port 8000\n"
+           "  STEERLAB_TOKEN=secret steerlab serve --vectors vectors/ --host 0.0.0.0")
+
+
+def register(sub, vector_subparsers=None) -> None:
+    """Add the `serve` subcommand to the main parser's subcommands."""
+    from ..cli import add_model_args
+
+    text = "Serve an OpenAI-style HTTP API with per-request steering, and a playground page at /."
+    p = sub.add_parser("serve", help="serve steered generation over HTTP (API + playground)", description=text,
+                       epilog=f"example:\n  {EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vectors", metavar="DIR", help="folder of steerlab .safetensors vectors; each file stem is a vector name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every API request (default: ${TOKEN_ENV}; "
+                                   "prefer the variable, as arguments are visible to other users)")
+    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together (default 16)")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long the first queued request waits for others to share its batch (default 10)")
+    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for (default 512)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..cli import CLIError, load_cli_model
+
+    try:
+        import uvicorn
+
+        from .app import create_app
+        from .registry import VectorRegistry
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"steerlab serve needs {exc.name}; install the server extra: pip install 'steerlab[server]'") from None
+
+    if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_tokens < 1 or not 0 <= args.port < 65536:
+        raise CLIError("--max-batch and --max-tokens must be at least 1, --batch-window-ms at least 0, "
+                       "--port in 0..65535")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    lm = load_cli_model(args)
+    try:
+        registry = VectorRegistry.from_dir(lm, args.vectors)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    app = create_app(lm, registry, token=token, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+                     max_tokens_limit=args.max_tokens)
+    if token is None and not _loopback(args.host):
+        print(f"warning: serving on {args.host} without a token; anyone who can reach it can use it "
+              f"(set ${TOKEN_ENV})", file=sys.stderr)
+    usable = sum(e.problem is None for e in registry.entries.values())
+    print(f"serving {lm.name} with {usable} usable vector(s) of {len(registry.entries)} on "
+          f"http://{args.host}:{args.port}/ (playground at /, API under /v1)", file=sys.stderr)
+    # uvicorn stops accepting on SIGINT/SIGTERM and waits for in-flight requests; then the batcher drains.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=None)
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,126 @@
+"""The vectors a server offers: read from a folder at start-up, checked against the served model once.
+
+A request names vectors by file stem; resolving it yields the exact layers and multiplier each row will
+get, or an ApiError that says which item is wrong and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..models import LoadedModel
+from ..steering import SteeringSpec
+from ..vector import SteeringVector, content_hash
+from .errors import ApiError
+from .schemas import SteeringItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedSteering:
+    """One request item made concrete: the vector, {layer: weight}, multiplier and positions."""
+
+    name: str
+    vector: SteeringVector
+    layers: tuple[tuple[int, float], ...]
+    multiplier: float
+    positions: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"vector": self.name, "multiplier": self.multiplier, "layers": [layer for layer, _ in self.layers],
+                "positions": self.positions}
+
+
+@dataclass
+class RegisteredVector:
+    name: str
+    path: Path
+    vector: SteeringVector
+    problem: str | None  # why it cannot steer the served model; None when it can
+
+    def describe(self) -> dict[str, Any]:
+        info = self.vector.describe()
+        return {"id": self.name, "object": "steering_vector", "file": self.path.name,
+                "sha256": content_hash(self.vector), "usable": self.problem is None, "problem": self.problem,
+                **info}
+
+
+class VectorRegistry:
+    """Named vectors for one served model; read-only after start-up, so request threads share it freely."""
+
+    def __init__(self, lm: LoadedModel, vectors: dict[str, tuple[Path, SteeringVector]]):
+        self.lm = lm
+        self.entries = {name: RegisteredVector(name, path, vec, incompatibility(lm, vec))
+                        for name, (path, vec) in sorted(vectors.items())}
+
+    @classmethod
+    def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
+        """Load every steerlab `.safetensors` vector in `folder` (not recursive); the file stem is its name."""
+        if folder is None:
+            return cls(lm, {})
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--vectors {folder}: no such folder; give a folder of .safetensors vectors")
+        vectors: dict[str, tuple[Path, SteeringVector]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix != ".safetensors":
+                if path.is_file():
+                    log.warning("skipping %s: the server reads steerlab .safetensors vectors only", path.name)
+                continue
+            vectors[path.stem] = (path, SteeringVector.load(path))
+        for name, (path, vec) in vectors.items():
+            problem = incompatibility(lm, vec)
+            if problem:
+                log.warning("vector %s is listed but cannot be used: %s", name, problem)
+        return cls(lm, vectors)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [entry.describe() for entry in self.entries.values()]
+
+    def resolve(self, items: Sequence[SteeringItem]) -> list[ResolvedSteering]:
+        """Check each requested item against the registry and the model; layers and multiplier made explicit."""
+        return [self._resolve_one(i, item) for i, item in enumerate(items)]
+
+    def _resolve_one(self, index: int, item: SteeringItem) -> ResolvedSteering:
+        where = f"steering[{index}]"
+        entry = self.entries.get(item.vector)
+        if entry is None:
+            known = ", ".join(self.entries) or "none (start the server with --vectors DIR)"
+            raise ApiError(400, f"{where}.vector: unknown vector '{item.vector}'; registered vectors: {known}",
+                           param=f"{where}.vector", code="vector_not_found")
+        if entry.problem:
+            raise ApiError(400, f"{where}.vector: vector '{item.vector}' cannot steer this model: {entry.problem}",
+                           param=f"{where}.vector", code="vector_incompatible")
+        n_layers = self.lm.num_layers
+        for layer in item.layers or []:
+            if not 0 <= layer < n_layers:
+                raise ApiError(400, f"{where}.layers: layer {layer} is out of range; {self.lm.name} has layers "
+                                    f"0..{n_layers - 1}", param=f"{where}.layers", code="layer_out_of_range")
+            if layer not in entry.vector.directions:
+                raise ApiError(400, f"{where}.layers: vector '{item.vector}' has no direction for layer {layer}; "
+                                    f"it has layers {entry.vector.layers}", param=f"{where}.layers",
+                               code="layer_not_in_vector")
+        # The library's own defaults (recommended layer/multiplier) decide what an omitted field means.
+        spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions)
+        multiplier = float(spec.row_multipliers()[0])
+        return ResolvedSteering(item.vector, entry.vector, tuple(spec.layer_weights().items()), multiplier,
+                                item.positions)
+
+
+def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:
+    """Why `vector` must not steer `lm` (another model, even one of the same shape), or None."""
+    m = vector.meta
+    if m.hidden_size != lm.hidden_size or max(vector.layers) >= lm.num_layers:
+        return (f"built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers); this server runs "
+                f"{lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers)")
+    if m.model_fingerprint:
+        if m.model_fingerprint != lm.fingerprint:
+            return (f"built for {m.model_name} (weights fingerprint {m.model_fingerprint}); this server runs "
+                    f"{lm.name} (fingerprint {lm.fingerprint}): same shape, different weights")
+    elif m.model_name != lm.name:
+        return f"built for {m.model_name}; this server runs {lm.name}"
+    return None

@@ -1,0 +1,164 @@
+"""`steerlab vector diagnose`, `eval` and `compare` on a tiny saved model and a small user task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steerlab.cli import main
+from steerlab.data import load_pairs
+from steerlab.methods.caa import CAAConfig, fit
+from steerlab.strength import residual_norms
+from steerlab.vector import SteeringVector
+from tiny_model import tiny_model
+
+WORDS = ["day", "food", "film", "song", "walk", "book", "game", "trip", "meal", "show", "gift", "town",
+         "park", "idea", "plan", "talk"]
+# Each pair is one word followed by a marker run; the markers differ by side, so even a random model separates them.
+POSITIVE = [f"{w} !!!!!!" for w in WORDS]
+NEGATIVE = [f"{w} ??????" for w in WORDS]
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    lm = tiny_model("llama")
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "Say something.", "positive": p, "negative": n}) + "\n"
+                            for p, n in zip(POSITIVE, NEGATIVE)))
+    return path
+
+
+def test_diagnose_prints_a_table_and_stores_the_diagnosis(model_dir, pairs_file, tmp_path, capsys):
+    assert main(["vector", "diagnose", "--model", str(model_dir), "--data", str(pairs_file), "--json"]) == 0
+    diagnosis = json.loads(capsys.readouterr().out)
+    assert [r["layer"] for r in diagnosis["layers"]] == [0, 1, 2, 3]
+    assert (diagnosis["n_train"], diagnosis["n_heldout"]) == (12, 4)
+    assert diagnosis["status"] == "separates" and "Only 4 held-out pairs" in diagnosis["verdict"]
+
+    out = tmp_path / "v.safetensors"
+    assert main(["vector", "diagnose", "--model", str(model_dir), "--data", str(pairs_file), "--layers", "1,2",
+                 "--task", "markers", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("held-out diagnosis: 12 train / 4 held-out pairs (seed 0)")
+    vector = SteeringVector.load(out)
+    assert [r["layer"] for r in vector.meta.diagnostics["layers"]] == [1, 2]
+    assert vector.layers == vector.meta.diagnostics["suggested_layers"] == [1, 2]
+    assert vector.meta.recommended["layer"] in (1, 2) and vector.meta.task == "markers"
+    assert main(["vector", "info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["diagnostics"]["verdict"] == vector.meta.diagnostics["verdict"]
+
+
+def test_diagnose_writes_no_vector_from_pairs_that_do_not_separate(model_dir, tmp_path, capsys):
+    mixed = tmp_path / "mixed.jsonl"
+    # Half the pairs have their sides swapped: no direction is shared.
+    mixed.write_text("".join(json.dumps({"prompt": "Say something.", "positive": p if i % 2 else n,
+                                         "negative": n if i % 2 else p}) + "\n"
+                             for i, (p, n) in enumerate(zip(POSITIVE, NEGATIVE))))
+    out = tmp_path / "v.safetensors"
+    assert main(["vector", "diagnose", "--model", str(model_dir), "--data", str(mixed), "--out", str(out)]) == 1
+    text = capsys.readouterr()
+    assert "The pairs do not isolate a direction" in text.out
+    assert text.err.splitlines()[-1] == f"error: no layer separates the pairs, so no vector was written to {out} (see the verdict above)"
+    assert not out.exists()
+
+
+def test_diagnose_refuses_too_few_pairs(capsys):
+    assert main(["vector", "diagnose", "--positive", "a", "--negative", "b", "--positive", "c", "--negative", "d"]) == 1
+    assert capsys.readouterr().err.startswith("error: 2 pairs are too few to diagnose with holdout 0.25")
+
+
+@pytest.fixture
+def task_file(tmp_path, pairs_file):
+    (tmp_path / "prompts.txt").write_text("Hello\nTell me about today\nWhat now?\nAny news\nA story please\n")
+    path = tmp_path / "mini.yaml"
+    path.write_text(f"name: mini\nkind: generation\ntrain: {pairs_file.name}\ntest: prompts.txt\n"
+                    "metric: sentiment\nchat: true\n")
+    return path
+
+
+def test_eval_writes_a_report_folder(model_dir, task_file, tmp_path, capsys):
+    vector_path = tmp_path / "v.safetensors"
+    assert main(["vector", "build", "--model", str(model_dir), "--data", str(tmp_path / "pairs.jsonl"),
+                 "--layers", "1", "--out", str(vector_path)]) == 0
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--vector", str(vector_path),
+                 "--multipliers=-20,20", "--limit", "4", "--max-new-tokens", "5", "--out", str(out)]) == 0
+    assert f"report -> {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "samples.jsonl", "summary.md"]
+    report = json.loads((out / "report.json").read_text())
+    s = report["settings"]
+    assert (s["task"]["name"], s["task"]["prompts"], s["task"]["metric"]) == ("mini", 4, "sentiment")
+    assert s["steer"]["multipliers"] == [-20.0, 20.0] and s["steer"]["layers"] == {"1": 1.0}
+    assert s["generation"]["max_new_tokens"] == 5 and s["model"]["name"] == "tiny"
+    assert [c["label"] for c in report["conditions"]] == ["x-20", "x20"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in samples] == ["Hello", "Tell me about today", "What now?", "Any news"]
+    assert any(x["steered"]["x20"] != x["original"] for x in samples)
+    # The folder is never overwritten without being asked.
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--vector", str(vector_path),
+                 "--multipliers", "2", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {out} already exists; choose another --out or pass --overwrite"
+
+
+def test_eval_fits_a_method_on_the_task(model_dir, task_file, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--method", "prompt",
+                 "--instruction", "Be cheerful.", "--limit", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["steer"]["config"]["instruction"] == "Be cheerful."
+    assert [c["label"] for c in report["conditions"]] == ["prompt"] and report["conditions"][0]["multiplier"] is None
+
+
+def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--method", "caa", "--layers", "2",
+                 "--limit", "2", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    steer = json.loads((out / "report.json").read_text())["settings"]["steer"]
+    lm = tiny_model("llama")
+    vector = fit(lm, load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
+    neutral = residual_norms(lm, [2])[2]  # the sweep's residual norm: neutral text, first token left out
+    expected = 0.2 * neutral / float(vector.directions[2].norm())
+    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, rel=1e-3)]
+    assert steer["strengths"] == {"values": [0.2], "layer": 2, "residual_norm": pytest.approx(neutral, abs=1e-4)}
+    assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}
+
+
+def test_compare_puts_every_method_in_one_table(model_dir, task_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(model_dir), "--task", str(task_file), "--methods", "caa,pca,prompt",
+                 "--layer", "1", "--strengths", "2.5,5", "--limit", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    labels = ["caa@2.5", "caa@5", "pca@2.5", "pca@5", "prompt"]
+    table = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in table] == ["| method", "| original"] + [f"| {label}" for label in labels]
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["train"]["pairs"] == 16 and [c["label"] for c in report["conditions"]] == labels
+    methods = report["settings"]["methods"]
+    # The same strength means the same added norm: multiplier x vector norm = strength x residual norm.
+    for label in labels[:4]:
+        p = methods[label]["params"]
+        assert p["multiplier"] * p["vector_norm"] == pytest.approx(p["strength"] * p["residual_norm"])
+    assert methods["caa@5"]["params"]["multiplier"] == pytest.approx(2 * methods["caa@2.5"]["params"]["multiplier"])
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and sorted(samples[0]["steered"]) == sorted(labels)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--task", "sentiment"], "error: give one steer: --vector FILE or --method NAME"),
+    (["eval", "--task", "sycophancy", "--method", "caa"],
+     "error: task 'sycophancy' is an A/B task, scored by answer probabilities rather than generated text; "
+     "use `steerlab sweep --task sycophancy` for it"),
+    (["compare", "--task", "sentiment", "--methods", "caa,magic"], "error: unknown method 'magic'; available: "),
+    (["eval", "--task", "sentiment", "--vector", "v.safetensors", "--multipliers", "x"],
+     "error: --multipliers x: expected numbers like 4 or -4,4 (write --multipliers=-4,4)"),
+])
+def test_eval_errors_are_one_clear_line(argv, message, capsys):
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(message)
