@@ -105,6 +105,15 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
                      f"{' / '.join(_f(x['p_matching']) for x in rel)}{se} | {rec['value']:g} (x{m:.1f}) | "
                      f"{_f(rel[2]['flipped'])} | {_f(rel[2]['answer_mass'])} (unsteered {_f(base['answer_mass'])}) | "
                      f"{' / '.join(map(str, PAPER[b]))} |")
+    spread = []
+    for b, run in runs.items():
+        steered = run["test"][1:]
+        ps = [x["p_matching"] for x in steered]
+        masses = [x["answer_mass"] for x in steered]
+        spread.append(f"{b}: {min(ps):.3f}-{max(ps):.3f} (unsteered {run['test'][0]['p_matching']:.3f}; answer mass "
+                      f"{min(masses):.2f}-{max(masses):.2f}, unsteered {run['test'][0]['answer_mass']:.2f})")
+    lines.append(f"\nDebiased p(matching) over all {len(first['test']) - 1} steered test cells (every layer, raw and "
+                 "relative, both signs): " + "; ".join(spread) + ".\n")
     if any(r.get("all_positions") for r in runs.values()):
         lines.append("\n**Steering every token instead** (the question's tokens too), same layer and strength, test set:\n")
         lines.append("| behaviour | answer tokens only: -s / +s | all tokens: -s / +s |")
@@ -151,6 +160,18 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sentiment_figures(out: Path, docs: Path) -> list[str]:
+    """Copy each model's sentiment validation heatmap (effect) next to results.md and link it."""
+    lines = []
+    for tag in ("smollm2", "qwen"):
+        png = out / tag / "sentiment-val-sweep" / "effect.png"
+        if png.exists():
+            target = docs / "results" / f"sentiment_effect_{tag}.png"
+            write_atomic(target, png.read_bytes(), overwrite=True)
+            lines.append(f"![sentiment sweep, {tag}](results/{target.name})")
+    return lines
+
+
 def sentiment_rows(folder: Path) -> list[str]:
     run = _load(folder, "sentiment")
     if not run:
@@ -181,10 +202,12 @@ def write_sections(out: Path, docs: Path) -> None:
           "validation prompts (VADER of greedy continuations, fluency = weighted n-gram entropy, bound 20%); test: "
           "DExperts neutral prompts steered -/0/+, negative prompts steered + and positive prompts steered -.\n",
           "| model | recommended (val) | neutral VADER -/0/+ | fluency 0 -> + | controls (0 -> steered) | seconds |",
-          "|---|---|---|---|---|---|", *sentiment_rows(out / "smollm2"), *sentiment_rows(out / "qwen"),
+          "|---|---|---|---|---|---|", *sentiment_rows(out / "smollm2"), *sentiment_rows(out / "qwen"), "",
+          "Validation sweeps (effect = change in mean VADER; the outlined cell is the recommendation):\n",
+          *sentiment_figures(out, docs),
           "\nCommands: `python bench/results_ab.py ab qwen --limit 20 --limit-train 64 --layer-step 3 "
-          "--side-limit 40`, `python bench/results_ab.py sentiment smollm2 --limit 8 --limit-train 128 "
-          "--layer-step 3` and the same with `qwen`, then `python bench/results_ab.py write`.\n"]
+          "--side-limit 20`, `python bench/results_ab.py sentiment smollm2 --limit 8 --layer-step 3` and the same "
+          "with `qwen`, then `python bench/results_ab.py write`.\n"]
     path = docs / "results.md"
     text = path.read_text() if path.exists() else "# Measured results\n\n"
     for number, body in (("1", "\n".join(s1)), ("3", "\n".join(s3))):

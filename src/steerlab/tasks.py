@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +28,6 @@ SPLITS = ("val", "test")
 CAA_BEHAVIOURS = ("sycophancy", "hallucination", "refusal")
 CAA_VAL_SIZE = 50  # the last items of each CAA generate file are held out of training to choose layer and strength
 GEN_VAL_SIZE = 100
-# Prompt-less text pairs get this shared first token: a model's first position carries a huge activation (an
-# attention sink, norm ~24,000 against ~170 at SmolLM2's layer 14) that would otherwise dominate the mean.
-TEXT_PAIR_LEAD = "\n"
 
 
 class TaskError(ValueError):
@@ -118,12 +115,6 @@ def _tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _text_pairs(positive: list[str], negative: list[str], name: str) -> ContrastiveDataset:
-    data = pairs_from_texts(positive, negative, name=name)
-    data.pairs = [replace(p, answer_prefix=TEXT_PAIR_LEAD) for p in data.pairs]
-    return data
-
-
 def _prompts_file(path: Path) -> list[str]:
     """Prompts from a .txt (one per line) or a .jsonl whose records have "prompt" (a string or {"text": ...})."""
     if path.suffix == ".jsonl":
@@ -176,7 +167,7 @@ def _sentiment(sst2: bool) -> Task:
         pos = [r["sentence"].strip() for r in rows if r["label"] == "1"]
         neg = [r["sentence"].strip() for r in rows if r["label"] == "0"]
         n = min(len(pos), len(neg))
-        return _text_pairs(pos[:n], neg[:n], "sst2_dev")
+        return pairs_from_texts(pos[:n], neg[:n], name="sst2_dev")
 
     def items(root: Path, split: str) -> list:
         prompts = _jsonl_prompts(root / neutral)
@@ -196,7 +187,7 @@ def _toxicity() -> Task:
 
     def train(root: Path) -> ContrastiveDataset:
         rows = [r for r in _tsv(root / para) if r["toxic"] and r["neutral1"]][:1000]
-        return _text_pairs([r["neutral1"] for r in rows], [r["toxic"] for r in rows], "paradetox[:1000]")
+        return pairs_from_texts([r["neutral1"] for r in rows], [r["toxic"] for r in rows], name="paradetox[:1000]")
 
     def items(root: Path, split: str) -> list:
         prompts = _jsonl_prompts(root / challenging)
@@ -215,7 +206,7 @@ def _harmful_refusal() -> Task:
 
     def train(root: Path) -> ContrastiveDataset:
         harmful = _instructions(root / files[0])
-        return _text_pairs(harmful, _instructions(root / files[1])[: len(harmful)], "harmful_vs_harmless_train")
+        return pairs_from_texts(harmful, _instructions(root / files[1])[: len(harmful)], name="harmful_vs_harmless_train")
 
     def items(root: Path, split: str) -> list:
         return _instructions(root / (files[2] if split == "val" else files[3]))
