@@ -55,9 +55,9 @@ def per_example_fit(lm: LoadedModel, data: ContrastiveDataset, layers: list[int]
     for pair in data.pairs:
         prefix, pos, neg = tokenize_pair(lm, pair)
         for answer, sign in ((pos, 1.0), (neg, -1.0)):
-            out = lm.model(torch.tensor([prefix + answer]), output_hidden_states=True)
+            out = lm.model(torch.tensor([prefix + answer], device=lm.device), output_hidden_states=True)
             for layer in layers:
-                sums[layer] += sign * out.hidden_states[layer + 1][0, -len(answer):].mean(0)
+                sums[layer] += sign * out.hidden_states[layer + 1][0, -len(answer):].float().mean(0).cpu()
     return {layer: s / len(data.pairs) for layer, s in sums.items()}
 
 
@@ -79,9 +79,12 @@ def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, b
         for idx in length_batches([max(len(s) for s in pair) for pair in seqs], batch_size):
             ids, mask = _left_pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id)
             try:
-                lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
+                lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                         position_ids=positions_from_mask(mask).to(lm.device), use_cache=False)
             except _Stop:
                 pass
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
     finally:
         handle.remove()
 

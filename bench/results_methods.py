@@ -28,7 +28,7 @@ TASKS = ("sentiment", "toxicity")
 # LM-Steer trains, so it runs on its own with a CPU-sized budget (the settings its SmolLM2 test uses).
 RUNS = {"main": ["--methods", "caa,pca,prompt,vector_prompt"],
         "lm_steer": ["--methods", "lm_steer", "--set", "lm_steer.steps=200", "--set", "lm_steer.batch_size=4",
-                     "--set", "lm_steer.max_length=32"]}
+                     "--set", "lm_steer.max_length=96"]}
 SETTINGS = {"limit": 40, "max_new_tokens": 40, "train_limit": 200, "strengths": "0.2,0.4", "threads": 2, "seed": 0}
 BEGIN, END = "<!-- results_methods section 2 begin -->", "<!-- results_methods section 2 end -->"
 NEXT_SECTION = "<!-- results_ab section 3 begin -->"
@@ -118,7 +118,7 @@ def section(out_root: Path) -> str:
              f"Sizes: {s['limit']} prompts, {s['max_new_tokens']} new tokens, up to {s['train_limit']} train pairs, "
              f"strengths {s['strengths']}, {s['threads']} CPU threads on a shared 2-core machine (timings are "
              "inflated by other jobs). LM-Steer trains, so it ran on its own (same prompts, seeds and train pairs; "
-             "200 steps of 4 texts cut to 32 tokens, rank 1000, epsilon 1e-3, applied at steer value 1); its effect "
+             "200 steps of 4 texts cut to 96 tokens, rank 1000, epsilon 1e-3, applied at steer value 1); its effect "
              "is against the original of its own run.\n"]
     for task in TASKS:
         lines += task_table(out_root, task)
@@ -126,7 +126,7 @@ def section(out_root: Path) -> str:
                  f"caa,pca,prompt,vector_prompt --limit {s['limit']} --max-new-tokens {s['max_new_tokens']} "
                  f"--train-limit {s['train_limit']} --strengths {s['strengths']} --sample --top-p 0.9 --seed {s['seed']}` "
                  "and the same with `--methods lm_steer --set lm_steer.steps=200 --set lm_steer.batch_size=4 "
-                 "--set lm_steer.max_length=32`, for T = sentiment, toxicity, then writes this section); "
+                 "--set lm_steer.max_length=96`, for T = sentiment, toxicity, then writes this section); "
                  "`--write-only` re-renders it from the report folders.\n")
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """Run every benchmark (each in its own process) and rewrite docs/benchmarks.md's summary of goals.
 
     python bench/run_all.py                 # full sizes (hours on a 2-core CPU)
+    python bench/run_all.py --profile medium # about an hour on an idle 2-core CPU
     python bench/run_all.py --profile quick # small sizes: about 30 minutes on 2 cores shared with other jobs
     python bench/run_all.py --summary-only  # rebuild the summary from bench/results/*.json
 
@@ -24,6 +25,13 @@ PROFILES = {
         "bench_extraction.py": [],
         "bench_generation.py": [],
         "bench_sweep.py": [],
+        "bench_lmsteer.py": [],
+    },
+    # What fits about an hour on an idle 2-core CPU: the issue's generation sizes, fewer pairs and questions.
+    "medium": {
+        "bench_extraction.py": ["--pairs", "64", "--scaling-sizes", "16,64,256", "--qwen-sizes", "16,64"],
+        "bench_generation.py": [],
+        "bench_sweep.py": ["--questions", "5"],
         "bench_lmsteer.py": [],
     },
     "quick": {
@@ -110,6 +118,7 @@ def summary_rows() -> list[list[str]]:
                      rng(lms["added_ratio"], 3), verdict(lms["added_ratio"][0], 0.5, False)])
     else:
         rows.append(["5. LM-Steer memory", "<= 0.5x", "not measured", "-"])
+    rows += gpu_rows()
     scal = load_result("scaling")
     if scal:
         for model in dict.fromkeys(r["model"] for r in scal):
@@ -129,6 +138,29 @@ def summary_rows() -> list[list[str]]:
     return rows
 
 
+def gpu_rows() -> list[list[str]]:
+    """Goals 1 and 2 again on the GPU, from bench_gpu.py's saved measurement (when a GPU was available)."""
+    gpu = load_result("gpu")
+    rows: list[list[str]] = []
+    for shape, entry in (gpu or {}).get("models", {}).items():
+        where = f"{gpu['gpu']}, random {shape}, {gpu['dtype']}"
+        for key, label in (("extraction_middle", "middle layer"), ("extraction_all", "all layers")):
+            res = entry.get(key)
+            if not res:
+                continue
+            size = f"{gpu['pairs']} pairs, {label}; {where}"
+            for peer, goal in (("steering-vectors", 4.0), ("per-example loop", 5.0)):
+                value = res["ratios"][peer]
+                rows.append([f"1. GPU extraction: {peer} time / steerlab's ({size})", f">= {goal:g}x", rng(value),
+                             verdict(value[0], goal, True)])
+            rows.append([f"1. GPU extraction: steerlab / truncated forward ({size})", "<= 0.6x", rng(res["vs_limit"], 3),
+                         verdict(res["vs_limit"][0], 0.6, False)])
+        for batch, g in entry["generation"].items():
+            rows.append([f"2. GPU steered / unsteered generation, batch {batch}, {gpu['new_tokens']} tokens ({where})",
+                         "<= 1.03x", rng(g["ratio"], 3), verdict(g["ratio"][0], 1.03, False)])
+    return rows
+
+
 def write_summary(profile: str, failures: list[str], note: str = "") -> None:
     body = ("## Summary: each goal, the measured ratio (median over rounds, min-max), met or not\n\n"
             f"Profile: `{profile}` (see the sections below for sizes, commands, machine and versions).\n\n")
@@ -139,7 +171,8 @@ def write_summary(profile: str, failures: list[str], note: str = "") -> None:
         body += "\nBenchmarks that failed in this run: " + ", ".join(failures) + ".\n"
     write_section("about", ABOUT)
     write_section("summary", body)
-    write_section("gpu", "## GPU\n\n" + GPU_NOTE + "\n")
+    if load_result("gpu") is None:
+        write_section("gpu", "## GPU\n\n" + GPU_NOTE + "\n")
     order_sections(SECTIONS)
 
 
