@@ -9,6 +9,8 @@ import torch
 
 from tiny_model import tiny_model
 from steerlab.cli import main
+from steerlab.data import pairs_from_texts
+from steerlab.methods import METHODS
 from steerlab.vector import SteeringVector
 
 
@@ -102,3 +104,40 @@ def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, caps
                  "--prompt", "Hi", "--orig", "--max-new-tokens", "4", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["prompt"] == "Hi" and row["original"] is not None
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("caa", {"layers": [1]}), ("pca", {"layers": [1]}), ("prompt", {"instruction": "Be kind."}),
+    ("vector_prompt", {"instruction": "Be kind.", "layers": [1]}), ("lm_steer", {"steps": 5, "rank": 4}),
+])
+def test_progress_bar_total_is_what_fit_reports(name, overrides):
+    lm = tiny_model("llama")
+    data = pairs_from_texts(["Good day.", "Nice food.", "Great."], ["Bad day.", "Awful food.", "Poor."])
+    method = METHODS[name]
+    config = method.config_cls(**overrides)
+    reported = []
+    method.fit(lm, data, config, progress=reported.append)
+    assert sum(reported) == method.progress_total(len(data), config)
+
+
+def test_prompt_steer_file_through_build_info_and_generate(model_dir, tmp_path, capsys):
+    from steerlab.generation import GenerationConfig, generate
+    from steerlab.methods.prompt import PromptSteering, generate_with_prompt
+    from steerlab.models import load_model
+
+    out = tmp_path / "kind.json"
+    assert main(["vector", "build", "--method", "prompt", "--model", str(model_dir),
+                 "--set", "instruction=Be kind.", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["vector", "info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["instruction"] == "Be kind."
+    assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--prompt", "Hi", "--orig",
+                 "--max-new-tokens", "4", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    lm = load_model(model_dir)
+    config = GenerationConfig(max_new_tokens=4)
+    expected = generate_with_prompt(lm, ["Hi"], PromptSteering("Be kind."), generate_orig_output=False, config=config)
+    assert row["steered"] == expected[0].steered
+    assert row["original"] == generate(lm, ["Hi"], config=config)[0].steered
+    assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "2", "--prompt", "Hi"]) == 1
+    assert "a prompt steer has no multiplier or layers" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def _add_info(vsub) -> None:
 
 def _add_generate(sub) -> None:
     p = _example_parser(sub, "generate", "generate", "Generate with steering, optionally beside the unsteered original.")
-    p.add_argument("--vector", action="append", default=[], help="vector file (repeatable)")
+    p.add_argument("--vector", action="append", default=[], help="steer file: a vector (repeatable), or one LM-Steer or prompt steer")
     p.add_argument("--multiplier", action="append", type=float, default=[],
                    help="multiplier per --vector (default: the vector's recommended one, else 1)")
     p.add_argument("--layers", help="layers to steer: 15, 12,15 or 12:0.5,15:1 (default: the vector's)")
@@ -163,10 +163,15 @@ def load_cli_model(args):
     return load_model(args.model, use_chat_template=False if args.no_chat else None)
 
 
-def progress_bar(total: int, desc: str):
+def progress_bar(total: int, desc: str, unit: str = "item"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def fit_progress_bar(method, data, config, desc: str):
+    """A bar whose total is what this method's fit reports (pairs, examples or optimiser steps)."""
+    return progress_bar(method.progress_total(len(data), config), desc, method.progress_unit)
 
 
 def read_prompts(args) -> list[str]:
@@ -185,7 +190,7 @@ def read_prompts(args) -> list[str]:
 
 def cmd_build(args) -> int:
     from .config import load_config
-    from .data import load_pairs, pairs_from_texts
+    from .data import ContrastiveDataset, load_pairs, pairs_from_texts
     from .methods import get_method
 
     method = get_method(args.method)
@@ -195,6 +200,8 @@ def cmd_build(args) -> int:
         data = load_pairs(args.data)
     elif args.positive or args.negative:
         data = pairs_from_texts(args.positive or [], args.negative or [], prompt=args.prompt)
+    elif not method.needs_data:
+        data = ContrastiveDataset([], "no examples", "")
     else:
         raise CLIError("no data: give --data FILE or --positive TEXT --negative TEXT")
     overrides = list(args.set)
@@ -207,24 +214,30 @@ def cmd_build(args) -> int:
         raise CLIError(f"{out} already exists; choose another --out or pass --overwrite")
     lm = load_cli_model(args)
     start = time.perf_counter()
-    with progress_bar(len(data), f"{args.method} on {data.name}") as bar:
+    with fit_progress_bar(method, data, config, f"{args.method} on {data.name}") as bar:
         steer = method.fit(lm, data, config, task=args.task, progress=bar.update)
     steer.save(out, overwrite=args.overwrite)
-    print(f"built {args.method} from {len(data)} pairs in {time.perf_counter() - start:.1f}s -> {out}")
+    source = f" from {len(data)} pairs" if len(data) else ""
+    print(f"built {args.method}{source} in {time.perf_counter() - start:.1f}s -> {out}")
     return 0
 
 
 def load_steer_file(path: str):
-    """A steering vector, or an LM-Steer (told apart by the method in the file's metadata)."""
+    """A steering vector, an LM-Steer (told apart by the method in the file's metadata) or a prompt steer (JSON)."""
     from .methods.lm_steer_artifact import LMSteer
+    from .methods.prompt import PromptSteering
     from .vector import SteeringVector, VectorFileError
 
     try:
         return SteeringVector.load(path)
     except VectorFileError as exc:
-        if "an LM-Steer file" not in str(exc):
-            raise
-        return LMSteer.load(path)
+        if "an LM-Steer file" in str(exc):
+            return LMSteer.load(path)
+        if Path(path).is_file():
+            with open(path, "rb") as f:
+                if f.read(1) == b"{":  # JSON; a safetensors file starts with its 8-byte header length
+                    return PromptSteering.load(path)
+        raise
 
 
 def cmd_info(args) -> int:
@@ -242,6 +255,7 @@ def cmd_info(args) -> int:
 
 def cmd_generate(args) -> int:
     from .generation import GenerationConfig, generate
+    from .methods.prompt import PromptSteering, generate_with_prompt
     from .steering import SteeringSpec
     from .vector import SteeringVector
 
@@ -250,10 +264,14 @@ def cmd_generate(args) -> int:
     prompts = read_prompts(args)
     steers = [load_steer_file(path) for path in args.vector]
     layers = parse_layers(args.layers)
+    prompt_steer = next((s for s in steers if isinstance(s, PromptSteering)), None)
     if any(not isinstance(s, SteeringVector) for s in steers):
+        kind = "a prompt steer" if prompt_steer else "an LM-Steer file"
         if len(steers) != 1:
-            raise CLIError("an LM-Steer file is applied on its own; give it as the only --vector")
-        steering = steers[0].with_value(args.multiplier[0] if args.multiplier else 1.0)
+            raise CLIError(f"{kind} is applied on its own; give it as the only --vector")
+        if prompt_steer and (args.multiplier or layers is not None):
+            raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
+        steering = prompt_steer or steers[0].with_value(args.multiplier[0] if args.multiplier else 1.0)
     else:
         steering = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions)
                  for i, v in enumerate(steers)]
@@ -261,8 +279,12 @@ def cmd_generate(args) -> int:
                               temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     lm = load_cli_model(args)
     with progress_bar(len(prompts), "generating") as bar:
-        results = generate(lm, prompts, steering or None, generate_orig_output=args.orig, config=config,
-                           batch_size=args.batch_size, task=args.task, progress=bar.update)
+        if prompt_steer:
+            results = generate_with_prompt(lm, prompts, prompt_steer, generate_orig_output=args.orig, config=config,
+                                           batch_size=args.batch_size, progress=bar.update)
+        else:
+            results = generate(lm, prompts, steering or None, generate_orig_output=args.orig, config=config,
+                               batch_size=args.batch_size, task=args.task, progress=bar.update)
     if args.json:
         for r in results:
             print(json.dumps({"prompt": r.prompt, "steered": r.steered, "original": r.original}))

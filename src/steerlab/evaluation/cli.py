@@ -303,7 +303,7 @@ def _vector_multipliers(lm, spec, multipliers, strengths, info: dict[str, Any]) 
 
 def _fit_for_eval(lm, task, args, layers, default_instruction):
     """Fit --method on the task's train pairs; the instruction defaults to one toward the task's goal."""
-    from steerlab.cli import CLIError, progress_bar
+    from steerlab.cli import CLIError, fit_progress_bar
     from steerlab.config import load_config
     from steerlab.methods import get_method
 
@@ -322,7 +322,7 @@ def _fit_for_eval(lm, task, args, layers, default_instruction):
     config = load_config(method.config_cls, args.config, overrides)
     data = task.train_data(args.data_dir, args.train_limit)
     start = time.perf_counter()
-    with progress_bar(len(data), f"fitting {args.method} on {data.name}") as bar:
+    with fit_progress_bar(method, data, config, f"fitting {args.method} on {data.name}") as bar:
         steer = method.fit(lm, data, config, task=task.name, progress=bar.update)
     info = {"method": args.method, "config": asdict(config), "train": data.describe(),
             "fit_seconds": round(time.perf_counter() - start, 2)}

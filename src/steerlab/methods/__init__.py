@@ -18,15 +18,22 @@ class Method:
     config_cls: type
     fit: Callable[..., Any]
     summary: str
+    # What fit's `progress` counts, so a progress bar's total matches it: pairs unless the method says otherwise.
+    progress_unit: str = "pair"
+    progress_total: Callable[[int, Any], int] = lambda pairs, config: pairs
+    needs_data: bool = True
 
 
 METHODS: dict[str, Method] = {
     "caa": Method("caa", caa.CAAConfig, caa.fit, "mean difference of residual activations (recommended default)"),
     "pca": Method("pca", pca.PCAConfig, pca.fit, "first principal component of contrastive activations (RepE / repeng)"),
-    "prompt": Method("prompt", prompt.PromptConfig, prompt.fit, "an instruction added to every prompt (no vector)"),
+    "prompt": Method("prompt", prompt.PromptConfig, prompt.fit, "an instruction added to every prompt (no vector)",
+                     "pair", lambda pairs, config: 0, needs_data=False),
     "vector_prompt": Method("vector_prompt", vector_prompt.VectorPromptConfig, vector_prompt.fit,
-                            "an instruction distilled into a vector: its mean shift of the residual stream"),
-    "lm_steer": Method("lm_steer", lm_steer.LMSteerConfig, lm_steer.fit, "trained low-rank map of the output embeddings (LM-Steer)"),
+                            "an instruction distilled into a vector: its mean shift of the residual stream",
+                            "example", lambda pairs, config: 2 * pairs),
+    "lm_steer": Method("lm_steer", lm_steer.LMSteerConfig, lm_steer.fit, "trained low-rank map of the output embeddings (LM-Steer)",
+                       "step", lambda pairs, config: config.steps),
 }
 
 
