@@ -118,11 +118,10 @@ def measure(args) -> None:
               "torch": torch.__version__, "dtype": args.dtype, "pairs": len(pairs), "batch_size": args.batch_size,
               "rounds": args.rounds, "new_tokens": args.new_tokens, "models": {}}
     import transformers
-    import steering_vectors  # noqa: F401  (fail early if the peer is missing)
     from importlib import metadata
 
     report["transformers"] = transformers.__version__
-    report["steering-vectors"] = metadata.version("steering-vectors")
+    report["steering-vectors"] = metadata.version("steering-vectors")  # fails early if the peer is missing
     started = time.perf_counter()
     for shape in args.shapes.split(","):
         lm = random_model(shape, args.tokenizer, args.device, dtype)
@@ -141,6 +140,40 @@ def measure(args) -> None:
         print(f"[gpu] {shape} done at {time.perf_counter() - started:.0f} s", flush=True)
         del lm
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def profile(args) -> None:
+    """Where the time goes for steerlab and the truncated forward: wall time vs the GPU's busy time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from steerlab.data import ContrastiveDataset, load_pairs
+
+    lm = random_model(args.shapes.split(",")[0], args.tokenizer, args.device, getattr(torch, args.dtype))
+    data = ContrastiveDataset(load_pairs(args.pairs).pairs[: args.pairs_n], "sycophancy", "")
+    layers = [lm.num_layers // 2]
+    started = time.perf_counter()
+    for pair in data.pairs:
+        ec.tokenize_pair(lm, pair)
+    lines = [f"{lm.name}: tokenizing {len(data)} pairs takes {time.perf_counter() - started:.3f} s on the CPU"]
+    runs = {STEERLAB: lambda: ec.steerlab_fit(lm, data, layers, args.batch_size),
+            LIMIT: lambda: ec.truncated_forward(lm, data, layers[0], args.batch_size)}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    for name, run in runs.items():
+        run()
+        sync()
+        with torch_profile(activities=activities) as prof:
+            started = time.perf_counter()
+            run()
+            sync()
+            wall = time.perf_counter() - started
+        events = prof.key_averages()
+        busy = sum(e.self_device_time_total for e in events) / 1e6
+        lines.append(f"{name}: wall {wall:.3f} s under the profiler, GPU kernels {busy:.3f} s")
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    Path(args.json).write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def render(path: str) -> None:
@@ -183,22 +216,23 @@ def render(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
-    m = sub.add_parser("measure")
-    m.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's)")
-    m.add_argument("--pairs", required=True, help="the CAA sycophancy generate_dataset.json")
-    m.add_argument("--pairs-n", type=int, default=256)
-    m.add_argument("--shapes", default="llama-3.2-1b,llama-2-7b")
-    m.add_argument("--middle-only", default="", help="shapes measured at the middle layer only")
-    m.add_argument("--batch-size", type=int, default=16)
-    m.add_argument("--rounds", type=int, default=3)
-    m.add_argument("--new-tokens", type=int, default=64)
-    m.add_argument("--device", default="cuda")
-    m.add_argument("--dtype", default="bfloat16")
-    m.add_argument("--json", required=True)
-    r = sub.add_parser("render")
-    r.add_argument("json")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's)")
+    shared.add_argument("--pairs", required=True, help="the CAA sycophancy generate_dataset.json")
+    shared.add_argument("--pairs-n", type=int, default=256)
+    shared.add_argument("--shapes", default="llama-3.2-1b,llama-2-7b", help="profile uses the first")
+    shared.add_argument("--middle-only", default="", help="shapes measured at the middle layer only")
+    shared.add_argument("--batch-size", type=int, default=16)
+    shared.add_argument("--rounds", type=int, default=3)
+    shared.add_argument("--new-tokens", type=int, default=64)
+    shared.add_argument("--device", default="cuda")
+    shared.add_argument("--dtype", default="bfloat16")
+    shared.add_argument("--json", required=True, help="where the measurement (or the profile's text) is written")
+    sub.add_parser("measure", parents=[shared], help="time extraction and generation")
+    sub.add_parser("profile", parents=[shared], help="wall time vs GPU busy time for steerlab and the limit")
+    sub.add_parser("render", help="write docs/benchmarks.md's GPU section").add_argument("json")
     args = parser.parse_args(argv)
-    measure(args) if args.step == "measure" else render(args.json)
+    {"measure": measure, "profile": profile, "render": lambda a: render(a.json)}[args.step](args)
 
 
 if __name__ == "__main__":

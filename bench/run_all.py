@@ -46,8 +46,10 @@ ABOUT = """## About these benchmarks
 
 How steerlab compares with the libraries people would otherwise use, measured in the same run on the
 same machine, and with the physical limit where there is one. `make bench` runs everything at full size
-(256 pairs, 32 prompts x 64 tokens, a 30 x 5 sweep over 50 questions, LM-Steer's default batch); `make
-bench-quick` runs small sizes. Every script pins its thread count (shown in each section), warms each
+(256 pairs, 32 prompts x 64 tokens, a 30 x 5 sweep over 50 questions, LM-Steer's default batch), which
+takes hours on a 2-core CPU; `python bench/run_all.py --profile medium` fits about an hour (64 pairs for the
+peers, scaling to 256, a 30 x 5 sweep over 5 questions) and `make bench-quick` runs small sizes. The GPU
+section comes from `bench/bench_gpu.py`, run on a GPU machine and rendered here. Every script pins its thread count (shown in each section), warms each
 contender up once, then times them in alternating order (A B C, C B A, ...); the tables give the median
 over the rounds with min-max, and ratios are computed round by round before taking the median, because a
 shared machine's speed drifts. Absolute times on a busy machine say little; the ratios are the result.
@@ -118,7 +120,6 @@ def summary_rows() -> list[list[str]]:
                      rng(lms["added_ratio"], 3), verdict(lms["added_ratio"][0], 0.5, False)])
     else:
         rows.append(["5. LM-Steer memory", "<= 0.5x", "not measured", "-"])
-    rows += gpu_rows()
     scal = load_result("scaling")
     if scal:
         for model in dict.fromkeys(r["model"] for r in scal):
@@ -135,7 +136,7 @@ def summary_rows() -> list[list[str]]:
                 ratio = (other["steerlab"][0] / other["tokens"]) / (same[0]["steerlab"][0] / same[0]["tokens"])
                 rows.append([f"6. {other['model']} / {same[0]['model']}: time per prompt token at the middle layer, "
                              f"{other['pairs']} pairs", "report", f"{ratio:.2f}x", "-"])
-    return rows
+    return rows + gpu_rows()
 
 
 def gpu_rows() -> list[list[str]]:
