@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process) and rewrite docs/benchmarks.md's summary of goals.
 
     python bench/run_all.py                 # full sizes (hours on a 2-core CPU)
-    python bench/run_all.py --profile medium # about an hour on an idle 2-core CPU
+    python bench/run_all.py --profile medium # about 1.5 hours on an idle 2-core CPU
     python bench/run_all.py --profile quick # small sizes: about 30 minutes on 2 cores shared with other jobs
     python bench/run_all.py --summary-only  # rebuild the summary from bench/results/*.json
 
@@ -27,7 +27,7 @@ PROFILES = {
         "bench_sweep.py": [],
         "bench_lmsteer.py": [],
     },
-    # What fits about an hour on an idle 2-core CPU: the issue's generation sizes, fewer pairs and questions.
+    # About 1.5 hours on an idle 2-core CPU: the issue's generation sizes, fewer pairs and questions.
     "medium": {
         "bench_extraction.py": ["--pairs", "64", "--scaling-sizes", "16,64,256", "--qwen-sizes", "16,64"],
         "bench_generation.py": [],
@@ -47,7 +47,7 @@ ABOUT = """## About these benchmarks
 How steerlab compares with the libraries people would otherwise use, measured in the same run on the
 same machine, and with the physical limit where there is one. `make bench` runs everything at full size
 (256 pairs, 32 prompts x 64 tokens, a 30 x 5 sweep over 50 questions, LM-Steer's default batch), which
-takes hours on a 2-core CPU; `python bench/run_all.py --profile medium` fits about an hour (64 pairs for the
+takes hours on a 2-core CPU; `python bench/run_all.py --profile medium` takes about 1.5 hours (64 pairs for the
 peers, scaling to 256, a 30 x 5 sweep over 5 questions) and `make bench-quick` runs small sizes. The GPU
 section comes from `bench/bench_gpu.py`, run on a GPU machine and rendered here. Every script pins its thread count (shown in each section), warms each
 contender up once, then times them in alternating order (A B C, C B A, ...); the tables give the median
