@@ -134,7 +134,7 @@ def scaling(models, args) -> list[dict]:
             med = rounds.summary(STEERLAB)
             rows.append({"model": model_name, "layer": layer, "pairs": n, "tokens": tokens, "steerlab": med,
                          "limit": rounds.summary(LIMIT), "vs_limit": rounds.ratios(STEERLAB, LIMIT), "times": rounds.times})
-        del lm
+        lm = None  # free this model before the next one loads
     return rows
 
 
