@@ -197,3 +197,15 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2():
     plus, zero, minus = mean
     assert plus > zero + 0.25, mean
     assert minus < zero - 0.1, mean
+
+
+@pytest.mark.slow
+def test_pca_finds_the_caa_direction_on_toxicity_text_pairs(smollm2, shared_data):
+    """ParaDetox pairs have no prompt; the toxicity task's lead token keeps PCA's first component on toxicity."""
+    from steerlab.methods import caa
+    from steerlab.tasks import get_task
+
+    data = get_task("toxicity").train_data(shared_data, 100)
+    mean_diff = caa.fit(smollm2, data, caa.CAAConfig(layers=[15])).directions[15]
+    component = pca.fit(smollm2, data, pca.PCAConfig(layers=[15])).directions[15]
+    assert float(torch.nn.functional.cosine_similarity(mean_diff, component, dim=0)) > 0.9
