@@ -36,3 +36,15 @@ def shared_data() -> Path:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tiny models run fastest on one thread; the real model gets both cores."""
     torch.set_num_threads(2 if item.get_closest_marker("slow") else 1)
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A tiny random Llama saved as a Hugging Face folder, for command-line tests."""
+    from tiny_model import tiny_model
+
+    lm = tiny_model("llama")
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder

@@ -14,15 +14,6 @@ from steerlab.methods import METHODS
 from steerlab.vector import SteeringVector
 
 
-@pytest.fixture
-def model_dir(tmp_path):
-    lm = tiny_model("llama")
-    folder = tmp_path / "tiny"
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_build_info_generate(model_dir, tmp_path, capsys):
     out = tmp_path / "v.safetensors"
     pairs = tmp_path / "pairs.jsonl"

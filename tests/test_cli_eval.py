@@ -21,15 +21,6 @@ NEGATIVE = [f"{w} ??????" for w in WORDS]
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    lm = tiny_model("llama")
-    folder = tmp_path / "tiny"
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
 def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"prompt": "Say something.", "positive": p, "negative": n}) + "\n"

@@ -78,14 +78,34 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
-def _add_build(vsub) -> None:
-    p = _example_parser(vsub, "build", "build", "Build a steering vector from contrastive pairs and save it.")
-    p.add_argument("--method", default="caa", help="steering method (default caa)")
+def add_pair_args(p) -> None:
+    """--data FILE or inline --positive/--negative texts (with --prompt), as read by pairs_from_args."""
     src = p.add_argument_group("data (one of)")
     src.add_argument("--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}")
     src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
     src.add_argument("--negative", action="append", help="a negative text (repeatable)")
     p.add_argument("--prompt", default="", help="prompt shared by inline --positive/--negative texts")
+
+
+def pairs_from_args(args, *, required: bool = True):
+    """The pairs add_pair_args asked for; None when none were given and they are not required."""
+    from .data import load_pairs, pairs_from_texts
+
+    if args.data and (args.positive or args.negative):
+        raise CLIError("give either --data FILE or --positive/--negative texts, not both")
+    if args.data:
+        return load_pairs(args.data)
+    if args.positive or args.negative:
+        return pairs_from_texts(args.positive or [], args.negative or [], prompt=args.prompt)
+    if required:
+        raise CLIError("no data: give --data FILE or --positive TEXT --negative TEXT")
+    return None
+
+
+def _add_build(vsub) -> None:
+    p = _example_parser(vsub, "build", "build", "Build a steering vector from contrastive pairs and save it.")
+    p.add_argument("--method", default="caa", help="steering method (default caa)")
+    add_pair_args(p)
     p.add_argument("--layers", help="layers, e.g. 15 or 12,15,18 (default: the model's middle layer)")
     p.add_argument("--config", help="YAML config for the method")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -190,20 +210,13 @@ def read_prompts(args) -> list[str]:
 
 def cmd_build(args) -> int:
     from .config import load_config
-    from .data import ContrastiveDataset, load_pairs, pairs_from_texts
+    from .data import ContrastiveDataset
     from .methods import get_method
 
     method = get_method(args.method)
-    if args.data and (args.positive or args.negative):
-        raise CLIError("give either --data FILE or --positive/--negative texts, not both")
-    if args.data:
-        data = load_pairs(args.data)
-    elif args.positive or args.negative:
-        data = pairs_from_texts(args.positive or [], args.negative or [], prompt=args.prompt)
-    elif not method.needs_data:
+    data = pairs_from_args(args, required=method.needs_data)
+    if data is None:
         data = ContrastiveDataset([], "no examples", "")
-    else:
-        raise CLIError("no data: give --data FILE or --positive TEXT --negative TEXT")
     overrides = list(args.set)
     layers = parse_layers(args.layers)
     if layers is not None:

@@ -52,11 +52,9 @@ def _add_diagnose(vsub) -> None:
     p = _parser(vsub, "diagnose", "check whether pairs isolate a direction (held-out AUROC per layer)",
                 "Check whether contrastive pairs isolate a direction: held-out AUROC, consistency and norm per "
                 "layer, with a verdict and the layers worth trying.")
-    src = p.add_argument_group("data (one of)")
-    src.add_argument("--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}")
-    src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
-    src.add_argument("--negative", action="append", help="a negative text (repeatable)")
-    p.add_argument("--prompt", default="", help="prompt shared by inline --positive/--negative texts")
+    from steerlab.cli import add_model_args, add_pair_args
+
+    add_pair_args(p)
     p.add_argument("--layers", help="layers to check, e.g. 8,12,15 (default: all; one forward pass either way)")
     p.add_argument("--holdout", type=float, default=0.25, help="share of pairs held out (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
@@ -65,8 +63,6 @@ def _add_diagnose(vsub) -> None:
     p.add_argument("--task", default="", help="what the --out vector is for (e.g. sentiment)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
-    from steerlab.cli import add_model_args
-
     add_model_args(p)
     p.set_defaults(func=cmd_diagnose)
 
@@ -114,19 +110,6 @@ def _add_compare(sub) -> None:
 
 
 # ---- shared helpers --------------------------------------------------------------------------------
-
-def _load_pairs(args):
-    from steerlab.cli import CLIError
-    from steerlab.data import load_pairs, pairs_from_texts
-
-    if args.data and (args.positive or args.negative):
-        raise CLIError("give either --data FILE or --positive/--negative texts, not both")
-    if args.data:
-        return load_pairs(args.data)
-    if args.positive or args.negative:
-        return pairs_from_texts(args.positive or [], args.negative or [], prompt=args.prompt)
-    raise CLIError("no data: give --data FILE or --positive TEXT --negative TEXT")
-
 
 def _generation_task(args):
     """The task, checked to be a generation task (A/B tasks are scored by `steerlab sweep`)."""
@@ -192,12 +175,12 @@ def _numbers(text: str | None, option: str) -> list[float] | None:
 # ---- commands --------------------------------------------------------------------------------------
 
 def cmd_diagnose(args) -> int:
-    from steerlab.cli import CLIError, load_cli_model, parse_layers, progress_bar
+    from steerlab.cli import CLIError, load_cli_model, pairs_from_args, parse_layers, progress_bar
     from steerlab.methods.caa import vector_from_activations
 
     from .diagnose import check_sizes, diagnose, format_diagnosis
 
-    data = _load_pairs(args)
+    data = pairs_from_args(args)
     layers = parse_layers(args.layers)
     if isinstance(layers, dict):
         raise CLIError("--layers takes layer numbers here (e.g. 8,12,15), not layer:weight")
