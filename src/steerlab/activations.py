@@ -115,27 +115,27 @@ def record_activations(
     return out
 
 
-class _Reader:
-    """Forward hooks that average each hooked layer's output over a read mask, then stop the forward."""
+class BlockReader:
+    """Forward hooks that hand chosen blocks' outputs to `read(layer, hidden)` and stop the forward after the
+    deepest (no later blocks, no LM head). A context manager: the hooks are removed on exit, also on errors."""
 
-    def __init__(self, lm: LoadedModel, layers: list[int]):
-        self.lm, self.layers = lm, layers
-        self.read_mask: torch.Tensor | None = None
-        self.results: dict[int, torch.Tensor] = {}
+    def __init__(self, lm: LoadedModel, layers: Sequence[int], read: Callable[[int, torch.Tensor], None]):
+        self.lm, self.layers, self.read = lm, sorted(layers), read
 
-    def __enter__(self) -> "_Reader":
+    def __enter__(self) -> "BlockReader":
         last = self.layers[-1]
         self.handles = []
-        for layer in self.layers:
-            self.handles.append(self.lm.layers[layer].register_forward_hook(self._hook(layer, stop=layer == last)))
+        try:
+            for layer in self.layers:
+                self.handles.append(self.lm.layers[layer].register_forward_hook(self._hook(layer, stop=layer == last)))
+        except Exception:
+            self.__exit__()
+            raise
         return self
 
     def _hook(self, layer: int, stop: bool):
         def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            if self.read_mask is not None:
-                mask = self.read_mask.to(hidden.dtype).unsqueeze(-1)
-                self.results[layer] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu()
+            self.read(layer, output[0] if isinstance(output, tuple) else output)
             if stop:
                 raise _StopForward
 
@@ -144,12 +144,28 @@ class _Reader:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []
 
     def run(self, **kwargs) -> None:
+        """One forward of the model, stopped after the deepest read block."""
         try:
             self.lm.model(**kwargs)
         except _StopForward:
             pass
+
+
+class _Reader(BlockReader):
+    """Averages each block's output over `read_mask` (the tokens to read), per row."""
+
+    def __init__(self, lm: LoadedModel, layers: list[int]):
+        super().__init__(lm, layers, self._mean)
+        self.read_mask: torch.Tensor | None = None
+        self.results: dict[int, torch.Tensor] = {}
+
+    def _mean(self, layer: int, hidden: torch.Tensor) -> None:
+        if self.read_mask is not None:
+            mask = self.read_mask.to(hidden.dtype).unsqueeze(-1)
+            self.results[layer] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu()
 
     def stacked(self) -> torch.Tensor:
         return torch.stack([self.results[layer] for layer in self.layers], dim=1)

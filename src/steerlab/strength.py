@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .activations import BlockReader
 from .batching import pad, positions_from_mask
 from .models import LoadedModel, check_layers
 from .vector import SteeringVector
@@ -49,27 +50,19 @@ def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: 
         raise ValueError("residual norms need at least one text of two or more tokens")
     sums = dict.fromkeys(layers, 0.0)
     count = 0
-    read: dict[str, torch.Tensor] = {}
+    keep = torch.zeros(0)
 
-    def hook_for(layer: int):
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            sums[layer] += float((hidden.float().norm(dim=-1) * read["mask"]).sum())
-        return hook
+    def add_norms(layer: int, hidden: torch.Tensor) -> None:
+        sums[layer] += float((hidden.float().norm(dim=-1) * keep).sum())
 
-    handles = [lm.layers[layer].register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
+    with BlockReader(lm, layers, add_norms) as reader:
         for start in range(0, len(rows), batch_size):
             ids, mask = pad(rows[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
             positions = positions_from_mask(mask)
-            keep = mask * (positions > 0)
-            read["mask"] = keep.to(lm.device, torch.float32)
-            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                     position_ids=positions.to(lm.device), use_cache=False, logits_to_keep=1)
+            keep = (mask * (positions > 0)).to(lm.device, torch.float32)
+            reader.run(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                       position_ids=positions.to(lm.device), use_cache=False)
             count += int(keep.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     return {layer: sums[layer] / count for layer in layers}
 
 

@@ -37,7 +37,7 @@ def register(sub, vector_sub=None) -> None:
     p.add_argument("--no-swap", action="store_true", help="A/B tasks: do not also score the choices swapped")
     p.add_argument("--positions", default="answer", choices=["answer", "all"],
                    help="A/B tasks: steer the answer tokens after the question (default) or all tokens")
-    p.add_argument("--batch-rows", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (cells x items)")
     p.add_argument("--data-dir", help="the shared data folder (default: $STEERLAB_DATA or ../shared/data)")
     p.add_argument("--out", required=True, help="output folder for vector.safetensors, sweep.json, effect.png, fluency.png")
     p.add_argument("--overwrite", action="store_true", help="replace those files if they exist")
@@ -65,7 +65,7 @@ def cmd_sweep(args) -> int:
                          strengths=parse_numbers(args.strengths, "--strengths") or [], fluency_bound=args.fluency_bound,
                          split=args.split, limit=args.limit, train_limit=args.train_limit,
                          max_new_tokens=args.max_new_tokens, swap=not args.no_swap, positions=args.positions,
-                         batch_rows=args.batch_rows)
+                         batch_rows=args.batch_size)
     out = Path(args.out)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not args.overwrite:

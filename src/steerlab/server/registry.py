@@ -118,5 +118,6 @@ def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:
         return (f"built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers); this server runs "
                 f"{lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers)")
     if not same_model(m, lm):
-        return f"built for {describe_model(m)}; this server runs {describe_model(lm)}"
+        weights = ": same shape, different weights" if m.model_fingerprint else ""
+        return f"built for {describe_model(m)}; this server runs {describe_model(lm)}{weights}"
     return None
