@@ -95,12 +95,18 @@ def generate(
     system: str | None = None,
     task: str | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str | object = "hf",
 ) -> list[GenerationResult]:
     """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
 
     The original rows ride in the same forward passes as the steered rows with a per-row multiplier of 0,
-    so they are truly unsteered and cost no separate run.
+    so they are truly unsteered and cost no separate run. `engine="vllm"` (or a
+    `steerlab.interop.vllm.VLLMEngine`) generates the same rows on vLLM through steerlab's plugin.
     """
+    if engine != "hf":
+        runner = _engine(engine, lm)
+        return runner.generate(lm, prompts, steering, generate_orig_output=generate_orig_output, config=config,
+                               use_chat_template=use_chat_template, system=system, task=task, progress=progress)
     config = config or GenerationConfig()
     steer = as_steer(steering)
     ids = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
@@ -123,6 +129,18 @@ def generate(
         if progress:
             progress(len(chunk))
     return results
+
+
+def _engine(engine: str | object, lm: LoadedModel):
+    """Another engine behind `generate`: an object with `.generate`, or a name looked up without importing
+    it here (the vLLM bridge lives above this module, in steerlab.interop.vllm)."""
+    if not isinstance(engine, str):
+        return engine
+    if engine != "vllm":
+        raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
+    import importlib
+
+    return importlib.import_module("steerlab.interop.vllm.engine").engine_for(lm)
 
 
 def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
