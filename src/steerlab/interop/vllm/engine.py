@@ -39,7 +39,8 @@ class VLLMEngine:
     def __init__(self, model: LoadedModel | str | os.PathLike, *, steers_dir: str | os.PathLike | None = None,
                  dtype: str | None = None, enable_prefix_caching: bool = True,
                  max_num_batched_tokens: int | None = None, tensor_parallel_size: int = 1,
-                 max_model_len: int = 4096, seed: int = 0, **llm_kwargs: Any):
+                 max_model_len: int = 4096, seed: int = 0, kv_cache_memory_bytes: int = 1 << 30,
+                 **llm_kwargs: Any):
         try:
             import vllm
         except ImportError as exc:
@@ -58,7 +59,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         options = dict(model=str(self.folder), dtype=dtype, enforce_eager=True, seed=seed,
                        enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, **llm_kwargs)
+                       max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_memory_bytes, **llm_kwargs)
         if max_num_batched_tokens is not None:
             options.update(max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=True)
         self.llm = vllm.LLM(**options)

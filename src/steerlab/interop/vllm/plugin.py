@@ -105,11 +105,11 @@ def _runner(original):
             return original(self, *args, **kwargs)
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         positions = positions[0] if positions.ndim == 2 else positions  # M-RoPE: text positions are row 0
-        steering.begin(rows, positions[: rows[-1].end].cpu())
+        steering.hooks.begin(rows, positions[: rows[-1].end].cpu())
         try:
             return original(self, *args, **kwargs)
         finally:
-            steering.end()
+            steering.hooks.end()
 
     return _model_forward
 
