@@ -97,19 +97,22 @@ def test_chunked_prefill_equals_unchunked(lm, engine, vectors, positions):
 
 
 def test_prefix_cache_never_crosses_steering(lm, engine, vectors):
-    """Same prompt steered then unsteered, and the reverse, with prefix caching on: each equals HF."""
+    """Same prompt steered then unsteered, and the reverse, with prefix caching on: each equals HF, and the
+    second run reuses none of the first one's KV blocks, while a repeat of the same steering does."""
     spec = SteeringSpec(vectors["sentiment"], 4.0, [10, 15], "prompt")
+    block = engine.llm.llm_engine.vllm_config.cache_config.block_size
     for k, prompt in enumerate(["Describe your favourite meal in detail, please.", "What is a good hobby to start?"]):
-        ids = encode_prompts(lm, [prompt + " " + "Take your time. " * 12])
+        ids = encode_prompts(lm, [prompt + " " + "Take your time and think it through. " * 40])
+        assert len(ids[0]) > 2 * block
         steered, plain = hf(lm, ids, spec)[0], hf(lm, ids, None)[0]
         assert steered != plain
-        order = [spec, None] if k == 0 else [None, spec]
-        for s in order:
-            assert on_vllm(engine, ids, [s])[0] == (steered if s else plain)
-        # The cache is really on: the same steering again reuses the prompt's blocks, and still matches.
-        again = engine.run(ids, [engine.items(spec, 1)[0]], config=CONFIG)[0]
-        assert again.num_cached_tokens > 0
-        assert list(again.outputs[0].token_ids) == steered
+        first, second = [spec, None] if k == 0 else [None, spec]
+        out = [engine.run(ids, [engine.items(s, 1)[0] if s else None], config=CONFIG)[0] for s in (first, second)]
+        assert [list(o.outputs[0].token_ids) for o in out] == ([steered, plain] if k == 0 else [plain, steered])
+        assert out[1].num_cached_tokens == 0
+        again = engine.run(ids, [engine.items(second, 1)[0] if second else None], config=CONFIG)[0]
+        assert again.num_cached_tokens >= block
+        assert list(again.outputs[0].token_ids) == list(out[1].outputs[0].token_ids)
 
 
 def test_generate_engine_vllm_matches_hf(lm, engine, vectors):
