@@ -43,7 +43,7 @@ def test_resolve_by_name_and_hash_with_float32_coefficients(library):
 
 
 @pytest.mark.parametrize("item,words", [
-    ({"vector": "sad"}, "not in .* available: formal, happy"),
+    ({"vector": "sad"}, "not in .* available: cheerful, formal, happy"),
     ({"vector": "happy", "strength": 2}, "unknown field.*strength"),
     ({"vector": "happy", "layers": [3]}, "no direction for layer 3"),
     ({"vector": "happy", "layers": [9]}, "out of range"),
@@ -100,11 +100,11 @@ def test_plan_adds_to_the_stream_only_on_steered_tokens():
     steering.end()
     plain_h, plain_r = Block.forward(blocks[1], hidden, residual)
     stream, plain_stream = out_h + out_r, plain_h + plain_r
-    steered = torch.tensor([2, 3])  # positions 7 and 8 are >= prompt length - 1
+    steered = torch.tensor([1, 2, 3])  # positions 6, 7, 8 are >= prompt length - 1
     assert torch.equal(stream[steered], plain_stream[steered] + torch.tensor(2.5) * direction)
-    untouched = torch.tensor([0, 1, 4, 5, 6])
+    untouched = torch.tensor([0, 4, 5, 6])
     assert torch.equal(out_h[untouched], plain_h[untouched]) and torch.equal(out_r[untouched], plain_r[untouched])
-    assert steering.build([Row(0, 4, 7, (Term("a", ((1, 2.5),), "generated"),))], positions)[1].rows.tolist() == [2, 3]
+    assert steering.build([Row(0, 4, 7, (Term("a", ((1, 2.5),), "generated"),))], positions)[1].rows.tolist() == [1, 2, 3]
     assert steering.build([], positions) == {}
     steering.remove()
 
