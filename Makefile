@@ -7,7 +7,7 @@ REPENG_VENV := .venv-repeng
 VLLM_VENV := .venv-vllm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast test-vllm bench bench-quick clean
+.PHONY: install demo test test-fast test-vllm bench bench-quick bench-vllm clean
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ bench: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
 
 bench-quick: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
 	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --profile quick --threads $(BENCH_THREADS)
+
+# Steering on vLLM vs steerlab serve, and vLLM steered vs unsteered (docs/benchmarks.md, section "vllm").
+bench-vllm: $(VLLM_VENV)/.installed
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python bench/bench_vllm.py --threads $(BENCH_THREADS)
 
 clean:
 	rm -rf $(VENV) $(REPENG_VENV) $(VLLM_VENV) build *.egg-info
