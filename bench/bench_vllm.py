@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     import steerlab
     from steerlab.data import load_pairs
     from steerlab.interop.vllm.engine import VLLMEngine
-    from steerlab.interop.vllm.serving import VLLMBatcher
+    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.methods.caa import CAAConfig, fit
     from steerlab.server.registry import VectorRegistry
     from steerlab.vector import content_hash

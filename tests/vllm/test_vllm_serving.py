@@ -31,7 +31,7 @@ def expected(lm, vectors):
 def test_steerlab_serve_on_vllm_matches_hf(lm, engine, vectors, expected, tmp_path):
     from fastapi.testclient import TestClient
 
-    from steerlab.interop.vllm.serving import VLLMBatcher
+    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.server.app import create_app
     from steerlab.server.registry import VectorRegistry
 

@@ -14,12 +14,12 @@ import threading
 from collections import deque
 from typing import Any
 
-from ...models import LoadedModel
-from ...vector import content_hash
-from ...server.batcher import Delta, Job, JobFailed, RowDone
-from ...server.errors import ApiError
-from .engine import VLLMEngine
-from .request import KEY
+from ..interop.vllm.engine import VLLMEngine
+from ..interop.vllm.request import KEY
+from ..models import LoadedModel
+from ..vector import content_hash
+from .batcher import Delta, Job, JobFailed, RowDone
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
