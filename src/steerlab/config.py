@@ -34,6 +34,12 @@ def build_config(cls: type[T], values: dict[str, Any] | None = None, source: str
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Read a YAML config file (optional) and apply `key=value` overrides, then validate."""
+    values, source = read_config_values(path, overrides)
+    return build_config(cls, values, source)
+
+
+def read_config_values(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The raw values of a YAML config file (optional) with `key=value` overrides applied, and where they came from."""
     values: dict[str, Any] = {}
     source = "config"
     if path is not None:
@@ -50,7 +56,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not sep:
             raise ConfigError(f"--set {item}: expected key=value")
         values[key.strip()] = yaml.safe_load(raw)
-    return build_config(cls, values, source)
+    return values, source
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
 
+from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
 from .steering import SteeringSpec, Steer, VectorSteering
 from .vector import SteeringVector
+
+
+# Engines other than HF behind `generate(engine=NAME)`: name -> factory(lm) returning an object with the same
+# `.generate`. The vLLM bridge sits above this module (steerlab.interop.vllm), so steerlab/__init__ registers it.
+ENGINES: dict[str, Callable[[LoadedModel], Any]] = {}
 
 
 @dataclass
@@ -67,12 +73,14 @@ class RowSeededSampler(LogitsProcessor):
 
 
 def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
-    """Accept a vector, a spec, a list of specs, or any object with `attach` (e.g. an LM-Steer)."""
-    if steering is None or hasattr(steering, "attach"):
-        return steering
+    """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer)."""
+    if steering is None:
+        return None
     if isinstance(steering, SteeringVector):
         return VectorSteering(SteeringSpec(steering))
-    return VectorSteering(steering)
+    if isinstance(steering, (SteeringSpec, list, tuple)):
+        return VectorSteering(steering)
+    return steering
 
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[str], *, use_chat_template: bool | None = None,
@@ -100,8 +108,10 @@ def generate(
     """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
 
     The original rows ride in the same forward passes as the steered rows with a per-row multiplier of 0,
-    so they are truly unsteered and cost no separate run. `engine="vllm"` (or a
-    `steerlab.interop.vllm.VLLMEngine`) generates the same rows on vLLM through steerlab's plugin.
+    so they are truly unsteered and cost no separate run. A prompt steer (kind "prompt") changes the prompt
+    text instead: its rows carry the instruction and the original rows the prompt exactly as given.
+    `engine="vllm"` (or a `steerlab.interop.vllm.engine.VLLMEngine`) generates the same rows on vLLM through
+    steerlab's plugin; `batch_size` does not apply there (vLLM batches continuously).
     """
     if engine != "hf":
         runner = _engine(engine, lm)
@@ -109,6 +119,10 @@ def generate(
                                use_chat_template=use_chat_template, system=system, task=task, progress=progress)
     config = config or GenerationConfig()
     steer = as_steer(steering)
+    if steer is not None and steer.kind == "prompt":
+        return _generate_prompted(lm, prompts, steer, generate_orig_output=generate_orig_output, config=config,
+                                  batch_size=batch_size, use_chat_template=use_chat_template, system=system,
+                                  progress=progress)
     ids = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
     results: list[GenerationResult] = []
     for start in range(0, len(ids), batch_size):
@@ -131,16 +145,34 @@ def generate(
     return results
 
 
+def _generate_prompted(lm: LoadedModel, prompts: Sequence[str], steer, *, generate_orig_output: bool,
+                       config: GenerationConfig, batch_size: int, use_chat_template: bool | None, system: str | None,
+                       progress: Callable[[int], None] | None) -> list[GenerationResult]:
+    """Rows with the prompt steer's instruction and, when asked, the truly unprompted originals, in one batch."""
+    chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
+    texts = [steer.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
+    steered_ids = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    original_ids = encode_prompts(lm, prompts, use_chat_template=chat, system=system) if generate_orig_output else []
+    results: list[GenerationResult] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = steered_ids[start : start + batch_size]
+        rows = chunk + original_ids[start : start + batch_size]
+        out = generate_ids(lm, rows, None, config=config)
+        for i, prompt in enumerate(prompts[start : start + len(chunk)]):
+            results.append(GenerationResult(prompt, out[i], out[len(chunk) + i] if generate_orig_output else None))
+        if progress:
+            progress(len(chunk))
+    return results
+
+
 def _engine(engine: str | object, lm: LoadedModel):
-    """Another engine behind `generate`: an object with `.generate`, or a name looked up without importing
-    it here (the vLLM bridge lives above this module, in steerlab.interop.vllm)."""
+    """Another engine behind `generate`: an object with `.generate`, or a name in ENGINES."""
     if not isinstance(engine, str):
         return engine
-    if engine != "vllm":
-        raise ValueError(f"engine must be 'hf' or 'vllm', got {engine!r}")
-    import importlib
-
-    return importlib.import_module("steerlab.interop.vllm.engine").engine_for(lm)
+    factory = ENGINES.get(engine)
+    if factory is None:
+        raise ValueError(f"engine must be 'hf' or one of {', '.join(ENGINES) or 'none'}; got {engine!r}")
+    return factory(lm)
 
 
 def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
@@ -165,12 +197,8 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     row's tokens and stops it at its own max_tokens this way.
     """
     tok = lm.tokenizer
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
+    input_ids, mask = pad(rows, tok.pad_token_id, left=True)
+    width = input_ids.shape[1]
     kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                   pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
     if config.do_sample and row_seeds is None:

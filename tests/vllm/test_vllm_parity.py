@@ -125,10 +125,9 @@ def test_generate_engine_vllm_matches_hf(lm, engine, vectors):
     assert steerlab.generate(lm, PROMPTS[:2], spec, generate_orig_output=True, config=CONFIG,
                              engine=engine) == hf_results
     prompt = PromptSteering("Always answer in a cheerful tone.")
-    from steerlab.methods.prompt import generate_with_prompt
-
     assert steerlab.generate(lm, PROMPTS[:1], prompt, generate_orig_output=True, config=CONFIG,
-                             engine=engine) == generate_with_prompt(lm, PROMPTS[:1], prompt, config=CONFIG, batch_size=1)
+                             engine=engine) == steerlab.generate(lm, PROMPTS[:1], prompt, generate_orig_output=True,
+                                                                 config=CONFIG, batch_size=1)
 
 
 def test_bad_requests_are_refused_before_scheduling(engine, vectors, rows):

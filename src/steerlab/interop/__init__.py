@@ -1,1 +1,1 @@
-"""Bridges to other runtimes: llama.cpp control vectors, the vLLM plugin (`interop.vllm`)."""
+"""steerlab interop: llama.cpp GGUF control vectors (gguf.py) and the vLLM plugin (vllm/)."""

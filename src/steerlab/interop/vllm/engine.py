@@ -97,7 +97,8 @@ class VLLMEngine:
             for i, row in enumerate(rows):
                 mult = mults[0] if len(mults) == 1 else mults[i]
                 if mult != 0.0:  # a multiplier of 0 means this row is unsteered: it gets nothing at all
-                    row.append({"vector": name, "multiplier": mult, "layers": layers, "positions": spec.positions})
+                    row.append({"vector": name, "multiplier": mult, "layers": layers, "positions": spec.positions,
+                                "operator": spec.operator})
         return rows
 
     def run(self, rows: Sequence[Sequence[int]], items: Sequence[list[dict[str, Any]] | None], *,
@@ -128,12 +129,13 @@ class VLLMEngine:
         chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
         plain = encode_prompts(lm, prompts, use_chat_template=chat, system=system)
         steered_ids, items = plain, [None] * len(prompts)
-        if getattr(steering, "method", None) == "prompt":  # a prompt steer is a prompt rewrite
+        kind = getattr(steering, "kind", None)
+        if kind == "prompt":  # a prompt steer is a prompt rewrite
             texts = [steering.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
             steered_ids = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
         elif steering is not None:
-            if hasattr(steering, "attach") and not isinstance(steering, VectorSteering):
-                raise SteeringError(lm_steer_refusal(type(steering).__name__))
+            if kind == "lm_steer":
+                raise SteeringError(lm_steer_refusal("this steer"))
             specs = _specs(steering)
             for spec in specs:
                 spec.vector.check_compatible(lm, list(spec.layer_weights()), task=task)

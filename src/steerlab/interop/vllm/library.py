@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...steers import steer_kind
 from ...vector import SteeringVector, VectorFileError, content_hash
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,21 @@ class SteerLibrary:
 
 def _read(path: Path) -> Entry:
     name = path.stem
-    if path.suffix == ".json":
-        return Entry(name, path, None, None, f"'{name}' is a prompt steer: it rewrites the prompt, not the model; "
-                     "put its instruction in the request's messages (steerlab.generate(engine='vllm') does this)")
     try:
+        kind = steer_kind(path)
+        if kind == "prompt":
+            return Entry(name, path, None, None, f"'{name}' is a prompt steer: it rewrites the prompt, not the model; "
+                         "put its instruction in the request's messages (steerlab.generate(engine='vllm') does this)")
+        if kind == "lm_steer":
+            return Entry(name, path, None, None, lm_steer_refusal(f"'{name}'"))
         vector = SteeringVector.load(path)
     except VectorFileError as exc:
-        if "an LM-Steer file" in str(exc):
-            return Entry(name, path, None, None, lm_steer_refusal(name))
         log.warning("steerlab: skipping %s: %s", path, exc)
         return Entry(name, path, None, None, str(exc))
     return Entry(name, path, content_hash(vector), vector, None)
 
 
 def lm_steer_refusal(name: str) -> str:
-    return (f"'{name}' is an LM-Steer: it transforms the last hidden state before the LM head, and vLLM's "
+    """Why an LM-Steer (`name` as the message should call it) cannot run on vLLM."""
+    return (f"{name} is an LM-Steer: it transforms the last hidden state before the LM head, and vLLM's "
             "logits processors see only the logits, so the plugin cannot apply it; use engine='hf' for LM-Steer")

@@ -16,14 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from ...operators import OPERATORS
 from ...steering import POSITIONS, SteeringSpec
 from .library import SteerLibrary, SteerNotFound
 
 KEY = "steerlab"
 RESOLVED = "steerlab_resolved"
-ITEM_KEYS = ("vector", "multiplier", "layers", "positions")
+ITEM_KEYS = ("vector", "multiplier", "layers", "positions", "operator")
 
 
 class SteeringRequestError(ValueError):
@@ -37,10 +36,11 @@ class Term:
     sha256: str
     layers: tuple[tuple[int, float], ...]  # (layer, coefficient = multiplier * layer weight, float32 value)
     positions: str
+    operator: str = "add"  # a function of steerlab.operators
 
     def as_json(self) -> dict[str, Any]:
         return {"sha256": self.sha256, "layers": [[layer, coef] for layer, coef in self.layers],
-                "positions": self.positions}
+                "positions": self.positions, "operator": self.operator}
 
 
 def parse_items(raw: Any) -> list[dict[str, Any]]:
@@ -88,7 +88,11 @@ def resolve(raw: Any, library: SteerLibrary, *, hidden_size: int, num_layers: in
         if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, (int, float))
                                        or not math.isfinite(multiplier)):
             raise SteeringRequestError(f"{where}.multiplier: must be a finite number, got {multiplier!r}")
-        spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions)
+        operator = item.get("operator", "add")
+        if operator not in OPERATORS:
+            raise SteeringRequestError(f"{where}.operator: unknown operator {operator!r}; available: "
+                                       f"{', '.join(OPERATORS)}")
+        spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions, operator)
         weights = spec.layer_weights()
         for layer in weights:
             if not 0 <= layer < num_layers:
@@ -100,7 +104,7 @@ def resolve(raw: Any, library: SteerLibrary, *, hidden_size: int, num_layers: in
         # The same float32 product as steering.py's per-row coefficient (multiplier * layer weight).
         rows = spec.row_multipliers()
         coefs = tuple((layer, float(rows[0] * weight)) for layer, weight in weights.items())
-        terms.append(Term(entry.sha256, coefs, positions))
+        terms.append(Term(entry.sha256, coefs, positions, operator))
     return terms
 
 
@@ -126,16 +130,11 @@ def encode(terms: list[Term]) -> str:
 
 
 def decode(text: str) -> list[Term]:
-    return [Term(t["sha256"], tuple((int(layer), float(coef)) for layer, coef in t["layers"]), t["positions"])
-            for t in json.loads(text)]
+    return [Term(t["sha256"], tuple((int(layer), float(coef)) for layer, coef in t["layers"]), t["positions"],
+                 t.get("operator", "add")) for t in json.loads(text)]
 
 
 def cache_salt(resolved: str, user_salt: str | None) -> str:
     """A salt that differs whenever the steering differs; the user's own salt is kept inside it."""
     digest = hashlib.sha256(resolved.encode()).hexdigest()[:32]
     return f"steerlab:{digest}" + (f"|{user_salt}" if user_salt else "")
-
-
-def float32(value: float) -> float:
-    """`value` rounded to float32, as the HF path's per-row multipliers are."""
-    return float(torch.tensor(value, dtype=torch.float32))

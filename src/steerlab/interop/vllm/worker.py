@@ -8,8 +8,9 @@ resolved terms. Tokens of unsteered requests are not touched at all: no multiply
 
 vLLM's decoder blocks (Llama, Qwen2, Mistral, ... ) return `(hidden, residual)` and leave the residual
 addition to the next block's fused add+norm. The stream after block i is `hidden + residual`; a steered
-token gets `stream + coefficient * direction` in `hidden` and 0 in `residual`, so the next block's
-`hidden + 0` reproduces the Hugging Face path's value bit for bit. A block that returns one tensor is
+token gets `operator(stream, direction, coefficient)` (steerlab.operators; `add` is `stream + coefficient *
+direction`, the function steering.py applies) in `hidden` and 0 in `residual`, so the next block's `hidden + 0`
+reproduces the Hugging Face path's value bit for bit. A block that returns one tensor is
 steered on that tensor.
 """
 
@@ -22,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ...operators import Operator, get_operator
 from .request import Term
 
 
@@ -37,21 +39,22 @@ class Row:
 
 @dataclass
 class LayerPlan:
-    """What one block adds in one step: the steered token indices and, in order, (their subset, delta)."""
+    """What one block adds in one step: the steered token indices and, in order, the terms applied to them."""
 
     rows: torch.Tensor  # [n] sorted token indices into the flattened batch
-    terms: list[tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=list)  # (local idx or None = all, [hidden])
+    # (indices into `rows`, None = all of them; operator; direction [hidden]; coefficient, 0-d), in order
+    terms: list[tuple[torch.Tensor | None, Operator, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def apply(self, output):
         hidden, residual, rest = _split(output)
         idx = self.rows.to(hidden.device)
         stream = hidden[idx] if residual is None else hidden[idx] + residual[idx]
-        for local, delta in self.terms:
+        for local, operator, direction, coef in self.terms:
             if local is None:
-                stream = stream + delta
+                stream = operator(stream, direction, coef)
             else:
                 local = local.to(hidden.device)
-                stream[local] = stream[local] + delta
+                stream[local] = operator(stream[local], direction, coef)
         hidden = hidden.clone()
         hidden[idx] = stream
         if residual is None:
@@ -97,7 +100,7 @@ class WorkerSteering:
         self.layers = layers
         self.dtype, self.device = dtype, device
         self._directions = directions  # (sha256, layer) -> [hidden] float32 direction
-        self._deltas: dict[tuple[str, int, float], torch.Tensor] = {}
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
         self._plan: dict[int, LayerPlan] = {}
         self._handles = [block.register_forward_hook(self._hook(i)) for i, block in layers.items()]
 
@@ -113,17 +116,15 @@ class WorkerSteering:
 
         return hook
 
-    def delta(self, sha256: str, layer: int, coef: float) -> torch.Tensor:
-        """coefficient * direction in the model's dtype: the same product as steering.py computes."""
-        key = (sha256, layer, coef)
-        delta = self._deltas.get(key)
-        if delta is None:
-            if len(self._deltas) > 4096:
-                self._deltas.clear()
-            direction = self._directions(sha256, layer).to(device=self.device, dtype=self.dtype)
-            delta = torch.tensor(coef, dtype=self.dtype, device=self.device) * direction
-            self._deltas[key] = delta
-        return delta
+    def direction(self, sha256: str, layer: int) -> torch.Tensor:
+        """A steer's direction at `layer` on this worker's device, in the model's dtype (converted once)."""
+        key = (sha256, layer)
+        direction = self._cache.get(key)
+        if direction is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            direction = self._cache[key] = self._directions(sha256, layer).to(device=self.device, dtype=self.dtype)
+        return direction
 
     def begin(self, rows: Sequence[Row], positions: torch.Tensor) -> None:
         """Plan the coming forward: `positions` are the absolute positions of the flattened batch's tokens."""
@@ -133,8 +134,8 @@ class WorkerSteering:
         self._plan = {}
 
     def build(self, rows: Sequence[Row], positions: torch.Tensor) -> dict[int, LayerPlan]:
-        # (layer) -> (item order k, sha, coef) -> token index tensors; a token takes its request's items in order.
-        groups: dict[int, dict[tuple[int, str, float], list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        # layer -> (item order k, sha, coef, operator) -> token indices; a token takes its request's items in order.
+        groups: dict[int, dict[tuple[int, str, float, str], list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
         for row in rows:
             pos = positions[row.start:row.end]
             for k, term in enumerate(row.terms):
@@ -148,16 +149,18 @@ class WorkerSteering:
                     continue
                 for layer, coef in term.layers:
                     if layer in self.layers:
-                        groups[layer][(k, term.sha256, coef)].append(sel)
+                        groups[layer][(k, term.sha256, coef, term.operator)].append(sel)
         plan = {}
         for layer, by_term in groups.items():
             parts = {key: torch.cat(sels) for key, sels in by_term.items()}
             union = torch.unique(torch.cat(list(parts.values())))
             layer_plan = LayerPlan(union)
             for key in sorted(parts, key=lambda key: key[0]):
-                _, sha, coef = key
+                _, sha, coef, operator = key
                 idx = parts[key]
                 local = None if idx.numel() == union.numel() else torch.searchsorted(union, idx)
-                layer_plan.terms.append((local, self.delta(sha, layer, coef)))
+                # The coefficient in the model's dtype, as steering.py casts its per-row coefficients.
+                coef_t = torch.tensor(coef, dtype=self.dtype, device=self.device)
+                layer_plan.terms.append((local, get_operator(operator), self.direction(sha, layer), coef_t))
             plan[layer] = layer_plan
         return plan
