@@ -132,3 +132,14 @@ def test_generate_engine_vllm_without_vllm_says_what_to_install(tiny_llama, monk
 
     with pytest.raises(EngineUnavailable, match=r"pip install 'steerlab\[vllm\]'"):
         steerlab.generate(tiny_llama, ["hi"], engine="vllm")
+
+
+def test_serve_engine_vllm_without_vllm_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from steerlab.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    assert main(["serve", "--engine", "vllm"]) == 1
+    assert "pip install 'steerlab[vllm]'" in capsys.readouterr().err
