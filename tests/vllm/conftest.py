@@ -16,6 +16,12 @@ os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 MAX_BATCHED = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """vLLM's worker processes use the cores too; two torch threads here only fight them for the same cores."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def lm():
     from steerlab.models import load_model
