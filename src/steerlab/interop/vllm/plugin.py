@@ -72,8 +72,12 @@ def _resolve(processor, raw: Any) -> str:
     if state is None:
         config = processor.vllm_config
         text = config.model_config.hf_text_config
+        try:
+            library = SteerLibrary.from_env()
+        except FileNotFoundError as exc:
+            raise _validation_error(str(exc)) from None
         state = processor._steerlab = {
-            "library": SteerLibrary.from_env(),
+            "library": library,
             "hidden_size": int(text.hidden_size),
             "num_layers": int(text.num_hidden_layers),
             "eager": bool(config.model_config.enforce_eager),
