@@ -112,10 +112,13 @@ def http_run(lm, registry, batcher) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the steered/unsteered runs")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the HF path (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads of each engine: torch threads of the HF path, cores bound to vLLM's worker")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
+    # vLLM's CPU worker binds its OpenMP threads to cores; give it as many as the HF side gets (cores 0..n-1).
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}" if threads > 1 else "0")
     import tempfile
 
     import steerlab
@@ -171,6 +174,8 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
                "machine gives and the lead engineer may rerun them idle." if busy else "."))
     return (head
             + f"Load: {load}\n\n"
+            + f"Threads: {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} bound to vLLM's worker "
+              f"(VLLM_CPU_OMP_THREADS_BIND), the same count of torch threads for the HF server.\n\n"
             + "**vLLM steered vs unsteered** (64 requests x 64 tokens, 8 steering configs, `ignore_eos`, prefix caching "
               f"off, {len(rounds.times['vLLM steered'])} alternating rounds): steered/unsteered wall time "
               f"{fmt_range(*ratio, unit='x')} (goal <= 1.05x); steered {fmt_range(*rounds.summary('vLLM steered'), unit=' s')}, "
