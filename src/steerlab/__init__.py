@@ -6,13 +6,23 @@ generate, evaluate, compare (see docs/architecture.md).
 
 from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs, pairs_from_texts
 from .evaluation.run import Comparison, EvaluationError, compare, evaluate
-from .generation import GenerationConfig, GenerationResult, generate
+from .generation import ENGINES, GenerationConfig, GenerationResult, generate
 from .methods import fit
 from .models import LoadedModel, ModelLoadError, load_model
 from .steering import SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer
 from .steers import load_steer
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta
 from .version import __version__
+
+
+def _vllm_engine(lm: LoadedModel):
+    """generate(engine="vllm"): this process's vLLM engine for `lm` (steerlab.interop.vllm, imported on use)."""
+    from .interop.vllm.engine import engine_for
+
+    return engine_for(lm)
+
+
+ENGINES["vllm"] = _vllm_engine
 
 __all__ = [
     "Comparison", "ContrastiveDataset", "ContrastivePair", "DatasetError", "EvaluationError", "GenerationConfig",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
@@ -13,6 +13,11 @@ from .data import format_prompt
 from .models import LoadedModel
 from .steering import SteeringSpec, Steer, VectorSteering
 from .vector import SteeringVector
+
+
+# Engines other than HF behind `generate(engine=NAME)`: name -> factory(lm) returning an object with the same
+# `.generate`. The vLLM bridge sits above this module (steerlab.interop.vllm), so steerlab/__init__ registers it.
+ENGINES: dict[str, Callable[[LoadedModel], Any]] = {}
 
 
 @dataclass
@@ -98,13 +103,20 @@ def generate(
     system: str | None = None,
     task: str | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str | object = "hf",
 ) -> list[GenerationResult]:
     """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
 
     The original rows ride in the same forward passes as the steered rows with a per-row multiplier of 0,
     so they are truly unsteered and cost no separate run. A prompt steer (kind "prompt") changes the prompt
     text instead: its rows carry the instruction and the original rows the prompt exactly as given.
+    `engine="vllm"` (or a `steerlab.interop.vllm.engine.VLLMEngine`) generates the same rows on vLLM through
+    steerlab's plugin; `batch_size` does not apply there (vLLM batches continuously).
     """
+    if engine != "hf":
+        runner = _engine(engine, lm)
+        return runner.generate(lm, prompts, steering, generate_orig_output=generate_orig_output, config=config,
+                               use_chat_template=use_chat_template, system=system, task=task, progress=progress)
     config = config or GenerationConfig()
     steer = as_steer(steering)
     if steer is not None and steer.kind == "prompt":
@@ -151,6 +163,16 @@ def _generate_prompted(lm: LoadedModel, prompts: Sequence[str], steer, *, genera
         if progress:
             progress(len(chunk))
     return results
+
+
+def _engine(engine: str | object, lm: LoadedModel):
+    """Another engine behind `generate`: an object with `.generate`, or a name in ENGINES."""
+    if not isinstance(engine, str):
+        return engine
+    factory = ENGINES.get(engine)
+    if factory is None:
+        raise ValueError(f"engine must be 'hf' or one of {', '.join(ENGINES) or 'none'}; got {engine!r}")
+    return factory(lm)
 
 
 def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,

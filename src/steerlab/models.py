@@ -37,6 +37,7 @@ class LoadedModel:
     tokenizer: object
     name: str = ""
     use_chat_template: bool | None = None
+    folder: Path | None = None  # the HF folder on disk it was loaded from (a GGUF's cached copy); other engines read it
     layers: nn.ModuleList = field(init=False, repr=False)
     layers_path: str = field(init=False)
 
@@ -159,15 +160,15 @@ def load_model(source: str | os.PathLike | None = None, *, dtype: torch.dtype = 
     if source is None:
         gguf = default_gguf_path()
         model, tokenizer = _load_gguf_cached(gguf, dtype)
-        name = DEFAULT_MODEL
+        name, folder = DEFAULT_MODEL, gguf_cache_folder(gguf)
     else:
         path = Path(source)
         if path.is_file() and path.suffix == ".gguf":
             model, tokenizer = _load_gguf_cached(path, dtype)
-            name = path.name.split(".")[0]
+            name, folder = path.name.split(".")[0], gguf_cache_folder(path)
         elif path.is_dir():
             model, tokenizer = _load_folder(path, dtype)
-            name = path.name
+            name, folder = path.name, path
         else:
             raise ModelLoadError(
                 f"{source}: not a model folder or a .gguf file; pass a local Hugging Face model folder "
@@ -175,7 +176,8 @@ def load_model(source: str | os.PathLike | None = None, *, dtype: torch.dtype = 
                 "(models cannot be downloaded here)"
             )
     model.to(device)
-    return LoadedModel(model, tokenizer, name=name, use_chat_template=use_chat_template)
+    return LoadedModel(model, tokenizer, name=name, use_chat_template=use_chat_template,
+                       folder=folder if (folder / "config.json").is_file() else None)
 
 
 def _load_folder(path: Path, dtype: torch.dtype):
@@ -188,10 +190,15 @@ def _load_folder(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
+def gguf_cache_folder(gguf: Path) -> Path:
+    """Where the dequantized safetensors copy of `gguf` is kept (keyed by its path, size and mtime)."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    folder = cache_dir() / f"{gguf.stem}-{key}"
+    return cache_dir() / f"{gguf.stem}-{key}"
+
+
+def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
+    folder = gguf_cache_folder(gguf)
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return _load_folder(folder, dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer

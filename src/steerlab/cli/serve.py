@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import sys
@@ -11,7 +12,8 @@ from .common import CLIError, HelpFormatter, add_model_args, load_cli_model
 
 TOKEN_ENV = "STEERLAB_TOKEN"
 EXAMPLE = ("steerlab serve --vectors vectors/ --port 8000\n"
-           "  STEERLAB_TOKEN=secret steerlab serve --vectors vectors/ --host 0.0.0.0")
+           "  STEERLAB_TOKEN=secret steerlab serve --vectors vectors/ --host 0.0.0.0\n"
+           "  steerlab serve --engine vllm --vectors vectors/        # continuous batching on vLLM")
 
 
 def register(sub, vector_subparsers=None) -> None:
@@ -28,6 +30,9 @@ def register(sub, vector_subparsers=None) -> None:
     p.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long the first queued request waits for others to share its batch")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="hf: batches on the Hugging Face model; vllm: vLLM with steerlab's plugin (pip install "
+                        "'steerlab[vllm]'), continuous batching, --max-batch/--batch-window-ms do not apply")
     add_model_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -44,14 +49,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_tokens < 1 or not 0 <= args.port < 65536:
         raise CLIError("--max-batch and --max-tokens must be at least 1, --batch-window-ms at least 0, "
                        "--port in 0..65535")
+    if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise CLIError("--engine vllm needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "
+                       "(make test builds it in .venv-vllm), or use --engine hf")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     lm = load_cli_model(args)
     try:
         registry = VectorRegistry.from_dir(lm, args.vectors)
     except (OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+    batcher = None
+    if args.engine == "vllm":
+        from ..interop.vllm.engine import EngineUnavailable, VLLMEngine
+        from ..server.vllm_batcher import VLLMBatcher
+
+        try:
+            batcher = VLLMBatcher(lm, VLLMEngine(lm))
+        except EngineUnavailable as exc:
+            raise CLIError(str(exc)) from None
     app = create_app(lm, registry, token=token, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-                     max_tokens_limit=args.max_tokens)
+                     max_tokens_limit=args.max_tokens, batcher=batcher)
     if token is None and not _loopback(args.host):
         print(f"warning: serving on {args.host} without a token; anyone who can reach it can use it "
               f"(set ${TOKEN_ENV})", file=sys.stderr)

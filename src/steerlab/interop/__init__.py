@@ -1,1 +1,1 @@
-"""steerlab interop: llama.cpp GGUF control vectors (gguf.py) and the vLLM plugin."""
+"""steerlab interop: llama.cpp GGUF control vectors (gguf.py) and the vLLM plugin (vllm/)."""

@@ -34,9 +34,12 @@ _ids = itertools.count()
 
 
 def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None = None, max_batch: int = 16,
-               batch_window_ms: float = 10.0, max_tokens_limit: int = 512) -> FastAPI:
-    """Build the app; the batcher thread starts with the app and drains in-flight work on shutdown."""
-    batcher = Batcher(lm, max_batch=max_batch, window_ms=batch_window_ms)
+               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: Batcher | None = None) -> FastAPI:
+    """Build the app; the batcher thread starts with the app and drains in-flight work on shutdown.
+
+    `batcher` replaces the HF batcher with another engine's (the vLLM plugin's VLLMBatcher), same interface.
+    """
+    batcher = batcher or Batcher(lm, max_batch=max_batch, window_ms=batch_window_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,212 @@
+"""Steering on vLLM vs today's `steerlab serve`, and vLLM steered vs unsteered (SmolLM2-135M-Instruct, fp32, CPU).
+
+Runs in the vLLM venv: `make bench-vllm` (or `.venv-vllm/bin/python bench/bench_vllm.py`). 64 chat requests x
+64 new tokens, 8 distinct steering configs (request i takes config i % 8):
+
+1. vLLM steered vs vLLM unsteered: the 64 requests offline (`LLM.generate`), `ignore_eos` so both sides decode
+   exactly 64 tokens, prefix caching off so no round reuses another's prompt KV; rounds alternate the order.
+2. HTTP: the same 64 requests sent at once to `steerlab serve` on the HF batcher and on vLLM (same app, same
+   validation, `create_app(batcher=VLLMBatcher(...))`), served by uvicorn on 127.0.0.1; throughput in
+   completion tokens/s (rows end at EOS or 64 tokens) and per-request latency from send to last byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import alternate, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+
+N_REQUESTS, MAX_TOKENS = 64, 64
+
+
+def configs(vector_name: str) -> list[dict]:
+    """8 distinct steering configs: strengths, signs, layer sets and positions."""
+    return [{"vector": vector_name, "multiplier": m, "layers": layers, "positions": pos} for m, layers, pos in [
+        (4.0, [15], "all"), (-4.0, [15], "all"), (2.0, [10, 15], "all"), (-2.0, [10, 15], "all"),
+        (6.0, [10], "prompt"), (3.0, [15, 20], "generated"), (1.5, [5, 10, 15, 20], "all"), (-6.0, [20], "generated")]]
+
+
+def prompts() -> list[str]:
+    import json
+    from importlib.resources import files
+
+    lines = (files("steerlab") / "resources" / "sentiment_pairs.jsonl").read_text().splitlines()
+    return [json.loads(line)["prompt"] for line in lines if line.strip()][:N_REQUESTS]
+
+
+def offline_rounds(engine, lm, items, rounds: int):
+    """Wall seconds of the 64 requests with and without steering, alternating which goes first."""
+    from steerlab.generation import encode_prompts
+
+    rows = encode_prompts(lm, prompts())
+    sp = engine._vllm.SamplingParams
+
+    def run(steered: bool, n: int = len(rows)):
+        params = [sp(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True,
+                     extra_args={"steerlab": [items[i % len(items)]]} if steered else None) for i in range(n)]
+        start = time.perf_counter()
+        outs = engine.llm.generate([{"prompt_token_ids": r} for r in rows[:n]], params, use_tqdm=False)
+        assert all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
+        return time.perf_counter() - start
+
+    # Warm-up on 8 requests (steer files read, directions converted): the full runs are minutes on a busy CPU.
+    return alternate({"vLLM steered": lambda: run(True), "vLLM unsteered": lambda: run(False)}, rounds,
+                     warmup={"vLLM steered": lambda: run(True, 8), "vLLM unsteered": lambda: run(False, 8)})
+
+
+def serve(app):
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+async def _load(url: str, items: list[dict]) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=1800) as client:
+        async def one(i: int, prompt: str):
+            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS, "temperature": 0,
+                    "steering": [items[i % len(items)]]}
+            start = time.perf_counter()
+            reply = await client.post(f"{url}/v1/chat/completions", json=body)
+            reply.raise_for_status()
+            return time.perf_counter() - start, reply.json()["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        done = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts())))
+        wall = time.perf_counter() - start
+    latencies = sorted(t for t, _ in done)
+    tokens = sum(n for _, n in done)
+    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(done) / wall,
+            "p50_s": statistics.median(latencies), "p95_s": latencies[int(0.95 * (len(latencies) - 1))]}
+
+
+def http_run(lm, registry, batcher) -> dict:
+    from steerlab.server.app import create_app
+
+    url, server, thread = serve(create_app(lm, registry, batcher=batcher))
+    try:
+        return asyncio.run(_load(url, [{**c, "vector": "sentiment"} for c in configs("sentiment")]))
+    finally:
+        server.should_exit = True
+        thread.join(120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the steered/unsteered runs")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads of each engine: torch threads of the HF path, cores bound to vLLM's worker")
+    parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    threads = pin_threads(args.threads)
+    # vLLM's CPU worker binds its OpenMP threads to cores; give it as many as the HF side gets (cores 0..n-1).
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}" if threads > 1 else "0")
+    import tempfile
+
+    import steerlab
+    from steerlab.data import load_pairs
+    from steerlab.interop.vllm.engine import VLLMEngine
+    from steerlab.server.vllm_batcher import VLLMBatcher
+    from steerlab.methods.caa import CAAConfig, fit
+    from steerlab.server.registry import VectorRegistry
+    from steerlab.vector import content_hash
+
+    head = header_block(threads, "make bench-vllm", {"vllm-cpu": _version("vllm-cpu")},
+                        title="Steering on vLLM vs steerlab serve (SmolLM2-135M-Instruct, fp32, CPU)")
+    load_start = os.getloadavg()
+    lm = steerlab.load_model()
+    from importlib.resources import files
+
+    vector = fit(lm, load_pairs(str(files("steerlab") / "resources" / "sentiment_pairs.jsonl")),
+                 CAAConfig(layers=[5, 10, 15, 20]), task="sentiment")
+    folder = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    vector.save(folder / "sentiment.safetensors")
+    start = time.perf_counter()
+    engine = VLLMEngine(lm, steers_dir=folder, enable_prefix_caching=False)
+    engine_start = time.perf_counter() - start
+    try:
+        rounds = offline_rounds(engine, lm, configs(content_hash(vector)), args.rounds)
+        registry = VectorRegistry.from_dir(lm, folder)
+        http = {"vLLM (steerlab serve --engine vllm)": http_run(lm, registry, VLLMBatcher(lm, engine))}
+    finally:
+        engine.close()
+    from steerlab.server.batcher import Batcher
+
+    http["HF (steerlab serve, --max-batch 16)"] = http_run(lm, registry, Batcher(lm, max_batch=16))
+    load_end = os.getloadavg()
+    result = {"rounds": rounds.times, "http": http,
+              "engine_start_s": engine_start, "load_start": load_start, "load_end": load_end}
+    body = _render(head, rounds, http, engine_start, load_start, load_end)
+    save_result("vllm", result)
+    print(body)
+    if not args.no_write:
+        write_section("vllm", body)
+    return result
+
+
+def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
+    ratio = rounds.ratios("vLLM steered", "vLLM unsteered")
+    rows = [[name, f"{r['wall_s']:.1f}", f"{r['tokens']}", f"{r['tokens_per_s']:.1f}", f"{r['requests_per_s']:.2f}",
+             f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}"] for name, r in http.items()]
+    hf = http["HF (steerlab serve, --max-batch 16)"]["tokens_per_s"]
+    vl = http["vLLM (steerlab serve --engine vllm)"]["tokens_per_s"]
+    busy = max(load_start[0], load_end[0]) > 1.0
+    load = (f"1-minute load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end on 2 cores"
+            + (": **measured under load** from other jobs on this machine; the figures are lower than an idle "
+               "machine gives and the lead engineer may rerun them idle." if busy else "."))
+    return (head
+            + f"Load: {load}\n\n"
+            + f"Threads: vLLM's worker bound to core(s) {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
+              "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. With both cores bound and the "
+              "machine oversubscribed, vLLM's OpenMP threads mostly waited on each other (a first attempt ran "
+              "about 10x slower), so a busy machine is measured on one core.\n\n"
+            + "**vLLM steered vs unsteered** (64 requests x 64 tokens, 8 steering configs, `ignore_eos`, prefix caching "
+              f"off, {len(rounds.times['vLLM steered'])} alternating rounds): steered/unsteered wall time "
+              f"{fmt_range(*ratio, unit='x')} (goal <= 1.05x); steered {fmt_range(*rounds.summary('vLLM steered'), unit=' s')}, "
+              f"unsteered {fmt_range(*rounds.summary('vLLM unsteered'), unit=' s')}.\n\n"
+            + "**HTTP, 64 requests sent at once** (greedy, max_tokens 64, each with one of the 8 configs; rows end at EOS):\n\n"
+            + table(["server", "wall (s)", "completion tokens", "tokens/s", "requests/s", "p50 latency (s)",
+                     "p95 latency (s)"], rows)
+            + same_tokens(http)
+            + f"\n\nvLLM serves {vl / hf:.1f}x the HF batcher's tokens/s here. vLLM engine start: {engine_start:.0f} s "
+              "(not in any figure). The HF server decodes at most 16 rows per batch and admits new requests between "
+              "batches; vLLM admits them at every step (continuous batching) and runs all 64 together.\n\n"
+            + "No GPU figure exists for this path: vLLM's CUDA build cannot be brought to the lent GPU machine "
+              "(64 MiB per call), so these are CPU (vllm-cpu 0.32.0) figures only.\n")
+
+
+def same_tokens(http: dict) -> str:
+    counts = {r["tokens"] for r in http.values()}
+    return ("\nBoth servers generated the same number of completion tokens: the steered rows end where the HF "
+            "path's do (the tests check the tokens themselves)." if len(counts) == 1 else "")
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""`steerlab serve --engine vllm`: today's API and playground, with vLLM's continuous batching behind them.
+
+`VLLMBatcher` has the server batcher's interface (start / submit / close, the same row events), so the app,
+its validation and its response shapes are unchanged. A thread owns the vLLM engine: it adds each new
+row as a vLLM request (its steering in `extra_args`, the vectors by content hash), steps the engine, and
+streams each row's new text back. Rows join and leave the running batch at every step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from ..interop.vllm.engine import VLLMEngine
+from ..interop.vllm.request import KEY
+from ..models import LoadedModel
+from ..vector import content_hash
+from .batcher import Delta, Job, JobFailed, RowDone
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class VLLMBatcher:
+    """Runs the server's jobs on a VLLMEngine; one thread steps the engine, rows are independent vLLM requests."""
+
+    def __init__(self, lm: LoadedModel, engine: VLLMEngine):
+        self.lm, self.engine = lm, engine
+        self._pending: deque[Job] = deque()
+        self._live: dict[str, tuple[Job, int, str]] = {}  # request id -> (job, row, text so far)
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="steerlab-vllm", daemon=True)
+        self.batches = 0  # engine steps run
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise ApiError(503, "the server is shutting down; retry on a running instance", code="shutting_down")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking jobs, finish the queued and running ones, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def queued_rows(self) -> int:
+        with self._cond:
+            return sum(len(job.rows) for job in self._pending)
+
+    @property
+    def running_rows(self) -> int:
+        return len(self._live)
+
+    def _work(self) -> None:
+        core = self.engine.llm.llm_engine
+        while True:
+            with self._cond:
+                while not self._pending and not self._live and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._pending and not self._live:
+                    return
+                jobs = list(self._pending)
+                self._pending.clear()
+            for job in jobs:
+                self._add(core, job)
+            self._cancel(core)
+            if not self._live:
+                continue
+            try:
+                outputs = core.step()
+            except Exception as exc:  # the engine is gone: fail every running row rather than hang them
+                log.exception("vLLM step failed")
+                for job in {job for job, _, _ in self._live.values()}:
+                    job.emit(JobFailed(f"generation failed: {exc}"))
+                self._live.clear()
+                continue
+            self.batches += 1
+            for out in outputs:
+                self._deliver(out)
+
+    def _add(self, core, job: Job) -> None:
+        added = []
+        try:
+            for row, plan in enumerate(job.rows):
+                request_id = f"steerlab-{next(_ids)}"
+                params = self.engine._vllm.SamplingParams(
+                    max_tokens=plan.max_tokens, temperature=job.sampling.temperature if job.sampling.do_sample else 0.0,
+                    top_p=job.sampling.top_p if job.sampling.do_sample else 1.0, seed=plan.seed,
+                    extra_args={KEY: [self._item(s) for s in plan.steering]} if plan.steering else None)
+                core.add_request(request_id, {"prompt_token_ids": list(plan.prompt_ids)}, params)
+                self._live[request_id] = (job, row, "")
+                added.append(request_id)
+        except Exception as exc:  # refused by vLLM's checks (the app's own checks ran before)
+            if added:
+                core.abort_request(added)
+            for request_id in added:
+                self._live.pop(request_id, None)
+            job.emit(JobFailed(str(exc)))
+
+    def _item(self, steering) -> dict[str, Any]:
+        sha = content_hash(steering.vector)
+        self.engine.add_vector(steering.vector)  # the engine's steer folder holds every served vector by hash
+        return {"vector": sha, "multiplier": steering.multiplier,
+                "layers": {str(layer): weight for layer, weight in steering.layers}, "positions": steering.positions}
+
+    def _cancel(self, core) -> None:
+        gone = [rid for rid, (job, _, _) in self._live.items() if job.cancelled.is_set()]
+        if gone:
+            core.abort_request(gone)
+            for rid in gone:
+                self._live.pop(rid, None)
+
+    def _deliver(self, out) -> None:
+        entry = self._live.get(out.request_id)
+        if entry is None:
+            return
+        job, row, before = entry
+        completion = out.outputs[0]
+        text = self.lm.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        if out.finished:
+            self._live.pop(out.request_id, None)
+            if text[len(before):]:
+                job.emit(Delta(row, text[len(before):]))
+            reason = "stop" if completion.finish_reason == "stop" else "length"
+            # As the HF batcher counts: the end-of-sequence token is not a completion token.
+            job.emit(RowDone(row, reason, text, len(completion.token_ids) - (reason == "stop")))
+            return
+        # Hold back a trailing replacement character: the next token may complete the multi-byte letter.
+        stable = text.rstrip("\ufffd")
+        if len(stable) > len(before):
+            job.emit(Delta(row, stable[len(before):]))
+            self._live[out.request_id] = (job, row, stable)
