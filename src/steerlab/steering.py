@@ -38,14 +38,20 @@ class SteeringSpec:
     recommended layer if a sweep stored one, else every layer the vector has. `multiplier` None takes the
     recommended multiplier, else 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every
     position that predicts a new token: the last prompt token and all generated tokens). `operator` names
-    a function of steerlab.operators (default "add").
+    a function of steerlab.operators (add, ablate, clamp, rotate); None takes the operator the vector's file
+    states (VectorMeta.operator, "add" for older files). The coefficient an operator gets is multiplier x
+    layer weight (a strength for add, a target projection for clamp, degrees for rotate); 0 leaves a row off
+    for every operator.
     """
 
     vector: SteeringVector
     multiplier: float | Sequence[float] | None = None
     layers: Sequence[int] | Mapping[int, float] | None = None
     positions: str = "all"
-    operator: str = "add"
+    operator: str | None = None
+
+    def operator_name(self) -> str:
+        return self.operator if self.operator is not None else (self.vector.meta.operator or "add")
 
     def layer_weights(self) -> dict[int, float]:
         if self.layers is None:
@@ -222,8 +228,8 @@ class VectorSteering:
         for spec in self.specs:
             if spec.positions not in POSITIONS:
                 raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got '{spec.positions}'")
-            if spec.operator not in OPERATORS:
-                raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator}'")
+            if spec.operator_name() not in OPERATORS:
+                raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator_name()}'")
 
     kind = "vector"
 
@@ -240,7 +246,7 @@ class VectorSteering:
             for layer, weight in weights.items():
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
                 terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
-                                                         get_operator(spec.operator)))
+                                                         get_operator(spec.operator_name())))
         return SteeringHandle(lm, terms, prompt_lengths)
 
 
@@ -255,16 +261,17 @@ def combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec], *,
           multiplier: float | Sequence[float] | None = None,
           layers: Sequence[int] | Mapping[int, float] | None = None, positions: str = "all",
-          task: str | None = None, prompt_lengths: torch.Tensor | None = None) -> SteeringHandle:
+          operator: str | None = None, task: str | None = None,
+          prompt_lengths: torch.Tensor | None = None) -> SteeringHandle:
     """Start steering `lm` now; returns a handle that is also a context manager and always cleans up.
 
     >>> with steer(lm, vector, multiplier=4.0, layers=[15]):
     ...     model_output = lm.model.generate(...)
     """
     if isinstance(vector, SteeringVector):
-        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions))
+        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions, operator))
     else:
-        if multiplier is not None or layers is not None or positions != "all":
-            raise SteeringError("give multiplier, layers and positions inside each SteeringSpec, not beside them")
+        if multiplier is not None or layers is not None or positions != "all" or operator is not None:
+            raise SteeringError("give multiplier, layers, positions and operator inside each SteeringSpec, not beside them")
         steering = VectorSteering(vector)
     return steering.attach(lm, prompt_lengths=prompt_lengths, task=task)
