@@ -153,6 +153,13 @@ class SteeringHandle:
     def active(self) -> bool:
         return bool(self._handles)
 
+    def scale_rows(self, factor: torch.Tensor) -> None:
+        """Multiply every term's per-row coefficients by `factor` [rows] (conditional steering turns rows off)."""
+        for group in self._terms.values():
+            for term in group:
+                term.rows = fit_rows(term.rows, factor.shape[0], "multipliers") * factor.to(term.rows)
+                term.constant = None
+
     def reset(self, prompt_lengths: torch.Tensor | None = None) -> None:
         """Start a new generation: forget (or set) the prompt lengths "prompt"/"generated" are measured from."""
         self.prompt_lengths = prompt_lengths
