@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from results_ab import qwen_path  # noqa: E402
 from steerlab.ablation import DirectionalAblation  # noqa: E402
+from steerlab.conditional import ConditionalSteering, fit_condition, last_token_scores  # noqa: E402
 from steerlab.evaluation.refusal import is_refusal  # noqa: E402
 from steerlab.evaluation.refusal_direction import refusal_direction, select_layer  # noqa: E402
 from steerlab.evaluation.tasks import data_root  # noqa: E402
@@ -140,7 +141,32 @@ def main() -> None:
 
 
 def step_cast(lm, args) -> None:
-    raise SystemExit("cast: not written yet")
+    vector = SteeringVector.load(OUT / "refusal_direction.safetensors")
+    layer = int(vector.meta.recommended["layer"])
+    t0 = time.time()
+    # The condition: the same per-layer difference of means, read as cosine at the last prompt token; layer,
+    # threshold and comparison fitted on the validation split (disjoint from training and test).
+    steer_val = encode_prompts(lm, instructions("harmful_val.json"))
+    keep_val = encode_prompts(lm, sample(instructions("harmless_val.json"), len(steer_val)))
+    condition = fit_condition(lm, vector, steer_val, keep_val)
+    condition.to_vector(lm).save(OUT / "refusal_condition.safetensors", overwrite=True)
+    fitted = time.time() - t0
+    cast = ConditionalSteering(SteeringSpec(vector, 1.0, [layer], operator="add"), condition)
+    config = GenerationConfig(max_new_tokens=args.tokens)
+    sets = test_sets(args.n)
+    done = {"condition": {"layer": condition.layer, "threshold": condition.threshold,
+                          "comparison": condition.comparison, **condition.fit, "seconds": fitted},
+            "behaviour": f"add the refusal direction at layer {layer}, multiplier 1"}
+    for name in ("harmful_test", "harmless_test", "advbench"):
+        if name == "advbench" and args.skip_advbench:
+            continue
+        ids = encode_prompts(lm, sets[name])
+        fired = condition.decide(last_token_scores(lm, ids, {condition.layer: condition.direction})[condition.layer])
+        t1 = time.time()
+        results = generate(lm, sets[name], cast, config=config, batch_size=args.batch)
+        done[name] = {**rates(results, len(results)), "fired": float(fired.float().mean()), "seconds": time.time() - t1}
+        save("cast.json", done)
+        print(name, "fired", done[name]["fired"], "refused", done[name]["steered"], flush=True)
 
 
 if __name__ == "__main__":

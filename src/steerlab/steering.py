@@ -18,9 +18,10 @@ import torch
 
 from .models import LoadedModel
 from .operators import OPERATORS, Operator, add, get_operator
+from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_flags
 from .vector import SteeringVector
 
-POSITIONS = ("all", "prompt", "generated")
+POSITIONS = ("all", "prompt", "generated") + ROLES  # or "between:OPEN:CLOSE" (steerlab.positions)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Handles attached in the current thread or task; a hook registered by any other does nothing here.
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())
@@ -37,7 +38,9 @@ class SteeringSpec:
     `layers` is a list of layers (multiplier 1 each) or {layer: multiplier}; None takes the vector's
     recommended layer if a sweep stored one, else every layer the vector has. `multiplier` None takes the
     recommended multiplier, else 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every
-    position that predicts a new token: the last prompt token and all generated tokens). `operator` names
+    position that predicts a new token: the last prompt token and all generated tokens); a chat role,
+    "system", "user" or "assistant" (located through the model's chat template, see steerlab.positions);
+    "between:OPEN:CLOSE", the tokens between two markers (e.g. "between:<think>:</think>"). `operator` names
     a function of steerlab.operators (add, ablate, clamp, rotate); None takes the operator the vector's file
     states (VectorMeta.operator, "add" for older files). The coefficient an operator gets is multiplier x
     layer weight (a strength for add, a target projection for clamp, degrees for rotate); 0 leaves a row off
@@ -126,8 +129,15 @@ class SteeringHandle:
         self._terms = terms
         self._positions: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # Token ids by absolute position, per row, for role and window positions (kept across cached steps).
+        self._history: list[list[int]] | None = None
+        self._roles: list[list[str | None]] | None = None
+        self._templates: dict = {}
+        self._markers: dict[str, tuple[list[int], list[int]]] = {}
         enter_scope(self)
         needs_positions = any(t.positions != "all" for group in terms.values() for t in group)
+        self._needs_tokens = any(t.positions in ROLES or t.positions.startswith("between:")
+                                 for group in terms.values() for t in group)
         try:
             if needs_positions:
                 self._handles.append(lm.model.register_forward_pre_hook(self._track_positions, with_kwargs=True))
@@ -163,6 +173,7 @@ class SteeringHandle:
     def reset(self, prompt_lengths: torch.Tensor | None = None) -> None:
         """Start a new generation: forget (or set) the prompt lengths "prompt"/"generated" are measured from."""
         self.prompt_lengths = prompt_lengths
+        self._history = self._roles = None
 
     def _track_positions(self, module, args, kwargs) -> None:
         if not in_scope(self):
@@ -183,6 +194,49 @@ class SteeringHandle:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
             self.prompt_lengths = real.cpu()
         self._positions = positions
+        if self._needs_tokens:
+            if ids is None:
+                raise SteeringError("role and window positions read token ids; call the model with input_ids")
+            self._record(ids, mask, positions)
+
+    def _record(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> None:
+        real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.ndim == 2 else torch.ones_like(ids, dtype=torch.bool)
+        if self._history is None or len(self._history) != ids.shape[0]:
+            self._history = [[] for _ in range(ids.shape[0])]
+        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist())):
+            history = self._history[row]
+            for token, pos, keep in zip(row_ids, row_pos, row_real):
+                if keep:
+                    del history[pos:]  # a forward without a cache sends the whole sequence again
+                    history.append(token)
+
+    def _token_mask(self, kind: str, batch: int, device) -> torch.Tensor:
+        """[rows, tokens] selection of the current forward's tokens for a role or a window."""
+        positions = self._positions
+        lengths = fit_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
+        if kind in ROLES and self._roles is None:
+            tok = self.lm.tokenizer
+            try:
+                self._roles = [prompt_roles(tok, self._history[r][: lengths[r]], self._templates) for r in range(batch)]
+            except ValueError as exc:
+                raise SteeringError(str(exc)) from None
+        if kind.startswith("between:") and kind not in self._markers:
+            open_text, close_text = parse_window(kind)
+            self._markers[kind] = (marker_ids(self.lm.tokenizer, open_text), marker_ids(self.lm.tokenizer, close_text))
+        out = torch.zeros(positions.shape, dtype=torch.bool)
+        for r in range(batch):
+            if kind in ROLES:
+                labels = self._roles[r]
+                for c, pos in enumerate(positions[r].tolist()):
+                    if kind == "assistant" and pos >= lengths[r] - 1:
+                        out[r, c] = True
+                    elif 0 <= pos < len(labels):
+                        out[r, c] = labels[pos] == kind
+            else:
+                flags = window_flags(self._history[r], *self._markers[kind])
+                for c, pos in enumerate(positions[r].tolist()):
+                    out[r, c] = 0 <= pos < len(flags) and flags[pos]
+        return out.to(device)
 
     def _layer_hook(self, group: list[_Term]):
         def hook(module, args, output):
@@ -210,7 +264,10 @@ class SteeringHandle:
                 raise SteeringError("positions 'prompt'/'generated' need the model's top-level forward; call the model itself")
             lengths = fit_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
             positions = self._positions.to(hidden.device)
-            selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
+            if term.positions in ("prompt", "generated"):
+                selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
+            else:
+                selected = selected & self._token_mask(term.positions, batch, hidden.device)
         if not bool(selected.any()):
             return hidden
         return torch.where(selected.unsqueeze(-1), term.operator(hidden, term.direction, coef), hidden)
@@ -234,7 +291,13 @@ class VectorSteering:
         self.specs = [specs] if isinstance(specs, SteeringSpec) else list(specs)
         for spec in self.specs:
             if spec.positions not in POSITIONS:
-                raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got '{spec.positions}'")
+                try:
+                    window = parse_window(spec.positions)
+                except ValueError as exc:
+                    raise SteeringError(str(exc)) from None
+                if window is None:
+                    raise SteeringError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; "
+                                        f"got '{spec.positions}'")
             if spec.operator_name() not in OPERATORS:
                 raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator_name()}'")
 
