@@ -17,7 +17,7 @@ import torch
 
 from .models import LoadedModel
 from .operators import ablate, unit
-from .steering import enter_scope, fit_rows, in_scope, leave_scope
+from .steering import HookHandle, enter_scope, fit_rows, in_scope
 from .vector import SteeringVector
 
 
@@ -75,7 +75,7 @@ class DirectionalAblation:
         return AblationHandle(lm, self.direction.to(device=lm.device, dtype=dtype), row_scale)
 
 
-class AblationHandle:
+class AblationHandle(HookHandle):
     """Hooks of a DirectionalAblation; a context manager that always removes them."""
 
     def __init__(self, lm: LoadedModel, direction: torch.Tensor, row_scale: torch.Tensor | None):
@@ -112,17 +112,6 @@ class AblationHandle:
             return (self._ablated(output[0]),) + tuple(output[1:])
         return self._ablated(output)
 
-    def __enter__(self) -> "AblationHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        leave_scope(self)
 
 
 def _untie_output_embeddings(lm: LoadedModel) -> None:

@@ -120,7 +120,28 @@ def in_scope(owner: object) -> bool:
     return id(owner) in _ACTIVE.get()
 
 
-class SteeringHandle:
+class HookHandle:
+    """Hooks that act only in the thread (or task) that attached them; a context manager that always removes them.
+
+    Subclasses fill `_handles` after `enter_scope(self)`; `remove()` is idempotent.
+    """
+
+    _handles: list
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        leave_scope(self)
+
+
+class SteeringHandle(HookHandle):
     """Active steering on a model. Use as a context manager or call `remove()`; both are idempotent."""
 
     def __init__(self, lm: LoadedModel, terms: dict[int, list[_Term]], prompt_lengths: torch.Tensor | None):
@@ -146,18 +167,6 @@ class SteeringHandle:
         except Exception:
             self.remove()
             raise
-
-    def __enter__(self) -> "SteeringHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        leave_scope(self)
 
     @property
     def active(self) -> bool:
