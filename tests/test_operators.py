@@ -194,3 +194,38 @@ def test_the_file_states_the_default_operator_and_old_files_add(tiny_llama, tmp_
     assert project(out, loaded.directions[1]).abs().max() < 1e-4
     with pytest.raises(ValueError, match="operator must be one of"):
         VectorSteering(SteeringSpec(vector, operator="scale"))
+
+
+@pytest.mark.parametrize("name", ["ablate", "clamp", "rotate"])
+def test_each_operator_generates_the_same_with_and_without_cache(tiny_llama, name):
+    from steerlab.generation import GenerationConfig, generate_tokens
+
+    lm = tiny_llama
+    rows = [[5, 9, 12, 30, 41], [8, 3]]
+    steer = VectorSteering(SteeringSpec(_vector(lm, 3.0, layers=(1, 2)), [2.0, 45.0], operator=name,
+                                        positions="generated"))
+    config = GenerationConfig(max_new_tokens=6)
+    cached = generate_tokens(lm, rows, steer, config=config)
+    assert not torch.equal(cached, generate_tokens(lm, rows, None, config=config))
+    lm.model.generation_config.use_cache = False
+    assert torch.equal(generate_tokens(lm, rows, steer, config=config), cached)
+
+
+def test_steer_takes_an_operator(tiny_llama):
+    lm = tiny_llama
+    vector = _vector(lm)
+    ids = torch.tensor([[5, 9, 12, 30]])
+    seen = {}
+
+    def read(module, args, kwargs):
+        seen["h"] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+    hook = lm.layers[2].register_forward_pre_hook(read, with_kwargs=True)
+    try:
+        with torch.no_grad(), steer(lm, vector, layers=[1], operator="ablate"):
+            lm.model(input_ids=ids)
+    finally:
+        hook.remove()
+    from steerlab.operators import project
+
+    assert project(seen["h"], vector.directions[1]).abs().max() < 1e-4
