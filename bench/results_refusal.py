@@ -104,15 +104,17 @@ def step_generate(lm, args) -> None:
     layer = int(vector.meta.recommended["layer"])
     config = GenerationConfig(max_new_tokens=args.tokens)
     sets = test_sets(args.n)
-    arms = {"harmful_test": DirectionalAblation(vector, layer), "advbench": DirectionalAblation(vector, layer),
-            "harmless_test": VectorSteering(SteeringSpec(vector, 1.0, [layer], operator="add"))}
+    arms = {"harmful_test": DirectionalAblation(vector, layer),
+            "harmless_test": VectorSteering(SteeringSpec(vector, 1.0, [layer], operator="add")),
+            "advbench": DirectionalAblation(vector, layer)}
     done = load_json("generate.json") if (OUT / "generate.json").exists() else {}
     for name, steer in arms.items():
         if name in done or (name == "advbench" and args.skip_advbench):
             continue
         t0 = time.time()
         results = generate(lm, sets[name], steer, generate_orig_output=True, config=config, batch_size=args.batch)
-        done[name] = {**rates(results, len(results)), "seconds": time.time() - t0,
+        done[name] = {**rates(results, len(results)), "seconds": time.time() - t0, "n": len(results),
+                      "tokens": args.tokens,
                       "operator": "ablate (every layer)" if name != "harmless_test" else f"add at layer {layer}"}
         save("generate.json", done)
         print(name, done[name]["unsteered"], "->", done[name]["steered"], f"{done[name]['seconds']:.0f}s", flush=True)

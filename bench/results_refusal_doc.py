@@ -59,8 +59,8 @@ def section(out: Path, args) -> str:
                   f"added at layer {d.get('layer', '?')} with multiplier 1 at every position):", "",
                   "| set | steering | refusal unsteered | refusal steered | anchor (Arditi et al. 2024, Qwen-1.8B-chat) |",
                   "|---|---|---|---|---|"]
-        anchors = {"harmful_test": "refusal 0.70 -> 0.01 (compliance 0.30 -> 0.99, JailbreakBench)",
-                   "advbench": "", "harmless_test": "98% of harmless prompts refuse"}
+        anchors = {"harmful_test": "compliance 0.30 -> 0.99 on JailbreakBench (substring judge), i.e. refusal about 0.70 -> 0.01",
+                   "advbench": "", "harmless_test": "adding: 98% of harmless prompts refuse"}
         names = {"harmful_test": "harmful_test (JailbreakBench-style)", "advbench": "AdvBench (not in training)",
                  "harmless_test": "harmless_test (Alpaca)"}
         for key in ("harmful_test", "advbench", "harmless_test"):
@@ -76,11 +76,12 @@ def section(out: Path, args) -> str:
                   "rows in one batch).", ""]
     if c:
         cond = c["condition"]
-        per_layer = ", ".join(f"{k}: {v['f1']:.2f}" for k, v in cond["per_layer"].items())
+        per_layer = ", ".join(f"{k}: {v['f1']:.2f}" for k, v in sorted(cond["per_layer"].items(), key=lambda kv: int(kv[0])))
         lines += [f"**CAST.** Condition fitted by `fit_condition` on {cond['n_steer']} harmful + {cond['n_keep']} harmless "
                   f"validation instructions (cosine of the last-prompt-token activation with the per-layer difference "
                   f"of means; grid over layer, threshold and comparison, best F1): layer {cond['layer']}, cos "
-                  f"{cond['comparison']} {cond['threshold']:.4f}, F1 {cond['f1']:.3f}, accuracy {cond['accuracy']:.3f}. "
+                  f"{cond['comparison']} {cond['threshold']:.4f}, F1 {cond['f1']:.3f}, accuracy {cond['accuracy']:.3f} (on the "
+                  f"validation prompts it was fitted on; the test sets' firing rates are below). "
                   f"Best F1 per layer: {per_layer}. Behaviour: {c['behaviour']}.", "",
                   "| set | condition fired | refusal unsteered | refusal with CAST | anchor (Lee et al. 2024, 8B) |",
                   "|---|---|---|---|---|"]
