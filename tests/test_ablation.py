@@ -20,10 +20,10 @@ def _vector(lm: LoadedModel, layer: int = 1) -> SteeringVector:
     return SteeringVector({layer: torch.randn(lm.hidden_size, generator=g)}, VectorMeta.for_model(lm, "test"))
 
 
-def _logits(lm: LoadedModel, steer=None) -> torch.Tensor:
+def _logits(lm: LoadedModel, steer=None, rows=IDS) -> torch.Tensor:
     from steerlab.batching import pad, positions_from_mask
 
-    ids, mask = pad(IDS, lm.tokenizer.pad_token_id, left=True)
+    ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)
     with torch.no_grad():
         if steer is None:
             return lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
@@ -101,3 +101,22 @@ def test_an_architecture_that_normalises_its_writes_is_refused():
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g))
     with pytest.raises(ValueError, match="post-norms"):
         orthogonalize(lm, _vector(lm))
+
+
+@pytest.mark.slow
+def test_smollm2_export_equals_run_time_ablation(smollm2, tmp_path):
+    """The real model (GGUF-loaded, tied embeddings): the exported folder's logits equal run-time ablation."""
+    from transformers import AutoModelForCausalLM
+
+    from steerlab.models import load_model
+
+    vector = SteeringVector({12: torch.randn(smollm2.hidden_size, generator=torch.Generator().manual_seed(0))},
+                            VectorMeta.for_model(smollm2, "test"))
+    rows = [smollm2.tokenizer("The weather today is")["input_ids"], smollm2.tokenizer("Hi")["input_ids"]]
+    ablated = _logits(smollm2, DirectionalAblation(vector), rows)
+    export_orthogonalized(load_model(), vector, tmp_path / "ortho")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ortho").eval()
+    exported = _logits(LoadedModel(model, smollm2.tokenizer, name="ortho"), rows=rows)
+    plain = _logits(smollm2, rows=rows)
+    assert torch.allclose(exported, ablated, atol=2e-3, rtol=1e-3)
+    assert (plain - ablated).abs().max() > 100 * (exported - ablated).abs().max()
