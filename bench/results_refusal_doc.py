@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from steerlab.evaluation.refusal import is_refusal  # noqa: E402
 from steerlab.vector import write_atomic  # noqa: E402
 
 BEGIN, END = "<!-- results_refusal section 4 begin -->", "<!-- results_refusal section 4 end -->"
@@ -24,9 +25,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def _example(arm: dict, want_change: bool = True) -> str:
+def _example(arm: dict, refused_before: bool) -> str:
+    """The first prompt whose refusal the steering flipped (refusal -> answer, or answer -> refusal)."""
     for ex in arm.get("examples", []):
-        if not want_change or ex["steered"] != ex["unsteered"]:
+        if is_refusal(ex["unsteered"] or "") == refused_before and is_refusal(ex["steered"]) != refused_before:
             clip = lambda t: " ".join((t or "").split())[:110]  # noqa: E731
             return f"\"{clip(ex['prompt'])}\" -> unsteered: \"{clip(ex['unsteered'])}\" / steered: \"{clip(ex['steered'])}\""
     return ""
@@ -69,9 +71,9 @@ def section(out: Path, args) -> str:
                 lines.append(f"| {names[key]} | {arm['operator']} | {_pct(arm['unsteered'])} | {_pct(arm['steered'])} | "
                              f"{anchors[key]} |")
         lines.append("")
-        for key in ("harmful_test", "harmless_test"):
-            if key in g and _example(g[key]):
-                lines.append(f"- {key}: {_example(g[key])}")
+        for key, before in (("harmful_test", True), ("harmless_test", False)):
+            if key in g and _example(g[key], before):
+                lines.append(f"- {key}: {_example(g[key], before)}")
         lines += ["", "Time: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in g.items()) + " (steered and original "
                   "rows in one batch).", ""]
     if c:
@@ -93,11 +95,20 @@ def section(out: Path, args) -> str:
             f"{k} {c[k]['seconds']:.0f} s" for k in ("harmful_test", "harmless_test", "advbench") if k in c) + ".", ""]
     lines += ["Commands: `python bench/results_refusal.py direction`, `... generate`, `... cast`, then "
               "`python bench/results_refusal.py write` (defaults: --train 96 --val 16 --layer-step 2 --n 32 --tokens 24 "
-              "--batch 8 --threads 1). Raw outputs: bench/out/results_refusal/*.json."]
+              "--batch 8 --threads 1). Numbers without the texts: bench/results/refusal.json; the texts: "
+              "bench/out/results_refusal/*.json (not committed)."]
     return "\n".join(lines)
 
 
+def summary(out: Path) -> dict:
+    """The saved measurements without the generated texts (they quote the data sets)."""
+    strip = lambda arm: {k: v for k, v in arm.items() if k != "examples"} if isinstance(arm, dict) else arm  # noqa: E731
+    return {name: {k: strip(v) for k, v in _load(out, f"{name}.json").items()} if name != "direction"
+            else _load(out, "direction.json") for name in ("direction", "generate", "cast")}
+
+
 def write(out: Path, path: Path, args) -> None:
+    write_atomic(ROOT / "bench" / "results" / "refusal.json", json.dumps(summary(out), indent=1).encode(), overwrite=True)
     text = path.read_text(encoding="utf-8")
     block = f"{BEGIN}\n{section(out, args)}\n{END}"
     if BEGIN in text:
