@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from common import write_section  # noqa: E402
 from steerlab.evaluation.refusal import is_refusal  # noqa: E402
 from steerlab.vector import write_atomic  # noqa: E402
 
-BEGIN, END = "<!-- results_refusal section 4 begin -->", "<!-- results_refusal section 4 end -->"
 
 
 def _load(out: Path, name: str) -> dict:
@@ -109,10 +109,4 @@ def summary(out: Path) -> dict:
 
 def write(out: Path, path: Path, args) -> None:
     write_atomic(ROOT / "bench" / "results" / "refusal.json", json.dumps(summary(out), indent=1).encode(), overwrite=True)
-    text = path.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{section(out, args)}\n{END}"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_atomic(path, text.encode(), overwrite=True)
+    write_section("results_refusal", section(out, args), doc=path)
