@@ -64,14 +64,16 @@ def test_steered_chat_differs_from_original_and_equals_library_generate(served, 
                    config=GenerationConfig(max_new_tokens=TOKENS))[0]
     assert steered != original
     assert (steered, original) == (ref.steered, ref.original)
-    assert body["steering"] == [{"vector": "sentiment", "multiplier": 6.0, "layers": [9], "positions": "all"}]
+    assert body["steering"] == [{"vector": "sentiment", "multiplier": 6.0, "layers": [9], "positions": "all",
+                                "operator": "add"}]
     assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == TOKENS
 
 
 def test_omitted_layers_and_multiplier_take_the_vectors_recommendation(served, smollm2):
     client, vectors = served
     body = chat(client, steering=[{"vector": "gloomy"}]).json()
-    assert body["steering"] == [{"vector": "gloomy", "multiplier": 2.5, "layers": [9], "positions": "all"}]
+    assert body["steering"] == [{"vector": "gloomy", "multiplier": 2.5, "layers": [9], "positions": "all",
+                                "operator": "add"}]
     ref = generate(smollm2, [PROMPT], SteeringSpec(vectors["gloomy"]), config=GenerationConfig(max_new_tokens=TOKENS))
     assert body["choices"][0]["message"]["content"] == ref[0].steered
 
@@ -149,7 +151,10 @@ REFUSALS = [
     ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [12]}]}, "steering[0].layers",
      "steering[0].layers: vector 'sentiment' has no direction for layer 12; it has layers [9, 10]"),
     ({"steering": [{"vector": "sentiment", "multiplier": 2, "positions": "middle"}]}, "steering[0].positions",
-     "steering[0].positions: Input should be 'all', 'prompt' or 'generated'"),
+     "steering[0].positions: positions must be one of all, prompt, generated, system, user, assistant or "
+     "between:OPEN:CLOSE; got 'middle'"),
+    ({"steering": [{"vector": "sentiment", "multiplier": 2, "operator": "scale"}]}, "steering[0].operator",
+     "steering[0].operator: Input should be 'add', 'ablate', 'clamp' or 'rotate'"),
     ({"max_tokens": 65}, "max_tokens",
      "max_tokens: 65 is above this server's limit of 64 (set by serve --max-tokens)"),
     ({"model": "gpt-4o"}, "model", "model: 'gpt-4o' is not served here; this server runs 'SmolLM2-135M-Instruct' "

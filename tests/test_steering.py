@@ -150,7 +150,7 @@ def test_generation_error_still_removes_hooks(tiny_llama):
 def test_bad_steering_requests_are_refused(tiny_llama):
     lm = tiny_llama
     v = random_vector(lm)
-    with pytest.raises(SteeringError, match="positions must be one of all, prompt, generated; got 'middle'"):
+    with pytest.raises(SteeringError, match="positions must be one of all, prompt, generated, system, user, assistant or between:OPEN:CLOSE; got 'middle'"):
         steer(lm, v, positions="middle")
     with pytest.raises(SteeringError, match="multiplier must be a finite number within float32's range"):
         steer(lm, v, multiplier=float("nan"))

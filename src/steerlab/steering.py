@@ -18,9 +18,10 @@ import torch
 
 from .models import LoadedModel
 from .operators import OPERATORS, Operator, add, get_operator
+from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_flags
 from .vector import SteeringVector
 
-POSITIONS = ("all", "prompt", "generated")
+POSITIONS = ("all", "prompt", "generated") + ROLES  # or "between:OPEN:CLOSE" (steerlab.positions)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Handles attached in the current thread or task; a hook registered by any other does nothing here.
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())
@@ -37,15 +38,23 @@ class SteeringSpec:
     `layers` is a list of layers (multiplier 1 each) or {layer: multiplier}; None takes the vector's
     recommended layer if a sweep stored one, else every layer the vector has. `multiplier` None takes the
     recommended multiplier, else 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every
-    position that predicts a new token: the last prompt token and all generated tokens). `operator` names
-    a function of steerlab.operators (default "add").
+    position that predicts a new token: the last prompt token and all generated tokens); a chat role,
+    "system", "user" or "assistant" (located through the model's chat template, see steerlab.positions);
+    "between:OPEN:CLOSE", the tokens between two markers (e.g. "between:<think>:</think>"). `operator` names
+    a function of steerlab.operators (add, ablate, clamp, rotate); None takes the operator the vector's file
+    states (VectorMeta.operator, "add" for older files). The coefficient an operator gets is multiplier x
+    layer weight (a strength for add, a target projection for clamp, degrees for rotate); 0 leaves a row off
+    for every operator.
     """
 
     vector: SteeringVector
     multiplier: float | Sequence[float] | None = None
     layers: Sequence[int] | Mapping[int, float] | None = None
     positions: str = "all"
-    operator: str = "add"
+    operator: str | None = None
+
+    def operator_name(self) -> str:
+        return self.operator if self.operator is not None else (self.vector.meta.operator or "add")
 
     def layer_weights(self) -> dict[int, float]:
         if self.layers is None:
@@ -111,27 +120,15 @@ def in_scope(owner: object) -> bool:
     return id(owner) in _ACTIVE.get()
 
 
-class SteeringHandle:
-    """Active steering on a model. Use as a context manager or call `remove()`; both are idempotent."""
+class HookHandle:
+    """Hooks that act only in the thread (or task) that attached them; a context manager that always removes them.
 
-    def __init__(self, lm: LoadedModel, terms: dict[int, list[_Term]], prompt_lengths: torch.Tensor | None):
-        self.lm = lm
-        self.prompt_lengths = prompt_lengths
-        self._terms = terms
-        self._positions: torch.Tensor | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        enter_scope(self)
-        needs_positions = any(t.positions != "all" for group in terms.values() for t in group)
-        try:
-            if needs_positions:
-                self._handles.append(lm.model.register_forward_pre_hook(self._track_positions, with_kwargs=True))
-            for layer, group in terms.items():
-                self._handles.append(lm.layers[layer].register_forward_hook(self._layer_hook(group)))
-        except Exception:
-            self.remove()
-            raise
+    Subclasses fill `_handles` after `enter_scope(self)`; `remove()` is idempotent.
+    """
 
-    def __enter__(self) -> "SteeringHandle":
+    _handles: list
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,13 +140,49 @@ class SteeringHandle:
         self._handles = []
         leave_scope(self)
 
+
+class SteeringHandle(HookHandle):
+    """Active steering on a model. Use as a context manager or call `remove()`; both are idempotent."""
+
+    def __init__(self, lm: LoadedModel, terms: dict[int, list[_Term]], prompt_lengths: torch.Tensor | None):
+        self.lm = lm
+        self.prompt_lengths = prompt_lengths
+        self._terms = terms
+        self._positions: torch.Tensor | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # Token ids by absolute position, per row, for role and window positions (kept across cached steps).
+        self._history: list[list[int]] | None = None
+        self._roles: list[list[str | None]] | None = None
+        self._templates: dict = {}
+        self._markers: dict[str, tuple[list[int], list[int]]] = {}
+        enter_scope(self)
+        needs_positions = any(t.positions != "all" for group in terms.values() for t in group)
+        self._needs_tokens = any(t.positions in ROLES or t.positions.startswith("between:")
+                                 for group in terms.values() for t in group)
+        try:
+            if needs_positions:
+                self._handles.append(lm.model.register_forward_pre_hook(self._track_positions, with_kwargs=True))
+            for layer, group in terms.items():
+                self._handles.append(lm.layers[layer].register_forward_hook(self._layer_hook(group)))
+        except Exception:
+            self.remove()
+            raise
+
     @property
     def active(self) -> bool:
         return bool(self._handles)
 
+    def scale_rows(self, factor: torch.Tensor) -> None:
+        """Multiply every term's per-row coefficients by `factor` [rows] (conditional steering turns rows off)."""
+        for group in self._terms.values():
+            for term in group:
+                term.rows = fit_rows(term.rows, factor.shape[0], "multipliers") * factor.to(term.rows)
+                term.constant = None
+
     def reset(self, prompt_lengths: torch.Tensor | None = None) -> None:
         """Start a new generation: forget (or set) the prompt lengths "prompt"/"generated" are measured from."""
         self.prompt_lengths = prompt_lengths
+        self._history = self._roles = None
 
     def _track_positions(self, module, args, kwargs) -> None:
         if not in_scope(self):
@@ -170,6 +203,49 @@ class SteeringHandle:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
             self.prompt_lengths = real.cpu()
         self._positions = positions
+        if self._needs_tokens:
+            if ids is None:
+                raise SteeringError("role and window positions read token ids; call the model with input_ids")
+            self._record(ids, mask, positions)
+
+    def _record(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> None:
+        real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.ndim == 2 else torch.ones_like(ids, dtype=torch.bool)
+        if self._history is None or len(self._history) != ids.shape[0]:
+            self._history = [[] for _ in range(ids.shape[0])]
+        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist())):
+            history = self._history[row]
+            for token, pos, keep in zip(row_ids, row_pos, row_real):
+                if keep:
+                    del history[pos:]  # a forward without a cache sends the whole sequence again
+                    history.append(token)
+
+    def _token_mask(self, kind: str, batch: int, device) -> torch.Tensor:
+        """[rows, tokens] selection of the current forward's tokens for a role or a window."""
+        positions = self._positions
+        lengths = fit_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
+        if kind in ROLES and self._roles is None:
+            tok = self.lm.tokenizer
+            try:
+                self._roles = [prompt_roles(tok, self._history[r][: lengths[r]], self._templates) for r in range(batch)]
+            except ValueError as exc:
+                raise SteeringError(str(exc)) from None
+        if kind.startswith("between:") and kind not in self._markers:
+            open_text, close_text = parse_window(kind)
+            self._markers[kind] = (marker_ids(self.lm.tokenizer, open_text), marker_ids(self.lm.tokenizer, close_text))
+        out = torch.zeros(positions.shape, dtype=torch.bool)
+        for r in range(batch):
+            if kind in ROLES:
+                labels = self._roles[r]
+                for c, pos in enumerate(positions[r].tolist()):
+                    if kind == "assistant" and pos >= lengths[r] - 1:
+                        out[r, c] = True
+                    elif 0 <= pos < len(labels):
+                        out[r, c] = labels[pos] == kind
+            else:
+                flags = window_flags(self._history[r], *self._markers[kind])
+                for c, pos in enumerate(positions[r].tolist()):
+                    out[r, c] = 0 <= pos < len(flags) and flags[pos]
+        return out.to(device)
 
     def _layer_hook(self, group: list[_Term]):
         def hook(module, args, output):
@@ -197,7 +273,10 @@ class SteeringHandle:
                 raise SteeringError("positions 'prompt'/'generated' need the model's top-level forward; call the model itself")
             lengths = fit_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
             positions = self._positions.to(hidden.device)
-            selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
+            if term.positions in ("prompt", "generated"):
+                selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
+            else:
+                selected = selected & self._token_mask(term.positions, batch, hidden.device)
         if not bool(selected.any()):
             return hidden
         return torch.where(selected.unsqueeze(-1), term.operator(hidden, term.direction, coef), hidden)
@@ -221,9 +300,15 @@ class VectorSteering:
         self.specs = [specs] if isinstance(specs, SteeringSpec) else list(specs)
         for spec in self.specs:
             if spec.positions not in POSITIONS:
-                raise SteeringError(f"positions must be one of {', '.join(POSITIONS)}; got '{spec.positions}'")
-            if spec.operator not in OPERATORS:
-                raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator}'")
+                try:
+                    window = parse_window(spec.positions)
+                except ValueError as exc:
+                    raise SteeringError(str(exc)) from None
+                if window is None:
+                    raise SteeringError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; "
+                                        f"got '{spec.positions}'")
+            if spec.operator_name() not in OPERATORS:
+                raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator_name()}'")
 
     kind = "vector"
 
@@ -240,7 +325,7 @@ class VectorSteering:
             for layer, weight in weights.items():
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
                 terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
-                                                         get_operator(spec.operator)))
+                                                         get_operator(spec.operator_name())))
         return SteeringHandle(lm, terms, prompt_lengths)
 
 
@@ -255,16 +340,17 @@ def combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec], *,
           multiplier: float | Sequence[float] | None = None,
           layers: Sequence[int] | Mapping[int, float] | None = None, positions: str = "all",
-          task: str | None = None, prompt_lengths: torch.Tensor | None = None) -> SteeringHandle:
+          operator: str | None = None, task: str | None = None,
+          prompt_lengths: torch.Tensor | None = None) -> SteeringHandle:
     """Start steering `lm` now; returns a handle that is also a context manager and always cleans up.
 
     >>> with steer(lm, vector, multiplier=4.0, layers=[15]):
     ...     model_output = lm.model.generate(...)
     """
     if isinstance(vector, SteeringVector):
-        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions))
+        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions, operator))
     else:
-        if multiplier is not None or layers is not None or positions != "all":
-            raise SteeringError("give multiplier, layers and positions inside each SteeringSpec, not beside them")
+        if multiplier is not None or layers is not None or positions != "all" or operator is not None:
+            raise SteeringError("give multiplier, layers, positions and operator inside each SteeringSpec, not beside them")
         steering = VectorSteering(vector)
     return steering.attach(lm, prompt_lengths=prompt_lengths, task=task)

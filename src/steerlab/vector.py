@@ -55,6 +55,7 @@ class VectorMeta:
     model_fingerprint: str = ""
     model_type: str = ""
     kind: str = "vector"  # which steer the file holds: "vector" or "lm_steer" (steerlab.steers reads by kind)
+    operator: str = "add"  # the operator applied when none is asked for (steerlab.operators); older files: add
     params: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     task: str = ""

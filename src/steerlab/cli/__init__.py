@@ -12,10 +12,10 @@ import sys
 from typing import Sequence
 
 from ..version import __version__
-from . import demo, evaluate, generate, interop, serve, sweep, vector
+from . import demo, evaluate, generate, interop, operators, serve, sweep, vector
 from .common import CLIError
 
-GROUPS = (vector, interop, generate, evaluate, sweep, serve, demo)
+GROUPS = (vector, operators, interop, generate, evaluate, sweep, serve, demo)
 
 __all__ = ["CLIError", "build_parser", "main"]
 

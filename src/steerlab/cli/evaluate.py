@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from ..operators import OPERATORS
 from .common import (CLIError, LAYERS_HELP, StageBars, add_model_args, check_at_least, command, load_cli_model,
                      parse_layers, parse_numbers)
 
@@ -24,6 +25,8 @@ def register(sub, vsub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a --method config key")
     p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended or all its "
                                     "layers; with --method: the model's middle layer)")
+    p.add_argument("--operator", choices=list(OPERATORS),
+                   help="how a vector acts: add, ablate, clamp, rotate (default: the file's, else add)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--multipliers", help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
                                             "(default: the vector's recommended multiplier, else strength 0.2)")
@@ -109,7 +112,8 @@ def cmd_eval(args) -> int:
         report = evaluate(lm, task, steer, method=args.method, config=values, layers=layers, multipliers=multipliers,
                           strengths=strengths, instruction=args.instruction, split=args.split, limit=args.limit,
                           train_limit=args.train_limit, data_dir=args.data_dir, generation=generation,
-                          batch_size=args.batch_size, source=args.vector or "", progress=bars)
+                          batch_size=args.batch_size, source=args.vector or "", operator=args.operator,
+                          progress=bars)
     write_report(out, report, overwrite=args.overwrite)
     print(summary_markdown(report).split("\n## Samples")[0].rstrip())
     print(f"\nreport -> {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..operators import OPERATORS
 from .common import (CLIError, LAYERS_HELP, add_model_args, check_vector_layers, command, load_cli_model,
                      one_line, parse_layers, progress_bar, read_prompts)
 
@@ -16,7 +17,17 @@ def register(sub, vsub) -> None:
     p.add_argument("--multiplier", action="append", type=float, default=[],
                    help="multiplier per --vector (default: the vector's recommended one, else 1)")
     p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended, else all its layers)")
-    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"], help="token positions to steer")
+    p.add_argument("--positions", default="all",
+                   help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
+                        "or between:OPEN:CLOSE (e.g. between:<think>:</think>)")
+    p.add_argument("--operator", choices=list(OPERATORS),
+                   help="how a vector acts: add, ablate (remove its component), clamp (set the component to the "
+                        "multiplier), rotate (turn by the multiplier in degrees) (default: the file's, else add)")
+    p.add_argument("--ablate-direction", action="store_true",
+                   help="remove the vector's direction (its recommended layer) from the residual stream at every "
+                        "layer (Arditi et al.; what `vector orthogonalize` bakes into weights)")
+    p.add_argument("--condition", help="condition file from `steerlab vector condition`: steer only the prompts it "
+                                       "selects (CAST), each prompt deciding for itself")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--orig", action="store_true", help="also show the unsteered original")
@@ -33,8 +44,9 @@ def register(sub, vsub) -> None:
 
 
 def cmd_generate(args) -> int:
+    from ..conditional import Condition, ConditionalSteering
     from ..generation import GenerationConfig, generate
-    from ..steering import SteeringSpec
+    from ..steering import SteeringSpec, VectorSteering
     from ..steers import load_steer
     from ..vector import SteeringVector
 
@@ -43,10 +55,17 @@ def cmd_generate(args) -> int:
     prompts = read_prompts(args)
     steers = [load_steer(path) for path in args.vector]
     layers = parse_layers(args.layers)
-    if all(isinstance(s, SteeringVector) for s in steers):
+    if args.ablate_direction:
+        steering = _ablation(args, steers, layers)
+    elif all(isinstance(s, SteeringVector) for s in steers):
         check_vector_layers(steers, layers)
-        steering = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions)
-                    for i, v in enumerate(steers)] or None
+        specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator)
+                 for i, v in enumerate(steers)]
+        steering = VectorSteering(specs) if specs else None  # checks positions and operator before the model loads
+        if args.condition:
+            if steering is None:
+                raise CLIError("--condition needs a --vector to apply where the condition holds")
+            steering = ConditionalSteering(steering, Condition.from_vector(SteeringVector.load(args.condition)))
     else:
         kind = steers[0].kind if len(steers) == 1 else next(s.kind for s in steers if not isinstance(s, SteeringVector))
         if len(steers) != 1:
@@ -71,6 +90,23 @@ def cmd_generate(args) -> int:
     else:
         print_side_by_side(results, steered_label="steered" if steering else "output")
     return 0
+
+
+def _ablation(args, steers, layers):
+    from ..ablation import DirectionalAblation
+    from ..vector import SteeringVector
+
+    if len(steers) != 1 or not isinstance(steers[0], SteeringVector):
+        raise CLIError("--ablate-direction takes exactly one vector file")
+    if args.multiplier or args.operator or args.condition or args.positions != "all":
+        raise CLIError("--ablate-direction acts at every layer and position; drop --multiplier, --operator, "
+                       "--condition and --positions")
+    if layers is not None and len(layers) != 1:
+        raise CLIError("--ablate-direction removes one direction: give --layers with the one layer to take it from")
+    try:
+        return DirectionalAblation(steers[0], None if layers is None else next(iter(layers)))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def print_side_by_side(results, steered_label: str = "steered") -> None:

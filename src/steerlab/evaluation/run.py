@@ -65,12 +65,13 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
              multipliers: Sequence[float] | None = None, strengths: Sequence[float] | None = None,
              instruction: str | None = None, split: str = "test", limit: int | None = None, train_limit: int = 200,
              data_dir: str | Path | None = None, generation: GenerationConfig | None = None, batch_size: int = 16,
-             source: str = "", progress: Progress | None = None) -> Report:
+             source: str = "", progress: Progress | None = None, operator: str | None = None) -> Report:
     """Evaluate one steer on a task: a given steer (vector, LM-Steer, prompt steer) or `method` fitted on the
     task's train pairs; steered beside the original, scored for effect and fluency.
 
     Vectors run at `multipliers`, else at `strengths` (norm-relative, converted at the first steered layer
     with residual norms on neutral text), else at the vector's recommended multiplier, else strength 0.2.
+    `operator` (vectors only) overrides the operator the vector's file states (steerlab.operators).
     """
     if (steer is None) == (method is None):
         raise EvaluationError("give one steer: a steer object (or file) or a method name to fit")
@@ -84,13 +85,18 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
     if steer is None:
         steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
         source = source or f"fitted ({method})"
+    if operator is not None and not isinstance(steer, SteeringVector):
+        raise EvaluationError(f"an operator applies to vectors; this steer is of kind '{steer.kind}'")
     if isinstance(steer, SteeringVector):
-        spec = SteeringSpec(steer, 1.0, layers)
+        spec = SteeringSpec(steer, 1.0, layers, operator=operator)
+        VectorSteering(spec)  # refuses an unknown operator before anything runs
         values = _vector_multipliers(lm, spec, multipliers, strengths, info)
         arms = multiplier_arms(VectorSteering(spec), values)
         info.update(method=steer.meta.method, source=source or "given vector", layers=spec.layer_weights(),
+                    operator=spec.operator_name(),
                     multipliers=values, task=steer.meta.task, dataset=steer.meta.dataset, params=steer.meta.params)
-        info["description"] = (f"{steer.meta.method} vector ({info['source']}) at layers {list(spec.layer_weights())}, "
+        info["description"] = (f"{steer.meta.method} vector ({info['source']}, {spec.operator_name()}) at layers "
+                               f"{list(spec.layer_weights())}, "
                                f"multipliers {', '.join(f'{m:g}' for m in values)}")
     elif isinstance(steer, PromptSteering):
         if multipliers or strengths:

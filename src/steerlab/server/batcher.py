@@ -194,7 +194,7 @@ class Batcher:
 
 
 def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
-    """One spec per distinct (vector, layers, positions, repeat) with a per-row multiplier list (0 = off).
+    """One spec per distinct (vector, layers, positions, operator, repeat) with a per-row multiplier list (0 = off).
 
     Specs are applied in a fixed (sorted) order, so a row's additions happen in the same order whatever
     else shares its batch: floating-point sums then match the row served alone bit for bit.
@@ -205,7 +205,7 @@ def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
         mults: dict[tuple, float] = {}
         seen: dict[tuple, int] = {}
         for item in plan.steering:
-            base = (item.name, item.layers, item.positions)
+            base = (item.name, item.layers, item.positions, item.operator)
             key = base + (seen.get(base, 0),)
             seen[base] = seen.get(base, 0) + 1
             mults[key] = item.multiplier
@@ -214,7 +214,8 @@ def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
     if not vectors:
         return None
     specs = [SteeringSpec(vectors[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
-                          layers=dict(vectors[key].layers), positions=vectors[key].positions)
+                          layers=dict(vectors[key].layers), positions=vectors[key].positions,
+                          operator=vectors[key].operator)
              for key in sorted(vectors)]
     return VectorSteering(specs)
 

@@ -29,10 +29,11 @@ class ResolvedSteering:
     layers: tuple[tuple[int, float], ...]
     multiplier: float
     positions: str
+    operator: str = "add"
 
     def describe(self) -> dict[str, Any]:
         return {"vector": self.name, "multiplier": self.multiplier, "layers": [layer for layer, _ in self.layers],
-                "positions": self.positions}
+                "positions": self.positions, "operator": self.operator}
 
 
 @dataclass
@@ -105,10 +106,10 @@ class VectorRegistry:
                                     f"it has layers {entry.vector.layers}", param=f"{where}.layers",
                                code="layer_not_in_vector")
         # The library's own defaults (recommended layer/multiplier) decide what an omitted field means.
-        spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions)
+        spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator)
         multiplier = float(spec.row_multipliers()[0])
         return ResolvedSteering(item.vector, entry.vector, tuple(spec.layer_weights().items()), multiplier,
-                                item.positions)
+                                item.positions, spec.operator_name())
 
 
 def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:

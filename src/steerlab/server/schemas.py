@@ -19,12 +19,27 @@ class _Strict(BaseModel):
 
 
 class SteeringItem(_Strict):
-    """One vector to apply: registered name, strength, optional layers and token positions."""
+    """One vector to apply: registered name, strength, optional layers, token positions and operator.
+
+    positions: all, prompt, generated, a chat role (system, user, assistant) or between:OPEN:CLOSE;
+    operator: add, ablate, clamp, rotate (default: the one the vector's file states).
+    """
 
     vector: str = Field(min_length=1)
     multiplier: float | None = None
     layers: list[int] | None = Field(default=None, min_length=1)
-    positions: Literal["all", "prompt", "generated"] = "all"
+    positions: str = "all"
+    operator: Literal["add", "ablate", "clamp", "rotate"] | None = None
+
+    @field_validator("positions")
+    @classmethod
+    def _positions(cls, value: str) -> str:
+        from ..positions import parse_window
+        from ..steering import POSITIONS
+
+        if value not in POSITIONS and parse_window(value) is None:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; got '{value}'")
+        return value
 
     @field_validator("multiplier")
     @classmethod

@@ -51,6 +51,11 @@ function addRow(vectorId) {
       <label>layers <input class="layers" type="text" placeholder="default"></label>
       <label>positions <select class="positions">
         <option value="all">all</option><option value="prompt">prompt</option><option value="generated">generated</option>
+        <option value="system">system turn</option><option value="user">user turn</option><option value="assistant">assistant turn</option>
+      </select></label>
+      <label>operator <select class="operator" title="add: + m·v; ablate: remove the component; clamp: set it to m; rotate: turn by m degrees">
+        <option value="">file default</option><option value="add">add</option><option value="ablate">ablate</option>
+        <option value="clamp">clamp</option><option value="rotate">rotate</option>
       </select></label>
     </div>`;
   const select = row.querySelector(".vector");
@@ -101,6 +106,8 @@ function steering(overrideFirst) {
       multiplier: i === 0 && overrideFirst !== undefined ? overrideFirst : Number(row.querySelector(".mult").value),
       positions: row.querySelector(".positions").value,
     };
+    const operator = row.querySelector(".operator").value;
+    if (operator) item.operator = operator;
     const layers = parseLayers(row.querySelector(".layers").value);
     if (layers) item.layers = layers;
     return item;

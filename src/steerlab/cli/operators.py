@@ -1,0 +1,81 @@
+"""`steerlab vector orthogonalize | condition`: bake directional ablation into weights; fit a CAST condition."""
+
+from __future__ import annotations
+
+import shutil
+
+from .common import CLIError, add_model_args, add_out_args, check_out_free, command, load_cli_model
+
+
+def register(sub, vsub) -> None:
+    p = command(vsub, "orthogonalize", "Save a model whose weights never write a vector's direction (ablation baked in).",
+                "steerlab vector orthogonalize --vector refusal.safetensors --out qwen-ortho/",
+                "Fold directional ablation of one direction at every layer into the weights (embeddings and each "
+                "attention and MLP output projection) and save a save_pretrained folder; its outputs equal "
+                "`steerlab generate --ablate-direction`.")
+    p.add_argument("--vector", required=True, help="vector file holding the direction")
+    p.add_argument("--layer", type=int, help="which layer's direction (default: the vector's recommended, else its only one)")
+    add_out_args(p, "output folder (save_pretrained)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_orthogonalize)
+
+    p = command(vsub, "condition", "Fit a CAST condition: which prompts a steer should apply to.",
+                "steerlab vector condition --vector refusal.safetensors --steer-prompts harmful.txt "
+                "--keep-prompts harmless.txt --out harmful.condition.safetensors",
+                "Grid over layer, threshold and comparison of the cosine between each prompt's last-token "
+                "activation and the vector's direction at that layer; keeps the best F1 at telling the prompts to "
+                "steer from those to keep, and prints the grid's best F1 per layer.")
+    p.add_argument("--vector", required=True, help="vector whose per-layer directions are the candidate conditions")
+    p.add_argument("--steer-prompts", required=True, help="file, one prompt per line, that the steer should apply to")
+    p.add_argument("--keep-prompts", required=True, help="file, one prompt per line, to leave unsteered")
+    add_out_args(p, "condition file (.safetensors), for `steerlab generate --condition`")
+    add_model_args(p)
+    p.set_defaults(func=cmd_condition)
+
+
+def _lines(path: str) -> list[str]:
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"{file}: no such file")
+    lines = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        raise CLIError(f"{file}: no prompts")
+    return lines
+
+
+def cmd_orthogonalize(args) -> int:
+    from ..ablation import ablation_direction, export_orthogonalized
+    from ..vector import SteeringVector
+
+    out = check_out_free(args.out, args.overwrite)
+    vector = SteeringVector.load(args.vector)
+    try:
+        _, layer = ablation_direction(vector, args.layer)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    lm = load_cli_model(args)
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    export_orthogonalized(lm, vector, out, layer)
+    print(f"orthogonalised against layer {layer}'s direction -> {out}")
+    return 0
+
+
+def cmd_condition(args) -> int:
+    from ..conditional import fit_condition
+    from ..generation import encode_prompts
+    from ..vector import SteeringVector
+
+    out = check_out_free(args.out, args.overwrite)
+    steer, keep = _lines(args.steer_prompts), _lines(args.keep_prompts)
+    vector = SteeringVector.load(args.vector)
+    lm = load_cli_model(args)
+    condition = fit_condition(lm, vector, encode_prompts(lm, steer), encode_prompts(lm, keep))
+    condition.to_vector(lm).save(out, overwrite=args.overwrite)
+    for layer, row in condition.fit["per_layer"].items():
+        print(f"layer {layer:>3}: best F1 {row['f1']:.3f} (cos {row['comparison']} {row['threshold']:.4f})")
+    print(f"chosen: layer {condition.layer}, cos {condition.comparison} {condition.threshold:.4f}, "
+          f"F1 {condition.fit['f1']:.3f}, accuracy {condition.fit['accuracy']:.3f} -> {out}")
+    return 0

@@ -1,0 +1,186 @@
+"""Conditional steering (CAST, Lee et al. 2024): each row's own prompt decides whether a behaviour steer applies.
+
+A condition is a direction, a layer, a threshold and a comparison. On a row's prompt pass, the cosine
+similarity between the block output at the row's last prompt token and the direction is compared with
+the threshold; rows that pass get the behaviour steer (with their own multipliers), rows that fail keep
+every hidden state bit for bit. The decision is read in a separate pass over the prompt that stops at the
+condition layer (so the behaviour may act on earlier layers too), made once per generation and kept for
+every later step, with or without a KV cache. Nothing is shared between rows, threads or handles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .activations import record_activations
+from .batching import positions_from_mask
+from .models import LoadedModel, check_layers
+from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope
+from .vector import SteeringVector, VectorMeta
+
+COMPARISONS = (">=", "<=")
+TokenIds = list[int]
+
+
+class _Stop(Exception):
+    """Ends the decision pass after the condition layer."""
+
+
+@dataclass
+class Condition:
+    """Steer a row when cos(hidden at `layer`, direction) `comparison` `threshold`; `fit` holds how it was chosen."""
+
+    direction: torch.Tensor
+    layer: int
+    threshold: float
+    comparison: str = ">="
+    fit: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {', '.join(COMPARISONS)}; got '{self.comparison}'")
+
+    def decide(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores >= self.threshold if self.comparison == ">=" else scores <= self.threshold
+
+    def to_vector(self, lm: LoadedModel) -> SteeringVector:
+        """A steer file holding the condition (method "condition"): its direction, layer, threshold and fit report."""
+        meta = VectorMeta.for_model(lm, "condition", params={"threshold": self.threshold, "comparison": self.comparison},
+                                    diagnostics={"condition_fit": self.fit}, recommended={"layer": self.layer})
+        return SteeringVector({self.layer: self.direction.float().cpu()}, meta)
+
+    @classmethod
+    def from_vector(cls, vector: SteeringVector) -> "Condition":
+        if vector.meta.method != "condition":
+            raise ValueError(f"a condition file has method 'condition'; this one has '{vector.meta.method}'")
+        layer = int(vector.meta.recommended["layer"])
+        return cls(vector.directions[layer], layer, float(vector.meta.params["threshold"]),
+                   str(vector.meta.params["comparison"]), dict(vector.meta.diagnostics.get("condition_fit", {})))
+
+
+def cosine(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    hidden, direction = hidden.float(), direction.float().to(hidden.device)
+    return (hidden @ direction) / (hidden.norm(dim=-1) * direction.norm()).clamp(min=1e-12)
+
+
+def last_token_scores(lm: LoadedModel, prompts: Sequence[TokenIds], directions: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """cos(block output at the last prompt token, direction) per layer, for each prompt: {layer: [n]}."""
+    layers = sorted(directions)
+    acts = record_activations(lm, [(list(p[:-1]), [[p[-1]]]) for p in prompts], layers)[:, 0]
+    return {layer: cosine(acts[:, i], directions[layer]) for i, layer in enumerate(layers)}
+
+
+def f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
+    tp = float((decided & truth).sum())
+    fp, fn = float((decided & ~truth).sum()), float((~decided & truth).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.Tensor], steer: Sequence[TokenIds],
+                  keep: Sequence[TokenIds], layers: Sequence[int] | None = None) -> Condition:
+    """Grid over layer, threshold (midpoints of the observed scores) and comparison; the best F1 at telling the
+    prompts to steer from the prompts to keep. The report (best F1 per layer) is in `Condition.fit`."""
+    directions = dict(directions.directions if isinstance(directions, SteeringVector) else directions)
+    layers = check_layers(lm, list(directions) if layers is None else layers)
+    if not steer or not keep:
+        raise ValueError("fitting a condition needs prompts to steer and prompts to keep")
+    scores = last_token_scores(lm, list(steer) + list(keep), {layer: directions[layer] for layer in layers})
+    truth = torch.tensor([True] * len(steer) + [False] * len(keep))
+    best, per_layer = None, {}
+    for layer in layers:
+        values = scores[layer].sort().values
+        thresholds = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
+        for comparison in COMPARISONS:
+            for threshold in thresholds.tolist():
+                cond = Condition(directions[layer], layer, threshold, comparison)
+                score = f1(cond.decide(scores[layer]), truth)
+                if score > per_layer.get(layer, (-1.0,))[0]:
+                    per_layer[layer] = (score, threshold, comparison)
+                if best is None or score > best[0]:
+                    best = (score, cond)
+    condition = best[1]
+    decided = condition.decide(scores[condition.layer])
+    condition.fit = {"f1": best[0], "accuracy": float((decided == truth).float().mean()),
+                     "n_steer": len(steer), "n_keep": len(keep),
+                     "per_layer": {str(k): {"f1": v[0], "threshold": v[1], "comparison": v[2]} for k, v in per_layer.items()}}
+    return condition
+
+
+class ConditionalSteering:
+    """A behaviour steer that each row's prompt switches on or off through a Condition (kind "conditional")."""
+
+    kind = "conditional"
+
+    def __init__(self, behaviour: VectorSteering | SteeringSpec | Sequence[SteeringSpec], condition: Condition):
+        self.behaviour = behaviour if isinstance(behaviour, VectorSteering) else VectorSteering(behaviour)
+        self.condition = condition
+
+    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "ConditionalHandle":
+        check_layers(lm, [self.condition.layer])
+        return ConditionalHandle(lm, self.condition, self.behaviour, row_scale, prompt_lengths, task)
+
+
+class ConditionalHandle:
+    """The decision hook and the behaviour's hooks; `decisions` holds the last prompt's per-row choice."""
+
+    def __init__(self, lm: LoadedModel, condition: Condition, behaviour: VectorSteering, row_scale, prompt_lengths, task):
+        self.lm, self.condition = lm, condition
+        self.decisions: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None
+        self._deciding = False
+        self._pre = lm.model.register_forward_pre_hook(self._decide, with_kwargs=True)
+        enter_scope(self)
+        try:
+            self.behaviour: SteeringHandle = behaviour.attach(lm, row_scale=row_scale, prompt_lengths=prompt_lengths,
+                                                              task=task)
+        except Exception:
+            self.remove()
+            raise
+
+    def _decide(self, module, args, kwargs) -> None:
+        if self._deciding or self.decisions is not None or not in_scope(self):
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise ValueError("conditional steering reads the prompt's token ids; call the model with input_ids")
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None or mask.ndim != 2 else mask
+        captured = {}
+
+        def read(block, block_args, output):
+            captured["hidden"] = output[0] if isinstance(output, tuple) else output
+            raise _Stop
+
+        hook = self.lm.layers[self.condition.layer].register_forward_hook(read)
+        self._deciding = True
+        leave_scope(self.behaviour)  # the behaviour must not steer the pass that decides whether it applies
+        try:
+            with torch.no_grad():
+                self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            hook.remove()
+            self._deciding = False
+            enter_scope(self.behaviour)
+        last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)  # each row's last real token
+        hidden = captured["hidden"][torch.arange(ids.shape[0], device=ids.device), last.to(ids.device)]
+        self.scores = cosine(hidden, self.condition.direction).cpu()
+        self.decisions = self.condition.decide(self.scores)
+        self.behaviour.scale_rows(self.decisions.float())
+
+    def __enter__(self) -> "ConditionalHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        self._pre.remove()
+        if getattr(self, "behaviour", None) is not None:
+            self.behaviour.remove()
+        leave_scope(self)

@@ -1,0 +1,80 @@
+"""Operators, directional ablation, the orthogonalised export and CAST from the command line on a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steerlab.cli import main
+from steerlab.conditional import Condition
+from steerlab.vector import SteeringVector, VectorMeta
+from tiny_model import tiny_model
+
+
+def _outputs(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def _vector(path, layers=(1, 2)):
+    lm = tiny_model("llama")
+    g = torch.Generator().manual_seed(4)
+    vector = SteeringVector({k: torch.randn(lm.hidden_size, generator=g) * 3 for k in layers},
+                            VectorMeta.for_model(lm, "test", recommended={"layer": 1}))
+    return vector.save(path)
+
+
+def test_operator_positions_and_ablation_flags(model_dir, tmp_path, capsys):
+    vec = _vector(tmp_path / "v.safetensors")
+    base = ["generate", "--model", str(model_dir), "--vector", str(vec), "--prompt", "Hi there", "--prompt", "Go",
+            "--max-new-tokens", "6", "--json", "--orig"]
+    texts = {}
+    for extra in (["--operator", "ablate", "--layers", "1"], ["--operator", "rotate", "--multiplier", "90", "--layers", "1"],
+                  ["--positions", "user", "--layers", "1", "--multiplier", "8"], ["--ablate-direction"]):
+        assert main(base + extra) == 0
+        rows = _outputs(capsys)
+        assert len(rows) == 2
+        texts[" ".join(extra)] = rows
+    for arm, rows in texts.items():
+        assert any(r["steered"] != r["original"] for r in rows), arm
+    with pytest.raises(SystemExit):  # argparse refuses an unknown operator
+        main(base + ["--operator", "scale"])
+    capsys.readouterr()
+    assert main(base + ["--positions", "middle"]) == 1
+    assert "positions must be one of" in capsys.readouterr().err
+    assert main(base + ["--ablate-direction", "--multiplier", "2"]) == 1
+
+
+def test_orthogonalize_export_generates_what_run_time_ablation_generates(model_dir, tmp_path, capsys):
+    vec = _vector(tmp_path / "v.safetensors")
+    out = tmp_path / "ortho"
+    assert main(["vector", "orthogonalize", "--model", str(model_dir), "--vector", str(vec), "--out", str(out)]) == 0
+    assert (out / "config.json").is_file()
+    capsys.readouterr()
+    prompts = ["--prompt", "Hi there", "--prompt", "Tell me more", "--max-new-tokens", "8", "--json"]
+    assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--ablate-direction"] + prompts) == 0
+    ablated = [r["steered"] for r in _outputs(capsys)]
+    assert main(["generate", "--model", str(out)] + prompts) == 0
+    assert [r["steered"] for r in _outputs(capsys)] == ablated
+    assert main(["generate", "--model", str(model_dir)] + prompts) == 0
+    assert [r["steered"] for r in _outputs(capsys)] != ablated
+
+
+def test_condition_fit_and_conditional_generation(model_dir, tmp_path, capsys):
+    vec = _vector(tmp_path / "v.safetensors")
+    steer, keep = tmp_path / "steer.txt", tmp_path / "keep.txt"
+    steer.write_text("xxxx\nxxxxxx\nxxxxxxxx\n")
+    keep.write_text("hello world\nhello there world\nhi world\n")
+    cond = tmp_path / "c.safetensors"
+    assert main(["vector", "condition", "--model", str(model_dir), "--vector", str(vec), "--steer-prompts", str(steer),
+                 "--keep-prompts", str(keep), "--out", str(cond)]) == 0
+    printed = capsys.readouterr().out
+    assert "layer   1: best F1" in printed and "chosen: layer" in printed
+    condition = Condition.from_vector(SteeringVector.load(cond))
+    assert 0 < condition.fit["f1"] <= 1
+    prompts = ["--prompt", "xxxxx", "--prompt", "hello big world", "--max-new-tokens", "6", "--json", "--orig"]
+    assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--layers", "1", "--multiplier", "8",
+                 "--condition", str(cond)] + prompts) == 0
+    rows = _outputs(capsys)
+    assert len(rows) == 2
