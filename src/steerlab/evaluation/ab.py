@@ -17,6 +17,7 @@ question's tokens; it needs a full forward per cell and row.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,6 +155,20 @@ class ABGrid:
             # Standard error of the mean per-question change: how far p(matching) moved beyond item noise.
             out["change_se"] = round(float(diff.std() / len(diff) ** 0.5), 4) if len(diff) > 1 else 0.0
         return out
+
+
+def at_chance(summary: dict[str, float], n: int) -> bool:
+    """Unsteered accuracy within two binomial standard errors of 1/2 and debiased p(matching) within 0.05 of 1/2:
+    the model does not tell the two answers apart, so a steering effect there is hard to read."""
+    return abs(summary["accuracy"] - 0.5) < 2 * math.sqrt(0.25 / n) and abs(summary["p_matching"] - 0.5) < 0.05
+
+
+def letter_words(behaviour_change: float, letter_shift: float) -> str:
+    """Say whether a steer moved the behaviour or mostly which letter the model picks (p(A) share vs p(matching))."""
+    if abs(letter_shift) >= 0.05 and abs(letter_shift) > 2 * abs(behaviour_change):
+        return (f"moves the letter rather than the behaviour (A-share {letter_shift:+.3f} vs p(matching) "
+                f"{behaviour_change:+.3f})")
+    return f"moves the behaviour (p(matching) {behaviour_change:+.3f}, A-share {letter_shift:+.3f})"
 
 
 # ---- scoring ------------------------------------------------------------------------------------------
