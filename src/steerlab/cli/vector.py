@@ -59,7 +59,7 @@ def register(sub, vsub) -> None:
     p.add_argument("--kl-budget", type=float, default=0.5, help="nats per token of KL(steered || unsteered)")
     p.add_argument("--fluency-bound", type=float, default=0.1,
                    help="keep entropy and distinct-2 >= (1 - bound) of unsteered, repetition <= unsteered + bound")
-    p.add_argument("--prompts", type=int, default=24, help="neutral prompts for the KL")
+    p.add_argument("--prompts", type=int, default=8, help="neutral prompts for the KL (steerlab ships 8)")
     p.add_argument("--fluency-prompts", type=int, default=8, help="neutral prompts continued greedily per check")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per fluency continuation")
     add_out_args(p, "where to write the calibrated vector (may be the input file with --overwrite)")

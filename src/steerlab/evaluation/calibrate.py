@@ -47,7 +47,7 @@ class CalibrationConfig:
     kl_budget: float = KL_BUDGET
     fluency_bound: float = 0.1
     strengths: list[float] = field(default_factory=lambda: list(GRID))
-    prompts: int = 24
+    prompts: int = 8
     fluency_prompts: int = 8
     max_new_tokens: int = 32
     layers: list[int] | None = None
