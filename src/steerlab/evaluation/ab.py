@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
 from ..models import LoadedModel
@@ -197,21 +198,20 @@ def _prepare(lm: LoadedModel, pair: ContrastivePair, positions: str) -> _Row:
         user_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     else:
         text, user_text = pair.prompt, pair.prompt
-    ids_m = tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"]
-    ids_n = tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"]
-    k = 0
-    while k < min(len(ids_m), len(ids_n)) and ids_m[k] == ids_n[k]:
-        k += 1
-    if k == 0 or k == min(len(ids_m), len(ids_n)):
+    try:
+        context, rest_m, rest_n = split_at_divergence(
+            tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"],
+            tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"])
+    except ValueError:
         raise ABFormatError(f"answers {pair.positive!r} and {pair.negative!r} do not tokenize to different tokens "
-                            "after a shared context")
-    context = ids_m[:k]
+                            "after a shared context") from None
+    k = len(context)
     split = 0
     if positions == "answer":
         user_ids = tok(user_text, add_special_tokens=not chat)["input_ids"]
         while split < min(k - 1, len(user_ids)) and context[split] == user_ids[split]:
             split += 1
-    return _Row(context[:split], context[split:], ids_m[k], ids_n[k], pair.positive == first_answer(pair))
+    return _Row(context[:split], context[split:], rest_m[0], rest_n[0], pair.positive == first_answer(pair))
 
 
 def _specs(vectors: Sequence[SteeringVector], cells: Sequence[Cell], rows_per_cell: int) -> list[SteeringSpec]:
