@@ -70,6 +70,8 @@ def cmd_sweep(args) -> int:
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not args.overwrite:
         raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
+    # Read the items before any model work, so a malformed file is named before minutes of loading and building.
+    task.eval_items(config.split, args.data_dir, config.limit)
     lm = load_cli_model(args)
     start = time.perf_counter()
     with StageBars() as bars:

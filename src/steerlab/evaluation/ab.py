@@ -32,6 +32,7 @@ from ..steering import SteeringSpec, VectorSteering
 from ..vector import SteeringVector
 
 POSITIONS = ("answer", "all")
+_CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\) ", re.M)
 _CHOICES = re.compile(r"^(?P<head>.*\n)(?P<ia>[ \t]*)\(A\) (?P<a>.*?)\n(?P<ib>[ \t]*)\(B\) (?P<b>.*)$", re.S)
 
 
@@ -75,7 +76,22 @@ def load_ab_items(path: str | Path, limit: int | None = None) -> list[Contrastiv
         pairs = load_pairs(path).pairs
         if pairs[0].kind != "ab":
             raise DatasetError(f"{path}: not an A/B file (needs question / answer_matching_behavior / answer_not_matching_behavior)")
+    check_two_choices(path, pairs)
     return pairs[:limit] if limit is not None else pairs
+
+
+def check_two_choices(path: str | Path, pairs: Sequence[ContrastivePair]) -> None:
+    """Refuse, naming the file and item, lettered items that are not two-choice (A)/(B): they cannot be
+    scored in both orders, and a third choice makes p(A)/(p(A)+p(B)) ignore where the model's answer went."""
+    for i, pair in enumerate(pairs, 1):
+        if pair.answer_prefix != "(":
+            continue
+        letters = _CHOICE_LINE.findall(pair.prompt)
+        if len(letters) > 2 or not is_lettered(pair):
+            listed = ", ".join(f"({x})" for x in letters) or "none on their own lines"
+            raise DatasetError(f"{path}: item {i}: choices {listed}, answers ({pair.positive}) vs ({pair.negative}); "
+                               "steerlab scores two-choice (A)/(B) items in both orders: drop the item or rewrite it "
+                               "with two choices")
 
 
 def is_lettered(pair: ContrastivePair) -> bool:
