@@ -138,7 +138,8 @@ def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None 
     layer = lm.default_layer() if layer is None else layer
     chat = bool(task.chat and lm.use_chat_template)
     fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
-                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report)
+                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report,
+                         progress=progress)
     run = generate_arms(lm, prompts, [f.arm for f in fitted], config=generation, batch_size=batch_size,
                         use_chat_template=chat, task=task.name,
                         progress=stage_ticker(progress, f"generating {len(fitted)} methods + original per prompt", len(prompts)))
