@@ -123,8 +123,10 @@ def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, 
     vector = fit(lm, load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
     neutral = residual_norms(lm, [2])[2]  # the sweep's residual norm: neutral text, first token left out
     expected = 0.2 * neutral / float(vector.directions[2].norm())
-    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, rel=1e-3)]
-    assert steer["strengths"] == {"values": [0.2], "layer": 2, "residual_norm": pytest.approx(neutral, abs=1e-4)}
+    assert steer["method"] == "caa" and steer["multipliers"] == {"0.2": {"2": pytest.approx(expected, rel=1e-3)}}
+    assert steer["strengths"]["values"] == [0.2] and steer["strengths"]["source"] == "given"
+    assert steer["strengths"]["residual_norms"] == {"2": pytest.approx(neutral, abs=1e-4)}
+    assert f"strength 0.2 = layer 2 x{expected:.4g}" in capsys.readouterr().out  # both units printed
     assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}
 
 
