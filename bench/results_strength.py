@@ -45,9 +45,17 @@ def save_json(name: str, data: dict) -> None:
     write_atomic(OUT / f"{name}.json", json.dumps(data, indent=1).encode(), overwrite=True)
 
 
+_SHOWN: dict[str, int] = {}
+_STARTED: dict[str, float] = {}
+
+
 def _progress(stage: str, done: int, total: int) -> None:
-    if done == total or done % max(1, total // 10) == 0:
-        print(f"  {stage}: {done}/{total}", flush=True)
+    """One line per tenth of each stage, with the time so far."""
+    _STARTED.setdefault(stage, time.perf_counter())
+    tenth = 10 * done // max(1, total)
+    if tenth > _SHOWN.get(stage, -1):
+        _SHOWN[stage] = tenth
+        print(f"  {stage}: {done}/{total} ({time.perf_counter() - _STARTED[stage]:.0f}s)", flush=True)
 
 
 def _sweep_summary(result) -> dict:

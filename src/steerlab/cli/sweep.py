@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -71,8 +72,15 @@ def cmd_sweep(args) -> int:
     if clash and not args.overwrite:
         raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
     # Read the items before any model work, so a malformed file is named before minutes of loading and building.
-    task.eval_items(config.split, args.data_dir, config.limit)
+    items = task.eval_items(config.split, args.data_dir, config.limit)
     lm = load_cli_model(args)
+    layers = config.layers or list(range(lm.num_layers))
+    cells = 1 + len(layers) * len(config.values)
+    work = (f"{cells} cells x {len(items)} prompts = {cells * len(items)} continuations of {config.max_new_tokens} tokens"
+            if task.kind == "generation" else
+            f"{cells} cells x {len(items)} questions x {2 if config.swap else 1} orders (forward passes only)")
+    print(f"sweep: {len(layers)} layers x {len(config.values)} values: {work}; the bars show the time left "
+          "(fewer --layers, --strengths or a --limit make it shorter)", file=sys.stderr)
     start = time.perf_counter()
     with StageBars() as bars:
         result, vector = sweep(lm, task, config, data_dir=args.data_dir, progress=bars)
