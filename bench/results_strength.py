@@ -33,7 +33,7 @@ from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.stats import paired_interval  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, generate_grid, save_sweep, sweep  # noqa: E402
 from steerlab.evaluation.tasks import get_task  # noqa: E402
-from steerlab.strength import strength_of  # noqa: E402
+from steerlab.strength import neutral_texts, strength_of  # noqa: E402
 from steerlab.vector import SteeringVector, write_atomic  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "results_strength"
@@ -157,6 +157,29 @@ def run_ab(args) -> None:
         print(behaviour, result.verdict, json.dumps(tests, indent=1), flush=True)
 
 
+INSTRUCTIONS = ("Answer cheerfully.", "Answer gloomily.", "Be brief.", "You are a pirate.")
+
+
+@torch.inference_mode()
+def instruction_kl(lm, texts) -> dict[str, float]:
+    """The budget's reference: mean per-token KL(with instruction || without) over each neutral text's own tokens
+    (first left out), when a one-sentence instruction and a newline precede the text."""
+    tok = lm.tokenizer
+    start = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+    out = {}
+    for instruction in INSTRUCTIONS:
+        head = tok(instruction + "\n", add_special_tokens=False)["input_ids"]
+        total, count = 0.0, 0
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            plain = torch.log_softmax(lm.model(torch.tensor([start + ids])).logits[0, 1:].float(), -1)
+            told = torch.log_softmax(lm.model(torch.tensor([start + head + ids])).logits[0, 1 + len(head):].float(), -1)
+            total += float((told.exp() * (told - plain)).sum(-1)[1:].sum())
+            count += len(ids) - 1
+        out[instruction] = round(total / count, 4)
+    return out
+
+
 def run_calibrate(args) -> None:
     """Calibrate the sentiment sweep's vector at its up layer: KL per strength and the chosen strengths."""
     lm = load("smollm2")
@@ -165,7 +188,9 @@ def run_calibrate(args) -> None:
     layer = (saved["sweep"]["directions"]["up"] or {"layer": 15})["layer"]
     start = time.perf_counter()
     result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=_progress)
-    save_json("calibrate", {"layer": layer, **result.to_meta(), "seconds": round(time.perf_counter() - start)})
+    reference = instruction_kl(lm, neutral_texts())
+    save_json("calibrate", {"layer": layer, **result.to_meta(), "instruction_kl": reference,
+                            "seconds": round(time.perf_counter() - start)})
     print(json.dumps(result.to_meta(), indent=1))
 
 

@@ -142,7 +142,9 @@ def calibrate_section(data: dict) -> str:
         "### Calibrated strength (SmolLM2, the sentiment vector at the sweep's up layer)", "",
         f"`steerlab vector calibrate` at layer {data['layer']}: mean per-token KL(steered || unsteered) in nats over "
         f"steerlab's {data['prompts']} neutral prompts, budget {data['kl_budget']:g}:", "",
-        f"- up: {up}", f"- down: {down}", "",
+        f"- up: {up}", f"- down: {down}",
+        "- reference, a one-sentence instruction before the same text (KL(with || without) over the text's tokens): "
+        + ", ".join(f'"{k}" {v:.3f}' for k, v in data.get("instruction_kl", {}).items()), "",
         f"Calibrated: up {_f(data['up'], '{:+g}')}, down {_f(data['down'], '{:+g}')} (fluency bound "
         f"{data['fluency_bound']:g}; fluency at the strengths checked: {json.dumps(data['fluency'])}). "
         f"{data.get('note', '')} Time {data['seconds']} s.", ""])

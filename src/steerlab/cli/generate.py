@@ -92,10 +92,17 @@ def strength_line(name: str, spec) -> str:
     from ..strength import StrengthError, strength_of
 
     parts = []
+    calibration = spec.vector.meta.recommended.get("calibration", {})
     try:
         for layer, mult in spec.layer_multipliers().items():
             try:
-                parts.append(f"layer {layer}: multiplier {mult:+.4g} = strength {strength_of(spec.vector, layer, mult):+.4g}")
+                strength = strength_of(spec.vector, layer, mult)
+                parts.append(f"layer {layer}: multiplier {mult:+.4g} = strength {strength:+.4g}")
+                limit = calibration.get("up" if strength > 0 else "down")
+                if limit is not None and abs(strength) > abs(limit) + 1e-9:
+                    parts[-1] += f" (beyond the calibrated {limit:+g}: expect degraded text)"
+                elif limit is None and abs(strength) > 0.5:
+                    parts[-1] += " (over half the layer's residual norm: expect degraded text)"
             except StrengthError:
                 parts.append(f"layer {layer}: multiplier {mult:+.4g} (no residual norm stored: strength unknown)")
     except SteeringError as exc:
