@@ -114,6 +114,8 @@ def run_ab(args) -> None:
     lm = load("qwen")
     out = {}
     for behaviour in args.behaviours:
+        _SHOWN.clear()
+        _STARTED.clear()
         task = get_task(behaviour)
         start = time.perf_counter()
         result, vector = sweep(lm, task, SweepConfig(layers=args.layers, strengths=args.strengths, limit=args.val,
