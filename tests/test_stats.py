@@ -63,6 +63,18 @@ def test_an_effect_outside_the_fluency_bound_or_in_one_direction_only_is_not_rec
     assert result.recommended["down"] is None and result.verdict.endswith(f"down: {NO_EFFECT}")
 
 
+def test_a_consistent_but_negligible_effect_is_not_recommended():
+    """+0.004 on every item excludes zero, yet is below the smallest effect worth steering for."""
+    gen = torch.Generator().manual_seed(2)
+    base = torch.rand(50, generator=gen)
+    result = _result(base, base + 0.004 + 0.001 * torch.randn(50, generator=gen), base - 0.05)
+    result.min_effect = 0.02
+    assert result.interval[0][1][0] > 0
+    recommend(result)
+    assert result.directions["up"] is None and result.directions["down"]["value"] == -1.0
+    assert "layer" not in result.recommended and result.note.startswith(NO_EFFECT)
+
+
 def test_paired_interval_matches_the_mean_change_and_counts_wrong_way_items():
     base = [0.1, 0.2, 0.3, 0.4]
     iv = paired_interval([0.2, 0.1, 0.5, 0.6], base)

@@ -55,9 +55,11 @@ def test_tiny_ab_sweep_returns_the_grid_and_a_recommendation(tmp_path):
             low, high = result.interval[i][j]
             assert low <= result.effect[i][j] + 1e-9 and result.effect[i][j] <= high + 1e-9
             assert result.fluent[i][j] == (result.fluency[i][j] >= 0.5 * result.base_fluency)
-    # "up" is the fluent positive cell with the largest lower bound above 0; with 4 noisy items there may be none.
+    # "up" is the fluent positive cell with the largest lower bound above 0 (and an effect of at least 2% of
+    # p(matching)'s range); with 4 noisy items there may be none.
+    assert result.min_effect == 0.02
     allowed = [(result.interval[i][j][0], result.layers[i], result.values[j]) for i in range(2) for j in (1, 2)
-               if result.fluent[i][j] and result.interval[i][j][0] > 0]
+               if result.fluent[i][j] and result.interval[i][j][0] > 0 and result.effect[i][j] >= result.min_effect]
     up = result.directions["up"]
     assert (up["layer"], up["value"]) == max(allowed)[1:] if allowed else up is None
     rec = result.recommended

@@ -34,6 +34,8 @@ def register(sub, vector_sub=None) -> None:
     p.add_argument("--train-limit", type=int, help="build from only the first N training pairs (default: all)")
     p.add_argument("--fluency-bound", type=float, default=0.1,
                    help="recommend only cells keeping at least (1 - bound) of unsteered fluency (default 0.1)")
+    p.add_argument("--min-effect", type=float, help="smallest |effect| worth recommending (default: 2%% of the "
+                   "metric's range, 0.02 of p(matching))")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation tasks: tokens per continuation")
     p.add_argument("--no-swap", action="store_true", help="A/B tasks: do not also score the choices swapped")
     p.add_argument("--positions", default="answer", choices=["answer", "all"],
@@ -66,7 +68,7 @@ def cmd_sweep(args) -> int:
                          strengths=parse_numbers(args.strengths, "--strengths") or [], fluency_bound=args.fluency_bound,
                          split=args.split, limit=args.limit, train_limit=args.train_limit,
                          max_new_tokens=args.max_new_tokens, swap=not args.no_swap, positions=args.positions,
-                         batch_rows=args.batch_rows)
+                         batch_rows=args.batch_rows, min_effect=args.min_effect)
     out = Path(args.out)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not args.overwrite:
@@ -111,7 +113,8 @@ def print_grid(result) -> None:
                   f"(95% interval {cell['interval'][0]:+.3f} to {cell['interval'][1]:+.3f}), fluency "
                   f"{cell['fluency']:.3f}, moved {cell['wrong_way']:.0%} of items the wrong way")
         else:
-            print(f"steering {name}: no reliable effect (no fluent cell's 95% interval excludes 0)")
+            print(f"steering {name}: no reliable effect (no fluent cell's 95% interval excludes 0 with an effect of "
+                  f"at least {result.min_effect:g})")
     if result.recommended and "layer" in result.recommended:
         print(f"stored in the vector's metadata as the default: layer {result.recommended['layer']}, "
               f"multiplier {result.recommended['multiplier']:g}")

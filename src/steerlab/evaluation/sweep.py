@@ -12,7 +12,9 @@ Each cell's effect carries a paired bootstrap 95% interval (evaluation.stats: th
 unsteered) and the share of items it moved the wrong way. A layer and strength are recommended per direction:
 "up" (positive values, the task's wanted direction) and "down" (negative values, the opposite), each the
 fluent cell with the largest lower interval bound in its direction, and only where that interval excludes
-zero; a direction with no such cell is "no reliable effect", and without a reliable "up" cell the vector
+zero and the effect is at least `min_effect` (default 2% of the metric's range: 0.02 of p(matching), 0.04 of
+VADER compound; a +0.004 shift can be consistent across items and still be worth nothing); a direction
+with no such cell is "no reliable effect", and without a reliable "up" cell the vector
 gets no default multiplier. Generation tasks count a cell fluent only when n-gram entropy and distinct-2 keep
 (1 - fluency_bound) of unsteered and the repetition rate rises by at most fluency_bound.
 """
@@ -44,6 +46,7 @@ NO_EFFECT = "no reliable effect"
 DIRECTIONS = (("up", 1.0), ("down", -1.0))
 # The span of each metric's scale: the effect heatmap's colour scale covers at least a tenth of it either side.
 METRIC_SPAN = {"ab": 1.0, "sentiment": 2.0, "toxicity": 1.0, "refusal": 1.0}
+MIN_EFFECT_SHARE = 0.02
 
 
 class SweepError(ValueError):
@@ -55,7 +58,8 @@ class SweepConfig:
     """layers: empty = every layer; give multipliers (raw) or strengths (norm-relative), not both (default strengths
     -0.25, -0.1, 0.1, 0.25); fluency_bound: largest allowed fractional fluency loss vs unsteered; split: val or
     test; limit: items/prompts per cell; train_limit: training pairs; max_new_tokens: generation tasks only;
-    swap and positions: A/B scoring (see evaluation.ab); batch_rows: rows per forward pass."""
+    swap and positions: A/B scoring (see evaluation.ab); batch_rows: rows per forward pass; min_effect: the
+    smallest |effect| worth recommending (None: 2% of the metric's range)."""
 
     layers: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
@@ -68,6 +72,7 @@ class SweepConfig:
     swap: bool = True
     positions: str = "answer"
     batch_rows: int = 64
+    min_effect: float | None = None
 
     def __post_init__(self) -> None:
         if self.multipliers and self.strengths:
@@ -119,6 +124,7 @@ class SweepResult:
     fluent: list[list[bool]] = field(default_factory=list)
     directions: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "up"/"down": a cell or None
     verdict: str = ""
+    min_effect: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,7 +180,9 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
                          scores[0], fluency[0], score_name, fluency_name, config.fluency_bound, len(items),
                          int(vector.meta.dataset.get("pairs", 0)),
                          None, details=details, interval=interval, wrong_way=[[round(w, 4) for w in r] for r in wrong],
-                         fluent=_rows(ok[1:], width))
+                         fluent=_rows(ok[1:], width),
+                         min_effect=config.min_effect if config.min_effect is not None
+                         else MIN_EFFECT_SHARE * METRIC_SPAN.get(task.metric, 1.0))
     recommend(result)
     kept = {k: v for k, v in vector.meta.recommended.items() if k == "calibration"}
     vector.meta.recommended = dict(kept, **(result.recommended or {"verdict": NO_EFFECT, "task": task.name,
@@ -282,6 +290,8 @@ def recommend(result: SweepResult) -> None:
                     continue
                 low, high = result.interval[i][j]
                 wanted_low = low if sign > 0 else -high
+                if sign * result.effect[i][j] < result.min_effect:
+                    continue
                 if wanted_low > best_low:
                     best, best_low = (i, j), wanted_low
         result.directions[name] = _cell_record(result, *best) if best else None
@@ -295,8 +305,8 @@ def recommend(result: SweepResult) -> None:
              for name, c in result.directions.items()]
     result.verdict = "; ".join(words)
     if not up:
-        result.note = (f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero; "
-                       "no default multiplier stored")
+        result.note = (f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
+                       f"an effect of at least {result.min_effect:g}; no default multiplier stored")
 
 
 def _value_words(result: SweepResult, cell: dict[str, Any]) -> str:
