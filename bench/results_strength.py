@@ -196,9 +196,33 @@ def run_calibrate(args) -> None:
     print(json.dumps(result.to_meta(), indent=1))
 
 
+def run_rerecommend(args) -> None:
+    """Apply the current recommendation rule to the saved SmolLM2 sweeps (same scores, no model run): the
+    minimum effect size was added after they ran."""
+    from steerlab.evaluation.sweep import METRIC_SPAN, MIN_EFFECT_SHARE, NO_EFFECT, SweepResult, recommend
+
+    for name, metric in (("sentiment", "sentiment"), ("refusal", "ab")):
+        folder = OUT / f"{name}_sweep"
+        raw = json.loads((folder / "sweep.json").read_text())
+        result = SweepResult(**raw)
+        result.min_effect = MIN_EFFECT_SHARE * METRIC_SPAN[metric]
+        recommend(result)
+        vector = SteeringVector.load(folder / "vector.safetensors")
+        kept = {k: v for k, v in vector.meta.recommended.items() if k == "calibration"}
+        vector.meta.recommended = dict(kept, **(result.recommended or {"verdict": NO_EFFECT, "task": result.task,
+                                                                         "split": result.split}))
+        save_sweep(folder, result, vector, overwrite=True)
+        saved = json.loads((OUT / f"{name}.json").read_text())
+        saved["sweep"] = _sweep_summary(result)
+        if "stored" in saved:
+            saved["stored"] = vector.meta.recommended
+        save_json(name, saved)
+        print(name, result.verdict)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["sentiment", "refusal", "ab", "calibrate", "write"])
+    parser.add_argument("step", choices=["sentiment", "refusal", "ab", "calibrate", "rerecommend", "write"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--strengths", type=lambda s: [float(x) for x in s.split(",")], default=[-0.4, -0.2, 0.2, 0.4])
@@ -216,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
 
         write_doc(OUT, DOC, BEGIN, END)
         return
-    {"sentiment": run_sentiment, "refusal": run_refusal, "ab": run_ab, "calibrate": run_calibrate}[args.step](args)
+    {"sentiment": run_sentiment, "refusal": run_refusal, "ab": run_ab, "calibrate": run_calibrate,
+     "rerecommend": run_rerecommend}[args.step](args)
 
 
 if __name__ == "__main__":
