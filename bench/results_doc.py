@@ -130,7 +130,8 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
                 curves[name].append(s["p_matching"])
         png = docs / "results" / f"ab_{b}_{tag}.png"
         write_atomic(png, curves_png(layers, curves, title=f"{b}: {_name(run)}, test set, both orders",
-                                     y_label="p(matching), debiased", reference=run["test"][0]["p_matching"]),
+                                     y_label="p(matching), debiased", reference=run["test"][0]["p_matching"],
+                                     limits=(0.0, 1.0)),
                      overwrite=True)
         lines.append(f"![{b} per layer](results/{png.name})\n")
         lines.append(f"<details><summary>{b}: table per layer</summary>\n")
