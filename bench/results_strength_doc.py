@@ -16,8 +16,11 @@ INTRO = """## 4. Intervals, per-direction recommendations and calibrated strengt
 
 What changed: every sweep cell now carries a paired bootstrap 95% interval of its effect against the unsteered
 model on the same items, and the sweep recommends a layer and strength per direction (up and down) only where
-that interval excludes zero and fluency (n-gram entropy, distinct-2 and repetition for generation; answer
-mass for A/B) holds; otherwise it stores "no reliable effect" and no default. A/B answers are read at the
+that interval excludes zero, the effect is at least 2% of the metric's range (0.02 of p(matching), 0.04 of
+VADER compound) and fluency (n-gram entropy, distinct-2 and repetition for generation; answer mass for A/B)
+holds; otherwise it stores "no reliable effect" and no default. The minimum effect was added after the
+SmolLM2 sweeps below had run; `bench/results_strength.py rerecommend` applied it to their saved scores (the
+refusal sweep's "up" cell, +0.004 [+0.002, +0.006], was recommended without it). A/B answers are read at the
 tokens the model's own tokenizer writes (Qwen2.5: "(A" is one token). The numbers in sections 1-3 were
 measured before these changes and are kept as history: their recommendations were the single cell with the
 largest point effect, with no interval, and Qwen's vectors were read after a lone "(" token.
@@ -58,7 +61,7 @@ def sentiment_section(data: dict) -> str:
              f"{data['seconds']['sweep']} s, test {data['seconds']['test']} s, {data['threads']} thread.", "",
              f"Sweep's choice (val): up: {_cell_words(sweep['directions'].get('up'))}; "
              f"down: {_cell_words(sweep['directions'].get('down'))}.", "",
-             "| arm (test) | positive share | negative share | mean compound | change [95% interval] | wrong way | "
+             "| arm (test) | positive share | negative share | mean compound | change toward the arm's direction [95% interval] | wrong way | "
              "distinct-2 (x unsteered) | repetition |",
              "|---|---|---|---|---|---|---|---|"]
     lines.append(f"| unsteered | {base['positive_share']:.2f} | {base['negative_share']:.2f} | "
@@ -85,6 +88,19 @@ def sentiment_section(data: dict) -> str:
         goal.append(f"down: negative share {down['negative_share']:.2f} (goal >= 0.60) with distinct-2 "
                     f"{down['distinct2'] / base['distinct2']:.2f}x: {'met' if ok else 'not met'}")
     lines.append("Against the issue's goal: " + "; ".join(goal) + ".\n")
+    if down and down["negative_share"] < 0.60:
+        neg = [(sweep["effect"][i][j], sweep["fluent"][i][j], sweep["layers"][i], v)
+               for i in range(len(sweep["layers"])) for j, v in enumerate(sweep["values"]) if v < 0]
+        fluent = [x for x in neg if x[1]]
+        best = min(fluent)
+        lines.append(f"Why the downward goal is missed: on validation the strongest fluent downward cell moved VADER "
+                     f"compound by {best[0]:+.3f} (layer {best[2]}, {best[3]:+g}); {len(neg) - len(fluent)} of "
+                     f"{len(neg)} downward cells broke the fluency bound (repetition), and the sweep's default grid "
+                     "stops at -0.25. Steering neutral prompts negative with this vector is about half as strong as "
+                     "steering them positive at the same fluency, so the sweep's downward pick (the fluent cell whose "
+                     "interval lies furthest below zero) reaches a negative share of "
+                     f"{down['negative_share']:.2f}, not 0.60. The calibrated downward strength is smaller still "
+                     "(below).\n")
     return "\n".join(lines)
 
 
@@ -104,6 +120,27 @@ def refusal_section(data: dict) -> str:
         f"{_iv(biggest[2])}; {reliable} of {len(cells)} cells had an interval excluding zero.", "",
         f"Verdict printed and stored: {sweep['verdict']}. Stored in the vector: {what} "
         f"(`{json.dumps({k: v for k, v in stored.items() if k in ('verdict', 'layer', 'multiplier')})}`).", ""])
+
+
+def ab_figures(data: dict, docs: Path) -> list[str]:
+    """Per behaviour, val p(matching) per layer for each strength with its 95% band, on a fixed 0-1 axis."""
+    from steerlab.evaluation.sweep_plots import curves_png
+
+    lines = []
+    for behaviour, run in data.items():
+        sweep = run["sweep"]
+        base = sweep["base_score"]
+        curves, bands = {}, {}
+        for j, value in enumerate(sweep["values"]):
+            name = f"strength {value:+g}"
+            curves[name] = [base + row[j] for row in sweep["effect"]]
+            bands[name] = [[base + lo, base + hi] for lo, hi in (row[j] for row in sweep["interval"])]
+        png = docs / "results" / f"strength_ab_{behaviour}_qwen.png"
+        write_atomic(png, curves_png(sweep["layers"], curves, title=f"{behaviour}: Qwen2.5-Coder-0.5B, val, both orders",
+                                     y_label="p(matching), debiased", reference=base, bands=bands, limits=(0.0, 1.0)),
+                     overwrite=True)
+        lines.append(f"![{behaviour}](results/{png.name})")
+    return lines
 
 
 def ab_section(data: dict) -> str:
@@ -152,11 +189,16 @@ def calibrate_section(data: dict) -> str:
 
 def write_doc(out: Path, doc: Path, begin: str, end: str) -> None:
     parts = [INTRO]
+    ab_path = out / "ab_qwen.json"
+    figures = ab_figures(json.loads(ab_path.read_text()), doc.parent) if ab_path.exists() else []
     for name, render in (("sentiment", sentiment_section), ("calibrate", calibrate_section),
                          ("refusal", refusal_section), ("ab_qwen", ab_section)):
         path = out / f"{name}.json"
         parts.append(render(json.loads(path.read_text())) if path.exists()
                      else f"_{name}: not measured in this run (see the report for why)._\n")
+    if figures:
+        parts.append("Validation sweep per layer (bands: paired bootstrap 95% intervals; the axis is fixed at 0-1 so "
+                     "noise looks as small as it is):\n\n" + "\n".join(figures) + "\n")
     block = f"{begin}\n" + "\n".join(parts) + f"\n{end}"
     text = doc.read_text()
     if begin in text:
