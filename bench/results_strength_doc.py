@@ -95,7 +95,7 @@ def sentiment_section(data: dict) -> str:
         best = min(fluent)
         lines.append(f"Why the downward goal is missed: on validation the strongest fluent downward cell moved VADER "
                      f"compound by {best[0]:+.3f} (layer {best[2]}, {best[3]:+g}); {len(neg) - len(fluent)} of "
-                     f"{len(neg)} downward cells broke the fluency bound (repetition), and the sweep's default grid "
+                     f"{len(neg)} downward cells broke the fluency bound (repetition rose by more than 0.1, distinct-2 fell), and the sweep's default grid "
                      "stops at -0.25. Steering neutral prompts negative with this vector is about half as strong as "
                      "steering them positive at the same fluency, so the sweep's downward pick (the fluent cell whose "
                      "interval lies furthest below zero) reaches a negative share of "
