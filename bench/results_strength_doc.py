@@ -155,8 +155,8 @@ def ab_section(data: dict) -> str:
              "When the sweep found no reliable cell, the cell with the largest |effect| on val is measured anyway "
              "so the table is not empty; it is not a recommendation.", "",
              "| behaviour | unsteered p(matching), A-share (test) | sweep verdict (val) | test cell | p(matching) -s / +s | "
-             "spread [95% interval] | A-share -s / +s | the tool's words |",
-             "|---|---|---|---|---|---|---|---|"]
+             "spread [95% interval] | A-share -s / +s | answer mass -s / +s | the tool's words |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for behaviour, run in data.items():
         base = run["unsteered_test"]
         chance = " **at chance**" if run["at_chance_test"] else ""
@@ -166,7 +166,8 @@ def ab_section(data: dict) -> str:
                          f"{run['sweep']['verdict']} | layer {t['layer']}, strength {t['strength']:.2g} "
                          f"(x{t['multiplier']:.3g}) | {t['p_minus']:.3f} / {t['p_plus']:.3f} | {t['spread']:+.3f} "
                          f"{_iv(t['spread_interval'])} ({reliable}) | {t['letter_share_minus']:.2f} / "
-                         f"{t['letter_share_plus']:.2f} | {t['words']} |")
+                         f"{t['letter_share_plus']:.2f} | {t['mass_minus']:.2f} / {t['mass_plus']:.2f} "
+                         f"(unsteered {base['answer_mass']:.2f}) | {t['words']} |")
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     lines += ["", f"Time per behaviour (vectors, val sweep and test grid): {secs}.", ""]
     return "\n".join(lines)
