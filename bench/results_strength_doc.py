@@ -168,6 +168,8 @@ def ab_section(data: dict) -> str:
                          f"{_iv(t['spread_interval'])} ({reliable}) | {t['letter_share_minus']:.2f} / "
                          f"{t['letter_share_plus']:.2f} | {t['mass_minus']:.2f} / {t['mass_plus']:.2f} "
                          f"(unsteered {base['answer_mass']:.2f}) | {t['words']} |")
+    lines += ["", "These runs predate the minimum effect size; their only recommended cell (refusal, down, -0.036) "
+              "is above it, so the verdicts are the ones the current rule gives."]
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     lines += ["", f"Time per behaviour (vectors, val sweep and test grid): {secs}.", ""]
     return "\n".join(lines)
