@@ -97,6 +97,8 @@ def curves_png(layers: Sequence[int], curves: dict[str, Sequence[float]], *, tit
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="unsteered")
     if limits is not None:
         ax.set_ylim(*limits)
+    if len(layers) <= 30:
+        ax.set_xticks(list(layers))
     ax.set_xlabel("layer")
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
