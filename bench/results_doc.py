@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import sys  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
+from steerlab.evaluation.ab import at_chance  # noqa: E402
 from steerlab.evaluation.sweep_plots import curves_png  # noqa: E402
 from steerlab.vector import write_atomic  # noqa: E402
 
@@ -40,11 +41,6 @@ def _rel(run: dict, layer: int) -> float:
     """The raw multiplier of the +0.2 relative cell at `layer` (the 4th cell of each layer's group)."""
     i = 1 + run["layers"].index(layer) * 4 + 3
     return run["cells"][i][1]
-
-
-def at_chance(summary: dict, n: int) -> bool:
-    """Unsteered accuracy within two binomial standard errors of 1/2 and debiased p(matching) within 0.05 of 1/2."""
-    return abs(summary["accuracy"] - 0.5) < 2 * math.sqrt(0.25 / n) and abs(summary["p_matching"] - 0.5) < 0.05
 
 
 def _se(base: list[float], steered: list[float]) -> float:
@@ -134,7 +130,8 @@ def ab_section(folder: Path, docs: Path, model_label: str, tag: str) -> str:
                 curves[name].append(s["p_matching"])
         png = docs / "results" / f"ab_{b}_{tag}.png"
         write_atomic(png, curves_png(layers, curves, title=f"{b}: {_name(run)}, test set, both orders",
-                                     y_label="p(matching), debiased", reference=run["test"][0]["p_matching"]),
+                                     y_label="p(matching), debiased", reference=run["test"][0]["p_matching"],
+                                     limits=(0.0, 1.0)),
                      overwrite=True)
         lines.append(f"![{b} per layer](results/{png.name})\n")
         lines.append(f"<details><summary>{b}: table per layer</summary>\n")

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from steerlab.cli import main
 from steerlab.data import ContrastivePair, DatasetError, format_prompt
 from steerlab.evaluation.ab import (ABFormatError, ABGrid, Cell, UNSTEERED, load_ab_items, score_ab,
                                     swap_choices)
@@ -209,3 +210,23 @@ def test_yes_no_items_are_balanced_over_the_matching_answer():
     grid = _grid(match, [[[0.8]] * 3] * 2, pairs)
     assert grid.p_matching(0) == pytest.approx(0.5)
     assert grid.summary(0)["p_matching_file_order"] == pytest.approx(0.6)
+
+
+def test_three_choice_items_are_refused_by_file_and_item_and_letter_answers_with_text_are_read(tmp_path, capsys):
+    ok = {"question": "Q1?\n\nChoices:\n (A) stay\n (B) go", "answer_matching_behavior": "(A)Yes",
+          "answer_not_matching_behavior": "(B) No"}
+    three = {"question": "Q2?\n\nChoices:\n (A) stay\n (B) go\n (C) wait", "answer_matching_behavior": "(C)",
+             "answer_not_matching_behavior": "(A)"}
+    path = tmp_path / "survival.json"
+    path.write_text(json.dumps([ok]))
+    assert load_ab_items(path) == [ContrastivePair(ok["question"], "A", "B", "ab", "(")]
+    path.write_text(json.dumps([ok, three]))
+    with pytest.raises(DatasetError, match=r"survival\.json: item 2: choices \(A\), \(B\), \(C\), answers \(C\) vs \(A\); "
+                                           "steerlab scores two-choice"):
+        load_ab_items(path)
+    # The sweep command reads the items before it loads any model (the model path here does not exist).
+    (tmp_path / "train.json").write_text(json.dumps([ok]))
+    (tmp_path / "task.yaml").write_text("name: s\nkind: ab\ntrain: train.json\ntest: survival.json\n")
+    assert main(["sweep", "--task", str(tmp_path / "task.yaml"), "--model", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "survival.json: item 2: choices (A), (B), (C)" in capsys.readouterr().err

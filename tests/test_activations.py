@@ -112,3 +112,24 @@ def test_stand_alone_texts_start_after_bos(tiny_llama):
     prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
     assert prefix == [tiny_llama.tokenizer.bos_token_id]
     assert pos == tiny_llama.tokenizer("Great film!", add_special_tokens=False)["input_ids"]
+
+
+def test_ab_answers_are_read_at_the_tokens_the_models_own_tokenizer_writes(tiny_llama):
+    """SmolLM2-like (one token per character): "A" after "("; Qwen-like ("(A" one token): "(A" against "(B"."""
+    pair = ContrastivePair("Is the sky green?\n(A) yes\n(B) no", "A", "B", "ab", "(")
+    tok = tiny_llama.tokenizer
+    prefix, pos, neg = tokenize_pair(tiny_llama, pair)
+    assert tok.convert_ids_to_tokens([prefix[-1], *pos, *neg]) == ["(", "A", "B"]
+    vector = fit(tiny_llama, ContrastiveDataset([pair], "p", "0"), CAAConfig(layers=[1]))
+    tok.add_tokens(["(A", "(B"])
+    tiny_llama.model.resize_token_embeddings(len(tok))
+    prefix_q, pos_q, neg_q = tokenize_pair(tiny_llama, pair)
+    assert tok.convert_ids_to_tokens([*pos_q, *neg_q]) == ["(A", "(B"]
+    assert tok.convert_ids_to_tokens(prefix_q[-2:]) == ["t", "\n"]  # the assistant turn's start, no lone "("
+    merged = fit(tiny_llama, ContrastiveDataset([pair], "p", "0"), CAAConfig(layers=[1]))
+    # The merged vector is the difference of the activations at "(A" and "(B" after the same context.
+    with torch.inference_mode():
+        hidden = [tiny_llama.model(input_ids=torch.tensor([prefix_q + side]), output_hidden_states=True).hidden_states[2][0, -1]
+                  for side in (pos_q, neg_q)]
+    assert torch.allclose(merged.directions[1], hidden[0] - hidden[1], atol=1e-5)
+    assert not torch.allclose(merged.directions[1], vector.directions[1], atol=1e-3)

@@ -123,8 +123,10 @@ def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, 
     vector = fit(lm, load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=[2]))
     neutral = residual_norms(lm, [2])[2]  # the sweep's residual norm: neutral text, first token left out
     expected = 0.2 * neutral / float(vector.directions[2].norm())
-    assert steer["method"] == "caa" and steer["multipliers"] == [pytest.approx(expected, rel=1e-3)]
-    assert steer["strengths"] == {"values": [0.2], "layer": 2, "residual_norm": pytest.approx(neutral, abs=1e-4)}
+    assert steer["method"] == "caa" and steer["multipliers"] == {"0.2": {"2": pytest.approx(expected, rel=1e-3)}}
+    assert steer["strengths"]["values"] == [0.2] and steer["strengths"]["source"] == "given"
+    assert steer["strengths"]["residual_norms"] == {"2": pytest.approx(neutral, abs=1e-4)}
+    assert f"strength 0.2 = layer 2 x{expected:.4g}" in capsys.readouterr().out  # both units printed
     assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}
 
 
@@ -147,7 +149,7 @@ def test_compare_puts_every_method_in_one_table(model_dir, task_file, tmp_path, 
     assert len(samples) == 3 and sorted(samples[0]["steered"]) == sorted(labels)
 
 
-def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tmp_path):
+def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--model", str(model_dir), "--task", str(task_file), "--methods", "caa,lm_steer",
                  "--set", "lm_steer.steps=3", "--set", "lm_steer.rank=4", "--set", "lm_steer.epsilon=0.5",
@@ -157,6 +159,8 @@ def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tm
     assert (lm_steer["params"]["steps"], lm_steer["params"]["rank"]) == (3, 4)
     assert lm_steer["setting"] == "multiplier 1; steps=3; rank=4; epsilon=0.5"
     assert [c["label"] for c in report["conditions"]] == ["caa", "lm_steer"] and report["conditions"][1]["multiplier"] == 1.0
+    err = capsys.readouterr().err  # every fit shows a bar with its steps (tqdm's estimate of the time left)
+    assert "fitting lm_steer (steps)" in err and "3/3" in err and "fitting caa (pairs)" in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -110,3 +110,20 @@ def test_sst2_separates_on_smollm2_and_shuffled_labels_do_not(smollm2, shared_da
     shuffled = diagnose_activations(swapped(acts), smollm2.num_layers)
     assert all(row.auroc < 0.7 and abs(row.consistency) < 0.05 for row in shuffled.layers)
     assert shuffled.status == "none"
+
+
+def test_pair_accuracy_on_yes_no_pairs_is_balanced_over_the_wanted_answer():
+    """Activations that only encode the word: unbalanced pair accuracy is the share answered "Yes"; balanced is 0.5."""
+    gen = torch.Generator().manual_seed(0)
+    n, hidden = 40, 8
+    answers = ["Yes" if i % 5 < 3 else "No" for i in range(n)]  # 60% of pairs want " Yes"
+    word = {"Yes": torch.zeros(hidden).index_fill_(0, torch.tensor([0]), 5.0)}
+    word["No"] = -word["Yes"]
+    noise = lambda: 0.1 * torch.randn(n, 1, hidden, generator=gen)  # noqa: E731
+    pos = torch.stack([word[a] for a in answers])[:, None] + noise()
+    neg = torch.stack([word["No" if a == "Yes" else "Yes"] for a in answers])[:, None] + noise()
+    acts = PairActivations([3], pos, neg)
+    _, held = split_indices(n, 0.25, 0)
+    share_yes = sum(answers[j] == "Yes" for j in held) / len(held)
+    assert diagnose_activations(acts, NUM_LAYERS).layers[0].pair_accuracy == pytest.approx(share_yes)
+    assert diagnose_activations(acts, NUM_LAYERS, groups=answers).layers[0].pair_accuracy == pytest.approx(0.5)

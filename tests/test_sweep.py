@@ -49,26 +49,43 @@ def test_tiny_ab_sweep_returns_the_grid_and_a_recommendation(tmp_path):
             alone = score_ab(lm, items, vector, [Cell(layer, mult)]).summary(0, None)
             assert result.score[i][j] == pytest.approx(alone["p_matching"], abs=1e-4)
             assert result.effect[i][j] == pytest.approx(result.score[i][j] - result.base_score, abs=1e-9)
+    # Per cell: a paired interval around its effect, fluent = answer mass within the bound.
+    for i in range(2):
+        for j in range(3):
+            low, high = result.interval[i][j]
+            assert low <= result.effect[i][j] + 1e-9 and result.effect[i][j] <= high + 1e-9
+            assert result.fluent[i][j] == (result.fluency[i][j] >= 0.5 * result.base_fluency)
+    # "up" is the fluent positive cell with the largest lower bound above 0 (and an effect of at least 2% of
+    # p(matching)'s range); with 4 noisy items there may be none.
+    assert result.min_effect == 0.02
+    allowed = [(result.interval[i][j][0], result.layers[i], result.values[j]) for i in range(2) for j in (1, 2)
+               if result.fluent[i][j] and result.interval[i][j][0] > 0 and result.effect[i][j] >= result.min_effect]
+    up = result.directions["up"]
+    assert (up["layer"], up["value"]) == max(allowed)[1:] if allowed else up is None
     rec = result.recommended
-    assert rec is not None and vector.meta.recommended == rec
-    allowed = [(result.effect[i][j], result.layers[i], result.values[j]) for i in range(2) for j in (1, 2)
-               if result.fluency[i][j] >= 0.5 * result.base_fluency]
-    assert (rec["layer"], rec["value"]) == max(allowed)[1:]
+    assert vector.meta.recommended == (rec if rec else {"verdict": "no reliable effect", "task": "tiny-ab", "split": "test"})
     assert set(vector.meta.residual_norms) == {"1", "2"} and vector.layers == [1, 2]
+    assert len(result.details["letter_shift"]) == 2 and len(result.details["letter_shift"][0]) == 3
 
 
-def test_recommend_takes_the_largest_effect_that_keeps_fluency():
+def test_recommend_takes_per_direction_the_fluent_cell_whose_interval_is_furthest_from_zero():
     result = SweepResult("t", "ab", "val", "raw", [3, 7], [-1.0, 1.0, 2.0], [[-1, 1, 2], [-1, 1, 2]],
                          score=[[0.4, 0.6, 0.9], [0.5, 0.7, 0.8]], fluency=[[1, 1, 0.5], [1, 0.95, 0.92]],
-                         effect=[[-0.1, 0.1, 0.4], [0.0, 0.2, 0.3]], base_score=0.5, base_fluency=1.0,
-                         score_name="s", fluency_name="f", fluency_bound=0.1, items=3, train_pairs=3, recommended=None)
-    recommend(result)  # layer 3 x 2 has the largest effect but loses half its fluency
-    assert (result.recommended["layer"], result.recommended["multiplier"], result.recommended["effect"]) == (7, 2, 0.3)
+                         effect=[[-0.1, 0.1, 0.4], [-0.05, 0.2, 0.3]], base_score=0.5, base_fluency=1.0,
+                         score_name="s", fluency_name="f", fluency_bound=0.1, items=3, train_pairs=3, recommended=None,
+                         interval=[[[-0.2, -0.01], [0.02, 0.2], [0.3, 0.5]], [[-0.1, 0.01], [0.1, 0.3], [0.05, 0.5]]],
+                         wrong_way=[[0.1, 0.2, 0.0], [0.4, 0.1, 0.2]])
+    recommend(result)  # layer 3 x 2 has the largest effect but loses half its fluency; 7 x 1 has the best lower bound
+    up, down = result.directions["up"], result.directions["down"]
+    assert (up["layer"], up["multiplier"], up["effect"], up["interval"], up["wrong_way"]) == (7, 1, 0.2, [0.1, 0.3], 0.1)
+    assert (down["layer"], down["multiplier"], down["interval"]) == (3, -1, [-0.2, -0.01])
+    assert result.recommended == dict(up, down=down)
     result.fluency[1] = [1, 0.5, 0.5]
-    result.effect[0][1] = -0.2
+    result.interval[0][1] = [-0.1, 0.2]
     recommend(result)
-    assert result.recommended is None
-    assert result.note == "no positive-side cell raised the score while keeping fluency >= 0.9 (90% of unsteered); nothing recommended"
+    assert result.directions["up"] is None and result.recommended["verdict"] == "up: no reliable effect"
+    assert "layer" not in result.recommended and result.recommended["down"]["layer"] == 3
+    assert result.note.startswith("no reliable effect steering up")
 
 
 def test_generation_grid_matches_generating_each_cell_alone():
@@ -90,9 +107,8 @@ def test_save_writes_the_four_files_and_refuses_to_replace_them(tmp_path):
     lm = tiny_lm(num_layers=4)
     config = SweepConfig(layers=[1, 2], strengths=[0.5, 1.0], fluency_bound=0.5)
     result, vector = sweep(lm, _ab_task(tmp_path), config)
-    assert result.recommended is not None
     out = save_sweep(tmp_path / "out", result, vector)
-    assert SteeringVector.load(out / "vector.safetensors").meta.recommended == result.recommended
+    assert SteeringVector.load(out / "vector.safetensors").meta.recommended == vector.meta.recommended
     assert json.loads((out / "sweep.json").read_text())["layers"] == [1, 2]
     assert (out / "effect.png").read_bytes()[:4] == b"\x89PNG" and (out / "fluency.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileExistsError, match=r"out/vector\.safetensors already exists; choose another output folder"):
@@ -110,6 +126,7 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "tiny-ab: effect on p(matching), order-debiased" in out and "swept 2 layers x 2 relative values on 4 test items" in out
+    assert "steering up: " in out and "steering down: no reliable effect (no fluent cell" in out  # no negative cells
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["effect.png", "fluency.png", "sweep.json", "vector.safetensors"]
     assert main(args) == 1
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'sw' / 'vector.safetensors'} already exists; choose another --out or pass --overwrite"

@@ -36,10 +36,19 @@ class PairActivations:
 def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, TokenIds, TokenIds]:
     """(shared prompt ids, positive answer ids, negative answer ids) for one pair.
 
-    The prompt goes through the chat template (when the model uses one) and the answers are
-    tokenized on their own and appended, so both sides share the prompt's tokens exactly.
+    The prompt goes through the chat template (when the model uses one). Text answers are tokenized on
+    their own and appended, so both sides share the prompt's tokens exactly. A/B answers are read at the
+    tokens the model itself would write: each full text (prompt, answer prefix, answer) is tokenized and
+    split where the two first differ, so a tokenizer that merges "(A" into one token (Qwen2.5) is read at
+    "(A" against "(B", never at "A" after a lone "(" (a sequence it never produces), and one that does not
+    (SmolLM2) at "A" after "(". The A/B scorer (evaluation.ab) reads the same tokens.
     """
     tok = lm.tokenizer
+    if pair.kind == "ab" and pair.prompt:
+        text = format_prompt(tok, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
+        special = not lm.use_chat_template
+        return split_at_divergence(tok(text + pair.positive, add_special_tokens=special)["input_ids"],
+                                   tok(text + pair.negative, add_special_tokens=special)["input_ids"])
     if pair.prompt:
         text = format_prompt(tok, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
         prefix = tok(text, add_special_tokens=not lm.use_chat_template)["input_ids"]
@@ -50,6 +59,16 @@ def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, Tok
     if not pos or not neg:
         raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
     return list(prefix), list(pos), list(neg)
+
+
+def split_at_divergence(first: TokenIds, second: TokenIds) -> tuple[TokenIds, TokenIds, TokenIds]:
+    """(shared tokens, rest of `first`, rest of `second`), split where two token sequences first differ."""
+    k = 0
+    while k < min(len(first), len(second)) and first[k] == second[k]:
+        k += 1
+    if k == 0 or k == min(len(first), len(second)):
+        raise ValueError("the two answers do not tokenize to different tokens after a shared context")
+    return list(first[:k]), list(first[k:]), list(second[k:])
 
 
 def with_start_token(tokenizer, prefix: TokenIds) -> TokenIds:

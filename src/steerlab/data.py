@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -147,6 +148,9 @@ def _pair(path: Path, line: int, record: Any) -> ContrastivePair:
     )
 
 
+_LETTERED = re.compile(r"^\(([A-Za-z])\)")
+
+
 def split_ab_answers(pos: str, neg: str) -> tuple[str, str, str]:
     """Split A/B answers into (positive, negative, shared prefix): "(A)"/"(B)" -> "A", "B", "("; " Yes" -> "Yes".
 
@@ -154,6 +158,9 @@ def split_ab_answers(pos: str, neg: str) -> tuple[str, str, str]:
     and the closing one is dropped because a causal model's activation at the letter never sees it.
     """
     p, n = pos.strip(), neg.strip()
+    letter_p, letter_n = _LETTERED.match(p), _LETTERED.match(n)
+    if letter_p and letter_n:  # "(A)", "(A)Yes", "(A) Yes": the model answers with the letter
+        return letter_p.group(1), letter_n.group(1), "("
     if p.startswith("(") and n.startswith("("):
         return p[1:].rstrip(")"), n[1:].rstrip(")"), "("
     return p, n, ""

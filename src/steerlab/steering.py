@@ -19,6 +19,7 @@ import torch
 from .models import LoadedModel
 from .operators import OPERATORS, Operator, add, get_operator
 from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_flags
+from .strength import StrengthError, multiplier_for
 from .vector import SteeringVector
 
 POSITIONS = ("all", "prompt", "generated") + ROLES  # or "between:OPEN:CLOSE" (steerlab.positions)
@@ -36,15 +37,17 @@ class SteeringSpec:
     """One vector to apply: its multiplier (a float, or one per batch row), layers, and token positions.
 
     `layers` is a list of layers (multiplier 1 each) or {layer: multiplier}; None takes the vector's
-    recommended layer if a sweep stored one, else every layer the vector has. `multiplier` None takes the
-    recommended multiplier, else 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every
-    position that predicts a new token: the last prompt token and all generated tokens); a chat role,
-    "system", "user" or "assistant" (located through the model's chat template, see steerlab.positions);
-    "between:OPEN:CLOSE", the tokens between two markers (e.g. "between:<think>:</think>"). `operator` names
-    a function of steerlab.operators (add, ablate, clamp, rotate); None takes the operator the vector's file
-    states (VectorMeta.operator, "add" for older files). The coefficient an operator gets is multiplier x
-    layer weight (a strength for add, a target projection for clamp, degrees for rotate); 0 leaves a row off
-    for every operator.
+    recommended layer if a sweep stored one, else every layer the vector has. Give either `multiplier` (raw:
+    the vector times m) or `strength` (norm-relative: at each layer the multiplier that adds s x that layer's
+    mean residual norm, steerlab.strength.multiplier_for, exactly); both may be one number or one per batch
+    row. With neither, the sweep's recommended multiplier, else the calibrated strength ("up"), else
+    multiplier 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every position that predicts a
+    new token: the last prompt token and all generated tokens); a chat role, "system", "user" or "assistant"
+    (located through the model's chat template, see steerlab.positions); "between:OPEN:CLOSE", the tokens
+    between two markers (e.g. "between:<think>:</think>"). `operator` names a function of steerlab.operators
+    (add, ablate, clamp, rotate); None takes the operator the vector's file states (VectorMeta.operator, "add"
+    for older files). The coefficient an operator gets is multiplier x layer weight (a strength for add, a
+    target projection for clamp, degrees for rotate); 0 leaves a row off for every operator.
     """
 
     vector: SteeringVector
@@ -52,6 +55,15 @@ class SteeringSpec:
     layers: Sequence[int] | Mapping[int, float] | None = None
     positions: str = "all"
     operator: str | None = None
+    strength: float | Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.multiplier is not None and self.strength is not None:
+            raise SteeringError("give multiplier (raw) or strength (norm-relative), not both")
+        if self.multiplier is None and self.strength is None and "multiplier" not in self.vector.meta.recommended:
+            calibrated = self.vector.meta.recommended.get("calibration", {}).get("up")
+            if calibrated is not None:
+                self.strength = float(calibrated)
 
     def operator_name(self) -> str:
         return self.operator if self.operator is not None else (self.vector.meta.operator or "add")
@@ -64,17 +76,35 @@ class SteeringSpec:
             return {int(k): float(v) for k, v in self.layers.items()}
         return dict.fromkeys((int(layer) for layer in self.layers), 1.0)
 
-    def row_multipliers(self) -> torch.Tensor:
-        mult = self.multiplier
-        if mult is None:
-            mult = self.vector.meta.recommended.get("multiplier", 1.0)
-        values = torch.as_tensor([mult] if isinstance(mult, (int, float)) else list(mult), dtype=torch.float64)
-        if values.ndim != 1 or values.numel() == 0:
-            raise SteeringError("multiplier must be a number or a non-empty list of numbers (one per batch row)")
-        if not (torch.isfinite(values).all() and bool((values.abs() <= FLOAT32_MAX).all())):
-            raise SteeringError(f"multiplier must be a finite number within float32's range (|m| <= {FLOAT32_MAX:.4g}), "
-                                f"got {mult}")
-        return values.float()
+    def row_multipliers(self, layer: int | None = None) -> torch.Tensor:
+        """Per-row raw multipliers; with a strength, those of `layer` (each layer converts with its own norm)."""
+        if self.strength is not None:
+            if layer is None:
+                raise SteeringError("a norm-relative strength has one multiplier per layer; name the layer")
+            strengths = _numbers(self.strength, "strength")
+            try:
+                mult: float | list[float] = [multiplier_for(self.vector, layer, float(s)) for s in strengths]
+            except StrengthError as exc:
+                raise SteeringError(str(exc)) from None
+        else:
+            mult = self.multiplier
+            if mult is None:
+                mult = self.vector.meta.recommended.get("multiplier", 1.0)
+        return _numbers(mult, "multiplier").float()
+
+    def layer_multipliers(self) -> dict[int, float]:
+        """{layer: the raw multiplier its first row gets there (layer weight included)}: what to print beside a strength."""
+        return {layer: float(self.row_multipliers(layer)[0]) * weight for layer, weight in self.layer_weights().items()}
+
+
+def _numbers(value: float | Sequence[float], what: str) -> torch.Tensor:
+    values = torch.as_tensor([value] if isinstance(value, (int, float)) else list(value), dtype=torch.float64)
+    if values.ndim != 1 or values.numel() == 0:
+        raise SteeringError(f"{what} must be a number or a non-empty list of numbers (one per batch row)")
+    if not (bool(torch.isfinite(values).all()) and bool((values.abs() <= FLOAT32_MAX).all())):
+        raise SteeringError(f"{what} must be a finite number within float32's range (|m| <= {FLOAT32_MAX:.4g}), "
+                            f"got {value}")
+    return values
 
 
 class Steer(Protocol):
@@ -319,10 +349,10 @@ class VectorSteering:
         for spec in self.specs:
             weights = spec.layer_weights()
             spec.vector.check_compatible(lm, list(weights), task=task)
-            rows = spec.row_multipliers()
-            if row_scale is not None:
-                rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
             for layer, weight in weights.items():
+                rows = spec.row_multipliers(layer)
+                if row_scale is not None:
+                    rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
                 terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
                                                          get_operator(spec.operator_name())))
@@ -341,16 +371,19 @@ def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[Stee
           multiplier: float | Sequence[float] | None = None,
           layers: Sequence[int] | Mapping[int, float] | None = None, positions: str = "all",
           operator: str | None = None, task: str | None = None,
-          prompt_lengths: torch.Tensor | None = None) -> SteeringHandle:
+          prompt_lengths: torch.Tensor | None = None,
+          strength: float | Sequence[float] | None = None) -> SteeringHandle:
     """Start steering `lm` now; returns a handle that is also a context manager and always cleans up.
 
-    >>> with steer(lm, vector, multiplier=4.0, layers=[15]):
+    >>> with steer(lm, vector, strength=0.2, layers=[15]):  # or multiplier=4.0 (raw)
     ...     model_output = lm.model.generate(...)
     """
     if isinstance(vector, SteeringVector):
-        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions, operator))
+        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions, operator, strength=strength))
     else:
-        if multiplier is not None or layers is not None or positions != "all" or operator is not None:
-            raise SteeringError("give multiplier, layers, positions and operator inside each SteeringSpec, not beside them")
+        if (multiplier is not None or strength is not None or layers is not None or positions != "all"
+                or operator is not None):
+            raise SteeringError("give multiplier or strength, layers, positions and operator inside each SteeringSpec, "
+                                "not beside them")
         steering = VectorSteering(vector)
     return steering.attach(lm, prompt_lengths=prompt_lengths, task=task)

@@ -12,6 +12,7 @@ from ..evaluation.sentiment import vader_scores
 from ..generation import GenerationConfig, generate
 from ..methods.caa import CAAConfig, fit
 from ..steering import SteeringSpec
+from ..strength import multiplier_for, strength_of
 from .common import add_model_args, command, load_cli_model, one_line, progress_bar
 
 # Tuned on SmolLM2-135M-Instruct with the shipped pairs: strong enough to flip the tone, weak enough
@@ -26,7 +27,10 @@ def register(sub, vsub) -> None:
     p.add_argument("--data", help="pairs file (default: the shipped sentiment pairs)")
     p.add_argument("--prompts-file", help="prompts to generate for (default: the shipped demo prompts)")
     p.add_argument("--layer", type=int, help="layer (default: a middle layer)")
-    p.add_argument("--multiplier", type=float, default=None, help="multiplier (default: norm-relative strength 0.2)")
+    unit = p.add_mutually_exclusive_group()
+    unit.add_argument("--multiplier", type=float, default=None, help="raw multiplier (default: strength 0.2)")
+    unit.add_argument("--strength", type=float, default=None,
+                      help="norm-relative strength: fraction of the layer's mean residual norm (default 0.2)")
     p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per prompt")
     p.add_argument("--out-dir", default="steerlab-out", help="where the vector file is written")
     add_model_args(p)
@@ -47,7 +51,9 @@ def run_demo(args) -> int:
     multiplier = args.multiplier
     if multiplier is None:
         # The same fraction of the layer's residual norm means a similar strength on any model.
-        multiplier = round(DEMO_RELATIVE_STRENGTH * vector.meta.residual_norms[str(layer)] / vector.norms()[layer], 2)
+        strength = args.strength if args.strength is not None else DEMO_RELATIVE_STRENGTH
+        multiplier = round(multiplier_for(vector, layer, strength), 2)
+    strength = strength_of(vector, layer, multiplier)
     vector.meta.recommended = {"layer": layer, "multiplier": multiplier}
     out = Path(args.out_dir) / f"sentiment-caa-{datetime.now():%Y%m%d-%H%M%S}.safetensors"
     vector.save(out)
@@ -60,7 +66,8 @@ def run_demo(args) -> int:
         results = generate(lm, rows, spec, config=config, batch_size=len(rows), task="sentiment", progress=bar.update)
     plus, minus, orig = results[:n], results[n : 2 * n], results[2 * n :]
 
-    print(f"\nsteerlab demo: {lm.name}, CAA sentiment vector from {len(data)} pairs, layer {layer}, multiplier +/-{multiplier}")
+    print(f"\nsteerlab demo: {lm.name}, CAA sentiment vector from {len(data)} pairs, layer {layer}, strength +/-{strength:.3g} "
+          f"(multiplier +/-{multiplier})")
     for i, prompt in enumerate(prompts):
         print(f"\n[{i + 1}] {prompt}")
         print(f"  original   | {one_line(orig[i].steered)}")

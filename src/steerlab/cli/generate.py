@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ..operators import OPERATORS
 from .common import (CLIError, LAYERS_HELP, add_model_args, check_vector_layers, command, load_cli_model,
@@ -15,7 +16,11 @@ def register(sub, vsub) -> None:
     p.add_argument("--vector", action="append", default=[],
                    help="steer file: a vector (repeatable), or one LM-Steer or prompt steer")
     p.add_argument("--multiplier", action="append", type=float, default=[],
-                   help="multiplier per --vector (default: the vector's recommended one, else 1)")
+                   help="raw multiplier per --vector (default: the vector's recommended one, else its calibrated "
+                   "strength, else 1)")
+    p.add_argument("--strength", action="append", type=float, default=[],
+                   help="norm-relative strength per --vector instead of --multiplier: the fraction of each steered "
+                   "layer's mean residual norm to add (e.g. 0.1)")
     p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended, else all its layers)")
     p.add_argument("--positions", default="all",
                    help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
@@ -50,8 +55,11 @@ def cmd_generate(args) -> int:
     from ..steers import load_steer
     from ..vector import SteeringVector
 
-    if args.multiplier and len(args.multiplier) != len(args.vector):
-        raise CLIError(f"{len(args.multiplier)} --multiplier for {len(args.vector)} --vector; give one per vector")
+    if args.multiplier and args.strength:
+        raise CLIError("give --multiplier (raw) or --strength (norm-relative), not both")
+    for flag, values in (("--multiplier", args.multiplier), ("--strength", args.strength)):
+        if values and len(values) != len(args.vector):
+            raise CLIError(f"{len(values)} {flag} for {len(args.vector)} --vector; give one per vector")
     prompts = read_prompts(args)
     steers = [load_steer(path) for path in args.vector]
     layers = parse_layers(args.layers)
@@ -59,8 +67,11 @@ def cmd_generate(args) -> int:
         steering = _ablation(args, steers, layers)
     elif all(isinstance(s, SteeringVector) for s in steers):
         check_vector_layers(steers, layers)
-        specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator)
+        specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator,
+                              strength=args.strength[i] if args.strength else None)
                  for i, v in enumerate(steers)]
+        for path, spec in zip(args.vector, specs):
+            print(strength_line(path, spec), file=sys.stderr if args.json else sys.stdout)
         steering = VectorSteering(specs) if specs else None  # checks positions and operator before the model loads
         if args.condition:
             if steering is None:
@@ -70,6 +81,8 @@ def cmd_generate(args) -> int:
         kind = steers[0].kind if len(steers) == 1 else next(s.kind for s in steers if not isinstance(s, SteeringVector))
         if len(steers) != 1:
             raise CLIError(f"a steer of kind '{kind}' is applied on its own; give it as the only --vector")
+        if args.strength:
+            raise CLIError(f"a steer of kind '{kind}' has no residual-norm strength; use --multiplier")
         if kind == "prompt" and (args.multiplier or layers is not None):
             raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
         if layers is not None:
@@ -98,15 +111,39 @@ def _ablation(args, steers, layers):
 
     if len(steers) != 1 or not isinstance(steers[0], SteeringVector):
         raise CLIError("--ablate-direction takes exactly one vector file")
-    if args.multiplier or args.operator or args.condition or args.positions != "all":
-        raise CLIError("--ablate-direction acts at every layer and position; drop --multiplier, --operator, "
-                       "--condition and --positions")
+    if args.multiplier or args.strength or args.operator or args.condition or args.positions != "all":
+        raise CLIError("--ablate-direction acts at every layer and position; drop --multiplier, --strength, "
+                       "--operator, --condition and --positions")
     if layers is not None and len(layers) != 1:
         raise CLIError("--ablate-direction removes one direction: give --layers with the one layer to take it from")
     try:
         return DirectionalAblation(steers[0], None if layers is None else next(iter(layers)))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def strength_line(name: str, spec) -> str:
+    """Both units for one vector: each steered layer's raw multiplier and its norm-relative strength."""
+    from ..steering import SteeringError
+    from ..strength import StrengthError, strength_of
+
+    parts = []
+    calibration = spec.vector.meta.recommended.get("calibration", {})
+    try:
+        for layer, mult in spec.layer_multipliers().items():
+            try:
+                strength = strength_of(spec.vector, layer, mult)
+                parts.append(f"layer {layer}: multiplier {mult:+.4g} = strength {strength:+.4g}")
+                limit = calibration.get("up" if strength > 0 else "down")
+                if limit is not None and abs(strength) > abs(limit) + 1e-9:
+                    parts[-1] += f" (beyond the calibrated {limit:+g}: expect degraded text)"
+                elif limit is None and abs(strength) > 0.5:
+                    parts[-1] += " (over half the layer's residual norm: expect degraded text)"
+            except StrengthError:
+                parts.append(f"layer {layer}: multiplier {mult:+.4g} (no residual norm stored: strength unknown)")
+    except SteeringError as exc:
+        raise CLIError(str(exc)) from None
+    return f"{name}: " + "; ".join(parts)
 
 
 def print_side_by_side(results, steered_label: str = "steered") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def register(sub, vector_sub=None) -> None:
     p.add_argument("--train-limit", type=int, help="build from only the first N training pairs (default: all)")
     p.add_argument("--fluency-bound", type=float, default=0.1,
                    help="recommend only cells keeping at least (1 - bound) of unsteered fluency (default 0.1)")
+    p.add_argument("--min-effect", type=float, help="smallest |effect| worth recommending (default: 2%% of the "
+                   "metric's range, 0.02 of p(matching))")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation tasks: tokens per continuation")
     p.add_argument("--no-swap", action="store_true", help="A/B tasks: do not also score the choices swapped")
     p.add_argument("--positions", default="answer", choices=["answer", "all"],
@@ -65,12 +68,21 @@ def cmd_sweep(args) -> int:
                          strengths=parse_numbers(args.strengths, "--strengths") or [], fluency_bound=args.fluency_bound,
                          split=args.split, limit=args.limit, train_limit=args.train_limit,
                          max_new_tokens=args.max_new_tokens, swap=not args.no_swap, positions=args.positions,
-                         batch_rows=args.batch_size)
+                         batch_rows=args.batch_size, min_effect=args.min_effect)
     out = Path(args.out)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not args.overwrite:
         raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
+    # Read the items before any model work, so a malformed file is named before minutes of loading and building.
+    items = task.eval_items(config.split, args.data_dir, config.limit)
     lm = load_cli_model(args)
+    layers = config.layers or list(range(lm.num_layers))
+    cells = 1 + len(layers) * len(config.values)
+    work = (f"{cells} cells x {len(items)} prompts = {cells * len(items)} continuations of {config.max_new_tokens} tokens"
+            if task.kind == "generation" else
+            f"{cells} cells x {len(items)} questions x {2 if config.swap else 1} orders (forward passes only)")
+    print(f"sweep: {len(layers)} layers x {len(config.values)} values: {work}; the bars show the time left "
+          "(fewer --layers, --strengths or a --limit make it shorter)", file=sys.stderr)
     start = time.perf_counter()
     with StageBars() as bars:
         result, vector = sweep(lm, task, config, data_dir=args.data_dir, progress=bars)
@@ -84,16 +96,48 @@ def cmd_sweep(args) -> int:
 def print_grid(result) -> None:
     head = "raw multiplier" if result.mode == "raw" else "strength"
     print(f"\n{result.task}: effect on {result.score_name} (unsteered {result.base_score:.3f}); "
-          f"fluency = {result.fluency_name} (unsteered {result.base_fluency:.3f})")
+          f"fluency = {result.fluency_name} (unsteered {result.base_fluency:.3f}); "
+          "* = 95% interval excludes 0, ! = outside the fluency bound")
     print(f"{'layer':>5}  " + "  ".join(f"{head[:8]} {v:>+6g}" for v in result.values))
-    for layer, eff, flu in zip(result.layers, result.effect, result.fluency):
-        print(f"{layer:>5}  " + "  ".join(f"{e:+.3f} ({f:.2f})" for e, f in zip(eff, flu)))
-    rec = result.recommended
-    if rec:
-        print(f"recommended: layer {rec['layer']}, multiplier {rec['multiplier']:g} ({result.mode} {rec['value']:g}); "
-              f"effect {rec['effect']:+.3f}, fluency {rec['fluency']:.3f} (stored in the vector's metadata)")
+    for i, (layer, eff, flu) in enumerate(zip(result.layers, result.effect, result.fluency)):
+        marks = [("*" if lo > 0 or hi < 0 else " ") + (" " if ok else "!")
+                 for (lo, hi), ok in zip(result.interval[i], result.fluent[i])]
+        print(f"{layer:>5}  " + "  ".join(f"{e:+.3f}{m}({f:.2f})" for e, m, f in zip(eff, marks, flu)))
+    if result.kind == "ab":
+        print(_ab_words(result))
+    for name, cell in result.directions.items():
+        if cell:
+            value = (f"multiplier {cell['multiplier']:g}" if result.mode == "raw"
+                     else f"strength {cell['value']:+g} = multiplier {cell['multiplier']:+g}")
+            print(f"steering {name}: layer {cell['layer']}, {value}; effect {cell['effect']:+.3f} "
+                  f"(95% interval {cell['interval'][0]:+.3f} to {cell['interval'][1]:+.3f}), fluency "
+                  f"{cell['fluency']:.3f}, moved {cell['wrong_way']:.0%} of items the wrong way")
+        else:
+            print(f"steering {name}: no reliable effect (no fluent cell's 95% interval excludes 0 with an effect of "
+                  f"at least {result.min_effect:g})")
+    if result.recommended and "layer" in result.recommended:
+        print(f"stored in the vector's metadata as the default: layer {result.recommended['layer']}, "
+              f"multiplier {result.recommended['multiplier']:g}")
     else:
-        print(result.note)
+        print(result.note or "no default stored")
+
+
+def _ab_words(result) -> str:
+    """Letter-share shift at each direction's strongest cell, and whether the unsteered model is at chance."""
+    from ..evaluation.ab import letter_words
+
+    words = []
+    if result.details.get("at_chance"):
+        words.append("unsteered model is AT CHANCE on these items (accuracy and p(matching) near 0.5)")
+    shift = result.details.get("letter_shift") or []
+    for name, sign in (("up", 1), ("down", -1)):
+        cells = [(sign * e, i, j) for i, row in enumerate(result.effect) for j, e in enumerate(row)
+                 if sign * result.values[j] > 0]
+        if cells and shift:
+            _, i, j = max(cells)
+            words.append(f"{name} (layer {result.layers[i]}, {result.values[j]:+g}): "
+                         + letter_words(result.effect[i][j], shift[i][j]))
+    return "\n".join(words)
 
 
 def cmd_tasks(args) -> int:

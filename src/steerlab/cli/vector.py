@@ -1,4 +1,5 @@
-"""`steerlab vector build | info | diagnose`: make a steer from pairs, show a steer file, check the pairs first."""
+"""`steerlab vector build | info | diagnose | calibrate`: make a steer from pairs, show a steer file, check the pairs
+first, find the strength the model tolerates."""
 
 from __future__ import annotations
 
@@ -47,6 +48,23 @@ def register(sub, vsub) -> None:
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     add_model_args(p)
     p.set_defaults(func=cmd_diagnose)
+
+    p = command(vsub, "calibrate", "find the largest strength per direction within a KL budget and fluency bound",
+                "steerlab vector calibrate sentiment.safetensors --out sentiment.safetensors --overwrite",
+                "Per direction (+ and -), the largest norm-relative strength whose mean per-token KL(steered || "
+                "unsteered) on steerlab's neutral prompts stays within --kl-budget and whose greedy continuations keep "
+                "their fluency; stored in the vector's metadata and used as its default strength.")
+    p.add_argument("file", help="a vector (.safetensors) with residual norms (every steerlab fit stores them)")
+    p.add_argument("--layers", help="layers to steer while calibrating (default: the vector's default layers)")
+    p.add_argument("--kl-budget", type=float, default=0.5, help="nats per token of KL(steered || unsteered)")
+    p.add_argument("--fluency-bound", type=float, default=0.1,
+                   help="keep entropy and distinct-2 >= (1 - bound) of unsteered, repetition <= unsteered + bound")
+    p.add_argument("--prompts", type=int, default=8, help="neutral prompts for the KL (steerlab ships 8)")
+    p.add_argument("--fluency-prompts", type=int, default=8, help="neutral prompts continued greedily per check")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per fluency continuation")
+    add_out_args(p, "where to write the calibrated vector (may be the input file with --overwrite)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_build(args) -> int:
@@ -116,4 +134,40 @@ def cmd_diagnose(args) -> int:
     vector.meta.recommended = {"layer": top}
     vector.save(out, overwrite=args.overwrite)
     print(f"\nCAA vector at layers {chosen.layers} (recommended layer {top}) with this diagnosis -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from ..evaluation.calibrate import CalibrationConfig, calibrate
+    from ..strength import multiplier_for
+    from ..vector import SteeringVector
+    from .common import StageBars
+
+    layers = parse_layers(args.layers, weights=False)
+    try:
+        config = CalibrationConfig(kl_budget=args.kl_budget, fluency_bound=args.fluency_bound, prompts=args.prompts,
+                                   fluency_prompts=args.fluency_prompts, max_new_tokens=args.max_new_tokens,
+                                   layers=layers)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    vector = SteeringVector.load(args.file)
+    out = check_out_free(args.out, args.overwrite)
+    lm = load_cli_model(args)
+    start = time.perf_counter()
+    with StageBars() as bars:
+        result, calibrated = calibrate(lm, vector, config, progress=bars)
+    calibrated.save(out, overwrite=args.overwrite)
+    print(f"KL(steered || unsteered) per token, nats, at layers {result.layers} (budget {result.kl_budget:g}):")
+    for name in ("up", "down"):
+        print(f"  {name:>4}: " + "  ".join(f"{float(s):+g}:{v:.3f}" if name == "up" else f"{-float(s):+g}:{v:.3f}"
+                                           for s, v in result.kl[name].items()))
+    for name in ("up", "down"):
+        value = getattr(result, name)
+        if value is None:
+            print(f"{name}: no strength on the grid keeps the KL budget and fluency")
+            continue
+        mults = ", ".join(f"layer {layer} multiplier {multiplier_for(calibrated, layer, value):+.4g}"
+                          for layer in result.layers)
+        print(f"{name}: strength {value:+g} ({mults}); fluency {result.fluency[name]}")
+    print(f"calibrated in {time.perf_counter() - start:.0f}s -> {out} (the 'up' strength is now its default)")
     return 0

@@ -17,12 +17,14 @@ question's tokens; it needs a full forward per cell and row.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
 from ..models import LoadedModel
@@ -30,6 +32,7 @@ from ..steering import SteeringSpec, VectorSteering
 from ..vector import SteeringVector
 
 POSITIONS = ("answer", "all")
+_CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\) ", re.M)
 _CHOICES = re.compile(r"^(?P<head>.*\n)(?P<ia>[ \t]*)\(A\) (?P<a>.*?)\n(?P<ib>[ \t]*)\(B\) (?P<b>.*)$", re.S)
 
 
@@ -73,7 +76,22 @@ def load_ab_items(path: str | Path, limit: int | None = None) -> list[Contrastiv
         pairs = load_pairs(path).pairs
         if pairs[0].kind != "ab":
             raise DatasetError(f"{path}: not an A/B file (needs question / answer_matching_behavior / answer_not_matching_behavior)")
+    check_two_choices(path, pairs)
     return pairs[:limit] if limit is not None else pairs
+
+
+def check_two_choices(path: str | Path, pairs: Sequence[ContrastivePair]) -> None:
+    """Refuse, naming the file and item, lettered items that are not two-choice (A)/(B): they cannot be
+    scored in both orders, and a third choice makes p(A)/(p(A)+p(B)) ignore where the model's answer went."""
+    for i, pair in enumerate(pairs, 1):
+        if pair.answer_prefix != "(":
+            continue
+        letters = _CHOICE_LINE.findall(pair.prompt)
+        if len(letters) > 2 or not is_lettered(pair):
+            listed = ", ".join(f"({x})" for x in letters) or "none on their own lines"
+            raise DatasetError(f"{path}: item {i}: choices {listed}, answers ({pair.positive}) vs ({pair.negative}); "
+                               "steerlab scores two-choice (A)/(B) items in both orders: drop the item or rewrite it "
+                               "with two choices")
 
 
 def is_lettered(pair: ContrastivePair) -> bool:
@@ -156,6 +174,20 @@ class ABGrid:
         return out
 
 
+def at_chance(summary: dict[str, float], n: int) -> bool:
+    """Unsteered accuracy within two binomial standard errors of 1/2 and debiased p(matching) within 0.05 of 1/2:
+    the model does not tell the two answers apart, so a steering effect there is hard to read."""
+    return abs(summary["accuracy"] - 0.5) < 2 * math.sqrt(0.25 / n) and abs(summary["p_matching"] - 0.5) < 0.05
+
+
+def letter_words(behaviour_change: float, letter_shift: float) -> str:
+    """Say whether a steer moved the behaviour or mostly which letter the model picks (p(A) share vs p(matching))."""
+    if abs(letter_shift) >= 0.05 and abs(letter_shift) > 2 * abs(behaviour_change):
+        return (f"moves the letter rather than the behaviour (A-share {letter_shift:+.3f} vs p(matching) "
+                f"{behaviour_change:+.3f})")
+    return f"moves the behaviour (p(matching) {behaviour_change:+.3f}, A-share {letter_shift:+.3f})"
+
+
 # ---- scoring ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -182,21 +214,20 @@ def _prepare(lm: LoadedModel, pair: ContrastivePair, positions: str) -> _Row:
         user_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     else:
         text, user_text = pair.prompt, pair.prompt
-    ids_m = tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"]
-    ids_n = tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"]
-    k = 0
-    while k < min(len(ids_m), len(ids_n)) and ids_m[k] == ids_n[k]:
-        k += 1
-    if k == 0 or k == min(len(ids_m), len(ids_n)):
+    try:
+        context, rest_m, rest_n = split_at_divergence(
+            tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"],
+            tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"])
+    except ValueError:
         raise ABFormatError(f"answers {pair.positive!r} and {pair.negative!r} do not tokenize to different tokens "
-                            "after a shared context")
-    context = ids_m[:k]
+                            "after a shared context") from None
+    k = len(context)
     split = 0
     if positions == "answer":
         user_ids = tok(user_text, add_special_tokens=not chat)["input_ids"]
         while split < min(k - 1, len(user_ids)) and context[split] == user_ids[split]:
             split += 1
-    return _Row(context[:split], context[split:], ids_m[k], ids_n[k], pair.positive == first_answer(pair))
+    return _Row(context[:split], context[split:], rest_m[0], rest_n[0], pair.positive == first_answer(pair))
 
 
 def _specs(vectors: Sequence[SteeringVector], cells: Sequence[Cell], rows_per_cell: int) -> list[SteeringSpec]:

@@ -20,6 +20,7 @@ from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector
+from .progress import Progress, stage_ticker
 from .report import Arm, EvalRun, prompt_arm
 
 # What prompt steering (and vector-prompt) asks for, by task metric, in the direction the task wants.
@@ -46,7 +47,7 @@ class Fitted:
 def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
                 task: str, instruction: str, layer: int, strengths: Sequence[float], use_chat_template: bool,
                 overrides: dict[str, list[str]] | None = None,
-                report: Callable[[str], None] = lambda _: None) -> list[Fitted]:
+                report: Callable[[str], None] = lambda _: None, progress: Progress | None = None) -> list[Fitted]:
     """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given.
 
     `overrides` maps a method name to its "key=value" config overrides (e.g. LM-Steer's steps).
@@ -71,7 +72,9 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
         config = build_config(method.config_cls, raw, f"compare {name}")
         report(f"fitting {name} on {len(data)} pairs ...")
         start = time.perf_counter()
-        steer = method.fit(lm, data, config, task=task)
+        # Every fit reports progress (LM-Steer trains for minutes; its bar shows steps and the time left).
+        steer = method.fit(lm, data, config, task=task, progress=stage_ticker(
+            progress, f"fitting {name} ({method.progress_unit}s)", method.progress_total(len(data), config)))
         seconds = time.perf_counter() - start
         params = asdict(config)
         if isinstance(steer, PromptSteering):

@@ -6,7 +6,10 @@ and on the held-out part we measure:
 
 - auroc: how well projections onto the direction separate positive from negative activations
   (0.5 = chance, 1 = perfect; rank-based, so scale and offset do not matter);
-- pair_accuracy: share of held-out pairs whose positive projects higher than its own negative;
+- pair_accuracy: share of held-out pairs whose positive projects higher than its own negative; for A/B and
+  Yes/No pairs, whose wanted answer is " Yes" for some and " No" for others, the mean of that share within
+  each answer group (balanced), so a direction that only tells the word "Yes" from "No" scores 0.5, not the
+  share of pairs answered "Yes";
 - consistency: mean cosine between each held-out pair's difference and the train direction (0 when
   differences point anywhere, 1 when every pair moves the same way);
 - relative_norm: the all-pairs vector's norm over the layer's mean residual norm (multiplier m adds
@@ -92,7 +95,8 @@ def diagnose(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int] | 
     layers = sorted(set(layers)) if layers else list(range(lm.num_layers))
     check_sizes(len(data), holdout)
     acts = record_pair_activations(lm, data.pairs, layers, batch_size=batch_size, progress=progress)
-    diagnosis = diagnose_activations(acts, lm.num_layers, holdout=holdout, seed=seed)
+    groups = [p.positive for p in data.pairs] if all(p.kind == "ab" for p in data.pairs) else None
+    diagnosis = diagnose_activations(acts, lm.num_layers, holdout=holdout, seed=seed, groups=groups)
     diagnosis.dataset = data.describe()
     return diagnosis, acts
 
@@ -116,8 +120,11 @@ def split_indices(n_pairs: int, holdout: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
-def diagnose_activations(acts: PairActivations, num_layers: int, *, holdout: float = 0.25, seed: int = 0) -> Diagnosis:
-    """The held-out numbers and verdict from recorded pair activations ([n_pairs, n_layers, hidden] per side)."""
+def diagnose_activations(acts: PairActivations, num_layers: int, *, holdout: float = 0.25, seed: int = 0,
+                         groups: Sequence[str] | None = None) -> Diagnosis:
+    """The held-out numbers and verdict from recorded pair activations ([n_pairs, n_layers, hidden] per side).
+
+    `groups` (each pair's wanted answer, for A/B and Yes/No data) makes pair_accuracy balanced over them."""
     n = acts.positive.shape[0]
     train, held = split_indices(n, holdout, seed)
     pos, neg = acts.positive.double(), acts.negative.double()
@@ -136,7 +143,7 @@ def diagnose_activations(acts: PairActivations, num_layers: int, *, holdout: flo
         rows.append(LayerDiagnosis(
             layer=layer,
             auroc=auroc((proj_pos.tolist() + proj_neg.tolist()), labels),
-            pair_accuracy=float((proj_pos > proj_neg).double().mean()),
+            pair_accuracy=balanced_share(proj_pos > proj_neg, [groups[j] for j in held] if groups else None),
             consistency=float(cos.mean()),
             vector_norm=norm,
             residual_norm=float(residual[i]),
@@ -144,6 +151,14 @@ def diagnose_activations(acts: PairActivations, num_layers: int, *, holdout: flo
         ))
     status, suggested, verdict = judge(rows, num_layers, len(held))
     return Diagnosis(rows, status, suggested, verdict, len(train), len(held), holdout, seed)
+
+
+def balanced_share(hits: torch.Tensor, groups: Sequence[str] | None) -> float:
+    """Share of True in `hits`, or the mean of the shares within each group."""
+    if not groups or len(set(groups)) < 2:
+        return float(hits.double().mean())
+    shares = [float(hits[[k for k, g in enumerate(groups) if g == name]].double().mean()) for name in sorted(set(groups))]
+    return sum(shares) / len(shares)
 
 
 def judge(rows: Sequence[LayerDiagnosis], num_layers: int, n_heldout: int) -> tuple[str, list[int], str]:

@@ -20,10 +20,10 @@ from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
 from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
-from ..strength import multiplier_for, with_neutral_norms
+from ..strength import with_neutral_norms
 from ..vector import SteeringVector
 from .compare import DEFAULT_STRENGTH, GOAL_INSTRUCTIONS, Fitted, compare_markdown, fit_methods
-from .report import METRIC_NOTES, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
+from .report import METRIC_NOTES, Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
 from .progress import Progress, stage_ticker
 from .tasks import Task, get_task
 
@@ -88,16 +88,23 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
     if operator is not None and not isinstance(steer, SteeringVector):
         raise EvaluationError(f"an operator applies to vectors; this steer is of kind '{steer.kind}'")
     if isinstance(steer, SteeringVector):
-        spec = SteeringSpec(steer, 1.0, layers, operator=operator)
+        spec, values = _vector_arms(lm, steer, layers, multipliers, strengths, info, operator)
         VectorSteering(spec)  # refuses an unknown operator before anything runs
-        values = _vector_multipliers(lm, spec, multipliers, strengths, info)
-        arms = multiplier_arms(VectorSteering(spec), values)
+        shown: Any = values
+        if spec.strength is None:
+            arms = multiplier_arms(VectorSteering(spec), values)
+            unit = f"multipliers {', '.join(f'{m:g}' for m in values)}"
+        else:  # strength 1 per layer, scaled per arm: each layer gets its own multiplier for strength s
+            arms = [Arm(f"s{s:g}", VectorSteering(spec), float(s)) for s in values]
+            per_layer = spec.layer_multipliers()
+            unit = "; ".join(f"strength {s:g} = " + ", ".join(f"layer {k} x{m * s:.4g}" for k, m in per_layer.items())
+                             for s in values)
+            shown = {f"{s:g}": {str(k): round(m * s, 4) for k, m in per_layer.items()} for s in values}
         info.update(method=steer.meta.method, source=source or "given vector", layers=spec.layer_weights(),
-                    operator=spec.operator_name(),
-                    multipliers=values, task=steer.meta.task, dataset=steer.meta.dataset, params=steer.meta.params)
+                    operator=spec.operator_name(), multipliers=shown,
+                    task=steer.meta.task, dataset=steer.meta.dataset, params=steer.meta.params)
         info["description"] = (f"{steer.meta.method} vector ({info['source']}, {spec.operator_name()}) at layers "
-                               f"{list(spec.layer_weights())}, "
-                               f"multipliers {', '.join(f'{m:g}' for m in values)}")
+                               f"{list(spec.layer_weights())}, {unit}")
     elif isinstance(steer, PromptSteering):
         if multipliers or strengths:
             raise EvaluationError("prompt steering has no strength; drop multipliers/strengths")
@@ -144,7 +151,8 @@ def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None 
     layer = lm.default_layer() if layer is None else layer
     chat = bool(task.chat and lm.use_chat_template)
     fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
-                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report)
+                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report,
+                         progress=progress)
     run = generate_arms(lm, prompts, [f.arm for f in fitted], config=generation, batch_size=batch_size,
                         use_chat_template=chat, task=task.name,
                         progress=stage_ticker(progress, f"generating {len(fitted)} methods + original per prompt", len(prompts)))
@@ -190,19 +198,26 @@ def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layer
     return steer, info
 
 
-def _vector_multipliers(lm: LoadedModel, spec: SteeringSpec, multipliers, strengths, info: dict[str, Any]) -> list[float]:
-    """Multipliers as given; else strengths (or 0.2 when the vector recommends no multiplier) converted at the
-    first steered layer with residual norms measured on neutral text, as `sweep` does."""
-    recommended = spec.vector.meta.recommended.get("multiplier")
+def _vector_arms(lm: LoadedModel, vector: SteeringVector, layers, multipliers, strengths,
+                 info: dict[str, Any], operator: str | None = None) -> tuple[SteeringSpec, list[float]]:
+    """The spec and the per-arm values: multipliers as given (spec at multiplier 1); else the sweep's recommended
+    multiplier; else strengths, the calibrated strength or 0.2, with the spec at strength 1 so that each steered
+    layer converts with its own residual norm (measured on neutral text where the vector lacks it)."""
+    recommended = vector.meta.recommended.get("multiplier")
     if multipliers:
-        return list(multipliers)
+        return SteeringSpec(vector, 1.0, layers, operator=operator), list(multipliers)
     if recommended is not None and not strengths:
-        return [float(recommended)]
-    strengths = list(strengths or [DEFAULT_STRENGTH])
-    layer = next(iter(spec.layer_weights()))
-    measured = with_neutral_norms(lm, spec.vector)
-    info["strengths"] = {"values": strengths, "layer": layer, "residual_norm": measured.meta.residual_norms[str(layer)]}
-    return [round(multiplier_for(measured, layer, s), 4) for s in strengths]
+        return SteeringSpec(vector, 1.0, layers, operator=operator), [float(recommended)]
+    calibrated = vector.meta.recommended.get("calibration", {}).get("up")
+    strengths = list(strengths or [calibrated if calibrated is not None else DEFAULT_STRENGTH])
+    steered = SteeringSpec(vector, 1.0, layers).layer_weights()
+    if any(str(layer) not in vector.meta.residual_norms for layer in steered):
+        vector = with_neutral_norms(lm, vector)
+    spec = SteeringSpec(vector, layers=layers, operator=operator, strength=1.0)
+    info["strengths"] = {"values": strengths, "source": "given" if calibrated is None or strengths != [calibrated]
+                         else "calibrated", "residual_norms": {str(k): vector.meta.residual_norms[str(k)] for k in steered},
+                         "multipliers_at_strength_1": {str(k): round(m, 4) for k, m in spec.layer_multipliers().items()}}
+    return spec, strengths
 
 
 def _task_settings(task: Task, split: str, limit: int | None, n_prompts: int) -> dict[str, Any]:

@@ -7,6 +7,16 @@ as their fluency: a steered model that stops answering "A" or "B" is broken. Gen
 continuations with the task's metric and use weighted n-gram entropy (evaluation.fluency) as fluency. The
 recommendation is the positive-side cell with the largest effect (the score change in the task's wanted
 direction) whose fluency keeps at least (1 - fluency_bound) of the unsteered model's.
+
+Each cell's effect carries a paired bootstrap 95% interval (evaluation.stats: the same items steered and
+unsteered) and the share of items it moved the wrong way. A layer and strength are recommended per direction:
+"up" (positive values, the task's wanted direction) and "down" (negative values, the opposite), each the
+fluent cell with the largest lower interval bound in its direction, and only where that interval excludes
+zero and the effect is at least `min_effect` (default 2% of the metric's range: 0.02 of p(matching), 0.04 of
+VADER compound; a +0.004 shift can be consistent across items and still be worth nothing); a direction
+with no such cell is "no reliable effect", and without a reliable "up" cell the vector
+gets no default multiplier. Generation tasks count a cell fluent only when n-gram entropy and distinct-2 keep
+(1 - fluency_bound) of unsteered and the repetition rate rises by at most fluency_bound.
 """
 
 from __future__ import annotations
@@ -25,12 +35,18 @@ from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
 from .tasks import SPLITS, Task
 from ..vector import SteeringVector, write_atomic
-from .ab import POSITIONS, UNSTEERED, Cell, score_ab
-from .fluency import weighted_ngram_entropy
+from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
+from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .progress import stage_ticker
+from .stats import paired_interval
 from .sweep_plots import heatmap_png
 
 OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
+NO_EFFECT = "no reliable effect"
+DIRECTIONS = (("up", 1.0), ("down", -1.0))
+# The span of each metric's scale: the effect heatmap's colour scale covers at least a tenth of it either side.
+METRIC_SPAN = {"ab": 1.0, "sentiment": 2.0, "toxicity": 1.0, "refusal": 1.0}
+MIN_EFFECT_SHARE = 0.02
 
 
 class SweepError(ValueError):
@@ -42,7 +58,8 @@ class SweepConfig:
     """layers: empty = every layer; give multipliers (raw) or strengths (norm-relative), not both (default strengths
     -0.25, -0.1, 0.1, 0.25); fluency_bound: largest allowed fractional fluency loss vs unsteered; split: val or
     test; limit: items/prompts per cell; train_limit: training pairs; max_new_tokens: generation tasks only;
-    swap and positions: A/B scoring (see evaluation.ab); batch_rows: rows per forward pass."""
+    swap and positions: A/B scoring (see evaluation.ab); batch_rows: rows per forward pass; min_effect: the
+    smallest |effect| worth recommending (None: 2% of the metric's range)."""
 
     layers: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
@@ -55,6 +72,7 @@ class SweepConfig:
     swap: bool = True
     positions: str = "answer"
     batch_rows: int = 64
+    min_effect: float | None = None
 
     def __post_init__(self) -> None:
         if self.multipliers and self.strengths:
@@ -101,6 +119,12 @@ class SweepResult:
     recommended: dict[str, Any] | None
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    interval: list[list[list[float]]] = field(default_factory=list)  # per cell [low, high] of its effect (95%)
+    wrong_way: list[list[float]] = field(default_factory=list)  # share of items moved against the cell's direction
+    fluent: list[list[bool]] = field(default_factory=list)
+    directions: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "up"/"down": a cell or None
+    verdict: str = ""
+    min_effect: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,21 +162,31 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
     mults = [[v if config.mode == "raw" else multiplier_for(vector, layer, v) for v in values] for layer in layers]
     cells = [UNSTEERED] + [Cell(layer, m) for layer, row in zip(layers, mults) for m in row]
     if task.kind == "ab":
-        scores, fluency, details = _score_ab(lm, task, items, vector, cells, config, progress)
+        per_item, fluency, ok, groups, details = _score_ab(lm, task, items, vector, cells, config, progress)
         score_name, fluency_name = "p(matching), order-debiased", "p(A) + p(B)"
     else:
-        scores, fluency, details = _score_generation(lm, task, items, vector, cells, config, progress)
+        per_item, fluency, ok, groups, details = _score_generation(lm, task, items, vector, cells, config, progress)
         score_name, fluency_name = f"mean {task.metric}", "weighted n-gram entropy (bits)"
-    score_grid, fluency_grid = _rows(scores[1:], len(values)), _rows(fluency[1:], len(values))
+    intervals = [paired_interval(row, per_item[0], groups=groups, seed=c).signed(task.direction)
+                 for c, row in enumerate(per_item[1:], 1)]
+    scores = details.pop("scores")
+    width = len(values)
+    score_grid, fluency_grid = _rows(scores[1:], width), _rows(fluency[1:], width)
     effect = [[task.direction * (s - scores[0]) for s in row] for row in score_grid]
+    interval = _rows([[round(iv.low, 4), round(iv.high, 4)] for iv in intervals], width)
+    wrong = _rows([iv.fell if values[k % width] > 0 else iv.rose for k, iv in enumerate(intervals)], width)
     result = SweepResult(task.name, task.kind, config.split if task.has_val else "test", config.mode, layers, values,
                          [[round(m, 4) for m in row] for row in mults], score_grid, fluency_grid, effect,
                          scores[0], fluency[0], score_name, fluency_name, config.fluency_bound, len(items),
                          int(vector.meta.dataset.get("pairs", 0)),
-                         None, details=details)
+                         None, details=details, interval=interval, wrong_way=[[round(w, 4) for w in r] for r in wrong],
+                         fluent=_rows(ok[1:], width),
+                         min_effect=config.min_effect if config.min_effect is not None
+                         else MIN_EFFECT_SHARE * METRIC_SPAN.get(task.metric, 1.0))
     recommend(result)
-    if result.recommended:
-        vector.meta.recommended = dict(result.recommended)
+    kept = {k: v for k, v in vector.meta.recommended.items() if k == "calibration"}
+    vector.meta.recommended = dict(kept, **(result.recommended or {"verdict": NO_EFFECT, "task": task.name,
+                                                                     "split": result.split}))
     return result, vector
 
 
@@ -161,12 +195,21 @@ def _rows(flat: list[float], width: int) -> list[list[float]]:
 
 
 def _score_ab(lm, task, items, vector, cells, config, progress):
+    """Per-item debiased p(matching) per cell, answer mass as fluency, and the letter-share shift beside it."""
     grid = score_ab(lm, items, vector, cells, swap=config.swap, positions=config.positions,
                     batch_rows=config.batch_rows, task=task.name,
                     progress=stage_ticker(progress, "A/B grid", len(cells) * len(items) * (2 if config.swap else 1)))
     summaries = [grid.summary(c) for c in range(len(cells))]
-    details = {"unsteered": summaries[0], "cells": summaries[1:]}
-    return [s["p_matching"] for s in summaries], [s["answer_mass"] for s in summaries], details
+    base = summaries[0]
+    floor = (1 - config.fluency_bound) * base["answer_mass"]
+    width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
+    shift = [round(s["first_answer_share"] - base["first_answer_share"], 4) for s in summaries[1:]]
+    details = {"unsteered": base, "cells": summaries[1:], "scores": [s["p_matching"] for s in summaries],
+               "letter_shift": _rows(shift, width), "at_chance": at_chance(base, len(items))}
+    groups = [p.positive == first_answer(p) for p in items] if grid.orders == 1 else None
+    per_item = [grid.item_scores(c).tolist() for c in range(len(cells))]
+    mass = [s["answer_mass"] for s in summaries]
+    return per_item, mass, [m >= floor for m in mass], groups, details
 
 
 def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
@@ -209,37 +252,81 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
 
 
 def _score_generation(lm, task, prompts, vector, cells, config, progress):
+    """Per-text metric scores per cell; a cell is fluent when entropy, distinct-2 and repetition hold (see module)."""
     texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=config.max_new_tokens,
                           batch_rows=config.batch_rows, task=task.name,
                           progress=stage_ticker(progress, "generating", len(cells) * len(prompts)))
-    scores = [sum(metric_scores(task.metric, t)) / len(t) for t in texts]
-    fluency = [sum(weighted_ngram_entropy(x) for x in t) / len(t) for t in texts]
-    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts)]}
-    return scores, fluency, details
+    per_item = [metric_scores(task.metric, t) for t in texts]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    entropy = [mean([weighted_ngram_entropy(x) for x in t]) for t in texts]
+    distinct2 = [mean([distinct_n(x, 2) for x in t]) for t in texts]
+    repetition = [mean([repetition_rate(x) for x in t]) for t in texts]
+    keep = 1 - config.fluency_bound
+    ok = [e >= keep * entropy[0] and d >= keep * distinct2[0] and r <= repetition[0] + config.fluency_bound
+          for e, d, r in zip(entropy, distinct2, repetition)]
+    width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
+    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts)],
+               "scores": [mean(x) for x in per_item],
+               "distinct2": {"unsteered": round(distinct2[0], 4), "cells": _rows([round(d, 4) for d in distinct2[1:]], width)},
+               "repetition": {"unsteered": round(repetition[0], 4), "cells": _rows([round(r, 4) for r in repetition[1:]], width)}}
+    return per_item, entropy, ok, None, details
 
 
 def recommend(result: SweepResult) -> None:
-    """Pick the positive-side cell with the largest positive effect whose fluency is within the bound."""
+    """Per direction, the fluent cell of that sign whose effect interval lies furthest from zero on the wanted side.
+
+    "up" takes positive values and needs an interval above zero; "down" takes negative values and needs one
+    below zero. `result.recommended` is the "up" cell (the vector's default) with the "down" cell beside it, or
+    None; a direction without a cell is reported as "no reliable effect" in `result.verdict`.
+    """
     floor = (1 - result.fluency_bound) * result.base_fluency
-    result.recommended, result.note = None, ""
-    best = None
-    for i, layer in enumerate(result.layers):
-        for j, value in enumerate(result.values):
-            if value <= 0 or result.fluency[i][j] < floor:
-                continue
-            if best is None or result.effect[i][j] > result.effect[best[0]][best[1]]:
-                best = (i, j)
-    if best is None or result.effect[best[0]][best[1]] <= 0:
-        result.note = (f"no positive-side cell raised the score while keeping fluency >= {floor:.4g} "
-                       f"({1 - result.fluency_bound:.0%} of unsteered); nothing recommended")
-        return
-    i, j = best
-    result.recommended = {
+    fluent = result.fluent or [[f >= floor for f in row] for row in result.fluency]
+    result.directions, result.recommended, result.note = {}, None, ""
+    for name, sign in DIRECTIONS:
+        best, best_low = None, 0.0
+        for i in range(len(result.layers)):
+            for j, value in enumerate(result.values):
+                if sign * value <= 0 or not fluent[i][j] or not result.interval:
+                    continue
+                low, high = result.interval[i][j]
+                wanted_low = low if sign > 0 else -high
+                if sign * result.effect[i][j] < result.min_effect:
+                    continue
+                if wanted_low > best_low:
+                    best, best_low = (i, j), wanted_low
+        result.directions[name] = _cell_record(result, *best) if best else None
+    up, down = result.directions["up"], result.directions["down"]
+    if up:
+        result.recommended = dict(up, down=down)
+    elif down:
+        result.recommended = {"verdict": f"up: {NO_EFFECT}", "down": down, "task": result.task, "split": result.split}
+    words = [f"{name}: " + (f"layer {c['layer']}, {_value_words(result, c)}, effect {c['effect']:+.3f} "
+                            f"[{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]" if c else NO_EFFECT)
+             for name, c in result.directions.items()]
+    result.verdict = "; ".join(words)
+    if not up:
+        result.note = (f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
+                       f"an effect of at least {result.min_effect:g}; no default multiplier stored")
+
+
+def _value_words(result: SweepResult, cell: dict[str, Any]) -> str:
+    if result.mode == "raw":
+        return f"multiplier {cell['multiplier']:g}"
+    return f"strength {cell['value']:g} (multiplier {cell['multiplier']:g})"
+
+
+def _cell_record(result: SweepResult, i: int, j: int) -> dict[str, Any]:
+    rec = {
         "layer": result.layers[i], "multiplier": result.multipliers[i][j], "mode": result.mode,
         "value": result.values[j], "task": result.task, "split": result.split,
-        "effect": round(result.effect[i][j], 4), "score": round(result.score[i][j], 4),
-        "fluency": round(result.fluency[i][j], 4), "fluency_bound": result.fluency_bound,
+        "effect": round(result.effect[i][j], 4), "interval": list(result.interval[i][j]),
+        "wrong_way": result.wrong_way[i][j] if result.wrong_way else None,
+        "score": round(result.score[i][j], 4), "fluency": round(result.fluency[i][j], 4),
+        "fluency_bound": result.fluency_bound,
     }
+    if result.mode == "relative":
+        rec["strength"] = result.values[j]
+    return rec
 
 
 def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector, *, overwrite: bool = False) -> Path:
@@ -248,17 +335,21 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not overwrite:
         raise FileExistsError(f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)")
-    rec = result.recommended
-    mark = (result.layers.index(rec["layer"]), result.values.index(rec["value"])) if rec else None
-    label = "raw multiplier" if result.mode == "raw" else "norm-relative strength"
+    mark = [(result.layers.index(c["layer"]), result.values.index(c["value"]))
+            for c in result.directions.values() if c]
+    label = "raw multiplier" if result.mode == "raw" else "norm-relative strength (x layer's residual norm)"
     where = f"{result.task} on {vector.meta.model_name} ({result.split}, {result.items} items)"
+    reliable = [[lo > 0 or hi < 0 for lo, hi in row] for row in result.interval] or None
     vector.save(out / OUTPUT_FILES[0], overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[1], json.dumps(result.to_dict(), indent=1).encode(), overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[2], heatmap_png(result.effect, result.layers, result.values, mark=mark,
                  title=f"effect: change in {result.score_name}\n{where}", value_label=label,
-                 colour_label="effect (wanted direction > 0)", centre=0.0), overwrite=overwrite)
+                 colour_label="effect (wanted direction > 0)", centre=0.0,
+                 span=0.1 * METRIC_SPAN.get("ab" if result.kind == "ab" else result.score_name.split()[-1], 1.0),
+                 passing=result.fluent or None, reliable=reliable), overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[3], heatmap_png(result.fluency, result.layers, result.values, mark=mark,
                  title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",
-                 value_label=label, colour_label=result.fluency_name), overwrite=overwrite)
+                 value_label=label, colour_label=result.fluency_name, passing=result.fluent or None),
+                 overwrite=overwrite)
     return out
 

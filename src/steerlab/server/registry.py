@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..models import LoadedModel
-from ..steering import SteeringSpec
+from ..steering import SteeringError, SteeringSpec
 from ..vector import SteeringVector, content_hash, describe_model, same_model
 from .errors import ApiError
 from .schemas import SteeringItem
@@ -30,10 +30,14 @@ class ResolvedSteering:
     multiplier: float
     positions: str
     operator: str = "add"
+    strength: float | None = None  # the norm-relative strength asked for; its multipliers are in the layer weights
 
     def describe(self) -> dict[str, Any]:
-        return {"vector": self.name, "multiplier": self.multiplier, "layers": [layer for layer, _ in self.layers],
-                "positions": self.positions, "operator": self.operator}
+        out = {"vector": self.name, "multiplier": self.multiplier, "layers": [layer for layer, _ in self.layers],
+               "positions": self.positions, "operator": self.operator}
+        if self.strength is not None:
+            out.update(strength=self.strength, multipliers={str(k): round(w, 4) for k, w in self.layers})
+        return out
 
 
 @dataclass
@@ -106,7 +110,16 @@ class VectorRegistry:
                                     f"it has layers {entry.vector.layers}", param=f"{where}.layers",
                                code="layer_not_in_vector")
         # The library's own defaults (recommended layer/multiplier) decide what an omitted field means.
-        spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator)
+        spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator,
+                            strength=item.strength)
+        if spec.strength is not None:  # asked for, or the vector's calibrated default: each layer's multiplier
+            try:
+                per_layer = spec.layer_multipliers()
+            except SteeringError as exc:
+                raise ApiError(400, f"{where}.strength: {exc}", param=f"{where}.strength",
+                               code="strength_unavailable") from None
+            return ResolvedSteering(item.vector, entry.vector, tuple(per_layer.items()), 1.0, item.positions,
+                                    spec.operator_name(), float(spec.strength))
         multiplier = float(spec.row_multipliers()[0])
         return ResolvedSteering(item.vector, entry.vector, tuple(spec.layer_weights().items()), multiplier,
                                 item.positions, spec.operator_name())

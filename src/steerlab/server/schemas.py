@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 8
 
@@ -19,7 +19,8 @@ class _Strict(BaseModel):
 
 
 class SteeringItem(_Strict):
-    """One vector to apply: registered name, strength, optional layers, token positions and operator.
+    """One vector to apply: registered name, raw multiplier or norm-relative strength, optional layers, token
+    positions and operator.
 
     positions: all, prompt, generated, a chat role (system, user, assistant) or between:OPEN:CLOSE;
     operator: add, ablate, clamp, rotate (default: the one the vector's file states).
@@ -30,6 +31,7 @@ class SteeringItem(_Strict):
     layers: list[int] | None = Field(default=None, min_length=1)
     positions: str = "all"
     operator: Literal["add", "ablate", "clamp", "rotate"] | None = None
+    strength: float | None = None  # fraction of each steered layer's mean residual norm (steerlab.strength)
 
     @field_validator("positions")
     @classmethod
@@ -41,12 +43,18 @@ class SteeringItem(_Strict):
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; got '{value}'")
         return value
 
-    @field_validator("multiplier")
+    @field_validator("multiplier", "strength")
     @classmethod
-    def _finite(cls, value: float | None) -> float | None:
+    def _finite(cls, value: float | None, info) -> float | None:
         if value is not None and not math.isfinite(value):
-            raise ValueError(f"multiplier must be a finite number, got {value}")
+            raise ValueError(f"{info.field_name} must be a finite number, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_strength(self) -> "SteeringItem":
+        if self.multiplier is not None and self.strength is not None:
+            raise ValueError("give multiplier (raw) or strength (norm-relative), not both")
+        return self
 
     @field_validator("layers")
     @classmethod

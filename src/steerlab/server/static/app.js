@@ -46,6 +46,9 @@ function addRow(vectorId) {
     <div class="line">
       <input class="mult" type="range" min="-12" max="12" step="0.5" aria-label="multiplier">
       <span class="mult-value"></span>
+      <select class="unit" aria-label="unit" title="strength: fraction of the layer's mean residual norm; multiplier: raw">
+        <option value="multiplier">multiplier</option><option value="strength">strength</option>
+      </select>
     </div>
     <div class="line small">
       <label>layers <input class="layers" type="text" placeholder="default"></label>
@@ -66,14 +69,27 @@ function addRow(vectorId) {
   select.value = chosen.id;
   const slider = row.querySelector(".mult");
   const shown = row.querySelector(".mult-value");
+  const unit = row.querySelector(".unit");
+  // One slider, two units: a norm-relative strength (-1..1) or a raw multiplier (-12..12).
+  const setUnit = (name, value) => {
+    unit.value = name;
+    Object.assign(slider, name === "strength" ? { min: -1, max: 1, step: 0.02 } : { min: -12, max: 12, step: 0.5 });
+    slider.value = value;
+    shown.textContent = Number(slider.value).toFixed(name === "strength" ? 2 : 1);
+  };
   const setDefaults = () => {
     const v = state.vectors.find((x) => x.id === select.value);
     const rec = (v.recommended || {});
-    slider.value = rec.multiplier !== undefined ? rec.multiplier : 4;
+    const calibrated = (rec.calibration || {}).up;
+    if (rec.multiplier !== undefined) setUnit("multiplier", rec.multiplier);
+    else if (Object.keys(v.residual_norms || {}).length) setUnit("strength", calibrated !== undefined && calibrated !== null ? calibrated : 0.2);
+    else setUnit("multiplier", 4);
     row.querySelector(".layers").placeholder = rec.layer !== undefined ? `default ${rec.layer}` : `default ${v.layers.join(",")}`;
-    shown.textContent = Number(slider.value).toFixed(1);
   };
-  slider.addEventListener("input", () => { shown.textContent = Number(slider.value).toFixed(1); updateSummary(); });
+  unit.addEventListener("change", () => { setUnit(unit.value, unit.value === "strength" ? 0.2 : 4); updateSummary(); });
+  slider.addEventListener("input", () => {
+    shown.textContent = Number(slider.value).toFixed(unit.value === "strength" ? 2 : 1); updateSummary();
+  });
   select.addEventListener("change", () => { setDefaults(); updateSummary(); });
   row.querySelector(".remove").addEventListener("click", () => { row.remove(); updateSummary(); });
   row.querySelector(".layers").addEventListener("input", updateSummary);
@@ -103,9 +119,10 @@ function steering(overrideFirst) {
   return [...document.querySelectorAll(".steer-row")].map((row, i) => {
     const item = {
       vector: row.querySelector(".vector").value,
-      multiplier: i === 0 && overrideFirst !== undefined ? overrideFirst : Number(row.querySelector(".mult").value),
       positions: row.querySelector(".positions").value,
     };
+    item[row.querySelector(".unit").value] =
+      i === 0 && overrideFirst !== undefined ? overrideFirst : Number(row.querySelector(".mult").value);
     const operator = row.querySelector(".operator").value;
     if (operator) item.operator = operator;
     const layers = parseLayers(row.querySelector(".layers").value);
@@ -116,7 +133,8 @@ function steering(overrideFirst) {
 
 function updateSummary() {
   try {
-    $("steer-summary").textContent = steering().map((s) => `${s.vector} ×${s.multiplier}`).join(", ");
+    $("steer-summary").textContent = steering().map((s) =>
+      s.strength !== undefined ? `${s.vector} strength ${s.strength}` : `${s.vector} ×${s.multiplier}`).join(", ");
   } catch (_) { /* half-typed layers */ }
 }
 
@@ -249,7 +267,7 @@ function drawChart(xs, ys, texts, metric) {
     svg += `<circle cx="${px(xs[i])}" cy="${py(ys[i])}" r="4"><title>×${xs[i]}: ${ys[i].toFixed(3)}\n${esc(texts[i])}</title></circle>`;
     svg += `<text x="${px(xs[i])}" y="${H - B + 15}" text-anchor="middle">${xs[i]}</text>`;
   }
-  svg += `<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle">multiplier of ${esc(steering()[0].vector)} → ${esc(metric.label)}</text></svg>`;
+  svg += `<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle">${steering()[0].strength !== undefined ? "strength" : "multiplier"} of ${esc(steering()[0].vector)} → ${esc(metric.label)}</text></svg>`;
   $("chart").innerHTML = svg;
   $("chart").dataset.points = String(xs.length);
 }
