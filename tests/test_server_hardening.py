@@ -269,9 +269,18 @@ def test_a_plain_request_beside_a_nan_vector_request_comes_back_intact(tiny, tmp
 
 def test_one_unreadable_vector_file_does_not_stop_the_server(tiny, tmp_path, caplog):
     lm, _ = tiny
-    SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa")).save(tmp_path / "good.safetensors")
-    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    folder = tmp_path / "vectors"
+    good = SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa"))
+    good.save(folder / "good.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    wrong = SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa", recommended={"multiplier": "x"}))
+    wrong.save(folder / "wrong-type.safetensors")
     with caplog.at_level(logging.WARNING, logger="steerlab.server"):
-        registry = VectorRegistry.from_dir(lm, tmp_path)
+        registry = VectorRegistry.from_dir(lm, folder)
     assert list(registry.entries) == ["good"]
-    assert any(r.getMessage().startswith("skipping broken.safetensors: ") for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("skipping broken.safetensors: ") for m in messages)
+    assert f"skipping wrong-type.safetensors: {folder / 'wrong-type.safetensors'}: metadata field " \
+           "'recommended.multiplier': expected a finite number, got a string" in messages
+    with TestClient(create_app(lm, registry)) as client:
+        assert [v["id"] for v in client.get("/v1/vectors").json()["data"]] == ["good"]
