@@ -31,9 +31,12 @@ def decode(data: bytes, source: str, error: type[Exception]) -> str:
                     "save the file as UTF-8") from None
 
 
-def loads(text: str, source: str, error: type[Exception]) -> Any:
-    """Parse JSON strictly; `source` names where the text came from (a file, or file:line for JSON lines)."""
+def loads(text: str, source: str, error: type[Exception], *, line: int | None = None) -> Any:
+    """Parse JSON strictly. `source` names where the text came from; `line` is the line `text` starts on
+    in that file (JSON lines), so errors say "FILE: line N: ..."."""
     text = text.removeprefix("\ufeff")
+    if line is not None:
+        source = f"{source}: line {line}"
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -55,7 +58,9 @@ def loads(text: str, source: str, error: type[Exception]) -> Any:
     try:
         value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
     except json.JSONDecodeError as exc:
-        raise error(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+        if line is None:
+            raise error(f"{source}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})") from None
+        raise error(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise error(f"{source}: JSON nested too deeply (the limit is {MAX_DEPTH} levels)") from None
     except ValueError as exc:
