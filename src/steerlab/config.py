@@ -48,8 +48,10 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
 
 
-def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError) -> tuple[Any, dict[str, int]]:
-    """The YAML document in `text` and the line of each top-level key; errors are one line naming `source`."""
+def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError, *,
+               positions: bool = True) -> tuple[Any, dict[str, int]]:
+    """The YAML document in `text` and the line of each top-level key; errors are one line naming `source`
+    (and the line and column in it, unless `positions` is off: a one-line --set value has none worth giving)."""
     loader = _Loader(text.removeprefix("\ufeff"))
     try:
         node = loader.get_single_node()
@@ -58,7 +60,7 @@ def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError) -> 
         _check_size(node, source, error)
         value = loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise error(_yaml_message(exc, source)) from None
+        raise error(_yaml_message(exc, source, positions)) from None
     except RecursionError:
         raise error(f"{source}: nested too deeply (the limit is {MAX_DEPTH} levels)") from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date such as 2024-13-45
@@ -96,9 +98,9 @@ def _check_size(root: yaml.Node, source: str, error: type[Exception]) -> None:
         stack.extend((c, level + 1, False) for c in children if id(c) not in size)
 
 
-def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+def _yaml_message(exc: yaml.YAMLError, source: str, positions: bool) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None and positions else source
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     text = f"{context}: {problem}" if context and problem != str(exc) else problem
@@ -145,7 +147,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item}: expected key=value")
-        values[key.strip()] = parse_yaml(raw, f"--set {item}")[0]
+        values[key.strip()] = parse_yaml(raw, f"--set {item}", positions=False)[0]
         lines.pop(key.strip(), None)
     return build_config(cls, values, source, lines)
 
