@@ -95,7 +95,7 @@ def test_a_yaml_number_in_any_notation_is_a_number(tmp_path):
     ("rank: true\n", ":1: key 'rank': expected an integer, got True"),
     ("\n\nrnak: 4\n", ":3: unknown key 'rnak' for LMSteerConfig"),
     ("lr: " + "[" * 80 + "]" * 80 + "\n", ":1: nested too deeply (the limit is 64 levels)"),
-    ("lr: " + "[" * 5000 + "]" * 5000 + "\n", ": nested too deeply"),
+    ("lr: " + "[" * 5000 + "]" * 5000 + "\n", ":1: nested too deeply (the limit is 64 levels)"),
     ("lr: !!python/object/apply:os.system ['true']\n", ":1:5: not valid YAML (could not determine a constructor"),
     ("lr: 2024-13-45\n", ": month must be in 1..12"),
     ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"

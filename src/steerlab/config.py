@@ -40,20 +40,29 @@ class _Loader(yaml.SafeLoader):
                 seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_timestamp(self, node: yaml.Node):
+        # PyYAML assumes an explicit !!timestamp always matches its pattern, and fails with AttributeError.
+        if not isinstance(node.value, str) or self.timestamp_regexp.match(node.value) is None:
+            raise yaml.constructor.ConstructorError(None, None, "not a date or timestamp", node.start_mark)
+        return super().construct_yaml_timestamp(node)
+
 
 # YAML 1.1 (PyYAML) reads 1e-4 and 2E5 as strings: its floats need a dot and a signed exponent.
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError, *,
                positions: bool = True) -> tuple[Any, dict[str, int]]:
     """The YAML document in `text` and the line of each top-level key; errors are one line naming `source`
     (and the line and column in it, unless `positions` is off: a one-line --set value has none worth giving)."""
-    loader = _Loader(text.removeprefix("\ufeff"))
+    loader = None
     try:
+        text = text.removeprefix("\ufeff")
+        _check_nesting(text, source, error)
+        loader = _Loader(text)  # refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -68,11 +77,26 @@ def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError, *,
             raise
         raise error(f"{source}: {' '.join(str(exc).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines = {}
     if isinstance(node, yaml.MappingNode):
         lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
     return value, lines
+
+
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _check_nesting(text: str, source: str, error: type[Exception]) -> None:
+    """Stop at the first token past MAX_DEPTH levels: PyYAML's scanner slows quadratically with open brackets."""
+    depth = 0
+    for token in yaml.scan(text, Loader=_Loader):
+        depth += isinstance(token, _OPEN) - isinstance(token, _CLOSE)
+        if depth > MAX_DEPTH:
+            raise error(f"{source}:{token.start_mark.line + 1}: nested too deeply (the limit is {MAX_DEPTH} levels)")
 
 
 def _check_size(root: yaml.Node, source: str, error: type[Exception]) -> None:
@@ -145,9 +169,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         source = str(path)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
+        shown = item.encode("unicode_escape").decode("ascii") if not item.isprintable() else item
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item}: expected key=value")
-        values[key.strip()] = parse_yaml(raw, f"--set {item}", positions=False)[0]
+            raise ConfigError(f"--set {shown}: expected key=value")
+        values[key.strip()] = parse_yaml(raw, f"--set {shown}", positions=False)[0]
         lines.pop(key.strip(), None)
     return build_config(cls, values, source, lines)
 
