@@ -6,11 +6,11 @@ repeng runs in its own interpreter (bench/repeng_worker.py).
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
-from steerlab.activations import length_batches, positions_from_mask, tokenize_pair
+from steerlab.activations import tokenize_pair
+from steerlab.batching import pad, positions_from_mask, token_batches
 from steerlab.data import ContrastiveDataset, format_prompt
 from steerlab.methods.caa import CAAConfig, fit
 from steerlab.models import LoadedModel
@@ -76,8 +76,8 @@ def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, b
 
     handle = lm.layers[deepest].register_forward_hook(stop)
     try:
-        for idx in length_batches([max(len(s) for s in pair) for pair in seqs], batch_size):
-            ids, mask = _left_pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id)
+        for idx in token_batches([max(len(s) for s in pair) for pair in seqs], max_rows=batch_size):
+            ids, mask = pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id, left=True)
             try:
                 lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                          position_ids=positions_from_mask(mask).to(lm.device), use_cache=False)
@@ -88,15 +88,6 @@ def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, b
     finally:
         handle.remove()
 
-
-def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,7 +1,7 @@
 """Measure the CAA A/B protocol and sentiment sweeps, and write docs/results.md sections 1 and 3.
 
   python bench/results_ab.py ab smollm2          # section 1: SmolLM2-135M-Instruct, all 30 layers
-  python bench/results_ab.py ab qwen --limit 20 --limit-train 64 --layer-step 3
+  python bench/results_ab.py ab qwen --limit 20 --train-limit 64 --layer-step 3
   python bench/results_ab.py sentiment smollm2   # section 3's size comparison (run for both models)
   python bench/results_ab.py write               # render the sections from the saved measurements
 
@@ -31,7 +31,7 @@ from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, build_sweep_vector, generate_grid, save_sweep, sweep  # noqa: E402
 from steerlab.models import cache_dir, load_model  # noqa: E402
 from steerlab.strength import multiplier_for  # noqa: E402
-from steerlab.tasks import CAA_BEHAVIOURS, data_root, get_task  # noqa: E402
+from steerlab.evaluation.tasks import CAA_BEHAVIOURS, data_root, get_task  # noqa: E402
 from steerlab.vector import SteeringVector, write_atomic  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "results_ab"
@@ -82,7 +82,7 @@ def run_ab(args) -> None:
             continue
         task = get_task(behaviour)
         started = time.perf_counter()
-        data = task.train_data(limit=args.limit_train)
+        data = task.train_data(limit=args.train_limit)
         vector = build_sweep_vector(lm, data, layers, task=behaviour)
         fit_s = time.perf_counter() - started
         config = SweepConfig(layers=layers, strengths=VAL_STRENGTHS, split="val", limit=args.limit, fluency_bound=0.1)
@@ -173,7 +173,7 @@ def run_sentiment(args) -> None:
     task = get_task("sentiment")
     layers = layers_for(lm, args.layer_step)
     started = time.perf_counter()
-    config = SweepConfig(layers=layers, strengths=[0.1, 0.2, 0.4], limit=args.limit, limit_train=args.limit_train,
+    config = SweepConfig(layers=layers, strengths=[0.1, 0.2, 0.4], limit=args.limit, train_limit=args.train_limit,
                          max_new_tokens=args.max_new_tokens, fluency_bound=0.2)
     val, vector = sweep(lm, task, config)
     save_sweep(out / "sentiment-val-sweep", val, vector, overwrite=True)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("step", choices=["ab", "key", "sentiment", "write"])
     parser.add_argument("model", nargs="?", choices=["smollm2", "qwen"], default="smollm2")
     parser.add_argument("--limit", type=int, help="items (A/B) or val prompts (sentiment) per cell")
-    parser.add_argument("--limit-train", type=int, default=200, help="training pairs")
+    parser.add_argument("--train-limit", type=int, default=200, help="training pairs")
     parser.add_argument("--layer-step", type=int, default=1, help="sweep every Nth layer")
     parser.add_argument("--no-side-effects", dest="side_effects", action="store_false")
     parser.add_argument("--side-limit", type=int, default=100, help="MMLU / TruthfulQA questions each")

@@ -191,7 +191,7 @@ def sentiment_rows(folder: Path) -> list[str]:
 def write_sections(out: Path, docs: Path) -> None:
     s1 = ["## 1. The CAA A/B protocol on SmolLM2-135M-Instruct\n", ab_section(out / "smollm2", docs, "SmolLM2", "smollm2"),
           "Commands: `python bench/results_ab.py ab smollm2 --all-positions` then `python bench/results_ab.py write`; "
-          "one behaviour's sweep alone: `steerlab sweep --task refusal --limit-train 200 --strengths=-0.2,0.2,0.4 "
+          "one behaviour's sweep alone: `steerlab sweep --task refusal --train-limit 200 --strengths=-0.2,0.2,0.4 "
           "--out sweeps/refusal`.\n"]
     qwen = ab_section(out / "qwen", docs, "Qwen2.5-Coder-0.5B-Instruct", "qwen")
     s3 = ["## 3. A larger model: Qwen2.5-Coder-0.5B-Instruct\n",
@@ -205,7 +205,7 @@ def write_sections(out: Path, docs: Path) -> None:
           "|---|---|---|---|---|---|", *sentiment_rows(out / "smollm2"), *sentiment_rows(out / "qwen"), "",
           "Validation sweeps (effect = change in mean VADER; the outlined cell is the recommendation):\n",
           *sentiment_figures(out, docs),
-          "\nCommands: `python bench/results_ab.py ab qwen --limit 20 --limit-train 64 --layer-step 3 "
+          "\nCommands: `python bench/results_ab.py ab qwen --limit 20 --train-limit 64 --layer-step 3 "
           "--side-limit 20`, `python bench/results_ab.py sentiment smollm2 --limit 8 --layer-step 3` and the same "
           "with `qwen`, then `python bench/results_ab.py write`.\n"]
     path = docs / "results.md"

@@ -1,6 +1,6 @@
 """Compare steering methods on sentiment and toxicity on SmolLM2, and write docs/results.md section 2.
 
-Runs `steerlab compare` for each task (same train pairs, prompts, tokens and strengths for every method;
+Runs the library's `steerlab.compare` (what `steerlab compare` prints) for each task (same train pairs, prompts, tokens and strengths for every method;
 all methods and the unsteered original in the same batches), keeps the report folders, and renders the
 section from their report.json files. Re-render without re-running with `--write-only`.
 
@@ -20,15 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from steerlab.cli import main as steerlab  # noqa: E402
+import torch  # noqa: E402
+
+import steerlab  # noqa: E402
 from steerlab.evaluation.compare import prompting_verdict  # noqa: E402
+from steerlab.generation import GenerationConfig  # noqa: E402
 from steerlab.vector import write_atomic  # noqa: E402
 
 TASKS = ("sentiment", "toxicity")
 # LM-Steer trains, so it runs on its own with a CPU-sized budget (the settings its SmolLM2 test uses).
-RUNS = {"main": ["--methods", "caa,pca,prompt,vector_prompt"],
-        "lm_steer": ["--methods", "lm_steer", "--set", "lm_steer.steps=200", "--set", "lm_steer.batch_size=4",
-                     "--set", "lm_steer.max_length=96"]}
+RUNS = {"main": {"methods": ["caa", "pca", "prompt", "vector_prompt"]},
+        "lm_steer": {"methods": ["lm_steer"], "overrides": {"lm_steer": ["steps=200", "batch_size=4", "max_length=96"]}}}
 SETTINGS = {"limit": 40, "max_new_tokens": 40, "train_limit": 200, "strengths": "0.2,0.4", "threads": 2, "seed": 0}
 BEGIN, END = "<!-- results_methods section 2 begin -->", "<!-- results_methods section 2 end -->"
 NEXT_SECTION = "<!-- results_ab section 3 begin -->"
@@ -38,22 +40,19 @@ def folder(out_root: Path, task: str, run: str) -> Path:
     return out_root / (task if run == "main" else f"{task}-{run}")
 
 
-def command(task: str, run: str, out: Path) -> list[str]:
-    s = SETTINGS
-    return ["compare", *RUNS[run], "--task", task, "--limit", str(s["limit"]), "--max-new-tokens", str(s["max_new_tokens"]),
-            "--train-limit", str(s["train_limit"]), "--strengths", s["strengths"], "--sample", "--top-p", "0.9",
-            "--seed", str(s["seed"]), "--threads", str(s["threads"]), "--batch-size", "32", "--out", str(out),
-            "--overwrite"]
-
-
 def run(out_root: Path, tasks: list[str], runs: list[str]) -> None:
+    s = SETTINGS
+    torch.set_num_threads(s["threads"])
+    lm = steerlab.load_model()
+    generation = GenerationConfig(max_new_tokens=s["max_new_tokens"], do_sample=True, top_p=0.9, seed=s["seed"])
     for task in tasks:
         for name in runs:
             out = folder(out_root, task, name)
             start = time.perf_counter()
-            code = steerlab(command(task, name, out))
-            if code:
-                raise SystemExit(f"steerlab compare --task {task} ({name}) failed ({code})")
+            result = steerlab.compare(lm, task, **RUNS[name], limit=s["limit"], train_limit=s["train_limit"],
+                                      strengths=[float(x) for x in s["strengths"].split(",")], generation=generation,
+                                      batch_size=32, report=lambda line: print(line, file=sys.stderr))
+            result.save(out, overwrite=True)
             (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
 
 

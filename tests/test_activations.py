@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tiny_model import ARCHS, tiny_model
-from steerlab.activations import length_batches, record_activations, tokenize_pair
+from steerlab.activations import record_activations, tokenize_pair
+from steerlab.batching import token_batches
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit
 
@@ -72,22 +73,13 @@ def test_caa_matches_reference(arch, pairs):
 def test_shared_prefix_equals_joined_sequences(tiny_llama):
     """The KV-reuse path (k=2 suffixes) gives what one sequence per suffix gives."""
     items = [([5, 6, 7, 8, 9], [[10, 11], [12]]), ([13, 14], [[15], [16, 17, 18]])]
-    assert length_batches([7, 5], 2) == [[1, 0]]  # one batch, so left-padded prefixes are exercised
+    assert token_batches([7, 5], max_rows=2) == [[1, 0]]  # one batch, so left-padded prefixes are exercised
     shared = record_activations(tiny_llama, items, [0, 3], batch_size=2)
     singles = torch.stack([
         record_activations(tiny_llama, [(p, [s]) for p, _ in [item] for s in item[1]], [0, 3])[:, 0]
         for item in items
     ])
     torch.testing.assert_close(shared, singles, rtol=1e-5, atol=1e-6)
-
-
-def test_length_batches_sort_and_cut_where_padding_would_exceed_the_bound():
-    lengths = [237, 145, 199, 156, 158, 164]
-    # 145..164 pad to 164 (5% padding); adding 199 would make 17% padding; 199 and 237 pad 8%.
-    assert length_batches(lengths, 16) == [[1, 3, 4, 5], [2, 0]]
-    assert length_batches(lengths, 2) == [[1, 3], [4, 5], [2, 0]]
-    assert length_batches([10, 10, 10], 16, max_padding=0.0) == [[0, 1, 2]]
-    assert length_batches([10, 11], 16, max_padding=0.0) == [[0], [1]]
 
 
 def test_recording_stops_after_deepest_layer(tiny_llama):

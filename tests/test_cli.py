@@ -11,7 +11,7 @@ from tiny_model import tiny_model
 from steerlab.cli import main
 from steerlab.data import pairs_from_texts
 from steerlab.methods import METHODS
-from steerlab.vector import SteeringVector
+from steerlab.vector import SteeringVector, VectorMeta
 
 
 def test_build_info_generate(model_dir, tmp_path, capsys):
@@ -44,20 +44,48 @@ def test_inline_one_shot_pair(model_dir, tmp_path):
     (["vector", "build", "--data", "missing.jsonl", "--out", "x.safetensors"], "error: missing.jsonl: no such file"),
     (["vector", "build", "--positive", "a", "--out", "x.safetensors"], "error: inline: 1 positive and 0 negative texts"),
     (["vector", "build", "--data", "d.jsonl", "--set", "bacth_size=2", "--out", "x.safetensors"],
-     "error: config: unknown key 'bacth_size' for CAAConfig; allowed keys: layers, batch_size"),
+     "error: config: unknown key 'bacth_size' for CAAConfig; allowed keys: layers, batch_size, batch_tokens"),
     (["vector", "build", "--method", "magic", "--data", "d.jsonl", "--out", "x.safetensors"],
      "error: unknown method 'magic'; available: caa, pca, prompt, vector_prompt"),
-    (["vector", "info", "nope.safetensors"], "error: nope.safetensors: no such vector file"),
+    (["vector", "info", "nope.safetensors"], "error: nope.safetensors: no such steer file"),
     (["generate", "--vector", "a.safetensors", "--vector", "b.safetensors", "--multiplier", "1", "--prompt", "x"],
      "error: 1 --multiplier for 2 --vector; give one per vector"),
-    (["generate", "--layers", "x", "--prompt", "hi"], "error: --layers x: expected layer numbers"),
+    (["generate", "--layers", "x", "--prompt", "hi"], "error: --layers x: expected 15, 12,15, 4-8, all, or with weights 12:0.5,15:1"),
+    # weights only apply when steering; building at "12:0.5" used to turn silently into [12]
+    (["vector", "build", "--data", "d.jsonl", "--layers", "1:0.5", "--out", "x.safetensors"],
+     "error: --layers 1:0.5: weights (layer:weight) only apply when steering; give layers like 12,15"),
+    (["vector", "merge", "v.safetensors", "v.safetensors", "--weights", "1", "--out", "m.safetensors"],
+     "error: 1 --weights for 2 files; give one per file"),
+    # checked before the model loads: the model path does not even exist
+    (["generate", "--vector", "v.safetensors", "--layers", "3", "--prompt", "x", "--model", "no/such/model"],
+     "error: --layers: the vector has no direction for layer 3; it has layers [1]"),
+    (["vector", "build", "--data", "d.jsonl", "--out", "v.safetensors", "--model", "no/such/model"],
+     "error: v.safetensors already exists; choose another --out or pass --overwrite"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d.jsonl").write_text('{"positive": "a", "negative": "b"}\n')
+    lm = tiny_model("llama")
+    SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa")).save(tmp_path / "v.safetensors")
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+
+
+def test_every_option_shows_its_default_in_help(capsys):
+    from steerlab.cli import build_parser
+
+    parser = build_parser()
+    groups = [a for a in parser._actions if a.dest == "command"][0].choices
+    vector_groups = [a for a in groups["vector"]._actions if a.dest == "vector_command"][0].choices
+    for name, sub in list(groups.items()) + list(vector_groups.items()):
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, [], "==SUPPRESS==") and action.help:
+                shown = sub.formatter_class(prog="x")._get_help_string(action)
+                assert "default" in shown, (name, action.option_strings)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "tokens to generate per prompt (default: 64)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_existing_output_is_not_overwritten(model_dir, tmp_path, capsys):
@@ -74,8 +102,8 @@ def test_export_import_and_merge_commands(model_dir, tmp_path):
         assert main(["vector", "build", "--model", str(model_dir), "--positive", pos, "--negative", "meh",
                      "--layers", "1,2", "--out", str(out)]) == 0
     gguf, back = tmp_path / "a.gguf", tmp_path / "back.safetensors"
-    assert main(["vector", "export-gguf", str(a), str(gguf)]) == 0
-    assert main(["vector", "import-gguf", str(gguf), str(back)]) == 0
+    assert main(["vector", "export-gguf", str(a), "--out", str(gguf)]) == 0
+    assert main(["vector", "import-gguf", str(gguf), "--out", str(back)]) == 0
     va, vb = SteeringVector.load(a), SteeringVector.load(b)
     assert all(torch.equal(SteeringVector.load(back).directions[k], va.directions[k]) for k in va.layers)
     merged = tmp_path / "m.safetensors"
@@ -113,7 +141,7 @@ def test_progress_bar_total_is_what_fit_reports(name, overrides):
 
 def test_prompt_steer_file_through_build_info_and_generate(model_dir, tmp_path, capsys):
     from steerlab.generation import GenerationConfig, generate
-    from steerlab.methods.prompt import PromptSteering, generate_with_prompt
+    from steerlab.methods.prompt import PromptSteering
     from steerlab.models import load_model
 
     out = tmp_path / "kind.json"
@@ -127,7 +155,7 @@ def test_prompt_steer_file_through_build_info_and_generate(model_dir, tmp_path, 
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     lm = load_model(model_dir)
     config = GenerationConfig(max_new_tokens=4)
-    expected = generate_with_prompt(lm, ["Hi"], PromptSteering("Be kind."), generate_orig_output=False, config=config)
+    expected = generate(lm, ["Hi"], PromptSteering("Be kind."), generate_orig_output=False, config=config)
     assert row["steered"] == expected[0].steered
     assert row["original"] == generate(lm, ["Hi"], config=config)[0].steered
     assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "2", "--prompt", "Hi"]) == 1

@@ -75,10 +75,16 @@ def task_file(tmp_path, pairs_file):
     return path
 
 
-def test_eval_writes_a_report_folder(model_dir, task_file, tmp_path, capsys):
-    vector_path = tmp_path / "v.safetensors"
-    assert main(["vector", "build", "--model", str(model_dir), "--data", str(tmp_path / "pairs.jsonl"),
-                 "--layers", "1", "--out", str(vector_path)]) == 0
+@pytest.fixture
+def vector_path(model_dir, tmp_path, pairs_file):
+    """A CAA vector at layer 1 of the tiny model, built by `steerlab vector build`."""
+    path = tmp_path / "v.safetensors"
+    assert main(["vector", "build", "--model", str(model_dir), "--data", str(pairs_file), "--layers", "1",
+                 "--out", str(path)]) == 0
+    return path
+
+
+def test_eval_writes_a_report_folder(model_dir, task_file, vector_path, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--vector", str(vector_path),
                  "--multipliers=-20,20", "--limit", "4", "--max-new-tokens", "5", "--out", str(out)]) == 0
@@ -149,7 +155,7 @@ def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tm
     report = json.loads((out / "report.json").read_text())
     lm_steer = report["settings"]["methods"]["lm_steer"]
     assert (lm_steer["params"]["steps"], lm_steer["params"]["rank"]) == (3, 4)
-    assert lm_steer["setting"] == "steer value 1; steps=3; rank=4; epsilon=0.5"
+    assert lm_steer["setting"] == "multiplier 1; steps=3; rank=4; epsilon=0.5"
     assert [c["label"] for c in report["conditions"]] == ["caa", "lm_steer"] and report["conditions"][1]["multiplier"] == 1.0
 
 
@@ -181,3 +187,40 @@ def test_prompting_verdict():
     assert prompting_verdict(rows(caa=0.2, prompt=-0.08)).startswith("Prompting did not move the behaviour the wanted way (effect -0.080)")
     assert prompting_verdict(rows(caa=-0.1, prompt=0.05)).startswith("No steer moved the behaviour the wanted way")
     assert prompting_verdict(rows(caa=0.3)) == ""
+
+
+def test_library_evaluate_gives_the_report_the_cli_writes(model_dir, task_file, vector_path, tmp_path):
+    """`steerlab eval` only prints and saves what steerlab.evaluate returns."""
+    import steerlab
+    from steerlab.generation import GenerationConfig
+
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model_dir), "--task", str(task_file), "--vector", str(vector_path),
+                 "--multipliers=-20,20", "--limit", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    written = json.loads((out / "report.json").read_text())
+    lm = steerlab.load_model(str(model_dir))
+    stages = []
+    report = steerlab.evaluate(lm, str(task_file), steerlab.load_steer(vector_path), multipliers=[-20, 20], limit=3,
+                               generation=GenerationConfig(max_new_tokens=4), source=str(vector_path),
+                               progress=lambda stage, done, total: stages.append((done, total)))
+    assert report.to_json()["conditions"] == written["conditions"]
+    assert report.samples() == [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert stages[0] == (0, 3) and stages[-1] == (3, 3)
+
+
+def test_library_compare_returns_the_table_the_cli_prints(model_dir, task_file, tmp_path, capsys):
+    import steerlab
+    from steerlab.generation import GenerationConfig
+
+    assert main(["compare", "--model", str(model_dir), "--task", str(task_file), "--methods", "caa,prompt",
+                 "--limit", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    lm = steerlab.load_model(str(model_dir))
+    result = steerlab.compare(lm, str(task_file), methods=["caa", "prompt"], limit=2,
+                              generation=GenerationConfig(max_new_tokens=3))
+    table = [line for line in result.markdown().splitlines() if line.startswith("| ")]
+    # Fit times differ from run to run; everything else in the table must not.
+    strip = lambda line: line.rsplit("|", 2)[0]  # noqa: E731
+    assert [strip(line) for line in table] == [strip(line) for line in printed.splitlines() if line.startswith("| ")]
+    with pytest.raises(steerlab.EvaluationError, match="unknown method 'magic'; available: caa, pca"):
+        steerlab.compare(lm, str(task_file), methods=["magic"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from gguf import GGUFReader, GGUFWriter
 
-from steerlab.llamacpp import export_control_vector, import_control_vector
+from steerlab.interop.gguf import export_control_vector, import_control_vector
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
 HIDDEN = 8

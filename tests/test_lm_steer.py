@@ -21,7 +21,7 @@ from steerlab.data import ContrastiveDataset, ContrastivePair
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import get_method
 from steerlab.methods.lm_steer import InsufficientMemoryError, LabelledTexts, LMSteer, LMSteerConfig, fit
-from steerlab.methods.lm_steer_train import (TrainingSet, check_memory, chunked_loss, encode_examples,
+from steerlab.methods.lm_steer.train import (TrainingSet, check_memory, chunked_loss, encode_examples,
                                              final_hidden_states, memory_parts)
 from steerlab.models import LoadedModel
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
@@ -198,7 +198,7 @@ def test_training_lowers_the_loss_moves_the_right_way_and_leaves_the_base_alone(
     with torch.no_grad():
         logp = {}
         for value in (-1.0, 1.0):
-            with steer.with_value(value).attach(lm):
+            with steer.with_multiplier(value).attach(lm):
                 logp[value] = lm.model(input_ids=seq).logits[0, -1].log_softmax(-1)
     assert logp[1.0][good] - logp[1.0][bad] > logp[-1.0][good] - logp[-1.0][bad]
     assert steer.meta.method == "lm_steer" and steer.meta.params["rank"] == 4 and steer.meta.dataset["positive"] == 3
@@ -212,12 +212,12 @@ def test_each_row_gets_its_value_and_zero_is_exactly_off():
     mask = torch.ones_like(seq)
     with torch.no_grad():
         plain = lm.model(input_ids=seq).logits
-        with steer.with_value([1.0, 0.0, -2.0, 0.5], steer_weights=[1.0, -0.5]).attach(lm):
+        with steer.with_multiplier([1.0, 0.0, -2.0, 0.5], steer_weights=[1.0, -0.5]).attach(lm):
             steered = lm.model(input_ids=seq).logits
         expected = reference_logits(lm, seq, mask, steer.projector1, steer.projector2,
                                     torch.tensor([[1.0, -0.5], [0.0, 0.0], [-2.0, 1.0], [0.5, -0.25]]), 0.5)
         # generate()'s side-by-side original: row scale 0 on the second half of the rows
-        with steer.with_value(3.0).attach(lm, row_scale=torch.tensor([1.0, 1.0, 0.0, 0.0])):
+        with steer.with_multiplier(3.0).attach(lm, row_scale=torch.tensor([1.0, 1.0, 0.0, 0.0])):
             halves = lm.model(input_ids=seq).logits
     assert torch.equal(steered[1], plain[1])
     assert not torch.allclose(steered[0], plain[0], atol=1e-3)
@@ -235,7 +235,7 @@ def test_generate_gives_unsteered_originals_beside_the_steered_rows():
     plain = generate(lm, prompts, None, config=cfg)
     assert [r.original for r in both] == [r.steered for r in plain]
     assert [r.steered for r in both] != [r.steered for r in plain]
-    rows = generate(lm, prompts * 2, steer.with_value([0.0, 0.0, 1.0, 1.0]), config=cfg, batch_size=4)
+    rows = generate(lm, prompts * 2, steer.with_multiplier([0.0, 0.0, 1.0, 1.0]), config=cfg, batch_size=4)
     assert [r.steered for r in rows] == [r.steered for r in plain] + [r.steered for r in both]
 
 
@@ -245,22 +245,23 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     path = steer.save(tmp_path / "sentiment.lmsteer.safetensors")
     loaded = LMSteer.load(path)
     assert torch.equal(loaded.projector1, steer.projector1) and torch.equal(loaded.projector2, steer.projector2)
-    assert loaded.meta == steer.meta and loaded.epsilon == 0.5 and loaded.value == 1.0
+    assert loaded.meta == steer.meta and loaded.epsilon == 0.5 and loaded.multiplier == 1.0
     seq = torch.tensor([ids(lm, "the plot was bad")])
     with torch.no_grad(), steer.attach(lm):
         a = lm.model(input_ids=seq).logits
-    with torch.no_grad(), loaded.with_value(1.0).attach(lm):
+    with torch.no_grad(), loaded.with_multiplier(1.0).attach(lm):
         b = lm.model(input_ids=seq).logits
     assert torch.equal(a, b)
     with pytest.raises(FileExistsError, match="already exists; choose another path or pass overwrite=True"):
         steer.save(path)
-    steer.with_value(2.0).save(path, overwrite=True)
+    steer.with_multiplier(2.0).save(path, overwrite=True)
     vector = SteeringVector({1: torch.ones(16)}, VectorMeta.for_model(lm, "caa"))
     vector.save(tmp_path / "v.safetensors")
     with pytest.raises(VectorFileError,
-                       match=r"a steering vector \(method caa\), not an LM-Steer file; read it with SteeringVector.load"):
+                       match=r"a steer of kind 'vector', not an LM-Steer file; read any steer file with steerlab.load_steer"):
         LMSteer.load(tmp_path / "v.safetensors")
-    with pytest.raises(VectorFileError, match="an LM-Steer file, not a steering vector; read it with LMSteer.load"):
+    with pytest.raises(VectorFileError,
+                       match=r"a steer of kind 'lm_steer', not a steering vector; read any steer file with steerlab.load_steer"):
         SteeringVector.load(path)
     from safetensors.torch import save_file
 
@@ -347,7 +348,7 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     with open(DATA / "sentiment" / "neutral_prompts.jsonl") as f:
         prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f)]
     n = len(prompts)
-    results = generate(lm, prompts * 3, steer.with_value([-1.0] * n + [0.0] * n + [1.0] * n), batch_size=3 * n,
+    results = generate(lm, prompts * 3, steer.with_multiplier([-1.0] * n + [0.0] * n + [1.0] * n), batch_size=3 * n,
                        use_chat_template=False, config=GenerationConfig(max_new_tokens=20))
     vader = SentimentIntensityAnalyzer()
     mean = {v: sum(vader.polarity_scores(r.steered)["compound"] for r in results[i * n : (i + 1) * n]) / n

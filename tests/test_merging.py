@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steerlab.merging import merge_linear, merge_ties
-from steerlab.vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash
+from steerlab.vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash, same_model
 
 HIDDEN = 5
 
@@ -121,25 +121,45 @@ def refused(message: str):
 
 def test_refuses_another_hidden_size():
     other = vec({1: [0.0] * 6, 2: [0.0] * 6}, name="wide", hidden=6)
-    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5), "
-                 "vector 1 for wide (hidden size 6)"):
+    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
+                 "vector 1 for wide (hidden size 6, fingerprint fp1)"):
         merge_linear([vec(A), other], [1, 1])
 
 
 def test_refuses_another_fingerprint():
-    with refused("cannot merge vectors of different models: vector 0 is for tiny (fingerprint fp1), "
-                 "vector 2 for tiny-ft (fingerprint fp2)"):
+    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
+                 "vector 2 for tiny-ft (hidden size 5, fingerprint fp2)"):
         merge_ties([vec(A), vec(B), vec(C, name="tiny-ft", fingerprint="fp2")])
 
 
 def test_refuses_another_name_without_fingerprints():
-    with refused("cannot merge vectors of different models: vector 0 is for tiny, vector 1 for small"):
+    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5), "
+                 "vector 1 for small (hidden size 5)"):
         merge_linear([vec(A, fingerprint=""), vec(B, name="small", fingerprint="")], [1, 1])
 
 
 def test_same_fingerprint_under_another_name_is_the_same_model():
     merged = merge_linear([vec(A), vec(B, name="./models/tiny")], [1, 1])
     assert merged.layers == [1, 2]
+
+
+@pytest.mark.parametrize("other, same", [
+    (dict(name="./models/tiny"), True),  # same fingerprint, another name: the same model
+    (dict(name="tiny-ft", fingerprint="fp2"), False),
+    (dict(name="small", fingerprint=""), False),  # no fingerprint on one side: names decide
+    (dict(fingerprint=""), True),
+])
+def test_merge_and_arithmetic_share_one_same_model_rule(other, same):
+    """`a + b` and `steerlab vector merge` agree on every pair of vectors: both use vector.same_model."""
+    a, b = vec(A), vec(B, **other)
+    assert same_model(a.meta, b.meta) is same
+    if same:
+        torch.testing.assert_close((a + b).directions[1], merge_linear([a, b], [1, 1]).directions[1])
+        return
+    with pytest.raises(IncompatibleVectorError):
+        a + b
+    with pytest.raises(IncompatibleVectorError):
+        merge_linear([a, b], [1, 1])
 
 
 def test_refuses_different_layer_sets():

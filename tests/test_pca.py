@@ -15,6 +15,7 @@ from steerlab.data import ContrastivePair, ContrastiveDataset, load_pairs, demo_
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, pca
 from steerlab.steering import SteeringSpec
+from steerlab.strength import residual_norms
 from steerlab.vector import SteeringVector
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -80,8 +81,8 @@ def test_directions_match_an_independent_numpy_svd(lm, mode):
         assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-6)
         cosine = got @ expected / np.linalg.norm(expected)
         assert cosine >= 0.9999, (layer, cosine)  # signed: the sign vote agrees too
-        reference_norm = np.linalg.norm(np.concatenate([pos[:, i], neg[:, i]]), axis=-1).mean()
-        assert vector.meta.residual_norms[str(layer)] == pytest.approx(reference_norm, rel=1e-4)
+        # one residual-norm definition for every method: strength.residual_norms on neutral text
+        assert vector.meta.residual_norms[str(layer)] == round(residual_norms(lm, [layer])[layer], 4)
 
 
 def test_the_two_modes_differ_as_documented():
@@ -140,7 +141,7 @@ def test_config_errors_name_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         build_config(pca.PCAConfig, {"mdoe": "pca_diff"})
     assert str(err.value) == ("config: unknown key 'mdoe' for PCAConfig; allowed keys: mode, layers, batch_size, "
-                              "scale_to_residual_norm, residual_fraction")
+                              "batch_tokens, scale_to_residual_norm, residual_fraction")
     with pytest.raises(ConfigError) as err:
         build_config(pca.PCAConfig, {"mode": "pca"})
     assert str(err.value) == "config: key 'mode': must be one of pca_diff, pca_center; got 'pca'"
@@ -203,7 +204,7 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2():
 def test_pca_finds_the_caa_direction_on_toxicity_text_pairs(smollm2, shared_data):
     """ParaDetox pairs have no prompt; the toxicity task's lead token keeps PCA's first component on toxicity."""
     from steerlab.methods import caa
-    from steerlab.tasks import get_task
+    from steerlab.evaluation.tasks import get_task
 
     data = get_task("toxicity").train_data(shared_data, 100)
     mean_diff = caa.fit(smollm2, data, caa.CAAConfig(layers=[15])).directions[15]

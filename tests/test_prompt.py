@@ -11,8 +11,7 @@ from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import pairs_from_texts
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, prompt
-from steerlab.methods.prompt import PromptConfig, PromptSteering, generate_with_prompt
-from steerlab.steering import SteeringError
+from steerlab.methods.prompt import PromptConfig, PromptSteering
 from steerlab.vector import VectorFileError
 
 PROMPTS = ["Tell me about rain.", "Hi", "What do you think about Mondays, honestly?", "Describe a cat."]
@@ -31,7 +30,7 @@ def texts(results, side):
 
 def test_original_is_plain_generate_and_steered_has_the_instruction_in_the_system_message(lm):
     steering = PromptSteering(INSTRUCTION, "system")
-    results = generate_with_prompt(lm, PROMPTS, steering, config=CFG, batch_size=3)
+    results = generate(lm, PROMPTS, steering, config=CFG, batch_size=3, generate_orig_output=True)
     assert texts(results, "prompt") == PROMPTS
     # Token-exact (one character per token): the original rows carry no instruction anywhere.
     assert texts(results, "original") == texts(generate(lm, PROMPTS, config=CFG), "steered")
@@ -40,7 +39,7 @@ def test_original_is_plain_generate_and_steered_has_the_instruction_in_the_syste
 
 
 def test_prefix_placement_puts_the_instruction_before_the_user_text(lm):
-    results = generate_with_prompt(lm, PROMPTS, PromptSteering(INSTRUCTION, "prefix"), config=CFG)
+    results = generate(lm, PROMPTS, PromptSteering(INSTRUCTION, "prefix"), config=CFG, generate_orig_output=True)
     prefixed = [f"{INSTRUCTION}\n\n{p}" for p in PROMPTS]
     assert texts(results, "steered") == texts(generate(lm, prefixed, config=CFG), "steered")
     assert texts(results, "original") == texts(generate(lm, PROMPTS, config=CFG), "steered")
@@ -48,7 +47,7 @@ def test_prefix_placement_puts_the_instruction_before_the_user_text(lm):
 
 def test_a_callers_system_message_stays_in_both_rows(lm):
     system = "You are terse."
-    results = generate_with_prompt(lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG, system=system)
+    results = generate(lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG, system=system, generate_orig_output=True)
     assert texts(results, "original") == texts(generate(lm, PROMPTS[:2], config=CFG, system=system), "steered")
     both = f"{system}\n\n{INSTRUCTION}"
     assert texts(results, "steered") == texts(generate(lm, PROMPTS[:2], config=CFG, system=both), "steered")
@@ -58,17 +57,18 @@ def test_without_a_chat_template_the_instruction_comes_first(lm):
     plain = tiny_lm(num_layers=3, hidden=16, seed=1, chat=False)
     steering = PromptSteering(INSTRUCTION, "system")
     assert steering.prompt_text(plain.tokenizer, "Hi", use_chat_template=False) == f"{INSTRUCTION}\n\nHi"
-    results = generate_with_prompt(plain, PROMPTS[:2], steering, config=CFG, generate_orig_output=False)
+    results = generate(plain, PROMPTS[:2], steering, config=CFG, generate_orig_output=False)
     assert texts(results, "original") == [None, None]
     expected = generate(plain, [f"{INSTRUCTION}\n\n{p}" for p in PROMPTS[:2]], config=CFG)
     assert texts(results, "steered") == texts(expected, "steered")
 
 
-def test_generate_refuses_a_prompt_steer_and_says_what_to_use(lm):
-    with pytest.raises(SteeringError) as err:
-        generate(lm, PROMPTS[:1], PromptSteering(INSTRUCTION), config=CFG)
-    assert str(err.value) == ("prompt steering changes the prompt text, so it cannot be attached to the model; "
-                              "use steerlab.methods.prompt.generate_with_prompt(lm, prompts, steering)")
+def test_generate_takes_a_prompt_steer_like_any_steer(lm):
+    """steerlab.generate dispatches on the steer's kind: a prompt steer's rows carry its instruction."""
+    alone = generate(lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG)
+    beside = generate(lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG, generate_orig_output=True)
+    assert texts(alone, "original") == [None, None]
+    assert texts(alone, "steered") == texts(beside, "steered")
 
 
 def test_fit_builds_the_steer_from_the_config_and_ignores_data(lm):
@@ -115,8 +115,8 @@ def test_save_load_apply_round_trip(lm, tmp_path):
         "method": "prompt", "instruction": INSTRUCTION, "placement": "prefix", "task": "sentiment", "format_version": 1}
     loaded = PromptSteering.load(path)
     assert loaded == steering
-    a = generate_with_prompt(lm, PROMPTS[:2], steering, config=CFG)
-    b = generate_with_prompt(lm, PROMPTS[:2], loaded, config=CFG)
+    a = generate(lm, PROMPTS[:2], steering, config=CFG, generate_orig_output=True)
+    b = generate(lm, PROMPTS[:2], loaded, config=CFG, generate_orig_output=True)
     assert a == b
     with pytest.raises(FileExistsError):
         loaded.save(path)

@@ -21,7 +21,7 @@ from steerlab.evaluation.report import (
 )
 from steerlab.evaluation.sentiment import vader_scores
 from steerlab.generation import GenerationConfig, generate
-from steerlab.methods.prompt import PromptSteering, generate_with_prompt
+from steerlab.methods.prompt import PromptSteering
 from steerlab.steering import SteeringSpec, VectorSteering
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
@@ -55,7 +55,7 @@ def test_prompt_and_vector_arms_share_a_batch():
     steering = PromptSteering("Be kind.")
     arms = [Arm("caa", VectorSteering(SteeringSpec(vector, 1.0, [1])), 3.0), prompt_arm(lm, steering, PROMPTS)]
     run = generate_arms(lm, PROMPTS, arms, config=CONFIG, batch_size=12)
-    alone = generate_with_prompt(lm, PROMPTS, steering, config=CONFIG)
+    alone = generate(lm, PROMPTS, steering, config=CONFIG, generate_orig_output=True)
     assert run.conditions[1].texts == [r.steered for r in alone]
     assert run.original == [r.original for r in alone]
     assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(vector, 3.0, [1]), config=CONFIG)]

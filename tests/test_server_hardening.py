@@ -237,8 +237,6 @@ def test_a_vector_with_a_nan_is_listed_as_unusable_and_refused(tiny, tmp_path):
         assert (reply.status_code, reply.json()["error"]["code"]) == (400, "vector_incompatible")
 
 
-@pytest.mark.xfail(strict=True, reason="steering.py adds 0 * direction to rows that do not use a steer, and "
-                                       "0 * NaN = NaN; the steering rewrite on main adds nothing to such rows")
 def test_a_plain_request_beside_a_nan_vector_request_comes_back_intact(tiny, tmp_path):
     """The NaN vector is forced past the registry's check (as if a reader let it through): the plain
     request batched beside it must still get exactly its own text."""

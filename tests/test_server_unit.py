@@ -118,11 +118,12 @@ def test_serve_command_reads_the_token_from_the_environment(tiny, tmp_path, monk
     import uvicorn
 
     import steerlab.cli as cli
+    import steerlab.cli.serve as serve
 
     lm, _ = tiny
     captured = {}
     monkeypatch.setenv("STEERLAB_TOKEN", "from-env")
-    monkeypatch.setattr(cli, "load_cli_model", lambda args: lm)
+    monkeypatch.setattr(serve, "load_cli_model", lambda args: lm)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app, **kw))
     assert cli.main(["serve", "--vectors", str(tmp_path), "--port", "8123", "--max-batch", "4"]) == 0
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8123)
@@ -135,8 +136,9 @@ def test_serve_command_reads_the_token_from_the_environment(tiny, tmp_path, monk
 
 def test_serve_command_refuses_a_missing_vector_folder(tiny, tmp_path, monkeypatch, capsys):
     import steerlab.cli as cli
+    import steerlab.cli.serve as serve
 
-    monkeypatch.setattr(cli, "load_cli_model", lambda args: tiny[0])
+    monkeypatch.setattr(serve, "load_cli_model", lambda args: tiny[0])
     assert cli.main(["serve", "--vectors", str(tmp_path / "nope")]) == 1
     assert capsys.readouterr().err.strip().endswith(
         f"--vectors {tmp_path / 'nope'}: no such folder; give a folder of .safetensors vectors")

@@ -152,5 +152,7 @@ def test_bad_steering_requests_are_refused(tiny_llama):
     v = random_vector(lm)
     with pytest.raises(SteeringError, match="positions must be one of all, prompt, generated; got 'middle'"):
         steer(lm, v, positions="middle")
-    with pytest.raises(SteeringError, match="multiplier must be finite"):
+    with pytest.raises(SteeringError, match="multiplier must be a finite number within float32's range"):
         steer(lm, v, multiplier=float("nan"))
+    with pytest.raises(SteeringError, match=r"within float32's range \(\|m\| <= 3.403e\+38\), got 1e\+39"):
+        steer(lm, v, multiplier=1e39)  # finite in float64, inf in float32

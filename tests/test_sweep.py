@@ -13,7 +13,7 @@ from steerlab.evaluation.sweep import SweepConfig, SweepResult, generate_grid, r
 from steerlab.generation import GenerationConfig, generate
 from steerlab.steering import SteeringSpec
 from steerlab.strength import multiplier_for
-from steerlab.tasks import get_task
+from steerlab.evaluation.tasks import get_task
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm, tiny_model
 

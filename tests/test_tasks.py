@@ -8,7 +8,7 @@ import pytest
 
 from steerlab.config import ConfigError
 from steerlab.data import DatasetError
-from steerlab.tasks import TaskError, builtin_tasks, data_root, get_task
+from steerlab.evaluation.tasks import TaskError, builtin_tasks, data_root, get_task
 
 
 @pytest.mark.parametrize("name,train", [("sycophancy", 950), ("hallucination", 950), ("refusal", 358)])

@@ -92,7 +92,7 @@ def test_applying_to_a_model_of_another_size_is_refused(tiny_llama):
 
 def test_missing_or_out_of_range_layers_are_refused(tiny_llama):
     v = make_vector(tiny_llama)
-    with pytest.raises(IncompatibleVectorError, match=r"layer 7 is out of range for tiny-llama, which has layers 0\.\.3"):
+    with pytest.raises(IncompatibleVectorError, match=r"layer 7 is out of range: tiny-llama has layers 0\.\.3"):
         v.check_compatible(tiny_llama, [7])
     with pytest.raises(IncompatibleVectorError, match=r"the vector has no direction for layer 3; it has layers \[1, 2\]"):
         v.check_compatible(tiny_llama, [3])

@@ -13,7 +13,7 @@ from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs, pairs_from_texts
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, vector_prompt
-from steerlab.methods.prompt import PromptSteering, generate_with_prompt
+from steerlab.methods.prompt import PromptSteering
 from steerlab.methods.vector_prompt import VectorPromptConfig
 from steerlab.steering import SteeringSpec, steer
 from steerlab.vector import SteeringVector
@@ -82,7 +82,7 @@ def test_config_errors():
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "Be kind.", "layer": [3]})
     assert str(err.value) == ("config: unknown key 'layer' for VectorPromptConfig; allowed keys: "
-                              "instruction, placement, layers, batch_size")
+                              "instruction, placement, layers, batch_size, batch_tokens")
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "  "})
     assert str(err.value) == "config: instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'"
@@ -124,7 +124,7 @@ def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2():
     lines = (DATA / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
     prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     cfg = GenerationConfig(max_new_tokens=24)
-    by_prompt = generate_with_prompt(lm, prompts, PromptSteering(instruction), config=cfg, batch_size=len(prompts))
+    by_prompt = generate(lm, prompts, PromptSteering(instruction), config=cfg, batch_size=len(prompts), generate_orig_output=True)
     by_vector = generate(lm, prompts, SteeringSpec(vector, multiplier=6.0), config=cfg, batch_size=len(prompts))
     vader = SentimentIntensityAnalyzer()
     mean = lambda texts: float(np.mean([vader.polarity_scores(t)["compound"] for t in texts]))  # noqa: E731

@@ -1,16 +1,22 @@
-"""steerlab: build steering vectors from contrastive examples, steer generation, compare with the original."""
+"""steerlab: build steering vectors from contrastive examples, steer generation, compare with the original.
 
-__version__ = "0.1.0"
+The public verbs, in the order of the data path: load_model, load_pairs, fit, load_steer, steer,
+generate, evaluate, compare (see docs/architecture.md).
+"""
 
-from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs, pairs_from_texts  # noqa: E402
-from .generation import GenerationConfig, GenerationResult, generate  # noqa: E402
-from .models import LoadedModel, ModelLoadError, load_model  # noqa: E402
-from .steering import SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer  # noqa: E402
-from .vector import IncompatibleVectorError, SteeringVector, VectorMeta  # noqa: E402
+from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs, pairs_from_texts
+from .evaluation.run import Comparison, EvaluationError, compare, evaluate
+from .generation import GenerationConfig, GenerationResult, generate
+from .methods import fit
+from .models import LoadedModel, ModelLoadError, load_model
+from .steering import SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer
+from .steers import load_steer
+from .vector import IncompatibleVectorError, SteeringVector, VectorMeta
+from .version import __version__
 
 __all__ = [
-    "ContrastiveDataset", "ContrastivePair", "DatasetError", "GenerationConfig", "GenerationResult",
-    "IncompatibleVectorError", "LoadedModel", "ModelLoadError", "SteeringError", "SteeringHandle",
-    "SteeringSpec", "SteeringVector", "VectorMeta", "VectorSteering", "generate", "load_model",
-    "load_pairs", "pairs_from_texts", "steer",
+    "Comparison", "ContrastiveDataset", "ContrastivePair", "DatasetError", "EvaluationError", "GenerationConfig",
+    "GenerationResult", "IncompatibleVectorError", "LoadedModel", "ModelLoadError", "SteeringError",
+    "SteeringHandle", "SteeringSpec", "SteeringVector", "VectorMeta", "VectorSteering", "__version__", "compare",
+    "evaluate", "fit", "generate", "load_model", "load_pairs", "load_steer", "pairs_from_texts", "steer",
 ]

@@ -137,8 +137,8 @@ def build_config(cls: type[T], values: dict[str, Any] | None = None, source: str
 
     `lines` (key -> line in `source`) lets an error point at the line of the key it is about.
     """
+    lines = lines if lines is not None else getattr(values, "lines", {})
     values = dict(values or {})
-    lines = lines or {}
     at = lambda key: f"{source}:{lines[key]}" if key in lines else source  # noqa: E731
     allowed = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
@@ -154,6 +154,12 @@ def build_config(cls: type[T], values: dict[str, Any] | None = None, source: str
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Read a YAML config file (optional) and apply `key=value` overrides, then validate."""
+    values, source = read_config_values(path, overrides)
+    return build_config(cls, values, source)
+
+
+def read_config_values(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The raw values of a YAML config file (optional) with `key=value` overrides applied, and where they came from."""
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
     source = "config"
@@ -174,7 +180,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"--set {shown}: expected key=value")
         values[key.strip()] = parse_yaml(raw, f"--set {shown}", positions=False)[0]
         lines.pop(key.strip(), None)
-    return build_config(cls, values, source, lines)
+    return ConfigValues(values, lines), source
+
+
+class ConfigValues(dict):
+    """Values read from a config file that remember the line of each key, so build_config can name it."""
+
+    def __init__(self, values: dict[str, Any], lines: dict[str, int]):
+        super().__init__(values)
+        self.lines = lines
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
 
+from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
 from .steering import SteeringSpec, Steer, VectorSteering
@@ -102,12 +103,14 @@ class StepLogprobs(LogitsProcessor):
 
 
 def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
-    """Accept a vector, a spec, a list of specs, or any object with `attach` (e.g. an LM-Steer)."""
-    if steering is None or hasattr(steering, "attach"):
-        return steering
+    """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer)."""
+    if steering is None:
+        return None
     if isinstance(steering, SteeringVector):
         return VectorSteering(SteeringSpec(steering))
-    return VectorSteering(steering)
+    if isinstance(steering, (SteeringSpec, list, tuple)):
+        return VectorSteering(steering)
+    return steering
 
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[str], *, use_chat_template: bool | None = None,
@@ -134,10 +137,15 @@ def generate(
     """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
 
     The original rows ride in the same forward passes as the steered rows with a per-row multiplier of 0,
-    so they are truly unsteered and cost no separate run.
+    so they are truly unsteered and cost no separate run. A prompt steer (kind "prompt") changes the prompt
+    text instead: its rows carry the instruction and the original rows the prompt exactly as given.
     """
     config = config or GenerationConfig()
     steer = as_steer(steering)
+    if steer is not None and steer.kind == "prompt":
+        return _generate_prompted(lm, prompts, steer, generate_orig_output=generate_orig_output, config=config,
+                                  batch_size=batch_size, use_chat_template=use_chat_template, system=system,
+                                  progress=progress)
     ids = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
     results: list[GenerationResult] = []
     for start in range(0, len(ids), batch_size):
@@ -155,6 +163,26 @@ def generate(
             if generate_orig_output and steer is None:
                 original = texts[i]
             results.append(GenerationResult(prompt, texts[i], original))
+        if progress:
+            progress(len(chunk))
+    return results
+
+
+def _generate_prompted(lm: LoadedModel, prompts: Sequence[str], steer, *, generate_orig_output: bool,
+                       config: GenerationConfig, batch_size: int, use_chat_template: bool | None, system: str | None,
+                       progress: Callable[[int], None] | None) -> list[GenerationResult]:
+    """Rows with the prompt steer's instruction and, when asked, the truly unprompted originals, in one batch."""
+    chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
+    texts = [steer.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
+    steered_ids = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    original_ids = encode_prompts(lm, prompts, use_chat_template=chat, system=system) if generate_orig_output else []
+    results: list[GenerationResult] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = steered_ids[start : start + batch_size]
+        rows = chunk + original_ids[start : start + batch_size]
+        out = generate_ids(lm, rows, None, config=config)
+        for i, prompt in enumerate(prompts[start : start + len(chunk)]):
+            results.append(GenerationResult(prompt, out[i], out[len(chunk) + i] if generate_orig_output else None))
         if progress:
             progress(len(chunk))
     return results
@@ -184,12 +212,8 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     StepLogprobs) run in order on each step's logits, before sampling.
     """
     tok = lm.tokenizer
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
+    input_ids, mask = pad(rows, tok.pad_token_id, left=True)
+    width = input_ids.shape[1]
     kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                   pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
     if config.do_sample and row_seeds is None:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash
+from .vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash, describe_model, same_model
 
 
 def merge_linear(vectors: Sequence[SteeringVector], weights: Sequence[float], *,
@@ -82,25 +82,9 @@ def _checked_layers(vectors: Sequence[SteeringVector], layers: Sequence[int] | N
 
 
 def _check_same_model(first: SteeringVector, other: SteeringVector, index: int) -> None:
-    a, b = first.meta, other.meta
-    if a.hidden_size != b.hidden_size:
-        raise IncompatibleVectorError(
-            f"cannot merge vectors of different models: vector 0 is for {a.model_name} (hidden size {a.hidden_size}), "
-            f"vector {index} for {b.model_name} (hidden size {b.hidden_size})"
-        )
-    # The fingerprint identifies a model whatever its name; names decide only where a fingerprint is missing.
-    if a.model_fingerprint and b.model_fingerprint:
-        if a.model_fingerprint != b.model_fingerprint:
-            raise IncompatibleVectorError(
-                f"cannot merge vectors of different models: vector 0 is for {a.model_name} "
-                f"(fingerprint {a.model_fingerprint}), vector {index} for {b.model_name} "
-                f"(fingerprint {b.model_fingerprint})"
-            )
-    elif a.model_name != b.model_name:
-        raise IncompatibleVectorError(
-            f"cannot merge vectors of different models: vector 0 is for {a.model_name}, "
-            f"vector {index} for {b.model_name}"
-        )
+    if not same_model(first.meta, other.meta):
+        raise IncompatibleVectorError(f"cannot merge vectors of different models: vector 0 is for "
+                                      f"{describe_model(first.meta)}, vector {index} for {describe_model(other.meta)}")
 
 
 def _checked_weights(vectors: Sequence[SteeringVector], weights: Sequence[float]) -> list[float]:

@@ -25,6 +25,10 @@ class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message says how to fix it."""
 
 
+class LayerError(ValueError):
+    """A layer index the model does not have; the message gives the model's range."""
+
+
 @dataclass
 class LoadedModel:
     """A causal LM with its tokenizer, the decoder blocks steerlab hooks, and an identity for safety checks."""
@@ -73,6 +77,17 @@ class LoadedModel:
     def default_layer(self) -> int:
         """A middle layer: CAA and its successors steer best in the middle of the stack, not the first few."""
         return default_layer(self.num_layers)
+
+
+def check_layers(lm: "LoadedModel", layers, what: str = "") -> list[int]:
+    """The layers sorted and unique, each checked to be a decoder block of `lm` (layer i = output of block i)."""
+    wanted = sorted({int(layer) for layer in layers})
+    if not wanted:
+        raise LayerError("no layers given; name at least one, e.g. the middle layer " + str(lm.default_layer()))
+    bad = [layer for layer in wanted if not 0 <= layer < lm.num_layers]
+    if bad:
+        raise LayerError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}{what}")
+    return wanted
 
 
 def default_layer(num_layers: int) -> int:

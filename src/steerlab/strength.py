@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from .activations import _pad, positions_from_mask
-from .models import LoadedModel
+from .batching import pad, positions_from_mask
+from .models import LoadedModel, check_layers
 from .vector import SteeringVector
 
 NEUTRAL_TEXTS_FILE = "demo_prompts.txt"
@@ -41,10 +41,7 @@ def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: 
     Each text's first token is left out: many models park a huge activation there (an attention
     sink), which would make the "typical" norm many times larger than any other token's.
     """
-    layers = sorted(set(range(lm.num_layers) if layers is None else (int(layer) for layer in layers)))
-    bad = [layer for layer in layers if not 0 <= layer < lm.num_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}")
+    layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
     texts = list(texts) if texts is not None else neutral_texts()
     rows = [lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     rows = [r for r in rows if len(r) > 1]
@@ -63,7 +60,7 @@ def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: 
     handles = [lm.layers[layer].register_forward_hook(hook_for(layer)) for layer in layers]
     try:
         for start in range(0, len(rows), batch_size):
-            ids, mask = _pad(rows[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
+            ids, mask = pad(rows[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
             positions = positions_from_mask(mask)
             keep = mask * (positions > 0)
             read["mask"] = keep.to(lm.device, torch.float32)
@@ -74,6 +71,11 @@ def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: 
         for handle in handles:
             handle.remove()
     return {layer: sums[layer] / count for layer in layers}
+
+
+def norms_metadata(lm: LoadedModel, layers: Sequence[int]) -> dict[str, float]:
+    """residual_norms as a vector's metadata stores them ({"layer": norm}, 4 decimals): what every fit records."""
+    return {str(k): round(v, 4) for k, v in residual_norms(lm, layers).items()}
 
 
 def with_neutral_norms(lm: LoadedModel, vector: SteeringVector, texts: Sequence[str] | None = None,

@@ -17,14 +17,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from . import __version__
+from .models import LayerError, check_layers
 from .textio import is_number, loads
+from .version import __version__
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
 METADATA_KEY = "steerlab"
 FORMAT_VERSION = 1
+KIND_NAMES = {"vector": "vector", "lm_steer": "LM-Steer", "prompt": "prompt steer"}  # steer kinds as messages name them
 
 
 class IncompatibleVectorError(ValueError):
@@ -53,6 +55,7 @@ class VectorMeta:
     method: str
     model_fingerprint: str = ""
     model_type: str = ""
+    kind: str = "vector"  # which steer the file holds: "vector" or "lm_steer" (steerlab.steers reads by kind)
     params: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     task: str = ""
@@ -84,6 +87,8 @@ class VectorMeta:
         missing = [k for k in ("model_name", "hidden_size", "num_layers", "method") if k not in raw]
         if missing:
             raise VectorFileError(f"{source}: the metadata lacks {', '.join(missing)}")
+        if "kind" not in raw:  # files from before kinds were stored: LM-Steers are told by their method
+            raw["kind"] = "lm_steer" if raw.get("method") == "lm_steer" else "vector"
         # Fields from a newer steerlab are kept readable rather than rejected.
         known = {k: v for k, v in raw.items() if k in META_TYPES}
         for key, value in known.items():
@@ -100,7 +105,7 @@ class VectorMeta:
 META_TYPES: dict[str, type] = {"model_name": str, "hidden_size": int, "num_layers": int, "method": str,
                                "model_fingerprint": str, "model_type": str, "params": dict, "dataset": dict,
                                "task": str, "residual_norms": dict, "recommended": dict, "diagnostics": dict,
-                               "created": str, "steerlab_version": str, "format_version": int}
+                               "created": str, "steerlab_version": str, "format_version": int, "kind": str}
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -144,6 +149,8 @@ class SteeringVector:
     directions: dict[int, torch.Tensor]
     meta: VectorMeta
 
+    kind = "vector"
+
     def __post_init__(self) -> None:
         if not self.directions:
             raise ValueError("a steering vector needs at least one layer")
@@ -168,11 +175,9 @@ class SteeringVector:
     def _combine(self, other: "SteeringVector", sign: float) -> "SteeringVector":
         if not isinstance(other, SteeringVector):
             return NotImplemented
-        if (other.meta.hidden_size, other.meta.model_name) != (self.meta.hidden_size, self.meta.model_name):
-            raise IncompatibleVectorError(
-                f"cannot combine a vector for {self.meta.model_name} (hidden size {self.meta.hidden_size}) "
-                f"with one for {other.meta.model_name} (hidden size {other.meta.hidden_size})"
-            )
+        if not same_model(self.meta, other.meta):
+            raise IncompatibleVectorError(f"cannot combine a vector for {describe_model(self.meta)} "
+                                          f"with one for {describe_model(other.meta)}")
         out = {k: v.clone() for k, v in self.directions.items()}
         for layer, tensor in other.directions.items():
             out[layer] = out.get(layer, torch.zeros_like(tensor)) + sign * tensor
@@ -203,12 +208,10 @@ class SteeringVector:
         m = self.meta
         check_hidden_size(m, lm, "vector")
         wanted = self.layers if layers is None else list(layers)
-        bad = [layer for layer in wanted if not 0 <= layer < lm.num_layers]
-        if bad:
-            raise IncompatibleVectorError(
-                f"layer {bad[0]} is out of range for {lm.name}, which has layers 0..{lm.num_layers - 1} "
-                f"(the vector was built for {m.model_name} with {m.num_layers} layers)"
-            )
+        try:
+            check_layers(lm, wanted, f" (the vector was built for {m.model_name} with {m.num_layers} layers)")
+        except LayerError as exc:
+            raise IncompatibleVectorError(str(exc)) from None
         missing = [layer for layer in wanted if layer not in self.directions]
         if missing:
             raise IncompatibleVectorError(
@@ -226,10 +229,7 @@ class SteeringVector:
     def load(cls, path: str | os.PathLike) -> "SteeringVector":
         """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
         path = Path(path)
-        meta, tensors = read_steer_file(path, "vector")
-        if meta.method == "lm_steer":
-            raise VectorFileError(f"{path}: an LM-Steer file, not a steering vector; read it with LMSteer.load "
-                                  "(steerlab.methods.lm_steer)")
+        meta, tensors = read_steer_file(path, "vector", "a steering vector")
         directions: dict[int, torch.Tensor] = {}
         names: dict[int, str] = {}
         for key, tensor in tensors.items():
@@ -266,10 +266,23 @@ def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     return path
 
 
-def read_steer_file(path: Path, what: str) -> tuple[VectorMeta, dict[str, torch.Tensor]]:
-    """Metadata and tensors of a file written by write_steer_file; safetensors never executes code."""
+def read_steer_meta(path: Path) -> VectorMeta:
+    """The steerlab metadata of a safetensors steer file, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for corrupt input
+        raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
+    return VectorMeta.from_json(header[METADATA_KEY], str(path))
+
+
+def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[str, torch.Tensor]]:
+    """Metadata and tensors of a file written by write_steer_file, refused unless it holds a steer of `kind`
+    (`what` names it in the message); safetensors never executes code."""
     if not path.is_file():
-        raise VectorFileError(f"{path}: no such {what} file")
+        raise VectorFileError(f"{path}: no such {KIND_NAMES.get(kind, kind)} file")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -279,6 +292,9 @@ def read_steer_file(path: Path, what: str) -> tuple[VectorMeta, dict[str, torch.
     if METADATA_KEY not in header:
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
     meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
+    if meta.kind != kind:
+        raise VectorFileError(f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file "
+                              "with steerlab.load_steer")
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); refusing to load it")
@@ -303,12 +319,32 @@ def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:
         )
 
 
+def same_model(a: "VectorMeta | LoadedModel", b: "VectorMeta | LoadedModel") -> bool:
+    """steerlab's one rule for "built on the same model": the same hidden size and, where both know their
+    weights' fingerprint, the same fingerprint whatever the names; else the same name."""
+    (name_a, print_a, size_a), (name_b, print_b, size_b) = _identity(a), _identity(b)
+    if size_a != size_b:
+        return False
+    if print_a and print_b:
+        return print_a == print_b
+    return name_a == name_b
+
+
+def describe_model(x: "VectorMeta | LoadedModel") -> str:
+    """A model as error messages name it: name, hidden size and, where known, the weights' fingerprint."""
+    name, fingerprint, size = _identity(x)
+    return f"{name} (hidden size {size}" + (f", fingerprint {fingerprint})" if fingerprint else ")")
+
+
+def _identity(x: "VectorMeta | LoadedModel") -> tuple[str, str, int]:
+    if isinstance(x, VectorMeta):
+        return x.model_name, x.model_fingerprint, x.hidden_size
+    return x.name, x.fingerprint, x.hidden_size
+
+
 def warn_if_other_model(m: VectorMeta, lm: "LoadedModel", task: str | None, what: str) -> None:
     """Warn when applied to another model of the same shape, or for another task than it was built for."""
-    same_model = (m.model_fingerprint and m.model_fingerprint == lm.fingerprint) or (
-        not m.model_fingerprint and m.model_name == lm.name
-    )
-    if not same_model:
+    if not same_model(m, lm):
         warnings.warn(
             f"this {what} was built for {m.model_name} but is applied to {lm.name} (same hidden size "
             f"{lm.hidden_size}); its effect there is untested",

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from transformers import DynamicCache
-
-from ..activations import _cache_kwarg, _pad, positions_from_mask
+from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
 from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
@@ -261,41 +259,29 @@ def score_ab(lm: LoadedModel, pairs: Sequence[ContrastivePair],
     return ABGrid(cells, list(pairs), match.view(shape), first.view(shape), mass.view(shape))
 
 
-def _run_prefix(lm: LoadedModel, chunk: list[_Row]):
-    """Run the unsteered question tokens once; returns (per-layer key/value tensors, prefix mask) or None."""
+def _run_prefix(lm: LoadedModel, chunk: list[_Row]) -> PrefixCache | None:
+    """Run the unsteered question tokens once; their cache serves every cell's answer tokens."""
     if not all(r.prefix for r in chunk):
         if any(r.prefix for r in chunk):
             raise ABFormatError("some questions split into question and answer tokens and some do not")
         return None
-    ids, mask = _pad([r.prefix for r in chunk], lm.tokenizer.pad_token_id, left=True)
-    cache = DynamicCache(config=lm.model.config)
-    lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-             position_ids=positions_from_mask(mask).to(lm.device), use_cache=True, logits_to_keep=1,
-             **{_cache_kwarg(lm.model): cache})
-    return [(layer.keys, layer.values) for layer in cache.layers], mask
+    return run_prefix(lm, [r.prefix for r in chunk], logits_to_keep=1)
 
 
-def _run_suffix(lm: LoadedModel, chunk: list[_Row], prefix, n_cells: int, steer: VectorSteering,
+def _run_suffix(lm: LoadedModel, chunk: list[_Row], prefix: PrefixCache | None, n_cells: int, steer: VectorSteering,
                 task: str | None) -> torch.Tensor:
     """Steered forward of the answer tokens for every (cell, row); returns p(matching), p(other): [cells, rows, 2]."""
-    device = lm.device
-    suffix_ids, suffix_mask = _pad([r.suffix for r in chunk] * n_cells, lm.tokenizer.pad_token_id, left=False)
+    suffixes = [r.suffix for r in chunk] * n_cells
     if prefix is not None:
-        kv, prefix_mask = prefix
-        cache = DynamicCache(config=lm.model.config)
-        for layer, (k, v) in enumerate(kv):
-            cache.update(k.repeat(n_cells, 1, 1, 1), v.repeat(n_cells, 1, 1, 1), layer)
-        full_mask = torch.cat([prefix_mask.repeat(n_cells, 1), suffix_mask], dim=1)
-        positions = prefix_mask.sum(1).repeat(n_cells).unsqueeze(1) + torch.arange(suffix_ids.shape[1]).unsqueeze(0)
-        kwargs = {_cache_kwarg(lm.model): cache, "use_cache": True}
+        inputs, suffix_mask = prefix.repeated(n_cells, interleave=False).continuation(lm, suffixes)
     else:
-        full_mask, positions = suffix_mask, positions_from_mask(suffix_mask)
-        kwargs = {"use_cache": False}
+        ids, suffix_mask = pad(suffixes, lm.tokenizer.pad_token_id, left=False)
+        inputs = {"input_ids": ids.to(lm.device), "attention_mask": suffix_mask.to(lm.device),
+                  "position_ids": positions_from_mask(suffix_mask).to(lm.device), "use_cache": False}
     lengths = suffix_mask.sum(1)
-    uniform = bool((lengths == suffix_ids.shape[1]).all())
+    uniform = bool((lengths == suffix_mask.shape[1]).all())
     with steer.attach(lm, task=task):
-        out = lm.model(input_ids=suffix_ids.to(device), attention_mask=full_mask.to(device),
-                       position_ids=positions.to(device), logits_to_keep=1 if uniform else 0, **kwargs)
+        out = lm.model(**inputs, logits_to_keep=1 if uniform else 0)
     logits = out.logits[:, -1] if uniform else out.logits[torch.arange(len(lengths)), lengths - 1]
     probs = torch.softmax(logits.float(), dim=-1).cpu()
     wanted = torch.tensor([[r.matching, r.other] for r in chunk] * n_cells)

@@ -91,7 +91,7 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
                     vector_norm=float(steer.directions[layer].norm()),
                     residual_norm=float(steer.meta.residual_norms[str(layer)]))))
         elif hasattr(steer, "attach"):
-            setting = "; ".join(["steer value 1"] + overrides.get(name, []))
+            setting = "; ".join(["multiplier 1"] + overrides.get(name, []))
             fitted.append(Fitted(name, Arm(name, steer, 1.0), setting, seconds, params))
         else:
             raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")

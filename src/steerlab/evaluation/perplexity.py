@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..activations import positions_from_mask
+from ..batching import pad, positions_from_mask
 from ..generation import encode_prompts
 from ..models import LoadedModel
 
@@ -67,12 +67,9 @@ def _batch_losses(lm: LoadedModel, batch: Sequence[tuple[Sequence[int], Sequence
     span = max(len(suffix) for _, suffix in batch)
     if span == 0:
         return [ContinuationLoss(0.0, 0) for _ in batch]
-    ids = torch.full((len(seqs), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask = pad(seqs, lm.tokenizer.pad_token_id, left=True)
     scored = torch.zeros((len(seqs), span), dtype=torch.bool)
-    for row, (seq, (_, suffix)) in enumerate(zip(seqs, batch)):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
+    for row, (_, suffix) in enumerate(batch):
         if suffix:
             scored[row, span - len(suffix) :] = True
     device = lm.device

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..models import LoadedModel
 from ..steering import Steer
@@ -75,6 +75,8 @@ class Arm:
 
 class _RowSteers:
     """Several steers on one batch, each with its own per-row scale (0 on the rows of other arms)."""
+
+    kind = "combined"
 
     def __init__(self, parts: list[tuple[Steer, torch.Tensor]]):
         self.parts = parts

@@ -20,13 +20,14 @@ from ..activations import record_pair_activations
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..methods.caa import vector_from_activations
 from ..data import ContrastiveDataset
-from ..models import LoadedModel
+from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
-from ..tasks import SPLITS, Task
+from .tasks import SPLITS, Task
 from ..vector import SteeringVector, write_atomic
 from .ab import POSITIONS, UNSTEERED, Cell, score_ab
 from .fluency import weighted_ngram_entropy
+from .progress import stage_ticker
 from .sweep_plots import heatmap_png
 
 OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
@@ -40,7 +41,7 @@ class SweepError(ValueError):
 class SweepConfig:
     """layers: empty = every layer; give multipliers (raw) or strengths (norm-relative), not both (default strengths
     -0.25, -0.1, 0.1, 0.25); fluency_bound: largest allowed fractional fluency loss vs unsteered; split: val or
-    test; limit: items/prompts per cell; limit_train: training pairs; max_new_tokens: generation tasks only;
+    test; limit: items/prompts per cell; train_limit: training pairs; max_new_tokens: generation tasks only;
     swap and positions: A/B scoring (see evaluation.ab); batch_rows: rows per forward pass."""
 
     layers: list[int] = field(default_factory=list)
@@ -49,7 +50,7 @@ class SweepConfig:
     fluency_bound: float = 0.1
     split: str = "val"
     limit: int | None = None
-    limit_train: int | None = None
+    train_limit: int | None = None
     max_new_tokens: int = 32
     swap: bool = True
     positions: str = "answer"
@@ -119,16 +120,16 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
     """Score the grid for the task's CAA vector (built at every swept layer unless `vector` is given) and return
     the result and the vector, whose metadata then holds the recommendation and the neutral-text residual norms."""
     config = config or SweepConfig()
-    layers = sorted(set(config.layers)) if config.layers else list(range(lm.num_layers))
-    bad = [layer for layer in layers if not 0 <= layer < lm.num_layers]
-    if bad:
-        raise SweepError(f"layer {bad[0]} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}")
+    try:
+        layers = check_layers(lm, config.layers or range(lm.num_layers))
+    except LayerError as exc:
+        raise SweepError(str(exc)) from None
     items = task.eval_items(config.split, data_dir, config.limit)
     if not items:
         raise SweepError(f"task '{task.name}' has no {config.split} items to score")
     if vector is None:
-        data = task.train_data(data_dir, config.limit_train)
-        vector = build_sweep_vector(lm, data, layers, task=task.name, progress=_ticker(progress, "activations", len(data)))
+        data = task.train_data(data_dir, config.train_limit)
+        vector = build_sweep_vector(lm, data, layers, task=task.name, progress=stage_ticker(progress, "activations", len(data)))
     missing = [layer for layer in layers if layer not in vector.directions or str(layer) not in vector.meta.residual_norms]
     if missing:
         raise SweepError(f"the given vector lacks layer {missing[0]} or its residual norm; build it with build_sweep_vector")
@@ -159,22 +160,10 @@ def _rows(flat: list[float], width: int) -> list[list[float]]:
     return [flat[i : i + width] for i in range(0, len(flat), width)]
 
 
-def _ticker(progress, stage: str, total: int):
-    if progress is None:
-        return None
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        progress(stage, done[0], total)
-
-    return tick
-
-
 def _score_ab(lm, task, items, vector, cells, config, progress):
     grid = score_ab(lm, items, vector, cells, swap=config.swap, positions=config.positions,
                     batch_rows=config.batch_rows, task=task.name,
-                    progress=_ticker(progress, "A/B grid", len(cells) * len(items) * (2 if config.swap else 1)))
+                    progress=stage_ticker(progress, "A/B grid", len(cells) * len(items) * (2 if config.swap else 1)))
     summaries = [grid.summary(c) for c in range(len(cells))]
     details = {"unsteered": summaries[0], "cells": summaries[1:]}
     return [s["p_matching"] for s in summaries], [s["answer_mass"] for s in summaries], details
@@ -222,7 +211,7 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
 def _score_generation(lm, task, prompts, vector, cells, config, progress):
     texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=config.max_new_tokens,
                           batch_rows=config.batch_rows, task=task.name,
-                          progress=_ticker(progress, "generating", len(cells) * len(prompts)))
+                          progress=stage_ticker(progress, "generating", len(cells) * len(prompts)))
     scores = [sum(metric_scores(task.metric, t)) / len(t) for t in texts]
     fluency = [sum(weighted_ngram_entropy(x) for x in t) / len(t) for t in texts]
     details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts)]}

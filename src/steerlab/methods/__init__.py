@@ -7,8 +7,12 @@ and fit function; a new method is one module and one line here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+from ..config import build_config
+from ..data import ContrastiveDataset, load_pairs
+from ..models import LoadedModel
 from . import caa, lm_steer, pca, prompt, vector_prompt
 
 
@@ -43,3 +47,24 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
+
+
+def fit(lm: LoadedModel, data: ContrastiveDataset | str | Path | None = None, method: str = "caa", *, task: str = "",
+        config: Any = None, progress: Callable[[int], None] | None = None, **values: Any) -> Any:
+    """Fit a steer with any registered method: `steerlab.fit(lm, pairs, "caa", layers=[15])`.
+
+    `data` is a dataset or a pairs file; the method's config is `config` (an instance) or built from the
+    keyword arguments, checked like a YAML config (an unknown key is an error naming the allowed ones).
+    """
+    spec = get_method(method)
+    if config is not None and values:
+        raise TypeError("give the method's settings as a config object or as keyword arguments, not both")
+    if config is None:
+        config = build_config(spec.config_cls, values, f"{method} config")
+    if isinstance(data, (str, Path)):
+        data = load_pairs(data)
+    if data is None:
+        if spec.needs_data:
+            raise ValueError(f"method {method} needs contrastive pairs: give a dataset or a pairs file")
+        data = ContrastiveDataset([], "no examples", "")
+    return spec.fit(lm, data, config, task=task, progress=progress)

@@ -5,25 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
 from ..activations import PairActivations, record_pair_activations
+from ..batching import DEFAULT_BATCH_TOKENS, check_batch
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
+from ..strength import norms_metadata
 from ..vector import SteeringVector, VectorMeta
 
 
 @dataclass
 class CAAConfig:
     """layers: decoder blocks to build for (empty = the model's middle layer, where CAA steers best);
-    batch_size: pairs per forward pass."""
+    batch_size: most pairs per forward pass; batch_tokens: most tokens per forward pass (pairs x longest
+    pair), so short pairs share large batches and long ones small (raise both on a GPU)."""
 
     layers: list[int] = field(default_factory=list)
     batch_size: int = 16
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        check_batch(self.batch_size, self.batch_tokens)
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: CAAConfig | None = None, *, task: str = "",
@@ -31,20 +32,16 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: CAAConfig | None = No
     """Build a CAA vector from contrastive pairs at the configured layers."""
     config = config or CAAConfig()
     layers = config.layers or [lm.default_layer()]
-    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size, progress=progress)
+    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size,
+                                   batch_tokens=config.batch_tokens, progress=progress)
     return vector_from_activations(lm, acts, data, task=task, params={"layers": acts.layers, "batch_size": config.batch_size})
 
 
 def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, *, task: str,
                             params: dict) -> SteeringVector:
-    """Mean difference per layer, with each layer's typical residual norm kept for norm-relative strengths."""
+    """Mean difference per layer, with each layer's residual norm on neutral text kept for norm-relative strengths."""
     diff = (acts.positive - acts.negative).mean(0)  # [n_layers, hidden]
     meta = VectorMeta.for_model(lm, "caa", params=params, dataset=data.describe(), task=task,
-                                residual_norms=residual_norms(acts.layers, acts.positive, acts.negative))
+                                residual_norms=norms_metadata(lm, acts.layers))
     return SteeringVector({layer: diff[i] for i, layer in enumerate(acts.layers)}, meta)
 
-
-def residual_norms(layers: list[int], *acts: torch.Tensor) -> dict[str, float]:
-    """Mean L2 norm per layer of activations [n, n_layers, hidden] (the metadata's residual_norms)."""
-    norms = torch.cat(acts).norm(dim=-1).mean(0)  # [n_layers]
-    return {str(layer): round(float(n), 4) for layer, n in zip(layers, norms)}

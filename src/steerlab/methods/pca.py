@@ -18,10 +18,11 @@ from typing import Callable, Literal
 import torch
 
 from ..activations import PairActivations, record_pair_activations
+from ..batching import DEFAULT_BATCH_TOKENS, check_batch
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
+from ..strength import norms_metadata
 from ..vector import SteeringVector, VectorMeta
-from .caa import residual_norms
 
 MODES = ("pca_diff", "pca_center")
 
@@ -33,7 +34,8 @@ class PCAConfig:
     mode: "pca_center" (default; the axis pairs split along, mean difference included) or "pca_diff"
     (the axis differences vary along around their mean, as repeng's default; needs 2+ pairs).
     layers: decoder blocks to build for; empty (default) = the model's middle layer.
-    batch_size: pairs per forward pass (default 16).
+    batch_size: most pairs per forward pass (default 16); batch_tokens: most tokens per forward pass
+    (pairs x longest pair; default 4096).
     scale_to_residual_norm: false (default) keeps unit-norm directions, as repeng does, so a
     multiplier is an absolute length (SmolLM2-135M's middle residual norm is ~110, so useful
     multipliers are tens); true scales each layer to residual_fraction x that layer's mean residual
@@ -44,14 +46,14 @@ class PCAConfig:
     mode: Literal["pca_diff", "pca_center"] = "pca_center"
     layers: list[int] = field(default_factory=list)
     batch_size: int = 16
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
     scale_to_residual_norm: bool = False
     residual_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        check_batch(self.batch_size, self.batch_tokens)
         if not self.residual_fraction > 0:
             raise ValueError(f"residual_fraction must be positive, got {self.residual_fraction}")
 
@@ -64,14 +66,15 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: PCAConfig | None = No
         raise ValueError("mode pca_diff needs at least 2 pairs (one difference has no variance); "
                          "add pairs or use mode pca_center")
     layers = config.layers or [lm.default_layer()]
-    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size, progress=progress)
+    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size,
+                                   batch_tokens=config.batch_tokens, progress=progress)
     return vector_from_activations(lm, acts, data, config, task=task)
 
 
 def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, config: PCAConfig,
                             *, task: str) -> SteeringVector:
     """First component per layer, signed by the pairs' vote, optionally scaled to the residual norm."""
-    norms = residual_norms(acts.layers, acts.positive, acts.negative)
+    norms = norms_metadata(lm, acts.layers)
     directions, explained, agreement = {}, {}, {}
     for layer in acts.layers:
         pos, neg = acts.layer(layer)

@@ -1,9 +1,10 @@
 """Prompt steering: an instruction added to every prompt (as the system message or before the user's text).
 
-A prompt changes the input tokens, so it cannot be a hook on the model: `generate_with_prompt` builds
-the steered rows (instruction added) and the original rows (the prompt exactly as given, no
-instruction anywhere) and generates both in one batched call. The original is therefore the truly
-unsteered output, not the instruction-prefixed baseline some toolkits compare against.
+A prompt changes the input tokens, so it cannot be a hook on the model: a PromptSteering is a steer of
+kind "prompt", and `steerlab.generate` builds the steered rows (instruction added) and the original rows
+(the prompt exactly as given, no instruction anywhere) and generates both in one batched call. The
+original is therefore the truly unsteered output, not the instruction-prefixed baseline some toolkits
+compare against.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, NoReturn, Sequence
+from typing import Any, Callable, Literal
 
-import torch
-
-from .. import __version__
+from ..version import __version__
 from ..data import format_prompt
-from ..generation import GenerationConfig, GenerationResult, encode_prompts, generate_ids
 from ..models import LoadedModel
-from ..steering import SteeringError
 from ..textio import loads, read_text
 from ..vector import VectorFileError, write_atomic
 
@@ -64,14 +61,15 @@ class PromptSteering:
     placement: str = "system"
     task: str = ""
     method: str = "prompt"
+    kind: str = "prompt"
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     steerlab_version: str = __version__
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         check_instruction(self.instruction, self.placement)
-        if self.method != "prompt":
-            raise ValueError(f"a PromptSteering has method 'prompt', not {self.method!r}")
+        if self.method != "prompt" or self.kind != "prompt":
+            raise ValueError(f"a PromptSteering has method and kind 'prompt', not {self.method!r} / {self.kind!r}")
 
     def prompt_text(self, tokenizer: Any, user_text: str, *, use_chat_template: bool, system: str | None = None) -> str:
         """The steered text the model sees before its answer (format_prompt with the instruction added)."""
@@ -80,12 +78,6 @@ class PromptSteering:
         else:
             user_text = f"{self.instruction}{SEPARATOR}{user_text}"
         return format_prompt(tokenizer, user_text, use_chat_template=use_chat_template, system=system)
-
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> NoReturn:
-        """Refuse: a prompt changes the input, not the model, so it cannot be hooked into generate()."""
-        raise SteeringError("prompt steering changes the prompt text, so it cannot be attached to the model; "
-                            "use steerlab.methods.prompt.generate_with_prompt(lm, prompts, steering)")
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,33 +130,3 @@ def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None
             raise ValueError(f"{lm.name}'s chat template does not take a system message ({exc}); "
                              "use placement: prefix") from None
     return PromptSteering(config.instruction, config.placement, task=task)
-
-
-def generate_with_prompt(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    steering: PromptSteering,
-    *,
-    generate_orig_output: bool = True,
-    config: GenerationConfig | None = None,
-    batch_size: int = 8,
-    use_chat_template: bool | None = None,
-    system: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[GenerationResult]:
-    """Generate each prompt with the instruction and (generate_orig_output) without it, in one batched call."""
-    config = config or GenerationConfig()
-    chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
-    texts = [steering.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
-    steered_ids = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-    original_ids = encode_prompts(lm, prompts, use_chat_template=chat, system=system) if generate_orig_output else []
-    results: list[GenerationResult] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = steered_ids[start : start + batch_size]
-        rows = chunk + original_ids[start : start + batch_size]
-        out = generate_ids(lm, rows, None, config=config)
-        for i, prompt in enumerate(prompts[start : start + len(chunk)]):
-            results.append(GenerationResult(prompt, out[i], out[len(chunk) + i] if generate_orig_output else None))
-        if progress:
-            progress(len(chunk))
-    return results

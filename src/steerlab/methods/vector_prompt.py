@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from ..activations import record_activations, with_start_token
+from ..batching import DEFAULT_BATCH_TOKENS, check_batch
 from ..data import ContrastiveDataset, format_prompt
 from ..models import LoadedModel
+from ..strength import norms_metadata
 from ..vector import SteeringVector, VectorMeta
-from .caa import residual_norms
 from .prompt import PromptSteering, check_instruction
 
 
@@ -27,18 +28,19 @@ class VectorPromptConfig:
     placement: where the instruction goes while measuring, as in prompt steering: "system" (default)
     or "prefix" (before the user's text).
     layers: decoder blocks to build for; empty (default) = the model's middle layer.
-    batch_size: examples per forward pass (default 16).
+    batch_size: most examples per forward pass (default 16); batch_tokens: most tokens per forward pass
+    (examples x longest example; default 4096).
     """
 
     instruction: str = ""
     placement: Literal["system", "prefix"] = "system"
     layers: list[int] = field(default_factory=list)
     batch_size: int = 16
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
 
     def __post_init__(self) -> None:
         check_instruction(self.instruction, self.placement)
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        check_batch(self.batch_size, self.batch_tokens)
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | None = None, *, task: str = "",
@@ -63,11 +65,13 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | 
         with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + pair.answer_prefix
         plain.append((with_start_token(tok, tok(without, add_special_tokens=not chat)["input_ids"]), answers))
         instructed.append((tok(with_it, add_special_tokens=not chat)["input_ids"], answers))
-    base = record_activations(lm, plain, layers, batch_size=config.batch_size, progress=progress)
-    shifted = record_activations(lm, instructed, layers, batch_size=config.batch_size, progress=progress)
+    base = record_activations(lm, plain, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens,
+                              progress=progress)
+    shifted = record_activations(lm, instructed, layers, batch_size=config.batch_size,
+                                 batch_tokens=config.batch_tokens, progress=progress)
     diff = (shifted - base).mean(dim=(0, 1))  # [n_layers, hidden]
     params = {"instruction": config.instruction, "placement": config.placement, "layers": layers,
               "batch_size": config.batch_size}
     meta = VectorMeta.for_model(lm, "vector_prompt", params=params, dataset=data.describe(), task=task,
-                                residual_norms=residual_norms(layers, base[:, 0], base[:, 1]))
+                                residual_norms=norms_metadata(lm, layers))
     return SteeringVector({layer: diff[i] for i, layer in enumerate(layers)}, meta)

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
+from ..version import __version__
 from ..generation import encode_prompts
 from ..models import LoadedModel
 from . import metrics

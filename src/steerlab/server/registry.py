@@ -15,7 +15,7 @@ import torch
 
 from ..models import LoadedModel
 from ..steering import SteeringSpec
-from ..vector import SteeringVector, content_hash
+from ..vector import SteeringVector, content_hash, describe_model, same_model
 from .errors import ApiError
 from .schemas import SteeringItem
 
@@ -129,10 +129,6 @@ def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:
     if m.hidden_size != lm.hidden_size or max(vector.layers) >= lm.num_layers:
         return (f"built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers); this server runs "
                 f"{lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers)")
-    if m.model_fingerprint:
-        if m.model_fingerprint != lm.fingerprint:
-            return (f"built for {m.model_name} (weights fingerprint {m.model_fingerprint}); this server runs "
-                    f"{lm.name} (fingerprint {lm.fingerprint}): same shape, different weights")
-    elif m.model_name != lm.name:
-        return f"built for {m.model_name}; this server runs {lm.name}"
+    if not same_model(m, lm):
+        return f"built for {describe_model(m)}; this server runs {describe_model(lm)}"
     return None

@@ -17,9 +17,9 @@ from typing import Callable
 
 import yaml
 
-from .config import build_config
-from .data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
-from .evaluation.ab import load_ab_items
+from ..config import build_config
+from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
+from .ab import load_ab_items
 
 DATA_ENV = "STEERLAB_DATA"
 KINDS = ("ab", "generation")

@@ -7,11 +7,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .data import demo_dataset_path, load_pairs
-from .evaluation.sentiment import vader_scores
-from .generation import GenerationConfig, generate
-from .methods.caa import CAAConfig, fit
-from .steering import SteeringSpec
+from ..data import demo_dataset_path, load_pairs
+from ..evaluation.sentiment import vader_scores
+from ..generation import GenerationConfig, generate
+from ..methods.caa import CAAConfig, fit
+from ..steering import SteeringSpec
+from .common import add_model_args, command, load_cli_model, one_line, progress_bar
 
 # Tuned on SmolLM2-135M-Instruct with the shipped pairs: strong enough to flip the tone, weak enough
 # to stay readable. Other models get the middle layer and the same norm-relative strength.
@@ -19,10 +20,21 @@ DEMO_RELATIVE_STRENGTH = 0.2
 DEMO_PROMPTS = "demo_prompts.txt"
 
 
+def register(sub, vsub) -> None:
+    p = command(sub, "demo", "Build a sentiment CAA vector on the default model and show steered beside original.",
+                "steerlab demo")
+    p.add_argument("--data", help="pairs file (default: the shipped sentiment pairs)")
+    p.add_argument("--prompts-file", help="prompts to generate for (default: the shipped demo prompts)")
+    p.add_argument("--layer", type=int, help="layer (default: a middle layer)")
+    p.add_argument("--multiplier", type=float, default=None, help="multiplier (default: norm-relative strength 0.2)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per prompt")
+    p.add_argument("--out-dir", default="steerlab-out", help="where the vector file is written")
+    add_model_args(p)
+    p.set_defaults(func=run_demo)
+
+
 def run_demo(args) -> int:
     from importlib import resources
-
-    from .cli import load_cli_model, progress_bar
 
     started = time.perf_counter()
     data = load_pairs(args.data or demo_dataset_path())
@@ -51,9 +63,9 @@ def run_demo(args) -> int:
     print(f"\nsteerlab demo: {lm.name}, CAA sentiment vector from {len(data)} pairs, layer {layer}, multiplier +/-{multiplier}")
     for i, prompt in enumerate(prompts):
         print(f"\n[{i + 1}] {prompt}")
-        print(f"  original   | {_line(orig[i].steered)}")
-        print(f"  positive + | {_line(plus[i].steered)}")
-        print(f"  negative - | {_line(minus[i].steered)}")
+        print(f"  original   | {one_line(orig[i].steered)}")
+        print(f"  positive + | {one_line(plus[i].steered)}")
+        print(f"  negative - | {one_line(minus[i].steered)}")
     _print_scores(orig, plus, minus)
     print(f"\nvector written to {out}")
     print(f"done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
@@ -66,7 +78,3 @@ def _print_scores(orig, plus, minus) -> None:
         return sum(vader_scores([r.steered for r in results])) / len(results)
 
     print(f"\nmean VADER sentiment (-1..1): original {mean(orig):+.2f}, positive {mean(plus):+.2f}, negative {mean(minus):+.2f}")
-
-
-def _line(text: str) -> str:
-    return " ".join(text.split())

@@ -15,17 +15,16 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..data import ContrastiveDataset, format_prompt
-from ..models import LoadedModel
-from .lm_steer_artifact import steered_hidden
-
-if TYPE_CHECKING:
-    from .lm_steer import LMSteerConfig
+from ...batching import pad
+from ...data import ContrastiveDataset, format_prompt
+from ...models import LoadedModel
+from .artifact import steered_hidden
+from .config import LMSteerConfig
 
 GIB = 1024**3
 # Autograd, allocator and thread-pool workspace measured beside the parts below (about 80-120 MiB on CPU).
@@ -137,12 +136,8 @@ class _StopForward(Exception):
 def final_hidden_states(lm: LoadedModel, examples: Sequence[Example]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per example: the frozen model's final hidden states at the positions that predict trained tokens
     ([n, hidden], the LM head's input) and those tokens ([n])."""
-    width = max(len(e.ids) for e in examples)
-    input_ids = torch.full((len(examples), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for i, e in enumerate(examples):  # right padding: positions of real tokens start at 0
-        input_ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = 1
+    # right padding: positions of real tokens start at 0
+    input_ids, mask = pad([e.ids for e in examples], lm.tokenizer.pad_token_id, left=False)
     captured: list[torch.Tensor] = []
 
     def grab(module: torch.nn.Module, args: tuple) -> None:
@@ -210,7 +205,7 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
         pool = pool[batch_size:]
 
 
-def train(lm: LoadedModel, examples: Sequence[Example], config: "LMSteerConfig", *,
+def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *,
           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on P1, P2 (random start, scaled by init_var) for config.steps batches; returns them and loss stats."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -291,7 +286,7 @@ def available_memory(device: torch.device, cap_gb: float | None) -> tuple[int | 
     return free, source
 
 
-def memory_parts(lm: LoadedModel, examples: Sequence[Example], config: "LMSteerConfig") -> dict[str, int]:
+def memory_parts(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig) -> dict[str, int]:
     """Bytes each part of training needs at its peak (a deliberately generous estimate)."""
     cfg = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
     d = lm.hidden_size
@@ -316,7 +311,7 @@ def memory_parts(lm: LoadedModel, examples: Sequence[Example], config: "LMSteerC
     }
 
 
-def check_memory(lm: LoadedModel, examples: Sequence[Example], config: "LMSteerConfig",
+def check_memory(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig,
                  report: Callable[[str], None]) -> MemoryEstimate:
     """Report the estimate; if it does not fit, raise with the settings (changed one at a time) that would."""
     available, source = available_memory(lm.device, config.max_memory_gb)
@@ -325,7 +320,7 @@ def check_memory(lm: LoadedModel, examples: Sequence[Example], config: "LMSteerC
     if estimate.fits:
         return estimate
 
-    def fits(trial: "LMSteerConfig") -> int | None:
+    def fits(trial: LMSteerConfig) -> int | None:
         total = sum(memory_parts(lm, examples, trial).values())
         return total if total <= available else None
 

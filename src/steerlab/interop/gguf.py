@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
-from .vector import SteeringVector, VectorFileError, VectorMeta, write_atomic
+from ..vector import SteeringVector, VectorFileError, VectorMeta, write_atomic
 
 ARCH = "controlvector"
 HINT_KEY = f"{ARCH}.model_hint"

@@ -1,8 +1,8 @@
 """The LM-Steer artifact: P1, P2 and metadata, saved as safetensors, applied as a hook on the LM head.
 
 The steer changes the final hidden state h (the LM head's input): h + epsilon * sum_k s_k * P1_k P2_k^T h,
-so the logits become (h + epsilon * sum_k s_k P1_k P2_k^T h) E^T. s_k is the steer value, one per batch
-row (0 = off, giving exactly the unsteered logits).
+so the logits become (h + epsilon * sum_k s_k P1_k P2_k^T h) E^T. s_k is the multiplier (the paper's steer
+value), one per batch row (0 = off, giving exactly the unsteered logits).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import LoadedModel
-from ..steering import SteeringError, _combine_rows, _fit_rows
-from ..vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
+from ...models import LoadedModel
+from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
+from ...vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
                       write_steer_file)
 
 METHOD = "lm_steer"
@@ -40,15 +40,17 @@ def steered_hidden(hidden: torch.Tensor, projector1: torch.Tensor, projector2: t
 class LMSteer:
     """A trained LM-Steer: P1, P2 ([num_steers, hidden, rank]) and metadata (epsilon in meta.params).
 
-    `value` is the steer value, one number or one per batch row (0 = off); `steer_weights` scales each
-    of the num_steers steers (None = all 1). Choose them with :meth:`with_value`.
+    `multiplier` (the paper's steer value) is one number or one per batch row (0 = off); `steer_weights`
+    scales each of the num_steers steers (None = all 1). Choose them with :meth:`with_multiplier`.
     """
 
     projector1: torch.Tensor
     projector2: torch.Tensor
     meta: VectorMeta
-    value: float | Sequence[float] = 1.0
+    multiplier: float | Sequence[float] = 1.0
     steer_weights: Sequence[float] | None = None
+
+    kind = "lm_steer"
 
     def __post_init__(self) -> None:
         p1 = torch.as_tensor(self.projector1).detach().float().cpu()
@@ -59,6 +61,8 @@ class LMSteer:
         if not isinstance(self.meta.params.get("epsilon"), (int, float)):
             raise ValueError("an LM-Steer needs its epsilon in meta.params['epsilon']")
         self.projector1, self.projector2 = p1, p2
+        if self.meta.kind != "lm_steer":
+            self.meta = replace(self.meta, kind="lm_steer")
 
     @property
     def epsilon(self) -> float:
@@ -72,24 +76,26 @@ class LMSteer:
     def rank(self) -> int:
         return int(self.projector1.shape[2])
 
-    def with_value(self, value: float | Sequence[float], steer_weights: Sequence[float] | None = None) -> "LMSteer":
-        """The same steer applied at another value (e.g. -1 for the negative side; a list gives one per row)."""
-        return replace(self, value=value, steer_weights=self.steer_weights if steer_weights is None else steer_weights)
+    def with_multiplier(self, multiplier: float | Sequence[float],
+                        steer_weights: Sequence[float] | None = None) -> "LMSteer":
+        """The same steer at another multiplier (e.g. -1 for the negative side; a list gives one per row)."""
+        return replace(self, multiplier=multiplier,
+                       steer_weights=self.steer_weights if steer_weights is None else steer_weights)
 
-    def row_values(self, row_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Steer values per row and steer, [rows, num_steers]: value * row_scale * steer weight."""
-        value = self.value
+    def row_multipliers(self, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Multipliers per row and steer, [rows, num_steers]: multiplier * row_scale * steer weight."""
+        value = self.multiplier
         rows = torch.as_tensor([value] if isinstance(value, (int, float)) else list(value), dtype=torch.float32)
         weights = torch.ones(self.num_steers) if self.steer_weights is None else torch.as_tensor(
             list(self.steer_weights), dtype=torch.float32)
         if rows.ndim != 1 or rows.numel() == 0:
-            raise SteeringError("an LM-Steer value must be a number or a non-empty list of numbers (one per batch row)")
+            raise SteeringError("an LM-Steer multiplier must be a number or a non-empty list of numbers (one per batch row)")
         if weights.shape != (self.num_steers,):
             raise SteeringError(f"steer_weights needs {self.num_steers} numbers (one per steer), got {list(weights.shape)}")
         if not (torch.isfinite(rows).all() and torch.isfinite(weights).all()):
-            raise SteeringError(f"LM-Steer values must be finite, got value={value}, steer_weights={self.steer_weights}")
+            raise SteeringError(f"LM-Steer multipliers must be finite, got multiplier={value}, steer_weights={self.steer_weights}")
         if row_scale is not None:
-            rows = _combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
+            rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
         return rows[:, None] * weights[None, :]
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
@@ -102,7 +108,7 @@ class LMSteer:
             raise SteeringError(f"{type(lm.model).__name__} has no output embeddings (LM head) for LM-Steer to act on")
         device = head.weight.device  # the head may sit on another device than the first layers
         return LMSteerHandle(head, self.projector1.to(device), self.projector2.to(device),
-                             self.row_values(row_scale).to(device), self.epsilon)
+                             self.row_multipliers(row_scale).to(device), self.epsilon)
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -112,12 +118,9 @@ class LMSteer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LMSteer":
-        """Read a steer written by :meth:`save` (value 1; pick another with with_value)."""
+        """Read a steer written by :meth:`save` (multiplier 1; pick another with with_multiplier)."""
         path = Path(path)
-        meta, tensors = read_steer_file(path, "LM-Steer")
-        if meta.method != METHOD:
-            raise VectorFileError(f"{path}: a steering vector (method {meta.method}), not an LM-Steer file; read it "
-                                  "with SteeringVector.load")
+        meta, tensors = read_steer_file(path, "lm_steer", "an LM-Steer file")
         if sorted(tensors) != sorted(TENSORS):
             found = ", ".join(sorted(tensors)) or "none"
             raise VectorFileError(f"{path}: expected tensors {', '.join(TENSORS)}, found {found}")
@@ -140,6 +143,7 @@ class LMSteerHandle:
                  values: torch.Tensor, epsilon: float):
         self._p1, self._p2, self._values, self._epsilon = projector1, projector2, values, epsilon
         self._off = bool((values == 0).all())
+        enter_scope(self)
         self._handle = head.register_forward_pre_hook(self._hook)
 
     def __enter__(self) -> "LMSteerHandle":
@@ -152,18 +156,21 @@ class LMSteerHandle:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        leave_scope(self)
 
     @property
     def active(self) -> bool:
         return self._handle is not None
 
     def _hook(self, module: torch.nn.Module, args: tuple) -> tuple | None:
-        if self._off:
+        if self._off or not in_scope(self):
             return None
         hidden = args[0]
-        rows = _fit_rows(torch.arange(self._values.shape[0]), hidden.shape[0], "LM-Steer values")
+        rows = fit_rows(torch.arange(self._values.shape[0]), hidden.shape[0], "LM-Steer multipliers")
         values = self._values[rows.to(self._values.device)]
         shape = hidden.shape
         flat = hidden.reshape(shape[0], -1, shape[-1])
-        steered = steered_hidden(flat, self._p1, self._p2, values, self._epsilon).reshape(shape)
-        return (steered,) + tuple(args[1:])
+        steered = steered_hidden(flat, self._p1, self._p2, values, self._epsilon)
+        # Rows at multiplier 0 keep their hidden state exactly (nothing multiplied by zero is added).
+        on = (values != 0).any(-1)[:, None, None]
+        return (torch.where(on, steered, flat).reshape(shape),) + tuple(args[1:])

@@ -1,10 +1,12 @@
-"""`steerlab sweep` and `steerlab tasks`: registered into the main command line by steerlab.cli."""
+"""`steerlab sweep` and `steerlab tasks`: score a layer x strength grid for a task; list the built-in tasks."""
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
+
+from .common import (CLIError, HelpFormatter, StageBars, add_model_args, check_at_least, load_cli_model, parse_layers,
+                     parse_numbers)
 
 EXAMPLES = (
     "steerlab sweep --task sentiment --layers 4,8,12,16,20 --strengths 0.1,0.2 --limit 20 --out sweeps/sentiment\n"
@@ -15,22 +17,20 @@ EXAMPLES = (
 
 def register(sub, vector_sub=None) -> None:
     """Add the `sweep` and `tasks` subcommands."""
-    from ..cli import add_model_args
-
     p = sub.add_parser("sweep", help="score a layer x strength grid for a task and recommend a layer and multiplier",
                        description="Build the task's vector at every layer in one pass, score a layer x multiplier grid "
                        "in batched passes, write heatmaps and store the recommendation in the vector's metadata.",
-                       epilog=f"examples:\n  {EXAMPLES}", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=f"examples:\n  {EXAMPLES}", formatter_class=HelpFormatter)
     p.add_argument("--task", required=True, help="a built-in task (see `steerlab tasks`) or a task file (.yaml/.json)")
     p.add_argument("--method", default="caa", help="steering method (sweeps build CAA vectors)")
-    p.add_argument("--layers", help="layers: all (default), 4,8,12 or 0-29")
+    p.add_argument("--layers", default="all", help="layers: all, 4,8,12 or 0-29")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--multipliers", help="raw multipliers, e.g. --multipliers=-1,1 (the CAA paper's; write = before a leading minus)")
     grid.add_argument("--strengths", help="norm-relative strengths (fraction of the layer's residual norm), e.g. --strengths="
                       "-0.25,-0.1,0.1,0.25 (default)")
     p.add_argument("--split", default="val", choices=["val", "test"], help="items to score (default val: held out of training)")
-    p.add_argument("--limit", type=int, help="score only the first N items or prompts")
-    p.add_argument("--limit-train", type=int, help="build from only the first N training pairs")
+    p.add_argument("--limit", type=int, help="score only the first N items or prompts (default: all)")
+    p.add_argument("--train-limit", type=int, help="build from only the first N training pairs (default: all)")
     p.add_argument("--fluency-bound", type=float, default=0.1,
                    help="recommend only cells keeping at least (1 - bound) of unsteered fluency (default 0.1)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation tasks: tokens per continuation")
@@ -44,50 +44,26 @@ def register(sub, vector_sub=None) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_sweep)
 
-    t = sub.add_parser("tasks", help="list the built-in tasks", description="List built-in tasks and their data.")
+    t = sub.add_parser("tasks", help="list the built-in tasks", description="List built-in tasks and their data.",
+                       formatter_class=HelpFormatter)
     t.add_argument("--data-dir", help="the shared data folder (default: $STEERLAB_DATA or ../shared/data)")
     t.set_defaults(func=cmd_tasks)
 
 
-def parse_layer_list(text: str | None) -> list[int]:
-    """'all' or None -> [] (every layer); '4,8,12' -> [4, 8, 12]; '0-3' -> [0, 1, 2, 3]."""
-    from ..cli import CLIError
-
-    if not text or text == "all":
-        return []
-    out: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            lo, sep, hi = part.partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
-    except ValueError:
-        raise CLIError(f"--layers {text}: expected all, 4,8,12 or 0-29") from None
-    return out
-
-
-def parse_floats(text: str | None, flag: str) -> list[float]:
-    from ..cli import CLIError
-
-    if not text:
-        return []
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CLIError(f"{flag} {text}: expected numbers separated by commas, e.g. -1,1") from None
-
-
 def cmd_sweep(args) -> int:
-    from ..cli import CLIError, load_cli_model, progress_bar
-    from ..tasks import get_task
-    from .sweep import OUTPUT_FILES, SweepConfig, save_sweep, sweep
+    from ..evaluation.sweep import OUTPUT_FILES, SweepConfig, save_sweep, sweep
+    from ..evaluation.tasks import get_task
 
     if args.method != "caa":
         raise CLIError(f"--method {args.method}: sweeps build every layer's vector from one activation pass, "
                        "which only --method caa supports")
+    check_at_least(args.limit, 1, "--limit")
+    check_at_least(args.train_limit, 2, "--train-limit")
     task = get_task(args.task, args.data_dir)
-    config = SweepConfig(layers=parse_layer_list(args.layers), multipliers=parse_floats(args.multipliers, "--multipliers"),
-                         strengths=parse_floats(args.strengths, "--strengths"), fluency_bound=args.fluency_bound,
-                         split=args.split, limit=args.limit, limit_train=args.limit_train,
+    config = SweepConfig(layers=parse_layers(args.layers, weights=False) or [],
+                         multipliers=parse_numbers(args.multipliers, "--multipliers") or [],
+                         strengths=parse_numbers(args.strengths, "--strengths") or [], fluency_bound=args.fluency_bound,
+                         split=args.split, limit=args.limit, train_limit=args.train_limit,
                          max_new_tokens=args.max_new_tokens, swap=not args.no_swap, positions=args.positions,
                          batch_rows=args.batch_rows)
     out = Path(args.out)
@@ -95,21 +71,9 @@ def cmd_sweep(args) -> int:
     if clash and not args.overwrite:
         raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
     lm = load_cli_model(args)
-    bars: dict[str, object] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            for previous in bars.values():
-                previous.close()
-            bars[stage] = progress_bar(total, stage)
-        bars[stage].update(done - bars[stage].n)
-
     start = time.perf_counter()
-    try:
-        result, vector = sweep(lm, task, config, data_dir=args.data_dir, progress=progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
+    with StageBars() as bars:
+        result, vector = sweep(lm, task, config, data_dir=args.data_dir, progress=bars)
     save_sweep(out, result, vector, overwrite=args.overwrite)
     print_grid(result)
     print(f"swept {len(result.layers)} layers x {len(result.values)} {result.mode} values on {result.items} "
@@ -133,7 +97,7 @@ def print_grid(result) -> None:
 
 
 def cmd_tasks(args) -> int:
-    from ..tasks import builtin_tasks
+    from ..evaluation.tasks import builtin_tasks
 
     for name, task in builtin_tasks(args.data_dir).items():
         print(f"{name:<34} {task.kind:<10} {task.description}")

@@ -7,6 +7,8 @@ import ipaddress
 import os
 import sys
 
+from .common import CLIError, HelpFormatter, add_model_args, load_cli_model
+
 TOKEN_ENV = "STEERLAB_TOKEN"
 EXAMPLE = ("steerlab serve --vectors vectors/ --port 8000\n"
            "  STEERLAB_TOKEN=secret steerlab serve --vectors vectors/ --host 0.0.0.0")
@@ -14,32 +16,28 @@ EXAMPLE = ("steerlab serve --vectors vectors/ --port 8000\n"
 
 def register(sub, vector_subparsers=None) -> None:
     """Add the `serve` subcommand to the main parser's subcommands."""
-    from ..cli import add_model_args
-
     text = "Serve an OpenAI-style HTTP API with per-request steering, and a playground page at /."
     p = sub.add_parser("serve", help="serve steered generation over HTTP (API + playground)", description=text,
-                       epilog=f"example:\n  {EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=f"example:\n  {EXAMPLE}", formatter_class=HelpFormatter)
     p.add_argument("--vectors", metavar="DIR", help="folder of steerlab .safetensors vectors; each file stem is a vector name")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every API request (default: ${TOKEN_ENV}; "
                                    "prefer the variable, as arguments are visible to other users)")
-    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together (default 16)")
+    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
     p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long the first queued request waits for others to share its batch (default 10)")
-    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for (default 512)")
+                   help="how long the first queued request waits for others to share its batch")
+    p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     add_model_args(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..cli import CLIError, load_cli_model
-
     try:
         import uvicorn
 
-        from .app import create_app
-        from .registry import VectorRegistry
+        from ..server.app import create_app
+        from ..server.registry import VectorRegistry
     except ModuleNotFoundError as exc:
         raise CLIError(f"steerlab serve needs {exc.name}; install the server extra: pip install 'steerlab[server]'") from None
 

@@ -1,0 +1,52 @@
+"""The `steerlab` command line: one module per command group, each a `register(sub, vector_sub)`.
+
+This package imports the library and nothing imports it: every command is the library's verbs, parsed,
+checked before the model loads, and printed. Errors print as one line (`--debug` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from ..version import __version__
+from . import demo, evaluate, generate, interop, serve, sweep, vector
+from .common import CLIError
+
+GROUPS = (vector, interop, generate, evaluate, sweep, serve, demo)
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for users; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerlab", description="Steer language models with contrastive examples.")
+    parser.add_argument("--version", action="version", version=f"steerlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    vector_parser = sub.add_parser("vector", help="build, inspect, check, convert and merge steers")
+    vsub = vector_parser.add_subparsers(dest="vector_command", metavar="ACTION")
+    vector_parser.set_defaults(func=lambda a: vector_parser.print_help() or 2)
+    for group in GROUPS:
+        group.register(sub, vsub)
+    return parser

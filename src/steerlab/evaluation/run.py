@@ -1,0 +1,214 @@
+"""The library verbs `evaluate` and `compare`: steered beside original on a task's held-out prompts, scored.
+
+Both return result objects (a Report; a Comparison) that the command line only prints and saves, so a
+notebook or a benchmark gets the same numbers as `steerlab eval` / `steerlab compare` without a CLI.
+Progress goes to `progress(stage, done, total)`, the same callback `sweep` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import build_config
+from ..generation import GenerationConfig
+from ..methods import METHODS, get_method
+from ..methods.prompt import PromptSteering
+from ..models import LoadedModel
+from ..steering import SteeringSpec, VectorSteering
+from ..strength import multiplier_for, with_neutral_norms
+from ..vector import SteeringVector
+from .compare import DEFAULT_STRENGTH, GOAL_INSTRUCTIONS, Fitted, compare_markdown, fit_methods
+from .report import METRIC_NOTES, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
+from .progress import Progress, stage_ticker
+from .tasks import Task, get_task
+
+class EvaluationError(ValueError):
+    """An evaluation was asked for in a way that cannot run; the message says what to give instead."""
+
+
+@dataclass
+class Comparison:
+    """`compare`'s result: the report (settings, scores, samples) and each method's fitted setting."""
+
+    report: Report
+    fitted: list[Fitted]
+
+    def markdown(self) -> str:
+        return compare_markdown(self.report.settings, self.report.scores, self.fitted, self.report.run)
+
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """report.json, summary.md (the table) and samples.jsonl, written atomically."""
+        report = self.report
+        return write_folder_atomic(Path(folder), {
+            "report.json": json.dumps(report.to_json(), indent=2) + "\n",
+            "summary.md": self.markdown() + "\n",
+            "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in report.samples())},
+            overwrite=overwrite)
+
+
+def generation_task(task: str | Task, data_dir: str | Path | None = None) -> Task:
+    """The task, checked to be a generation task (A/B tasks are scored by `sweep`)."""
+    task = task if isinstance(task, Task) else get_task(task, data_dir)
+    if task.kind != "generation":
+        raise EvaluationError(f"task '{task.name}' is an A/B task, scored by answer probabilities rather than generated "
+                              f"text; use `steerlab sweep --task {task.name}` for it")
+    return task
+
+
+def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: str | None = None,
+             config: dict[str, Any] | None = None, layers: Sequence[int] | dict[int, float] | None = None,
+             multipliers: Sequence[float] | None = None, strengths: Sequence[float] | None = None,
+             instruction: str | None = None, split: str = "test", limit: int | None = None, train_limit: int = 200,
+             data_dir: str | Path | None = None, generation: GenerationConfig | None = None, batch_size: int = 16,
+             source: str = "", progress: Progress | None = None) -> Report:
+    """Evaluate one steer on a task: a given steer (vector, LM-Steer, prompt steer) or `method` fitted on the
+    task's train pairs; steered beside the original, scored for effect and fluency.
+
+    Vectors run at `multipliers`, else at `strengths` (norm-relative, converted at the first steered layer
+    with residual norms on neutral text), else at the vector's recommended multiplier, else strength 0.2.
+    """
+    if (steer is None) == (method is None):
+        raise EvaluationError("give one steer: a steer object (or file) or a method name to fit")
+    if multipliers and strengths:
+        raise EvaluationError("give multipliers or strengths, not both")
+    task = generation_task(task, data_dir)
+    generation = _checked_generation(generation, limit, train_limit)
+    prompts = task.eval_items(split, data_dir, limit)
+    chat = bool(task.chat and lm.use_chat_template)
+    info: dict[str, Any] = {}
+    if steer is None:
+        steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
+        source = source or f"fitted ({method})"
+    if isinstance(steer, SteeringVector):
+        spec = SteeringSpec(steer, 1.0, layers)
+        values = _vector_multipliers(lm, spec, multipliers, strengths, info)
+        arms = multiplier_arms(VectorSteering(spec), values)
+        info.update(method=steer.meta.method, source=source or "given vector", layers=spec.layer_weights(),
+                    multipliers=values, task=steer.meta.task, dataset=steer.meta.dataset, params=steer.meta.params)
+        info["description"] = (f"{steer.meta.method} vector ({info['source']}) at layers {list(spec.layer_weights())}, "
+                               f"multipliers {', '.join(f'{m:g}' for m in values)}")
+    elif isinstance(steer, PromptSteering):
+        if multipliers or strengths:
+            raise EvaluationError("prompt steering has no strength; drop multipliers/strengths")
+        arms = [prompt_arm(lm, steer, prompts, use_chat_template=chat)]
+        info["description"] = f'prompt steering: "{steer.instruction}" ({steer.placement})'
+    else:
+        values = list(multipliers or [1.0])
+        arms = multiplier_arms(steer, values)
+        info["description"] = f"{method or steer.kind} at scales {', '.join(f'{m:g}' for m in values)}"
+    run = generate_arms(lm, prompts, arms, config=generation, batch_size=batch_size, use_chat_template=chat,
+                        task=task.name, progress=stage_ticker(progress, f"generating {len(arms)} steered + original per prompt",
+                                                         len(prompts)))
+    scores = score_run(lm, run, task.metric, task.direction, use_chat_template=chat, batch_size=batch_size)
+    settings = {"command": "eval", "task": _task_settings(task, split, limit, len(prompts)), "model": _model_settings(lm),
+                "steer": _jsonable(info), "generation": asdict(generation), "batch_size": batch_size}
+    return Report(settings, scores, run)
+
+
+def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None = None, layer: int | None = None,
+            strengths: Sequence[float] | None = None, instruction: str | None = None,
+            overrides: dict[str, list[str]] | None = None, split: str = "test", limit: int | None = 50,
+            train_limit: int = 200, data_dir: str | Path | None = None, generation: GenerationConfig | None = None,
+            batch_size: int = 16, progress: Progress | None = None,
+            report: Callable[[str], None] = lambda _: None) -> Comparison:
+    """Compare methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
+
+    `overrides` maps a method to its "key=value" config overrides (e.g. {"lm_steer": ["steps=200"]}).
+    """
+    task = generation_task(task, data_dir)
+    generation = _checked_generation(generation, limit, train_limit)
+    methods = list(methods) if methods else list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise EvaluationError(f"unknown method '{unknown[0]}'; available: {', '.join(METHODS)}")
+    strange = [name for name in (overrides or {}) if name not in methods]
+    if strange:
+        raise EvaluationError(f"overrides name '{strange[0]}', which is not compared ({', '.join(methods)})")
+    instruction = instruction or GOAL_INSTRUCTIONS.get(task.metric)
+    if instruction is None and any(m in ("prompt", "vector_prompt") for m in methods):
+        raise EvaluationError(f"no default instruction for metric '{task.metric}'; give an instruction")
+    strengths = list(strengths or [DEFAULT_STRENGTH])
+    prompts = task.eval_items(split, data_dir, limit)
+    data = task.train_data(data_dir, train_limit)
+    layer = lm.default_layer() if layer is None else layer
+    chat = bool(task.chat and lm.use_chat_template)
+    fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
+                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report)
+    run = generate_arms(lm, prompts, [f.arm for f in fitted], config=generation, batch_size=batch_size,
+                        use_chat_template=chat, task=task.name,
+                        progress=stage_ticker(progress, f"generating {len(fitted)} methods + original per prompt", len(prompts)))
+    scores = score_run(lm, run, task.metric, task.direction, use_chat_template=chat, batch_size=batch_size)
+    settings = {"command": "compare", "task": _task_settings(task, split, limit, len(prompts)),
+                "model": _model_settings(lm), "train": data.describe(), "layer": layer, "strengths": strengths,
+                "instruction": instruction,
+                "methods": {f.label: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params}
+                            for f in fitted},
+                "generation": asdict(generation), "batch_size": batch_size}
+    return Comparison(Report(_jsonable(settings), scores, run), fitted)
+
+
+def _checked_generation(generation: GenerationConfig | None, limit: int | None, train_limit: int) -> GenerationConfig:
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit must be at least 1, got {limit}")
+    if train_limit < 2:
+        raise EvaluationError(f"train limit must be at least 2, got {train_limit}")
+    return generation or GenerationConfig(max_new_tokens=40)
+
+
+def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layers, instruction: str | None,
+         train_limit: int, data_dir, progress: Progress | None):
+    """Fit `method` on the task's train pairs; the instruction defaults to one toward the task's goal."""
+    spec = get_method(method)
+    fields = getattr(spec.config_cls, "__dataclass_fields__", {})
+    if "instruction" in fields and "instruction" not in values:
+        values["instruction"] = instruction or GOAL_INSTRUCTIONS.get(task.metric)
+        if not values["instruction"]:
+            raise EvaluationError(f"method {method} needs an instruction; give one")
+    if layers is not None:
+        if "layers" not in fields:
+            raise EvaluationError(f"method {method} takes no layers; drop them")
+        values["layers"] = list(layers)
+    config = build_config(spec.config_cls, values, f"{method} config")
+    data = task.train_data(data_dir, train_limit)
+    total = spec.progress_total(len(data), config)
+    start = time.perf_counter()
+    steer = spec.fit(lm, data, config, task=task.name,
+                     progress=stage_ticker(progress, f"fitting {method} on {data.name} ({spec.progress_unit}s)", total))
+    info = {"method": method, "config": asdict(config), "train": data.describe(),
+            "fit_seconds": round(time.perf_counter() - start, 2)}
+    return steer, info
+
+
+def _vector_multipliers(lm: LoadedModel, spec: SteeringSpec, multipliers, strengths, info: dict[str, Any]) -> list[float]:
+    """Multipliers as given; else strengths (or 0.2 when the vector recommends no multiplier) converted at the
+    first steered layer with residual norms measured on neutral text, as `sweep` does."""
+    recommended = spec.vector.meta.recommended.get("multiplier")
+    if multipliers:
+        return list(multipliers)
+    if recommended is not None and not strengths:
+        return [float(recommended)]
+    strengths = list(strengths or [DEFAULT_STRENGTH])
+    layer = next(iter(spec.layer_weights()))
+    measured = with_neutral_norms(lm, spec.vector)
+    info["strengths"] = {"values": strengths, "layer": layer, "residual_norm": measured.meta.residual_norms[str(layer)]}
+    return [round(multiplier_for(measured, layer, s), 4) for s in strengths]
+
+
+def _task_settings(task: Task, split: str, limit: int | None, n_prompts: int) -> dict[str, Any]:
+    return {"name": task.name, "description": task.description, "metric": task.metric,
+            "metric_note": METRIC_NOTES.get(task.metric, task.metric), "direction": task.direction,
+            "split": split, "prompts": n_prompts, "limit": limit, "chat": bool(task.chat)}
+
+
+def _model_settings(lm: LoadedModel) -> dict[str, Any]:
+    return {"name": lm.name, "fingerprint": lm.fingerprint, "layers": lm.num_layers, "hidden_size": lm.hidden_size}
+
+
+def _jsonable(value: Any) -> Any:
+    """Settings as JSON can hold them: int keys become strings."""
+    return json.loads(json.dumps(value, default=str))

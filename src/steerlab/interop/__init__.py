@@ -1,0 +1,1 @@
+"""steerlab interop: llama.cpp GGUF control vectors (gguf.py) and the vLLM plugin."""
