@@ -11,16 +11,20 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from gguf import GGUFWriter
 from safetensors.torch import save as safetensors_bytes
 
 from steerlab.config import ConfigError, load_config
 from steerlab.data import DatasetError, load_pairs
-from steerlab.methods.lm_steer import LMSteerConfig
+from steerlab.evaluation.tasks import TaskError, load_task_file
+from steerlab.interop.gguf import import_control_vector
+from steerlab.methods.lm_steer import LMSteer, LMSteerConfig
 from steerlab.methods.prompt import PromptSteering
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
@@ -206,6 +210,115 @@ def check_config(inputs: tuple[bytes | None, list[str]]) -> None:
 
 
 test_config_reader_fast, test_config_reader_slow = fast_and_slow(config_inputs())(check_config)
+
+
+# ---- GGUF control vectors ------------------------------------------------------------------------
+@st.composite
+def gguf_files(draw) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "v.gguf"
+        writer = GGUFWriter(path, draw(st.sampled_from(["controlvector", "controlvector", "llama", ""])))
+        writer.add_string("controlvector.model_hint", draw(st.text(max_size=8)))
+        if draw(st.booleans()):
+            meta = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "caa"}
+            meta.update(draw(st.dictionaries(st.sampled_from(sorted(META_FIELDS)), JSON_VALUES, max_size=2)))
+            writer.add_string("steerlab.meta", json.dumps(meta) if draw(st.booleans()) else draw(st.text(max_size=20)))
+        names = draw(st.lists(st.builds(lambda p, n: p + n, st.sampled_from(["direction.", "direction.", "layer."]),
+                                        DIGITS), max_size=3, unique=True))
+        for name in names:
+            shape = draw(st.sampled_from([(4,), (4,), (3,), (2, 2)]))
+            value = draw(st.sampled_from([0.0, 1.0, -3.0, math.nan, math.inf]))
+            dtype = draw(st.sampled_from(["float32", "float32", "float16"]))
+            writer.add_tensor(name, np.full(shape, value, dtype=dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        data = path.read_bytes()
+    if draw(st.integers(0, 3)) == 0:
+        data = mutate(data, *draw(DAMAGE))
+    return data
+
+
+def check_gguf(data: bytes) -> None:
+    try:
+        vector = in_temp_file("v.gguf", data, import_control_vector)
+    except VectorFileError:
+        return
+    assert all(bool(torch.isfinite(d).all()) for d in vector.directions.values()) and 0 not in vector.directions
+
+
+test_gguf_reader_fast, test_gguf_reader_slow = fast_and_slow(gguf_files())(check_gguf)
+
+
+# ---- LM-Steer files -------------------------------------------------------------------------------
+@st.composite
+def lm_steer_files(draw) -> bytes:
+    meta = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "lm_steer", "kind": "lm_steer",
+            "params": {"epsilon": draw(SCALARS | st.just(1e-3))}}
+    for key in draw(st.lists(st.sampled_from(sorted(META_FIELDS) + ["kind"]), max_size=2, unique=True)):
+        meta[key] = draw(META_FIELDS.get(key, SCALARS))
+    tensors = {}
+    for name in draw(st.lists(st.sampled_from(["projector1", "projector2", "projector3"]), max_size=3, unique=True)):
+        shape = draw(st.sampled_from([(1, 4, 2), (1, 4, 2), (2, 4, 1), (1, 3, 2), (4, 2), (1, 4, 0)]))
+        value = draw(st.sampled_from([0.5, -1.0, math.nan, math.inf]))
+        tensors[name] = torch.full(shape, value).to(draw(st.sampled_from([torch.float32, torch.float16, torch.int32])))
+    data = safetensors_bytes(tensors, metadata={"steerlab": json.dumps(meta)})
+    return mutate(data, *draw(DAMAGE)) if draw(st.integers(0, 3)) == 0 else data
+
+
+def check_lm_steer(data: bytes) -> None:
+    try:
+        steer = in_temp_file("s.safetensors", data, LMSteer.load)
+    except VectorFileError:
+        return
+    assert math.isfinite(steer.epsilon) and steer.rank >= 1 and bool(torch.isfinite(steer.projector1).all())
+
+
+test_lm_steer_reader_fast, test_lm_steer_reader_slow = fast_and_slow(lm_steer_files())(check_lm_steer)
+
+
+# ---- task files (and the files they name) ---------------------------------------------------------
+TASK_FILES = ["train.jsonl", "test.json", "prompts.txt", "prompts.jsonl", "missing.json", "", " ", "../x", "a\x00b"]
+AB_ITEM = {"question": "Q? (A) yes (B) no", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}
+
+
+@st.composite
+def task_folders(draw) -> dict[str, bytes]:
+    fields = {"name": "t", "kind": draw(st.sampled_from(["ab", "generation", "chat"])), "train": "train.jsonl",
+              "test": draw(st.sampled_from(["test.json", "prompts.txt", "prompts.jsonl"]))}
+    if fields["kind"] == "generation":
+        fields["metric"] = draw(st.sampled_from(["sentiment", "toxicity", "nope"]))
+    changes = draw(st.dictionaries(st.sampled_from(["name", "kind", "train", "test", "val", "metric", "direction",
+                                                    "chat", "description", "extra"]),
+                                   st.sampled_from(TASK_FILES) | SCALARS | JSON_VALUES, max_size=3))
+    fields.update(changes)
+    as_json = draw(st.booleans())
+    text = json.dumps(fields) if as_json else yaml.safe_dump(fields)
+    files = {"task.json" if as_json else "task.yaml": encoded(text, draw(ENCODINGS))}
+    files["train.jsonl"] = draw(pair_files()) if draw(st.booleans()) else (json.dumps(AB_ITEM) + "\n").encode()
+    files["test.json"] = draw(pair_files()) if draw(st.booleans()) else json.dumps([AB_ITEM] * 2).encode()
+    files["prompts.txt"] = encoded(draw(st.text(max_size=30)), draw(ENCODINGS))
+    files["prompts.jsonl"] = encoded("\n".join(json.dumps({"prompt": draw(JSON_VALUES)}) for _ in range(2)),
+                                     draw(ENCODINGS))
+    return files
+
+
+def check_task(files: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for name, data in files.items():
+            (root / name).write_bytes(data)
+        try:
+            task = load_task_file(root / next(n for n in files if n.startswith("task.")))
+            task.train(root)
+            for split in ("test", "val"):
+                assert task.items(root, split)
+        except (TaskError, ConfigError, DatasetError):
+            return
+
+
+test_task_reader_fast, test_task_reader_slow = fast_and_slow(task_folders())(check_task)
 
 
 def test_the_vector_strategy_reaches_valid_files_too():
