@@ -187,7 +187,7 @@ def config_inputs(draw) -> tuple[bytes | None, list[str]]:
     text = yaml.safe_dump(values) if draw(st.booleans()) else "\n".join(
         f"{draw(st.sampled_from(CONFIG_KEYS))}: {draw(YAML_SNIPPETS)}" for _ in range(draw(st.integers(0, 4))))
     if draw(st.integers(0, 5)) == 0:
-        text = draw(st.sampled_from(["[" * 3000, "a: " + "{b: " * 2000, "- " * 3000, draw(st.text(max_size=40))]))
+        text = draw(st.sampled_from(["[" * 300, "a: " + "{b: " * 300, "- " * 300, draw(st.text(max_size=40))]))
     data = None if draw(st.integers(0, 4)) == 0 else encoded(text, draw(ENCODINGS))
     if data is not None and draw(st.integers(0, 5)) == 0:
         data = mutate(data, *draw(DAMAGE))
