@@ -47,8 +47,8 @@ def test_vectors_are_listed_with_metadata_and_why_some_cannot_be_used(served, sm
     assert s["sha256"] == content_hash(vectors["sentiment"])
     assert s["dataset"]["pairs"] == 8
     assert by_id["other-weights"]["problem"] == (
-        f"built for SmolLM2-tuned (weights fingerprint 0123456789abcdef); this server runs SmolLM2-135M-Instruct "
-        f"(fingerprint {smollm2.fingerprint}): same shape, different weights")
+        f"built for SmolLM2-tuned (hidden size 576, fingerprint 0123456789abcdef); this server runs "
+        f"SmolLM2-135M-Instruct (hidden size 576, fingerprint {smollm2.fingerprint})")
     assert by_id["qwen"]["problem"] == ("built for Qwen2.5-0.5B (hidden size 896, 24 layers); this server runs "
                                         "SmolLM2-135M-Instruct (hidden size 576, 30 layers)")
 
@@ -144,7 +144,7 @@ REFUSALS = [
      "24 layers); this server runs SmolLM2-135M-Instruct (hidden size 576, 30 layers)"),
     ({"steering": [{"vector": "sentiment", "multiplier": 2}, {"vector": "other-weights", "multiplier": 2}]},
      "steering[1].vector", "steering[1].vector: vector 'other-weights' cannot steer this model: built for "
-     "SmolLM2-tuned (weights fingerprint 0123456789abcdef); this server runs SmolLM2-135M-Instruct"),
+     "SmolLM2-tuned (hidden size 576, fingerprint 0123456789abcdef); this server runs SmolLM2-135M-Instruct"),
     ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [9, 30]}]}, "steering[0].layers",
      "steering[0].layers: layer 30 is out of range; SmolLM2-135M-Instruct has layers 0..29"),
     ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [-1]}]}, "steering[0].layers",

@@ -244,7 +244,8 @@ def test_a_plain_request_beside_a_nan_vector_request_comes_back_intact(tiny, tmp
     nan = SteeringVector({1: torch.full((lm.hidden_size,), float("nan"))}, VectorMeta.for_model(lm, "caa"))
     registry = VectorRegistry(lm, {"nan": (tmp_path / "nan.safetensors", nan)})
     registry.entries["nan"].problem = None
-    app = create_app(lm, registry, batch_window_ms=300)
+    # Two rows fill a batch at once; the long window makes sure the second request joins the first's.
+    app = create_app(lm, registry, max_batch=2, batch_window_ms=3000)
     with serve_in_thread(app) as (url, _):
         alone = httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=60).json()
         time.sleep(0.2)  # the batch counter moves just after the reply goes out
