@@ -127,3 +127,14 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_what_we_write_our_readers_accept(tmp_path):
+    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended={"layer": 1, "multiplier": 2.0, "fluency": float("nan")},
+                      diagnostics={"auroc": float("inf")})
+    path = SteeringVector({1: ones()}, meta).save(tmp_path / "v.safetensors")
+    back = SteeringVector.load(path).meta
+    assert (back.recommended["fluency"], back.diagnostics["auroc"]) == (None, None)
+    with pytest.raises(VectorFileError, match="tensor 'layer.1' has non-finite values"):
+        SteeringVector({1: ones(float("nan"))}, meta).save(tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()

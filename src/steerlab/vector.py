@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .models import LayerError, check_layers
-from .textio import is_number, loads
+from .textio import finite_json, is_number, loads
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -261,7 +261,11 @@ def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     """Safetensors with the metadata as JSON in its header, written atomically (vectors and LM-Steers alike)."""
     path = Path(path)
     tensors = {k: t.contiguous() for k, t in tensors.items()}
-    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(meta), sort_keys=True)})
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); not saved, as no "
+                                  "reader would accept the file")
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(asdict(meta)), sort_keys=True)})
     write_atomic(path, blob, overwrite=overwrite)
     return path
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from ..textio import finite_json
 from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index, write_atomic
 
 ARCH = "controlvector"
@@ -73,7 +74,7 @@ def _gguf_bytes(directions: dict[int, torch.Tensor], hint: str, meta: VectorMeta
         writer = GGUFWriter(out, ARCH)
         writer.add_string(HINT_KEY, hint)
         writer.add_uint32(COUNT_KEY, len(directions))
-        writer.add_string(META_KEY, json.dumps(asdict(meta), sort_keys=True))
+        writer.add_string(META_KEY, json.dumps(finite_json(asdict(meta)), sort_keys=True))
         for layer, tensor in directions.items():
             writer.add_tensor(f"direction.{layer}", tensor.numpy().astype(np.float32, copy=False))
         writer.write_header_to_file()
