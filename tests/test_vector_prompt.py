@@ -88,7 +88,7 @@ def test_config_errors():
     assert str(err.value) == "config: instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'"
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "Be kind.", "batch_size": 0})
-    assert str(err.value) == "config: batch_size must be at least 1"
+    assert str(err.value) == "config: batch_size must be at least 1, got 0"
     path = resources.files("steerlab") / "methods" / "configs" / "vector_prompt.yaml"
     assert load_config(VectorPromptConfig, path, ["instruction=Be kind."]) == VectorPromptConfig("Be kind.")
     with pytest.raises(ValueError, match="vector_prompt needs a config with an instruction"):
