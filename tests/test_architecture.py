@@ -16,9 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "steerlab"
 # Floor of each module (by its longest listed prefix), lowest first. Same floor: imports allowed either way,
 # as long as they form no loop.
 FLOORS = {
-    "steerlab.version": 0, "steerlab.config": 0, "steerlab.data": 0, "steerlab.models": 0, "steerlab.vector": 0,
+    "steerlab.version": 0, "steerlab.textio": 0, "steerlab.config": 0, "steerlab.data": 0, "steerlab.models": 0,
+    "steerlab.vector": 0,
     "steerlab.batching": 1, "steerlab.operators": 1, "steerlab.positions": 1,
-    "steerlab.activations": 2, "steerlab.steering": 2, "steerlab.ablation": 2, "steerlab.conditional": 2, "steerlab.strength": 2, "steerlab.merging": 2,
+    "steerlab.activations": 2, "steerlab.steering": 2, "steerlab.ablation": 2, "steerlab.conditional": 2,
+    "steerlab.strength": 2, "steerlab.merging": 2,
     "steerlab.generation": 3,
     "steerlab.methods": 4,
     "steerlab.steers": 5,

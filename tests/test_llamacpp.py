@@ -129,7 +129,7 @@ def test_a_model_is_not_a_control_vector(tmp_path):
 def test_wrong_tensor_name(tmp_path):
     path = write_gguf(tmp_path / "v.gguf", "controlvector", {"layer.3": np.zeros(HIDDEN, np.float32)})
     with pytest.raises(VectorFileError, match=re.escape(
-        f"{path}: unexpected tensor 'layer.3' (expected direction.N, N a block index)"
+        f"{path}: unexpected tensor 'layer.3' (expected direction.N with N in 0-9 digits)"
     )):
         import_control_vector(path)
 

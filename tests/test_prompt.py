@@ -134,7 +134,7 @@ def test_load_refuses_other_files(tmp_path):
         PromptSteering.load(vector_like)
     binary = tmp_path / "v.safetensors"
     binary.write_bytes(b"\x80\x00\x00binary")
-    with pytest.raises(VectorFileError, match="not a JSON prompt file"):
+    with pytest.raises(VectorFileError, match=re.escape(f"{binary}:1: not UTF-8 (byte 0x80 at offset 0)")):
         PromptSteering.load(binary)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"steerlab": {"method": "prompt", "instruction": "x", "placement": "middle"}}))

@@ -58,15 +58,17 @@ def test_steered_chat_differs_from_original_and_equals_library_generate(served, 
     reply = chat(client, steering=[{"vector": "sentiment", "multiplier": 6, "layers": [9]}], include_original=True)
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    choice = body["choices"][0]
-    steered, original = choice["message"]["content"], choice["original"]["message"]["content"]
+    choice, other = body["choices"]
+    assert [(c["index"], c["original"]) for c in body["choices"]] == [(0, False), (1, True)]
+    steered, original = choice["message"]["content"], other["message"]["content"]
     ref = generate(smollm2, [PROMPT], SteeringSpec(vectors["sentiment"], 6.0, [9]), generate_orig_output=True,
                    config=GenerationConfig(max_new_tokens=TOKENS))[0]
     assert steered != original
     assert (steered, original) == (ref.steered, ref.original)
     assert body["steering"] == [{"vector": "sentiment", "multiplier": 6.0, "layers": [9], "positions": "all",
                                 "operator": "add"}]
-    assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == TOKENS
+    assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2 * TOKENS
+    assert body["usage"]["original_completion_tokens"] == TOKENS
 
 
 def test_omitted_layers_and_multiplier_take_the_vectors_recommendation(served, smollm2):
@@ -87,7 +89,8 @@ def test_seeded_sampling_with_n_choices_equals_library_generate(served, smollm2)
     config = GenerationConfig(max_new_tokens=TOKENS, do_sample=True, temperature=0.8, top_p=0.9, seed=11)
     # The library gives prompt i the seed 11 + i; the server gives choice i the same.
     ref = generate(smollm2, [PROMPT, PROMPT], spec, generate_orig_output=True, config=config)
-    got = [(c["message"]["content"], c["original"]["message"]["content"]) for c in body["choices"]]
+    texts = [c["message"]["content"] for c in body["choices"]]
+    got = list(zip(texts[:2], texts[2:]))
     assert got == [(r.steered, r.original) for r in ref]
     assert got[0][0] != got[1][0]
     again = chat(client, steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10],
@@ -103,16 +106,15 @@ def test_completions_use_the_raw_prompt_like_generate_without_chat_template(serv
                                                  "include_original": True}).json()
     ref = generate(smollm2, [prompt], SteeringSpec(vectors["gloomy"], 5.0), generate_orig_output=True,
                    use_chat_template=False, config=GenerationConfig(max_new_tokens=12))[0]
-    choice = body["choices"][0]
-    assert (choice["text"], choice["original"]["text"]) == (ref.steered, ref.original)
+    assert [c["text"] for c in body["choices"]] == [ref.steered, ref.original]
     assert body["object"] == "text_completion"
 
 
 def test_streamed_chunks_reassemble_to_the_full_response(served):
     client, _ = served
     fields = dict(steering=[{"vector": "sentiment", "multiplier": 6}], include_original=True)
-    full = chat(client, **fields).json()["choices"][0]
-    texts, finish, events = {False: "", True: ""}, {}, []
+    full = chat(client, **fields).json()["choices"]
+    texts, finish, events = {0: "", 1: ""}, {}, []
     with client.stream("POST", "/v1/chat/completions",
                        json={"messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "temperature": 0,
                              "stream": True, "stream_options": {"include_usage": True}, **fields}) as response:
@@ -126,13 +128,14 @@ def test_streamed_chunks_reassemble_to_the_full_response(served):
     for chunk in chunks[:-1]:
         assert chunk["object"] == "chat.completion.chunk"
         choice = chunk["choices"][0]
-        texts[choice["original"]] += choice["delta"].get("content", "")
+        assert choice["original"] == (choice["index"] == 1)
+        texts[choice["index"]] += choice["delta"].get("content", "")
         if choice["finish_reason"]:
-            finish[choice["original"]] = choice["finish_reason"]
-    assert texts == {False: full["message"]["content"], True: full["original"]["message"]["content"]}
-    assert finish == {False: "length", True: "length"}
+            finish[choice["index"]] = choice["finish_reason"]
+    assert texts == {0: full[0]["message"]["content"], 1: full[1]["message"]["content"]}
+    assert finish == {0: "length", 1: "length"}
     assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) > 10  # token by token
-    assert chunks[-1]["usage"]["completion_tokens"] == TOKENS
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 * TOKENS
 
 
 REFUSALS = [

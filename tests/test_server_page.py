@@ -57,9 +57,9 @@ def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path)
             reference = httpx.post(url + "/v1/chat/completions", timeout=120, json={
                 "messages": [{"role": "user", "content": "Tell me about your weekend."}], "max_tokens": 16,
                 "temperature": 0, "steering": [{"vector": "sentiment", "multiplier": 3, "positions": "all"}],
-                "include_original": True}).json()["choices"][0]
-            assert steered == reference["message"]["content"]
-            assert original == reference["original"]["message"]["content"]
+                "include_original": True}).json()["choices"]
+            assert steered == reference[0]["message"]["content"]
+            assert original == reference[1]["message"]["content"]
             assert steered and original and steered != original
 
             page.fill("#sweep-values", "-4,0,4")

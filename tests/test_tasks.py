@@ -90,7 +90,7 @@ def test_a_user_generation_task_reads_prompts(tmp_path):
 
 @pytest.mark.parametrize("body,error,message", [
     ("name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\nmetrc: sentiment\n", ConfigError,
-     r"mine\.yaml: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric"),
+     r"mine\.yaml:5: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric"),
     ("name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n", TaskError, r"kind must be one of ab, generation; got 'chat'"),
     ("name: x\nkind: generation\ntrain: train.jsonl\ntest: prompts.txt\n", TaskError,
      r"a generation task needs metric: one of sentiment, toxicity, refusal; got ''"),

@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .textio import decode, loads
+
 
 class DatasetError(ValueError):
     """A dataset file is malformed; the message names the file, the line and the field."""
@@ -82,7 +84,7 @@ def load_pairs(path: str | Path) -> ContrastiveDataset:
         raise DatasetError(f"{path}: no such file")
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    text = raw.decode("utf-8")
+    text = decode(raw, str(path), DatasetError)
     records = _records(path, text)
     if not records:
         raise DatasetError(f"{path}: no pairs in the file")
@@ -96,20 +98,17 @@ def load_pairs(path: str | Path) -> ContrastiveDataset:
 def _records(path: Path, text: str) -> list[tuple[int, Any]]:
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        items = loads(text, str(path), DatasetError)
+        if not isinstance(items, list):
+            raise DatasetError(f"{path}: expected a JSON array of pairs")
         # JSON arrays carry no line numbers per item; report the 1-based item number instead.
         return [(i + 1, item) for i, item in enumerate(items)]
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Only \n ends a record: str.splitlines would also split inside a string at \u2028 or \x1c.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            out.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+        out.append((lineno, loads(line, str(path), DatasetError, line=lineno)))
     return out
 
 

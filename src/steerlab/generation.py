@@ -72,6 +72,41 @@ class RowSeededSampler(LogitsProcessor):
         return self.generators
 
 
+class RowPenalties(LogitsProcessor):
+    """OpenAI's frequency and presence penalties, one pair per row, over the tokens generated so far.
+
+    A token already generated c times loses `frequency * c + presence * (c > 0)` from its logit; the prompt
+    does not count. Rows with both penalties 0 are left exactly as they were.
+    """
+
+    def __init__(self, frequency: Sequence[float], presence: Sequence[float]):
+        self.frequency = torch.tensor([float(f) for f in frequency], dtype=torch.float32)[:, None]
+        self.presence = torch.tensor([float(p) for p in presence], dtype=torch.float32)[:, None]
+        self.start: int | None = None  # the padded prompt width, seen at the first step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        generated = input_ids[:, self.start:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros(scores.shape, dtype=torch.float32, device=scores.device)
+        counts.scatter_add_(1, generated.to(scores.device), torch.ones(generated.shape, device=scores.device))
+        penalty = self.frequency.to(scores.device) * counts + self.presence.to(scores.device) * (counts > 0)
+        return scores - penalty.to(scores.dtype)
+
+
+class StepLogprobs(LogitsProcessor):
+    """Keeps each step's log-probabilities (after penalties, before temperature and sampling) for the caller."""
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None  # [rows, vocab] of the step just taken
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        self.last = torch.log_softmax(scores.float(), dim=-1).cpu()
+        return scores
+
+
 def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
     """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer)."""
     if steering is None:
@@ -190,11 +225,13 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
 def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
                     row_scale: torch.Tensor | None = None, config: GenerationConfig, task: str | None = None,
                     row_seeds: Sequence[int] | None = None,
-                    stopping_criteria: Sequence[StoppingCriteria] = ()) -> torch.Tensor:
+                    stopping_criteria: Sequence[StoppingCriteria] = (),
+                    logits_processors: Sequence[LogitsProcessor] = ()) -> torch.Tensor:
     """The new tokens [rows, steps] of `generate_ids` (pad after a row ends), before decoding.
 
     `stopping_criteria` see the ids after every step and may end rows early: the server streams each
-    row's tokens and stops it at its own max_tokens this way.
+    row's tokens and stops it at its own max_tokens this way. `logits_processors` (e.g. RowPenalties,
+    StepLogprobs) run in order on each step's logits, before sampling.
     """
     tok = lm.tokenizer
     input_ids, mask = pad(rows, tok.pad_token_id, left=True)
@@ -207,9 +244,11 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
             torch.manual_seed(config.seed)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if config.do_sample:
-            sampler = RowSeededSampler(row_seeds, config.temperature, config.top_p)
-            kwargs["logits_processor"] = LogitsProcessorList([sampler])
+    processors = list(logits_processors)
+    if config.do_sample and row_seeds is not None:
+        processors.append(RowSeededSampler(row_seeds, config.temperature, config.top_p))
+    if processors:
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     if stopping_criteria:
         kwargs["stopping_criteria"] = StoppingCriteriaList(stopping_criteria)
     device = lm.device

@@ -354,6 +354,10 @@ class VectorSteering:
                 if row_scale is not None:
                     rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
+                wide = (rows.double() * weight).abs().max().item()
+                if not wide <= FLOAT32_MAX:
+                    raise SteeringError(f"multiplier x layer weight at layer {layer} overflows float32 "
+                                        f"({wide:.4g} > {FLOAT32_MAX:.4g}); give a smaller multiplier or weight")
                 terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
                                                          get_operator(spec.operator_name())))
         return SteeringHandle(lm, terms, prompt_lengths)

@@ -9,6 +9,7 @@ prompts unless told otherwise) and stored in the vector's metadata, so any later
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from importlib import resources
 from typing import Sequence
@@ -22,6 +23,7 @@ from .vector import SteeringVector
 
 NEUTRAL_TEXTS_FILE = "demo_prompts.txt"
 NORM_SOURCE_KEY = "residual_norms_text"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class StrengthError(ValueError):
@@ -98,10 +100,18 @@ def _norms(vector: SteeringVector, layer: int) -> tuple[float, float]:
 def multiplier_for(vector: SteeringVector, layer: int, strength: float) -> float:
     """The raw multiplier that adds a vector of norm `strength` * (layer's residual norm)."""
     residual, direction = _norms(vector, layer)
-    return strength * residual / direction
+    return _float32("strength", strength, strength * residual / direction)
 
 
 def strength_of(vector: SteeringVector, layer: int, multiplier: float) -> float:
     """The norm-relative strength of a raw multiplier at `layer`: ||multiplier * v|| / residual norm (signed)."""
     residual, direction = _norms(vector, layer)
-    return multiplier * direction / residual
+    return _float32("multiplier", multiplier, multiplier * direction / residual)
+
+
+def _float32(what: str, given: float, converted: float) -> float:
+    """Refuse a value (given or converted) that is not finite in float32, where the model would use it."""
+    if not all(math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in (given, converted)):
+        raise StrengthError(f"{what} {given} is not a finite float32 number once converted ({converted}); "
+                            f"give one within |x| <= {FLOAT32_MAX:.4g}")
+    return converted

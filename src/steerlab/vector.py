@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -16,9 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .version import __version__
-
 from .models import LayerError, check_layers
+from .textio import finite_json, is_number, loads
+from .version import __version__
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -80,18 +81,64 @@ class VectorMeta:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> "VectorMeta":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VectorFileError(f"{source}: the steerlab metadata is not valid JSON ({exc})") from None
-        known = {f.name for f in fields(cls)}
+        """Parse and check the metadata: every known field must have its type and a sensible value."""
+        raw = loads(text, f"{source}: steerlab metadata", VectorFileError)
+        if not isinstance(raw, dict):
+            raise VectorFileError(f"{source}: the steerlab metadata must be a JSON object")
         missing = [k for k in ("model_name", "hidden_size", "num_layers", "method") if k not in raw]
         if missing:
             raise VectorFileError(f"{source}: the metadata lacks {', '.join(missing)}")
         if "kind" not in raw:  # files from before kinds were stored: LM-Steers are told by their method
             raw["kind"] = "lm_steer" if raw.get("method") == "lm_steer" else "vector"
         # Fields from a newer steerlab are kept readable rather than rejected.
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        known = {k: v for k, v in raw.items() if k in META_TYPES}
+        for key, value in known.items():
+            _check_meta_field(key, value, source)
+        if known["hidden_size"] < 1 or known["num_layers"] < 1:
+            raise VectorFileError(f"{source}: metadata hidden_size and num_layers must be at least 1")
+        rec = known.get("recommended", {})
+        if "layer" in rec and not 0 <= rec["layer"] < known["num_layers"]:
+            raise VectorFileError(f"{source}: metadata field 'recommended.layer': {rec['layer']} is not a layer of a "
+                                  f"{known['num_layers']}-layer model")
+        return cls(**known)
+
+
+META_TYPES: dict[str, type] = {"model_name": str, "hidden_size": int, "num_layers": int, "method": str,
+                               "model_fingerprint": str, "model_type": str, "params": dict, "dataset": dict,
+                               "task": str, "residual_norms": dict, "recommended": dict, "diagnostics": dict,
+                               "created": str, "steerlab_version": str, "format_version": int, "kind": str,
+                               "operator": str}
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_meta_field(key: str, value: Any, source: str) -> None:
+    expected = META_TYPES[key]
+    where = f"{source}: metadata field '{key}'"
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise VectorFileError(f"{where}: expected {_TYPE_NAMES[expected]}, got {_json_type(value)}")
+    if key == "residual_norms":
+        for layer, norm in value.items():
+            if not (layer.isascii() and layer.isdigit()) or not is_number(norm) or norm < 0:
+                raise VectorFileError(f"{where}: expected layer numbers mapped to norms >= 0, got {layer!r}: {norm!r}")
+    if key == "recommended":
+        layer, multiplier = value.get("layer"), value.get("multiplier")
+        if "layer" in value and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise VectorFileError(f"{where[:-1]}.layer': expected an integer, got {_json_type(layer)}")
+        if "multiplier" in value and not (is_number(multiplier) and abs(multiplier) <= FLOAT32_MAX):
+            raise VectorFileError(f"{where[:-1]}.multiplier': expected a finite number, got {_json_type(multiplier)}")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", float: "a number"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -185,12 +232,22 @@ class SteeringVector:
         """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "vector", "a steering vector")
-        directions = {}
+        directions: dict[int, torch.Tensor] = {}
+        names: dict[int, str] = {}
         for key, tensor in tensors.items():
-            prefix, _, index = key.partition(".")
-            if prefix != "layer" or not index.isdigit():
-                raise VectorFileError(f"{path}: unexpected tensor '{key}' (expected layer.N)")
-            directions[int(index)] = tensor
+            layer = layer_index(key, "layer.", path)
+            if layer in names:
+                raise VectorFileError(f"{path}: tensors '{names[layer]}' and '{key}' both name layer {layer}")
+            if not 0 <= layer < meta.num_layers:
+                raise VectorFileError(f"{path}: tensor '{key}': layer {layer} is out of range for a "
+                                      f"{meta.num_layers}-layer model")
+            if tensor.ndim != 1 or tensor.shape[0] != meta.hidden_size or not tensor.is_floating_point():
+                raise VectorFileError(f"{path}: tensor '{key}' has shape {tuple(tensor.shape)} and dtype "
+                                      f"{str(tensor.dtype).removeprefix('torch.')}; expected floats of shape "
+                                      f"({meta.hidden_size},)")
+            names[layer], directions[layer] = key, tensor
+        if not directions:
+            raise VectorFileError(f"{path}: the file holds no layer.N tensors")
         return cls(directions, meta)
 
     def describe(self) -> dict[str, Any]:
@@ -206,7 +263,11 @@ def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     """Safetensors with the metadata as JSON in its header, written atomically (vectors and LM-Steers alike)."""
     path = Path(path)
     tensors = {k: t.contiguous() for k, t in tensors.items()}
-    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(asdict(meta), sort_keys=True)})
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); not saved, as no "
+                                  "reader would accept the file")
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(asdict(meta)), sort_keys=True)})
     write_atomic(path, blob, overwrite=overwrite)
     return path
 
@@ -240,7 +301,18 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
     if meta.kind != kind:
         raise VectorFileError(f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file "
                               "with steerlab.load_steer")
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); refusing to load it")
     return meta, tensors
+
+
+def layer_index(key: str, prefix: str, path: Path | str) -> int:
+    """N of a tensor named `prefix`N, in ASCII digits only ('layer.١٥' is not layer 15)."""
+    index = key[len(prefix):] if key.startswith(prefix) else ""
+    if not (index.isascii() and index.isdigit()) or len(index) > 6:
+        raise VectorFileError(f"{path}: unexpected tensor '{key}' (expected {prefix}N with N in 0-9 digits)")
+    return int(index)
 
 
 def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:
@@ -295,13 +367,20 @@ def warn_if_other_model(m: VectorMeta, lm: "LoadedModel", task: str | None, what
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
+
+    The file gets the usual permissions (0666 less the umask, so 0644 by default), not the 0600 of a
+    temporary file. Temporary files carry the writer's process id, so a later write to the same path
+    removes the ones whose writer is gone (killed mid-write).
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -316,6 +395,52 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TEMP_SUFFIX = ".steerlab-tmp"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete `path`'s temporary files (or folders) left by writers that no longer run; returns them."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isascii() and pid.isdigit() and not _running(int(pid)):
+            try:
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass  # another writer cleaned it first
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # alive under another user (or not a pid at all): leave its file alone
+    return True
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux reports it in /proc); else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def content_hash(vector: SteeringVector) -> str:

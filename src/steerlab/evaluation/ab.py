@@ -16,7 +16,6 @@ question's tokens; it needs a full forward per cell and row.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -24,11 +23,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
 from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
 from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
+from ..textio import loads, read_text
 from ..vector import SteeringVector
 
 POSITIONS = ("answer", "all")
@@ -59,19 +60,20 @@ def load_ab_items(path: str | Path, limit: int | None = None) -> list[Contrastiv
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON or JSONL ({exc.msg})") from None
+    text = read_text(path, DatasetError)
+    if text.lstrip().startswith("["):
+        records = loads(text, str(path), DatasetError)
+    else:
+        records = [loads(x, str(path), DatasetError, line=i) for i, x in enumerate(text.split("\n"), 1) if x.strip()]
     if records and isinstance(records[0], dict) and {"prompt", "correct"} <= set(records[0]):
         pairs = []
         for i, r in enumerate(records, 1):
-            try:
-                pos, neg, prefix = split_ab_answers(r["correct"], r["incorrect"])
-                pairs.append(ContrastivePair(r["prompt"], pos, neg, "ab", prefix))
-            except (KeyError, TypeError):
-                raise DatasetError(f"{path}: item {i}: needs 'prompt', 'correct' and 'incorrect' strings") from None
+            fields = [r.get(k) for k in ("prompt", "correct", "incorrect")] if isinstance(r, dict) else [None]
+            if not all(isinstance(f, str) and f.strip() for f in fields):
+                raise DatasetError(f"{path}: item {i}: needs 'prompt', 'correct' and 'incorrect' strings")
+            prompt, correct, incorrect = fields
+            pos, neg, prefix = split_ab_answers(correct, incorrect)
+            pairs.append(ContrastivePair(prompt, pos, neg, "ab", prefix))
     else:
         pairs = load_pairs(path).pairs
         if pairs[0].kind != "ab":

@@ -24,6 +24,7 @@ from ..version import __version__
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..models import LoadedModel
 from ..steering import Steer
+from ..vector import TEMP_SUFFIX, current_umask, remove_stale_temporaries
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .perplexity import continuation_losses, corpus_perplexity
 from .sweep import metric_scores
@@ -288,8 +289,10 @@ def write_folder_atomic(folder: Path, files: dict[str, str], *, overwrite: bool 
     """Fill a temporary sibling folder, then rename it into place: readers never see half a report."""
     check_free(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    remove_stale_temporaries(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the report is for others to read too
         for name, text in files.items():
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -298,7 +301,8 @@ def write_folder_atomic(folder: Path, files: dict[str, str], *, overwrite: bool 
         old = None
         if folder.exists():
             check_free(folder, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.old", suffix=TEMP_SUFFIX,
+                                        dir=folder.parent))
             os.replace(folder, old / folder.name)
         os.rename(tmp, folder)
         if old is not None:

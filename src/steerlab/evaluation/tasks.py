@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
-from ..config import build_config
+from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
+from ..textio import loads, read_text
 from .ab import load_ab_items
 
 DATA_ENV = "STEERLAB_DATA"
@@ -103,10 +103,16 @@ def data_root(explicit: str | Path | None = None) -> Path:
 
 def _jsonl_prompts(path: Path) -> list[str]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for lineno, line in enumerate(read_text(path, TaskError).split("\n"), start=1):
         if line.strip():
-            prompt = json.loads(line)["prompt"]
-            out.append(prompt["text"] if isinstance(prompt, dict) else prompt)
+            record = loads(line, str(path), TaskError, line=lineno)
+            prompt = record.get("prompt") if isinstance(record, dict) else None
+            prompt = prompt.get("text") if isinstance(prompt, dict) else prompt
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise TaskError(f"{path}: line {lineno}: needs \"prompt\": a non-empty string or {{\"text\": ...}}")
+            out.append(prompt)
+    if not out:
+        raise TaskError(f"{path}: no prompts in the file")
     return out
 
 
@@ -129,7 +135,10 @@ def _prompts_file(path: Path) -> list[str]:
     """Prompts from a .txt (one per line) or a .jsonl whose records have "prompt" (a string or {"text": ...})."""
     if path.suffix == ".jsonl":
         return _jsonl_prompts(path)
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [line.strip() for line in read_text(path, TaskError).split("\n") if line.strip()]
+    if not prompts:
+        raise TaskError(f"{path}: no prompts in the file")
+    return prompts
 
 
 # ---- built-in tasks -------------------------------------------------------------------------------------
@@ -275,13 +284,20 @@ def load_task_file(path: str | Path) -> Task:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such task file")
-    try:
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise TaskError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})") from None
+    text = read_text(path, TaskError)
+    if path.suffix == ".json":
+        raw, lines = loads(text, str(path), TaskError), {}
+    else:
+        raw, lines = parse_yaml(text, str(path), TaskError)
     if not isinstance(raw, dict):
         raise TaskError(f"{path}: a task file must be a mapping of key: value")
-    spec = build_config(TaskFile, raw, str(path))
+    spec = build_config(TaskFile, raw, str(path), lines)
+    for key in ("name", "train", "test"):
+        if not getattr(spec, key).strip():
+            raise TaskError(f"{path}: '{key}' must not be empty")
+    for key in ("train", "test", "val"):
+        if "\x00" in getattr(spec, key):
+            raise TaskError(f"{path}: '{key}' is not a usable file name")
     if spec.kind not in KINDS:
         raise TaskError(f"{path}: kind must be one of {', '.join(KINDS)}; got '{spec.kind}'")
     if spec.kind == "generation" and spec.metric not in METRICS:

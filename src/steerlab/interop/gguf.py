@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
-from ..vector import SteeringVector, VectorFileError, VectorMeta, write_atomic
+from ..textio import finite_json
+from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index, write_atomic
 
 ARCH = "controlvector"
 HINT_KEY = f"{ARCH}.model_hint"
@@ -73,7 +74,7 @@ def _gguf_bytes(directions: dict[int, torch.Tensor], hint: str, meta: VectorMeta
         writer = GGUFWriter(out, ARCH)
         writer.add_string(HINT_KEY, hint)
         writer.add_uint32(COUNT_KEY, len(directions))
-        writer.add_string(META_KEY, json.dumps(asdict(meta), sort_keys=True))
+        writer.add_string(META_KEY, json.dumps(finite_json(asdict(meta)), sort_keys=True))
         for layer, tensor in directions.items():
             writer.add_tensor(f"direction.{layer}", tensor.numpy().astype(np.float32, copy=False))
         writer.write_header_to_file()
@@ -88,7 +89,7 @@ def import_control_vector(path: str | os.PathLike, *, model_name: str | None = N
     """Read a llama.cpp control vector (from llama.cpp, repeng or steerlab) as a SteeringVector."""
     path = Path(path)
     reader = _open(path)
-    arch = _string_field(reader, "general.architecture")
+    arch = _string_field(reader, "general.architecture", path)
     if arch is None:
         raise VectorFileError(f"{path}: a GGUF file without general.architecture; not a control vector")
     if arch != ARCH:
@@ -106,11 +107,14 @@ def _open(path: Path) -> GGUFReader:
         raise VectorFileError(f"{path}: not a GGUF file ({exc})") from None
 
 
-def _string_field(reader: GGUFReader, key: str) -> str | None:
+def _string_field(reader: GGUFReader, key: str, path: Path | None = None) -> str | None:
     field = reader.get_field(key)
     if field is None or not field.types or field.types[0] != GGUFValueType.STRING:
         return None
-    return str(field.contents())
+    try:
+        return str(field.contents())
+    except (UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise VectorFileError(f"{path}: GGUF key '{key}' is not a UTF-8 string ({type(exc).__name__})") from None
 
 
 def _directions(reader: GGUFReader, path: Path) -> dict[int, torch.Tensor]:
@@ -125,7 +129,15 @@ def _directions(reader: GGUFReader, path: Path) -> dict[int, torch.Tensor]:
                                   "expected one dimension")
         if layer in directions:
             raise VectorFileError(f"{path}: two tensors for layer {layer}")
-        directions[layer] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
+        try:
+            data = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
+        except (ValueError, TypeError, OSError) as exc:  # a tensor whose data the file does not hold
+            raise VectorFileError(f"{path}: tensor '{tensor.name}' cannot be read ({exc})") from None
+        if data.numel() == 0:
+            raise VectorFileError(f"{path}: tensor '{tensor.name}' is empty")
+        if not bool(torch.isfinite(data).all()):
+            raise VectorFileError(f"{path}: tensor '{tensor.name}' has non-finite values (NaN or Inf); refusing it")
+        directions[layer] = data
     if not directions:
         raise VectorFileError(f"{path}: a control-vector file without direction tensors")
     widths = {int(t.shape[0]) for t in directions.values()}
@@ -135,17 +147,26 @@ def _directions(reader: GGUFReader, path: Path) -> dict[int, torch.Tensor]:
 
 
 def _layer_of(name: str, path: Path) -> int:
-    prefix, _, index = name.partition(".")
-    if prefix != "direction" or not index.isdigit():
-        raise VectorFileError(f"{path}: unexpected tensor '{name}' (expected direction.N, N a block index)")
-    return int(index)
+    """N of direction.N, ASCII digits only; llama.cpp's loader rejects direction.0, and so do we."""
+    layer = layer_index(name, "direction.", path)
+    if layer == 0:
+        raise VectorFileError(f"{path}: tensor '{name}': llama.cpp rejects direction.0 (the output of block 0 "
+                              "cannot be steered), so the file is not a valid control vector")
+    return layer
 
 
 def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.Tensor],
                    model_name: str | None, num_layers: int | None) -> VectorMeta:
     """Metadata from the file; where steerlab wrote it, keep the model identity and task it recorded."""
-    hint = _string_field(reader, HINT_KEY) or ""
+    hint = _string_field(reader, HINT_KEY, path) or ""
     saved = _saved_meta(reader, path)
+    top = max(directions)
+    layers = num_layers or (saved.num_layers if saved else top + 1)
+    if top >= layers:
+        raise VectorFileError(f"{path}: tensor 'direction.{top}' is past the {layers} layers the model has")
+    if saved is not None and saved.hidden_size != int(next(iter(directions.values())).shape[0]):
+        raise VectorFileError(f"{path}: the steerlab metadata says hidden size {saved.hidden_size}, the tensors "
+                              f"have {int(next(iter(directions.values())).shape[0])}")
     params: dict[str, Any] = {"source": str(path), "model_hint": hint}
     if saved is not None:
         params.update(source_method=saved.method, source_params=saved.params)
@@ -153,7 +174,7 @@ def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.T
         model_name=model_name or (saved.model_name if saved else "") or hint or "unknown",
         hidden_size=int(next(iter(directions.values())).shape[0]),
         # The file does not say how many blocks the model has: highest layer + 1 is a lower bound.
-        num_layers=num_layers or (saved.num_layers if saved else max(directions) + 1),
+        num_layers=layers,
         method=IMPORT_METHOD,
         model_fingerprint=saved.model_fingerprint if saved else "",
         model_type=hint,
@@ -165,5 +186,5 @@ def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.T
 
 
 def _saved_meta(reader: GGUFReader, path: Path) -> VectorMeta | None:
-    text = _string_field(reader, META_KEY)
+    text = _string_field(reader, META_KEY, path)
     return None if text is None else VectorMeta.from_json(text, str(path))

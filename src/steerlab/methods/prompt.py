@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 from ..version import __version__
 from ..data import format_prompt
 from ..models import LoadedModel
+from ..textio import loads, read_text
 from ..vector import VectorFileError, write_atomic
 
 PLACEMENTS = ("system", "prefix")
@@ -94,17 +95,20 @@ class PromptSteering:
         path = Path(path)
         if not path.is_file():
             raise VectorFileError(f"{path}: no such prompt file")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VectorFileError(f"{path}: not a JSON prompt file ({exc})") from None
+        raw = loads(read_text(path, VectorFileError), str(path), VectorFileError)
         meta = raw.get(METADATA_KEY) if isinstance(raw, dict) else None
         if not isinstance(meta, dict) or meta.get("method") != "prompt":
             raise VectorFileError(f"{path}: not a steerlab prompt file (expected {{\"{METADATA_KEY}\": "
                                   "{\"method\": \"prompt\", ...}})")
         if "instruction" not in meta:
             raise VectorFileError(f"{path}: the prompt file lacks 'instruction'")
-        known = {f.name for f in fields(cls)}
+        known = {f.name: f for f in fields(cls)}
+        for key, value in meta.items():
+            expected = int if key == "format_version" else str
+            if key in known and (isinstance(value, bool) or not isinstance(value, expected)):
+                kind = "an integer" if expected is int else "a string"
+                raise VectorFileError(f"{path}: field '{METADATA_KEY}.{key}': expected {kind}, got "
+                                      f"{json.dumps(value)[:60]}")
         try:
             return cls(**{k: v for k, v in meta.items() if k in known})
         except ValueError as exc:

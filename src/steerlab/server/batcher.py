@@ -4,8 +4,8 @@ Each request becomes rows (its n choices, plus the unsteered originals when aske
 requests carry different vectors and multipliers through per-row steering: every distinct
 (vector, layers, positions) gets one SteeringSpec whose multiplier is 0 on rows that do not use it, so
 those rows receive an exact +0.0. Sampled rows draw from their own seeded generator. A row's tokens
-therefore never depend on what else is in its batch. Tokens stream back to the request's event loop
-after every decoding step.
+therefore never depend on what else is in its batch; frequency/presence penalties, stop sequences and
+log-probabilities are per row too. Tokens stream back to the request's event loop after every decoding step.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Union
 import torch
 from transformers import StoppingCriteria
 
-from ..generation import GenerationConfig, generate_tokens
+from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
 from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
 from .errors import ApiError
@@ -32,12 +32,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RowPlan:
-    """One sequence to generate: prompt tokens, its own token budget, its steering (empty = original), seed."""
+    """One sequence to generate: prompt tokens, its own token budget, its steering (empty = original), seed,
+    stop sequences, penalties, and how many alternatives to report per token (None = no logprobs)."""
 
     prompt_ids: tuple[int, ...]
     max_tokens: int
     steering: tuple[ResolvedSteering, ...]
     seed: int | None = None
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,17 +59,28 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, log-probability, and the most likely alternatives at that step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
     row: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class RowDone:
     row: int
-    finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_tokens reached)
+    finish_reason: str  # "stop" (end-of-sequence token or a stop sequence) or "length" (max_tokens reached)
     text: str
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,9 +202,17 @@ class Batcher:
                                   do_sample=sampling.do_sample, temperature=sampling.temperature or 1.0,
                                   top_p=sampling.top_p)
         seeds = [plan.seed for _, _, plan in plans] if sampling.do_sample else None
-        streams = [_RowStream(job, i, plan.max_tokens, self.lm.tokenizer) for job, i, plan in plans]
+        streams = [_RowStream(job, i, plan, self.lm.tokenizer) for job, i, plan in plans]
+        processors: list = []
+        if any(plan.frequency_penalty or plan.presence_penalty for _, _, plan in plans):
+            processors.append(RowPenalties([p.frequency_penalty for _, _, p in plans],
+                                           [p.presence_penalty for _, _, p in plans]))
+        recorder = StepLogprobs() if any(plan.logprobs is not None for _, _, plan in plans) else None
+        if recorder is not None:
+            processors.append(recorder)
         generate_tokens(self.lm, [plan.prompt_ids for _, _, plan in plans], steer, config=config,
-                        row_seeds=seeds, stopping_criteria=[_Stepper(streams, self._eos)])
+                        row_seeds=seeds, stopping_criteria=[_Stepper(streams, self._eos, recorder)],
+                        logits_processors=processors)
         for stream in streams:
             stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
 
@@ -221,15 +245,22 @@ def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
 
 
 class _RowStream:
-    """One row's tokens as they arrive: text deltas out, a single RowDone at the end."""
+    """One row's tokens as they arrive: text deltas out, a single RowDone at the end.
 
-    def __init__(self, job: Job, row: int, max_tokens: int, tokenizer):
-        self.job, self.row, self.max_tokens, self.tokenizer = job, row, max_tokens, tokenizer
+    Text that could be the start of a stop sequence is held back until it is clear either way, so a stop
+    sequence never reaches the client, streamed or not.
+    """
+
+    def __init__(self, job: Job, row: int, plan: RowPlan, tokenizer):
+        self.job, self.row, self.tokenizer = job, row, tokenizer
+        self.max_tokens, self.stops, self.top = plan.max_tokens, plan.stop, plan.logprobs
         self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.unsent_logprobs = 0  # logprobs of tokens whose text has not gone out yet
         self.sent = ""
         self.done = False
 
-    def push(self, token: int, eos: set[int]) -> None:
+    def push(self, token: int, eos: set[int], step: torch.Tensor | None = None) -> None:
         if self.done:
             return
         if self.job.cancelled.is_set():
@@ -239,36 +270,77 @@ class _RowStream:
             self.finish("stop")
             return
         self.tokens.append(token)
+        if self.top is not None and step is not None:
+            self.logprobs.append(self._logprob(token, step))
+            self.unsent_logprobs += 1
         text = self._text()
+        cut = _first_stop(text, self.stops)
+        if cut is not None:
+            self.finish("stop", text[:cut])
+            return
+        safe = len(text) - _held_back(text, self.stops)
         # Hold back a split multi-byte character until its last byte arrives.
-        if not text.endswith("\ufffd") and text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.emit(Delta(self.row, text[len(self.sent):]))
-            self.sent = text
+        if not text.endswith("\ufffd") and text.startswith(self.sent) and safe > len(self.sent):
+            self._emit(text[len(self.sent):safe])
+            self.sent = text[:safe]
         if len(self.tokens) >= self.max_tokens:
             self.finish("length")
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: str, text: str | None = None) -> None:
         if self.done:
             return
         self.done = True
-        text = self._text()
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.emit(Delta(self.row, text[len(self.sent):]))
-        self.job.emit(RowDone(self.row, reason, text, len(self.tokens)))
+        text = self._text() if text is None else text
+        if text.startswith(self.sent) and (len(text) > len(self.sent) or self.unsent_logprobs):
+            self._emit(text[len(self.sent):])
+        self.job.emit(RowDone(self.row, reason, text, len(self.tokens), tuple(self.logprobs)))
+
+    def _emit(self, text: str) -> None:
+        fresh = tuple(self.logprobs[len(self.logprobs) - self.unsent_logprobs:]) if self.unsent_logprobs else ()
+        self.unsent_logprobs = 0
+        self.job.emit(Delta(self.row, text, fresh))
+
+    def _logprob(self, token: int, step: torch.Tensor) -> TokenLogprob:
+        top = ()
+        if self.top:
+            values, ids = step.topk(self.top)
+            top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist()))
+        return TokenLogprob(self._piece(token), float(step[token]), top)
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
 
     def _text(self) -> str:
         return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
 
 
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop sequence in `text` begins, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that a stop sequence could still complete."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-size:]):
+                longest = size
+                break
+    return longest
+
+
 class _Stepper(StoppingCriteria):
     """Called by generate after every step: feeds each row its new token and ends rows that are done."""
 
-    def __init__(self, streams: list[_RowStream], eos: set[int]):
+    def __init__(self, streams: list[_RowStream], eos: set[int], recorder: StepLogprobs | None = None):
         self.streams = streams
         self.eos = eos
+        self.recorder = recorder
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for stream, token in zip(self.streams, input_ids[:, -1].tolist()):
-            stream.push(token, self.eos)
+        step = self.recorder.last if self.recorder is not None else None
+        for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist())):
+            stream.push(token, self.eos, step[i] if step is not None else None)
         return torch.tensor([s.done for s in self.streams], dtype=torch.bool, device=input_ids.device)
-

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from ..models import LoadedModel
 from ..steering import SteeringError, SteeringSpec
 from ..vector import SteeringVector, content_hash, describe_model, same_model
@@ -64,7 +66,11 @@ class VectorRegistry:
 
     @classmethod
     def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
-        """Load every steerlab `.safetensors` vector in `folder` (not recursive); the file stem is its name."""
+        """Load every steerlab `.safetensors` vector in `folder` (not recursive); the file stem is its name.
+
+        A file that cannot be read is skipped with a warning that names it and says why: one bad file must
+        not keep the server (and every good vector) from starting.
+        """
         if folder is None:
             return cls(lm, {})
         folder = Path(folder)
@@ -76,7 +82,10 @@ class VectorRegistry:
                 if path.is_file():
                     log.warning("skipping %s: the server reads steerlab .safetensors vectors only", path.name)
                 continue
-            vectors[path.stem] = (path, SteeringVector.load(path))
+            try:
+                vectors[path.stem] = (path, SteeringVector.load(path))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping %s: %s", path.name, exc)
         for name, (path, vec) in vectors.items():
             problem = incompatibility(lm, vec)
             if problem:
@@ -128,6 +137,9 @@ class VectorRegistry:
 def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:
     """Why `vector` must not steer `lm` (another model, even one of the same shape), or None."""
     m = vector.meta
+    for layer, direction in sorted(vector.directions.items()):
+        if not bool(torch.isfinite(direction).all()):
+            return f"its direction for layer {layer} has non-finite values (NaN or Inf)"
     if m.hidden_size != lm.hidden_size or max(vector.layers) >= lm.num_layers:
         return (f"built for {m.model_name} (hidden size {m.hidden_size}, {m.num_layers} layers); this server runs "
                 f"{lm.name} (hidden size {lm.hidden_size}, {lm.num_layers} layers)")

@@ -1,7 +1,8 @@
 """Request bodies of the HTTP API: the OpenAI chat/completions fields plus `steering` and `include_original`.
 
-Unknown fields are refused (a typo must not silently change what is generated), and every number is
-range-checked here so the generation worker only ever sees valid work.
+Unknown fields are refused (a typo must not silently change what is generated), types are strict (`true`
+is not a number and `"3"` is not an integer), and every number is range-checked here so the generation
+worker only ever sees valid work.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 8
+MAX_STOP = 4
+# A multiplier must stay finite once it is a float32 on the model (1e39 would become inf there).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SteeringItem(_Strict):
@@ -48,6 +52,8 @@ class SteeringItem(_Strict):
     def _finite(cls, value: float | None, info) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{info.field_name} must be a finite number, got {value}")
+        if value is not None and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{info.field_name} must be within float32's finite range (|m| <= 3.4e38), got {value}")
         return value
 
     @model_validator(mode="after")
@@ -69,35 +75,105 @@ class StreamOptions(_Strict):
 
 
 class GenerationFields(_Strict):
-    """Fields shared by both endpoints. temperature 0 means greedy decoding."""
+    """Fields shared by both endpoints. temperature 0 means greedy decoding.
+
+    `max_completion_tokens` is the newer OpenAI name of `max_tokens`; either may be given (both only if
+    equal). `user` is accepted and ignored, as it only labels the request for the caller's own records.
+    """
 
     model: str | None = None
-    max_tokens: int = Field(default=64, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     n: int = Field(default=1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    user: str | None = Field(default=None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
     steering: list[SteeringItem] = Field(default_factory=list)
     include_original: bool = False
 
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        if any(len(s) > 256 for s in stops):
+            raise ValueError("stop sequences must be at most 256 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "GenerationFields":
+        if (self.max_tokens is not None and self.max_completion_tokens is not None
+                and self.max_tokens != self.max_completion_tokens):
+            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                             f"({self.max_completion_tokens}) differ; give one of them")
+        return self
+
+    @property
+    def token_budget(self) -> int:
+        """The most tokens each choice may generate (default 64)."""
+        return self.max_completion_tokens or self.max_tokens or 64
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
     @property
     def do_sample(self) -> bool:
         return self.temperature > 0
 
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        """None without logprobs; else how many alternatives to list per token (0 = only the chosen one)."""
+        return None
+
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
+    name: str | None = None
 
 
 class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) for m in self.messages)
 
 
 class CompletionRequest(GenerationFields):
     prompt: str
+    # The legacy completions API: an integer, how many alternatives to list per token (0..5).
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def prompt_chars(self) -> int:
+        return len(self.prompt)
 
 
 class ScoreRequest(_Strict):

@@ -16,6 +16,7 @@ import torch
 
 from ...models import LoadedModel
 from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
+from ...textio import is_number
 from ...vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
                       write_steer_file)
 
@@ -124,6 +125,16 @@ class LMSteer:
         if sorted(tensors) != sorted(TENSORS):
             found = ", ".join(sorted(tensors)) or "none"
             raise VectorFileError(f"{path}: expected tensors {', '.join(TENSORS)}, found {found}")
+        for name in TENSORS:
+            tensor = tensors[name]
+            if not tensor.is_floating_point() or tensor.ndim != 3 or 0 in tensor.shape:
+                raise VectorFileError(f"{path}: tensor '{name}' must be floats of shape [num_steers, "
+                                      f"{meta.hidden_size}, rank], got {str(tensor.dtype).removeprefix('torch.')} "
+                                      f"{tuple(tensor.shape)}")
+        epsilon = meta.params.get("epsilon")
+        if not is_number(epsilon) or not 0 < epsilon <= 1e6:
+            raise VectorFileError(f"{path}: metadata field 'params.epsilon': expected a positive finite number, got "
+                                  f"{epsilon!r}")
         try:
             return cls(tensors["projector1"], tensors["projector2"], meta)
         except ValueError as exc:
