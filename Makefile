@@ -28,7 +28,7 @@ $(REPENG_VENV)/.installed:
 
 # vLLM (the steering plugin's engine) pins transformers < 5.20 and fastapi < 0.137 and brings torchvision/
 # torchaudio/torchcodec builds that break `import vllm` beside our torch wheel; so it gets its own venv, with
-# steerlab installed in it, and tests/vllm run there. The main venv never imports vllm.
+# steerlab installed in it, and tests/vllm_engine run there. The main venv never imports vllm.
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
@@ -42,10 +42,10 @@ demo: install
 
 test: install $(REPENG_VENV)/.installed $(VLLM_VENV)/.installed
 	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python -m pytest -q --durations=15
-	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm_engine
 
 test-vllm: $(VLLM_VENV)/.installed
-	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm_engine
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -51,6 +51,7 @@ def model_dir(tmp_path) -> Path:
     return folder
 
 
-# tests/vllm need vLLM, which lives in its own venv (.venv-vllm; `make test` runs them there).
+# tests/vllm_engine need vLLM, which lives in its own venv (.venv-vllm; `make test` runs them there). The folder
+# is not called "vllm": pytest puts tests/ on sys.path, where tests/vllm would pass for the vllm package.
 if importlib.util.find_spec("vllm") is None:
-    collect_ignore = ["vllm"]
+    collect_ignore = ["vllm_engine"]

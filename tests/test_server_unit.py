@@ -134,6 +134,23 @@ def test_serve_command_reads_the_token_from_the_environment(tiny, tmp_path, monk
     assert captured["app"].state.batcher.max_batch == 4
 
 
+def test_serve_command_sets_the_size_limits(tiny, tmp_path, monkeypatch):
+    import uvicorn
+
+    import steerlab.cli as cli
+    import steerlab.cli.serve as serve
+
+    captured = {}
+    monkeypatch.setattr(serve, "load_cli_model", lambda args: tiny[0])
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app))
+    assert cli.main(["serve", "--vectors", str(tmp_path), "--max-prompt-chars", "5", "--token", "t"]) == 0
+    with TestClient(captured["app"]) as client:
+        reply = client.post("/v1/completions", headers={"Authorization": "Bearer t"},
+                            json={"prompt": "a longer prompt", "max_tokens": 1})
+    assert reply.status_code == 413 and "5" in reply.json()["error"]["message"]
+    assert cli.main(["serve", "--vectors", str(tmp_path), "--max-text-chars", "0"]) == 1
+
+
 def test_serve_command_refuses_a_missing_vector_folder(tiny, tmp_path, monkeypatch, capsys):
     import steerlab.cli as cli
     import steerlab.cli.serve as serve

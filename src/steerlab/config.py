@@ -143,7 +143,7 @@ def build_config(cls: type[T], values: dict[str, Any] | None = None, source: str
     allowed = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in allowed:
-            raise ConfigError(f"{at(key)}: unknown key '{key}' for {cls.__name__}; allowed keys: {', '.join(allowed)}")
+            raise ConfigError(f"{at(key)}: unknown key {key!r} for {cls.__name__}; allowed keys: {', '.join(allowed)}")
     hints = typing.get_type_hints(cls)
     coerced = {key: _coerce(hints[key], value, f"{at(key)}: key '{key}'") for key, value in values.items()}
     try:

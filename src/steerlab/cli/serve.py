@@ -30,6 +30,11 @@ def register(sub, vector_subparsers=None) -> None:
     p.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long the first queued request waits for others to share its batch")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond it)")
+    p.add_argument("--max-prompt-chars", type=int, default=100_000,
+                   help="largest prompt, all messages together (413 beyond it)")
+    p.add_argument("--max-text-chars", type=int, default=10_000,
+                   help="largest text /v1/score takes (scoring is quadratic in length; 413 beyond it)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                    help="hf: batches on the Hugging Face model; vllm: vLLM with steerlab's plugin (pip install "
                         "'steerlab[vllm]'), continuous batching, --max-batch/--batch-window-ms do not apply")
@@ -41,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..server.app import create_app
+        from ..server.app import Limits, create_app
         from ..server.registry import VectorRegistry
     except ModuleNotFoundError as exc:
         raise CLIError(f"steerlab serve needs {exc.name}; install the server extra: pip install 'steerlab[server]'") from None
@@ -49,6 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_tokens < 1 or not 0 <= args.port < 65536:
         raise CLIError("--max-batch and --max-tokens must be at least 1, --batch-window-ms at least 0, "
                        "--port in 0..65535")
+    try:
+        limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_text_chars)
+    except ValueError:
+        raise CLIError("--max-body-bytes, --max-prompt-chars and --max-text-chars must be at least 1") from None
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise CLIError("--engine vllm needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "
                        "(make test builds it in .venv-vllm), or use --engine hf")
@@ -68,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except EngineUnavailable as exc:
             raise CLIError(str(exc)) from None
     app = create_app(lm, registry, token=token, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-                     max_tokens_limit=args.max_tokens, batcher=batcher)
+                     max_tokens_limit=args.max_tokens, batcher=batcher, limits=limits)
     if token is None and not _loopback(args.host):
         print(f"warning: serving on {args.host} without a token; anyone who can reach it can use it "
               f"(set ${TOKEN_ENV})", file=sys.stderr)
