@@ -42,9 +42,10 @@ def test_steerlab_serve_on_vllm_matches_hf(lm, engine, vectors, expected, tmp_pa
     with TestClient(app) as client:
         reply = client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200, reply.text
-        choice = reply.json()["choices"][0]
-        assert choice["message"]["content"] == expected.steered
-        assert choice["original"]["message"]["content"] == expected.original
+        steered, original = reply.json()["choices"]  # include_original: the original is its own choice
+        assert (steered["index"], steered["original"], original["index"], original["original"]) == (0, False, 1, True)
+        assert steered["message"]["content"] == expected.steered
+        assert original["message"]["content"] == expected.original
         assert expected.steered != expected.original
         with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True,
                                                                   "include_original": False}) as stream:

@@ -98,7 +98,7 @@ class VLLMEngine:
                 mult = mults[0] if len(mults) == 1 else mults[i]
                 if mult != 0.0:  # a multiplier of 0 means this row is unsteered: it gets nothing at all
                     row.append({"vector": name, "multiplier": mult, "layers": layers, "positions": spec.positions,
-                                "operator": spec.operator})
+                                "operator": spec.operator_name()})
         return rows
 
     def run(self, rows: Sequence[Sequence[int]], items: Sequence[list[dict[str, Any]] | None], *,
