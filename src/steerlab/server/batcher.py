@@ -107,24 +107,15 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
-class Batcher:
-    """A worker thread that owns the model and runs compatible queued jobs together."""
+class JobQueue:
+    """The queue both engines' batchers share: jobs in, one worker thread running the subclass's `_work`, a drain
+    on close."""
 
-    def __init__(self, lm: LoadedModel, *, max_batch: int = 16, window_ms: float = 10.0):
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        self.lm = lm
-        self.max_batch = max_batch
-        self.window = window_ms / 1000.0
+    def __init__(self, thread_name: str):
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._work, name="steerlab-batcher", daemon=True)
-        self.running_rows = 0
-        self.batches = 0
-        eos = lm.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self._eos = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
+        self._thread = threading.Thread(target=self._work, name=thread_name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -148,6 +139,23 @@ class Batcher:
     def queued_rows(self) -> int:
         with self._cond:
             return sum(len(job.rows) for job in self._pending)
+
+
+class Batcher(JobQueue):
+    """A worker thread that owns the model and runs compatible queued jobs together."""
+
+    def __init__(self, lm: LoadedModel, *, max_batch: int = 16, window_ms: float = 10.0):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        super().__init__("steerlab-batcher")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.window = window_ms / 1000.0
+        self.running_rows = 0
+        self.batches = 0
+        eos = lm.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self._eos = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
 
     def _work(self) -> None:
         while True:

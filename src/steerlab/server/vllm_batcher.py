@@ -10,55 +10,26 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
-from collections import deque
 from typing import Any
 
 from ..interop.vllm.engine import VLLMEngine
 from ..interop.vllm.request import KEY
 from ..models import LoadedModel
 from ..vector import content_hash
-from .batcher import Delta, Job, JobFailed, RowDone
-from .errors import ApiError
+from .batcher import Delta, Job, JobFailed, JobQueue, RowDone
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
 
 
-class VLLMBatcher:
+class VLLMBatcher(JobQueue):
     """Runs the server's jobs on a VLLMEngine; one thread steps the engine, rows are independent vLLM requests."""
 
     def __init__(self, lm: LoadedModel, engine: VLLMEngine):
+        super().__init__("steerlab-vllm")
         self.lm, self.engine = lm, engine
-        self._pending: deque[Job] = deque()
         self._live: dict[str, tuple[Job, int, str]] = {}  # request id -> (job, row, text so far)
-        self._cond = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._work, name="steerlab-vllm", daemon=True)
         self.batches = 0  # engine steps run
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        with self._cond:
-            if self._closing:
-                raise ApiError(503, "the server is shutting down; retry on a running instance", code="shutting_down")
-            self._pending.append(job)
-            self._cond.notify()
-
-    def close(self, timeout: float | None = None) -> None:
-        """Stop taking jobs, finish the queued and running ones, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def queued_rows(self) -> int:
-        with self._cond:
-            return sum(len(job.rows) for job in self._pending)
 
     @property
     def running_rows(self) -> int:
