@@ -7,7 +7,7 @@ import torch
 
 from steerlab.conditional import Condition, ConditionalSteering, fit_condition, last_token_scores
 from steerlab.generation import GenerationConfig, generate_tokens
-from steerlab.steering import SteeringSpec, VectorSteering
+from steerlab.steering import CombinedSteering, SteeringSpec, VectorSteering
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import chat_ids, tiny_model
 
@@ -63,9 +63,15 @@ def test_cache_and_no_cache_agree_and_per_row_multipliers_still_apply():
         assert torch.equal(cached[i], own[0])
 
 
-def test_the_decision_pass_is_unsteered_and_made_once_per_generation():
+@pytest.mark.parametrize("beside", [False, True])
+def test_the_decision_pass_is_unsteered_and_made_once_per_generation(beside):
+    """Also with another steer on an earlier layer attached beside it (CombinedSteering, as the server batches)."""
     lm, behaviour, prompts, condition, scores = _setup()
-    handle = _cast(behaviour, condition).attach(lm)
+    cast = _cast(behaviour, condition)
+    other = VectorSteering(SteeringSpec(behaviour, 5.0, [0]))
+    steering = CombinedSteering([other, cast]) if beside else cast
+    handle = steering.attach(lm)
+    combined, handle = handle, handle.handles[1] if beside else handle
     try:
         from steerlab.batching import pad
 
@@ -78,7 +84,7 @@ def test_the_decision_pass_is_unsteered_and_made_once_per_generation():
             lm.model(input_ids=ids[:, -1:], attention_mask=mask)  # a later step never re-decides
         assert torch.equal(handle.decisions, first)
     finally:
-        handle.remove()
+        combined.remove()
     assert not lm.model._forward_pre_hooks and not any(layer._forward_hooks for layer in lm.layers)
 
 

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 
+from steerlab.conditional import Condition
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 
@@ -26,7 +27,8 @@ WAIT_MS = 240_000
 
 def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path):
     assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
-    write_real_vectors(smollm2, tmp_path)
+    vectors = write_real_vectors(smollm2, tmp_path)
+    Condition(vectors["sentiment"].directions[9], 9, 0.05).to_vector(smollm2).save(tmp_path / "upbeat.safetensors")
     app = create_app(smollm2, VectorRegistry.from_dir(smollm2, tmp_path))
     with serve_in_thread(app) as (url, _), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -68,6 +70,16 @@ def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path)
             expect(page.locator("#chart")).to_have_attribute("data-points", "3", timeout=WAIT_MS)
             expect(page.locator("#chart circle")).to_have_count(3)
             expect(page.locator("#error")).to_be_hidden()
+
+            # CAST and every-layer ablation: what the row's controls send (the server side is tested on its own).
+            row.locator(".condition").select_option("upbeat")
+            expect(page.locator("#steer-summary")).to_have_text("sentiment ×3 if upbeat")
+            assert page.evaluate("steering()") == [{"vector": "sentiment", "positions": "all", "multiplier": 3,
+                                                    "condition": "upbeat"}]
+            row.locator(".operator").select_option("every-layer")
+            expect(row.locator(".mult")).to_be_disabled()
+            expect(page.locator("#steer-summary")).to_have_text("sentiment ablated at every layer")
+            assert page.evaluate("steering()") == [{"vector": "sentiment", "ablate_direction": True}]
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
             assert page_errors == []

@@ -48,6 +48,8 @@ def test_resolve_by_name_and_hash_with_float32_coefficients(library):
     ({"vector": "happy", "layers": [3]}, "no direction for layer 3"),
     ({"vector": "happy", "layers": [9]}, "out of range"),
     ({"vector": "happy", "positions": "middle"}, "positions"),
+    ({"vector": "happy", "positions": "user"}, "chat roles and between:OPEN:CLOSE windows need the HF engine"),
+    ({"vector": "happy", "positions": "between:<think>:</think>"}, "need the HF engine"),
     ({"vector": "happy", "multiplier": float("nan")}, "finite"),
     ({"vector": "cheerful"}, "prompt steer"),
 ])

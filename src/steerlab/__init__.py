@@ -4,12 +4,14 @@ The public verbs, in the order of the data path: load_model, load_pairs, fit, lo
 generate, evaluate, compare (see docs/architecture.md).
 """
 
+from .ablation import DirectionalAblation
+from .conditional import Condition, ConditionalSteering, fit_condition
 from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs, pairs_from_texts
 from .evaluation.run import Comparison, EvaluationError, compare, evaluate
 from .generation import ENGINES, GenerationConfig, GenerationResult, generate
 from .methods import fit
 from .models import LoadedModel, ModelLoadError, load_model
-from .steering import SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer
+from .steering import CombinedSteering, SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer
 from .steers import load_steer
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta
 from .version import __version__
@@ -25,8 +27,8 @@ def _vllm_engine(lm: LoadedModel):
 ENGINES["vllm"] = _vllm_engine
 
 __all__ = [
-    "Comparison", "ContrastiveDataset", "ContrastivePair", "DatasetError", "EvaluationError", "GenerationConfig",
+    "CombinedSteering", "Comparison", "Condition", "ConditionalSteering", "ContrastiveDataset", "DirectionalAblation", "ContrastivePair", "DatasetError", "EvaluationError", "GenerationConfig",
     "GenerationResult", "IncompatibleVectorError", "LoadedModel", "ModelLoadError", "SteeringError",
     "SteeringHandle", "SteeringSpec", "SteeringVector", "VectorMeta", "VectorSteering", "__version__", "compare",
-    "evaluate", "fit", "generate", "load_model", "load_pairs", "load_steer", "pairs_from_texts", "steer",
+    "evaluate", "fit", "fit_condition", "generate", "load_model", "load_pairs", "load_steer", "pairs_from_texts", "steer",
 ]

@@ -12,12 +12,13 @@ the hidden size.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from .models import LoadedModel
 from .operators import ablate, unit
-from .steering import HookHandle, enter_scope, fit_rows, in_scope
+from .steering import HookHandle, combine_rows, enter_scope, fit_rows, in_scope
 from .vector import SteeringVector
 
 
@@ -59,20 +60,30 @@ def ablation_direction(vector: SteeringVector, layer: int | None = None) -> tupl
 class DirectionalAblation:
     """A steer (kind "ablation") that removes one direction from the residual stream at every layer.
 
-    Rows whose scale is 0 (the originals beside steered rows) keep every hidden state bit for bit.
+    `rows` (one flag per batch row, None = every row) says which rows it applies to, as a per-row
+    multiplier does for a vector: the server batches requests that ablate beside requests that do not.
+    Rows left out, and rows whose scale is 0 (the originals beside steered rows), keep every hidden state
+    bit for bit.
     """
 
     kind = "ablation"
 
-    def __init__(self, vector: SteeringVector, layer: int | None = None):
+    def __init__(self, vector: SteeringVector, layer: int | None = None, rows: Sequence[bool] | None = None):
         self.vector = vector
         self.direction, self.layer = ablation_direction(vector, layer)
+        self.rows = None if rows is None else torch.tensor([bool(r) for r in rows], dtype=torch.float32)
+        if self.rows is not None and self.rows.numel() == 0:
+            raise ValueError("rows must name at least one row (or be None for every row)")
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
                prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "AblationHandle":
         self.vector.check_compatible(lm, [self.layer], task=task)
         dtype = next(lm.model.parameters()).dtype
-        return AblationHandle(lm, self.direction.to(device=lm.device, dtype=dtype), row_scale)
+        scale = self.rows
+        if row_scale is not None:
+            row_scale = torch.as_tensor(row_scale, dtype=torch.float32)
+            scale = row_scale if scale is None else combine_rows(scale, row_scale)
+        return AblationHandle(lm, self.direction.to(device=lm.device, dtype=dtype), scale)
 
 
 class AblationHandle(HookHandle):

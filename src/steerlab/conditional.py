@@ -5,7 +5,9 @@ similarity between the block output at the row's last prompt token and the direc
 the threshold; rows that pass get the behaviour steer (with their own multipliers), rows that fail keep
 every hidden state bit for bit. The decision is read in a separate pass over the prompt that stops at the
 condition layer (so the behaviour may act on earlier layers too), made once per generation and kept for
-every later step, with or without a KV cache. Nothing is shared between rows, threads or handles.
+every later step, with or without a KV cache. The decision pass runs with every steer of this thread out of
+scope: a condition reads the model as it is, whatever else is steering. Nothing is shared between rows,
+threads or handles.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from .activations import record_activations
 from .batching import positions_from_mask
 from .models import LoadedModel, check_layers
-from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope
+from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope, unsteered
 from .vector import SteeringVector, VectorMeta
 
 COMPARISONS = (">=", "<=")
@@ -157,16 +159,14 @@ class ConditionalHandle:
 
         hook = self.lm.layers[self.condition.layer].register_forward_hook(read)
         self._deciding = True
-        leave_scope(self.behaviour)  # the behaviour must not steer the pass that decides whether it applies
-        try:
-            with torch.no_grad():
+        try:  # no steer (this behaviour or any other attached here) acts on the pass that decides
+            with torch.no_grad(), unsteered():
                 self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
         except _Stop:
             pass
         finally:
             hook.remove()
             self._deciding = False
-            enter_scope(self.behaviour)
         last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)  # each row's last real token
         hidden = captured["hidden"][torch.arange(ids.shape[0], device=ids.device), last.to(ids.device)]
         self.scores = cosine(hidden, self.condition.direction).cpu()

@@ -11,7 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
-from .steering import SteeringSpec, Steer, VectorSteering
+from .steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
 from .vector import SteeringVector
 
 
@@ -107,12 +107,18 @@ class StepLogprobs(LogitsProcessor):
         return scores
 
 
-def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None) -> Steer | None:
-    """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer)."""
+def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec | Steer] | None) -> Steer | None:
+    """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer).
+
+    A list that also holds steers (a ConditionalSteering, a DirectionalAblation, ...) becomes one
+    CombinedSteering of its items in order, each vector or spec a VectorSteering of its own.
+    """
     if steering is None:
         return None
     if isinstance(steering, SteeringVector):
         return VectorSteering(SteeringSpec(steering))
+    if isinstance(steering, (list, tuple)) and not all(isinstance(s, SteeringSpec) for s in steering):
+        return CombinedSteering([as_steer(s) for s in steering])
     if isinstance(steering, (SteeringSpec, list, tuple)):
         return VectorSteering(steering)
     return steering
@@ -129,7 +135,7 @@ def encode_prompts(lm: LoadedModel, prompts: Sequence[str], *, use_chat_template
 def generate(
     lm: LoadedModel,
     prompts: Sequence[str],
-    steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec] | None = None,
+    steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec | Steer] | None = None,
     *,
     generate_orig_output: bool = False,
     config: GenerationConfig | None = None,

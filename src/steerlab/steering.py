@@ -10,6 +10,7 @@ them: two threads sharing one model never see each other's steering.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
@@ -148,6 +149,16 @@ def leave_scope(owner: object) -> None:
 def in_scope(owner: object) -> bool:
     """Whether the running forward belongs to the thread (or task) that attached `owner`."""
     return id(owner) in _ACTIVE.get()
+
+
+@contextmanager
+def unsteered():
+    """Inside, no hook attached in this thread or task acts: a forward sees the model as it is (CAST's decision)."""
+    token = _ACTIVE.set(frozenset())
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 class HookHandle:
@@ -361,6 +372,53 @@ class VectorSteering:
                 terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
                                                          get_operator(spec.operator_name())))
         return SteeringHandle(lm, terms, prompt_lengths)
+
+
+class CombinedSteering:
+    """Several hook steers at once (vectors, conditional steers, directional ablations), attached in order.
+
+    Each part gets the same row scales and prompt lengths; per-row choices stay inside each part (a row a
+    part leaves off keeps its hidden states bit for bit there). Conditions decide on the unsteered model.
+    """
+
+    kind = "combined"
+
+    def __init__(self, parts: Sequence[Steer]):
+        self.parts = list(parts)
+        if not self.parts:
+            raise SteeringError("combined steering needs at least one steer")
+        for part in self.parts:
+            if not callable(getattr(part, "attach", None)):
+                raise SteeringError(f"a steer of kind '{getattr(part, 'kind', type(part).__name__)}' cannot be "
+                                    "combined with others (it is not applied by hooks); use it on its own")
+
+    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "CombinedHandle":
+        return CombinedHandle(self.parts, lm, row_scale, prompt_lengths, task)
+
+
+class CombinedHandle:
+    """The handles of a CombinedSteering's parts; removing it (or leaving its `with`) removes them all."""
+
+    def __init__(self, parts: Sequence[Steer], lm: LoadedModel, row_scale, prompt_lengths, task):
+        self.handles: list = []
+        try:
+            for part in parts:
+                self.handles.append(part.attach(lm, row_scale=row_scale, prompt_lengths=prompt_lengths, task=task))
+        except Exception:
+            self.remove()
+            raise
+
+    def __enter__(self) -> "CombinedHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in reversed(self.handles):
+            handle.remove()
+        self.handles = []
 
 
 def combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

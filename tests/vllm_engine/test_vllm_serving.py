@@ -54,6 +54,17 @@ def test_steerlab_serve_on_vllm_matches_hf(lm, engine, vectors, expected, tmp_pa
         assert text == expected.steered
         bad = client.post("/v1/chat/completions", json={**body, "steering": [{"vector": "nope"}]})
         assert bad.status_code == 400 and "unknown vector 'nope'" in bad.text
+        # The item's operator reaches the workers (it once did not: every served item was an addition).
+        clamp = {"vector": "sentiment", "multiplier": 2.0, "layers": [15], "operator": "clamp"}
+        reply = client.post("/v1/chat/completions", json={**body, "steering": [clamp], "include_original": False})
+        want = steerlab.generate(lm, [PROMPT], SteeringSpec(vectors["sentiment"], 2.0, [15], operator="clamp"),
+                                 config=CONFIG)[0].steered
+        assert reply.json()["choices"][0]["message"]["content"] == want and want != expected.original
+        for item, field in (({"vector": "sentiment", "positions": "user"}, "positions"),
+                            ({"vector": "sentiment", "ablate_direction": True, "layers": [15]}, "ablate_direction")):
+            bad = client.post("/v1/chat/completions", json={**body, "steering": [item]})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == f"steering[0].{field}"
+            assert "not available with --engine vllm" in bad.json()["error"]["message"]
 
 
 def _free_port() -> int:

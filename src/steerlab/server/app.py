@@ -188,6 +188,7 @@ class _Service:
     async def complete(self, body: GenerationFields, prompt_ids: list[int], *, chat: bool):
         self._check(body, prompt_ids)
         steering = tuple(self.registry.resolve(body.steering))
+        self.batcher.check_steering(steering)
         sampling = Sampling.of(body.temperature, body.top_p)
         # Choice i samples with seed + i, and its original with the same seed, as the library's generate does.
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)

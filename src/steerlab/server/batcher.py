@@ -2,8 +2,9 @@
 
 Each request becomes rows (its n choices, plus the unsteered originals when asked). Rows of different
 requests carry different vectors and multipliers through per-row steering: every distinct
-(vector, layers, positions) gets one SteeringSpec whose multiplier is 0 on rows that do not use it, so
-those rows receive an exact +0.0. Sampled rows draw from their own seeded generator. A row's tokens
+(vector, layers, positions, operator) gets one SteeringSpec whose multiplier is 0 on rows that do not use
+it, so those rows keep their hidden states bit for bit; conditional items decide per row from that row's
+prompt, and directional ablation applies to the rows that ask for it. Sampled rows draw from their own seeded generator. A row's tokens
 therefore never depend on what else is in its batch; frequency/presence penalties, stop sequences and
 log-probabilities are per row too. Tokens stream back to the request's event loop after every decoding step.
 """
@@ -23,7 +24,9 @@ from transformers import StoppingCriteria
 
 from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..ablation import DirectionalAblation
+from ..conditional import ConditionalSteering
+from ..steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
 from .errors import ApiError
 from .registry import ResolvedSteering
 
@@ -140,6 +143,9 @@ class JobQueue:
         with self._cond:
             return sum(len(job.rows) for job in self._pending)
 
+    def check_steering(self, steering: tuple[ResolvedSteering, ...]) -> None:
+        """Raise an ApiError for steering this engine cannot apply (the HF batcher applies every kind)."""
+
 
 class Batcher(JobQueue):
     """A worker thread that owns the model and runs compatible queued jobs together."""
@@ -225,31 +231,44 @@ class Batcher(JobQueue):
             stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
 
 
-def batch_steering(plans: list[RowPlan]) -> VectorSteering | None:
-    """One spec per distinct (vector, layers, positions, operator, repeat) with a per-row multiplier list (0 = off).
+def batch_steering(plans: list[RowPlan]) -> Steer | None:
+    """The batch's steering: one spec per distinct (vector, layers, positions, operator, repeat) with a per-row
+    multiplier list (0 = off); those gated by a condition in one ConditionalSteering per condition; one
+    DirectionalAblation per ablated (vector, layer) with a per-row on/off list.
 
-    Specs are applied in a fixed (sorted) order, so a row's additions happen in the same order whatever
-    else shares its batch: floating-point sums then match the row served alone bit for bit.
+    Parts are applied in a fixed order (unconditional specs, then each condition's, then ablations; sorted
+    within each), so a row's operations happen in the same order whatever else shares its batch: its
+    floating-point sums then match the row served alone bit for bit.
     """
     per_row: list[dict[tuple, float]] = []
-    vectors: dict[tuple, ResolvedSteering] = {}
+    items: dict[tuple, ResolvedSteering] = {}
     for plan in plans:
         mults: dict[tuple, float] = {}
         seen: dict[tuple, int] = {}
         for item in plan.steering:
-            base = (item.name, item.layers, item.positions, item.operator)
+            base = (item.ablate_direction, item.condition_name or "", item.name, item.layers, item.positions,
+                    item.operator)
             key = base + (seen.get(base, 0),)
             seen[base] = seen.get(base, 0) + 1
             mults[key] = item.multiplier
-            vectors[key] = item
+            items[key] = item
         per_row.append(mults)
-    if not vectors:
+    if not items:
         return None
-    specs = [SteeringSpec(vectors[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
-                          layers=dict(vectors[key].layers), positions=vectors[key].positions,
-                          operator=vectors[key].operator)
-             for key in sorted(vectors)]
-    return VectorSteering(specs)
+    parts: list[Steer] = []
+    groups: dict[tuple[bool, str], list[tuple]] = {}
+    for key in sorted(items):
+        groups.setdefault(key[:2], []).append(key)
+    for (ablation, condition), keys in groups.items():
+        if ablation:
+            parts += [DirectionalAblation(items[key].vector, items[key].layers[0][0], rows=[key in row for row in per_row])
+                      for key in keys]
+            continue
+        specs = VectorSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
+                                             layers=dict(items[key].layers), positions=items[key].positions,
+                                             operator=items[key].operator) for key in keys])
+        parts.append(ConditionalSteering(specs, items[keys[0]].condition) if condition else specs)
+    return parts[0] if len(parts) == 1 else CombinedSteering(parts)
 
 
 class _RowStream:

@@ -1,7 +1,7 @@
-"""The vectors a server offers: read from a folder at start-up, checked against the served model once.
+"""The vectors and conditions a server offers: read from a folder at start-up, checked against the served model once.
 
-A request names vectors by file stem; resolving it yields the exact layers and multiplier each row will
-get, or an ApiError that says which item is wrong and why.
+A request names vectors (and CAST conditions, files of method "condition") by file stem; resolving it yields
+the exact layers and multiplier each row will get, or an ApiError that says which item is wrong and why.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..ablation import ablation_direction
+from ..conditional import Condition
 from ..models import LoadedModel
 from ..steering import SteeringError, SteeringSpec
 from ..vector import SteeringVector, content_hash, describe_model, same_model
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResolvedSteering:
-    """One request item made concrete: the vector, {layer: weight}, multiplier and positions."""
+    """One request item made concrete: the vector, {layer: weight}, multiplier and positions; the condition
+    gating it (CAST), or `ablate_direction` with the one layer whose direction leaves every layer."""
 
     name: str
     vector: SteeringVector
@@ -33,12 +36,22 @@ class ResolvedSteering:
     positions: str
     operator: str = "add"
     strength: float | None = None  # the norm-relative strength asked for; its multipliers are in the layer weights
+    condition_name: str | None = None
+    condition: Condition | None = None
+    ablate_direction: bool = False
 
     def describe(self) -> dict[str, Any]:
-        out = {"vector": self.name, "multiplier": self.multiplier, "layers": [layer for layer, _ in self.layers],
+        layers = [layer for layer, _ in self.layers]
+        if self.ablate_direction:
+            return {"vector": self.name, "ablate_direction": True, "layers": layers}
+        out = {"vector": self.name, "multiplier": self.multiplier, "layers": layers,
                "positions": self.positions, "operator": self.operator}
         if self.strength is not None:
             out.update(strength=self.strength, multipliers={str(k): round(w, 4) for k, w in self.layers})
+        if self.condition is not None:
+            c = self.condition
+            out["condition"] = {"name": self.condition_name, "layer": c.layer, "comparison": c.comparison,
+                                "threshold": c.threshold}
         return out
 
 
@@ -48,12 +61,22 @@ class RegisteredVector:
     path: Path
     vector: SteeringVector
     problem: str | None  # why it cannot steer the served model; None when it can
+    condition: Condition | None = None  # a condition file (method "condition"), read as one
+
+    @property
+    def is_condition(self) -> bool:
+        return self.vector.meta.method == "condition"
 
     def describe(self) -> dict[str, Any]:
         info = self.vector.describe()
-        return {"id": self.name, "object": "steering_vector", "file": self.path.name,
-                "sha256": content_hash(self.vector), "usable": self.problem is None, "problem": self.problem,
-                **info}
+        out = {"id": self.name, "object": "steering_condition" if self.is_condition else "steering_vector",
+               "file": self.path.name, "sha256": content_hash(self.vector), "usable": self.problem is None,
+               "problem": self.problem, **info}
+        if self.condition is not None:
+            c = self.condition
+            out["condition"] = {"layer": c.layer, "comparison": c.comparison, "threshold": c.threshold,
+                                "f1": c.fit.get("f1")}
+        return out
 
 
 class VectorRegistry:
@@ -61,8 +84,7 @@ class VectorRegistry:
 
     def __init__(self, lm: LoadedModel, vectors: dict[str, tuple[Path, SteeringVector]]):
         self.lm = lm
-        self.entries = {name: RegisteredVector(name, path, vec, incompatibility(lm, vec))
-                        for name, (path, vec) in sorted(vectors.items())}
+        self.entries = {name: _entry(lm, name, path, vec) for name, (path, vec) in sorted(vectors.items())}
 
     @classmethod
     def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
@@ -86,11 +108,12 @@ class VectorRegistry:
                 vectors[path.stem] = (path, SteeringVector.load(path))
             except (OSError, ValueError) as exc:
                 log.warning("skipping %s: %s", path.name, exc)
-        for name, (path, vec) in vectors.items():
-            problem = incompatibility(lm, vec)
-            if problem:
-                log.warning("vector %s is listed but cannot be used: %s", name, problem)
-        return cls(lm, vectors)
+        registry = cls(lm, vectors)
+        for entry in registry.entries.values():
+            if entry.problem:
+                log.warning("%s %s is listed but cannot be used: %s",
+                            "condition" if entry.is_condition else "vector", entry.name, entry.problem)
+        return registry
 
     def describe(self) -> list[dict[str, Any]]:
         return [entry.describe() for entry in self.entries.values()]
@@ -101,14 +124,7 @@ class VectorRegistry:
 
     def _resolve_one(self, index: int, item: SteeringItem) -> ResolvedSteering:
         where = f"steering[{index}]"
-        entry = self.entries.get(item.vector)
-        if entry is None:
-            known = ", ".join(self.entries) or "none (start the server with --vectors DIR)"
-            raise ApiError(400, f"{where}.vector: unknown vector '{item.vector}'; registered vectors: {known}",
-                           param=f"{where}.vector", code="vector_not_found")
-        if entry.problem:
-            raise ApiError(400, f"{where}.vector: vector '{item.vector}' cannot steer this model: {entry.problem}",
-                           param=f"{where}.vector", code="vector_incompatible")
+        entry = self._usable(item.vector, f"{where}.vector", condition=False)
         n_layers = self.lm.num_layers
         for layer in item.layers or []:
             if not 0 <= layer < n_layers:
@@ -118,6 +134,17 @@ class VectorRegistry:
                 raise ApiError(400, f"{where}.layers: vector '{item.vector}' has no direction for layer {layer}; "
                                     f"it has layers {entry.vector.layers}", param=f"{where}.layers",
                                code="layer_not_in_vector")
+        if item.ablate_direction:
+            try:
+                _, layer = ablation_direction(entry.vector, item.layers[0] if item.layers else None)
+            except ValueError as exc:
+                raise ApiError(400, f"{where}.layers: {exc}", param=f"{where}.layers", code="ablation_layer") from None
+            return ResolvedSteering(item.vector, entry.vector, ((layer, 1.0),), 1.0, "all", "ablate",
+                                    ablate_direction=True)
+        gate = {}
+        if item.condition is not None:
+            gate = dict(condition_name=item.condition,
+                        condition=self._usable(item.condition, f"{where}.condition", condition=True).condition)
         # The library's own defaults (recommended layer/multiplier) decide what an omitted field means.
         spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator,
                             strength=item.strength)
@@ -128,10 +155,42 @@ class VectorRegistry:
                 raise ApiError(400, f"{where}.strength: {exc}", param=f"{where}.strength",
                                code="strength_unavailable") from None
             return ResolvedSteering(item.vector, entry.vector, tuple(per_layer.items()), 1.0, item.positions,
-                                    spec.operator_name(), float(spec.strength))
+                                    spec.operator_name(), float(spec.strength), **gate)
         multiplier = float(spec.row_multipliers()[0])
         return ResolvedSteering(item.vector, entry.vector, tuple(spec.layer_weights().items()), multiplier,
-                                item.positions, spec.operator_name())
+                                item.positions, spec.operator_name(), **gate)
+
+    def _usable(self, name: str, param: str, *, condition: bool) -> RegisteredVector:
+        """The entry `name` for a vector field (condition=False) or a condition field, or the 400 that says why not."""
+        what = "condition" if condition else "vector"
+        entry = self.entries.get(name)
+        if entry is None:
+            known = ", ".join(n for n, e in self.entries.items() if e.is_condition == condition)
+            known = known or f"none (start the server with --vectors DIR holding {what} files)"
+            raise ApiError(400, f"{param}: unknown {what} '{name}'; registered {what}s: {known}",
+                           param=param, code=f"{what}_not_found")
+        if entry.is_condition != condition:
+            hint = ("it is a condition (method 'condition'): give it as condition, beside the vector to apply"
+                    if entry.is_condition else
+                    "it is a vector; a condition file comes from `steerlab vector condition`")
+            raise ApiError(400, f"{param}: '{name}' is not a {what}: {hint}", param=param, code=f"not_a_{what}")
+        if entry.problem:
+            use = "be used with" if condition else "steer"
+            raise ApiError(400, f"{param}: {what} '{name}' cannot {use} this model: {entry.problem}",
+                           param=param, code=f"{what}_incompatible")
+        return entry
+
+
+def _entry(lm: LoadedModel, name: str, path: Path, vector: SteeringVector) -> RegisteredVector:
+    """A registry entry: a condition file is read as a Condition; a problem with either is kept, not raised."""
+    problem = incompatibility(lm, vector)
+    if vector.meta.method != "condition":
+        return RegisteredVector(name, path, vector, problem)
+    try:
+        condition = Condition.from_vector(vector)
+    except (KeyError, TypeError, ValueError) as exc:
+        return RegisteredVector(name, path, vector, problem or f"not a readable condition file ({exc})")
+    return RegisteredVector(name, path, vector, problem, condition)
 
 
 def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:

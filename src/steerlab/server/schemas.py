@@ -28,6 +28,9 @@ class SteeringItem(_Strict):
 
     positions: all, prompt, generated, a chat role (system, user, assistant) or between:OPEN:CLOSE;
     operator: add, ablate, clamp, rotate (default: the one the vector's file states).
+    condition: a registered condition (CAST): the item applies only where this request's prompt meets it.
+    ablate_direction: remove the vector's direction from the residual stream at every layer (Arditi et al.);
+    `layers` then names the one layer whose direction to take (default: the vector's recommended one).
     """
 
     vector: str = Field(min_length=1)
@@ -36,6 +39,8 @@ class SteeringItem(_Strict):
     positions: str = "all"
     operator: Literal["add", "ablate", "clamp", "rotate"] | None = None
     strength: float | None = None  # fraction of each steered layer's mean residual norm (steerlab.strength)
+    condition: str | None = Field(default=None, min_length=1)
+    ablate_direction: bool = False
 
     @field_validator("positions")
     @classmethod
@@ -60,6 +65,17 @@ class SteeringItem(_Strict):
     def _one_strength(self) -> "SteeringItem":
         if self.multiplier is not None and self.strength is not None:
             raise ValueError("give multiplier (raw) or strength (norm-relative), not both")
+        if self.ablate_direction:
+            extra = [name for name, given in (("multiplier", self.multiplier is not None),
+                                              ("strength", self.strength is not None),
+                                              ("operator", self.operator is not None),
+                                              ("condition", self.condition is not None),
+                                              ("positions", self.positions != "all")) if given]
+            if extra:
+                raise ValueError(f"ablate_direction acts at every layer and position; drop {', '.join(extra)}")
+            if self.layers is not None and len(self.layers) != 1:
+                raise ValueError("ablate_direction removes one direction: give layers with the one layer to take "
+                                 f"it from, got {self.layers}")
         return self
 
     @field_validator("layers")

@@ -13,10 +13,12 @@ import logging
 from typing import Any
 
 from ..interop.vllm.engine import VLLMEngine
-from ..interop.vllm.request import KEY
+from ..interop.vllm.request import KEY, POSITIONS
 from ..models import LoadedModel
 from ..vector import content_hash
 from .batcher import Delta, Job, JobFailed, JobQueue, RowDone
+from .errors import ApiError
+from .registry import ResolvedSteering
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
@@ -81,11 +83,23 @@ class VLLMBatcher(JobQueue):
                 self._live.pop(request_id, None)
             job.emit(JobFailed(str(exc)))
 
-    def _item(self, steering) -> dict[str, Any]:
+    def check_steering(self, steering: tuple[ResolvedSteering, ...]) -> None:
+        """Conditions, every-layer ablation, role and window positions are the HF engine's."""
+        for i, item in enumerate(steering):
+            field = ("condition" if item.condition is not None else "ablate_direction" if item.ablate_direction
+                     else "positions" if item.positions not in POSITIONS else None)
+            if field:
+                raise ApiError(400, f"steering[{i}].{field}: not available with --engine vllm (the vLLM plugin "
+                                    "steers block outputs at absolute positions: positions all, prompt or generated); "
+                                    "serve with the default engine (hf) for it",
+                               param=f"steering[{i}].{field}", code="unsupported_on_engine")
+
+    def _item(self, steering: ResolvedSteering) -> dict[str, Any]:
         sha = content_hash(steering.vector)
         self.engine.add_vector(steering.vector)  # the engine's steer folder holds every served vector by hash
         return {"vector": sha, "multiplier": steering.multiplier,
-                "layers": {str(layer): weight for layer, weight in steering.layers}, "positions": steering.positions}
+                "layers": {str(layer): weight for layer, weight in steering.layers}, "positions": steering.positions,
+                "operator": steering.operator}
 
     def _cancel(self, core) -> None:
         gone = [rid for rid, (job, _, _) in self._live.items() if job.cancelled.is_set()]

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...operators import OPERATORS
-from ...steering import POSITIONS, SteeringSpec
+from ...steering import SteeringSpec
 from .library import SteerLibrary, SteerNotFound
 
 KEY = "steerlab"
 RESOLVED = "steerlab_resolved"
 ITEM_KEYS = ("vector", "multiplier", "layers", "positions", "operator")
+# Chat-role and marker-window positions read token ids on the HF engine; the workers know absolute positions only.
+POSITIONS = ("all", "prompt", "generated")
 
 
 class SteeringRequestError(ValueError):
@@ -83,7 +85,8 @@ def resolve(raw: Any, library: SteerLibrary, *, hidden_size: int, num_layers: in
                 f"{vector.meta.hidden_size}); the served model has hidden size {hidden_size}")
         positions = item.get("positions", "all")
         if positions not in POSITIONS:
-            raise SteeringRequestError(f"{where}.positions: must be one of {', '.join(POSITIONS)}, got {positions!r}")
+            raise SteeringRequestError(f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
+                                       f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}")
         multiplier = item.get("multiplier")
         if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, (int, float))
                                        or not math.isfinite(multiplier)):

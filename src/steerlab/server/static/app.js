@@ -29,7 +29,12 @@ function showError(error) {
 // ---- steering rows --------------------------------------------------------------------------------
 
 function usableVectors() {
-  return state.vectors.filter((v) => v.usable);
+  return state.vectors.filter((v) => v.usable && v.object !== "steering_condition");
+}
+
+// CAST conditions (files of method "condition"): a row steers only the prompts its condition selects.
+function usableConditions() {
+  return state.vectors.filter((v) => v.usable && v.object === "steering_condition");
 }
 
 function addRow(vectorId) {
@@ -56,9 +61,13 @@ function addRow(vectorId) {
         <option value="all">all</option><option value="prompt">prompt</option><option value="generated">generated</option>
         <option value="system">system turn</option><option value="user">user turn</option><option value="assistant">assistant turn</option>
       </select></label>
-      <label>operator <select class="operator" title="add: + m·v; ablate: remove the component; clamp: set it to m; rotate: turn by m degrees">
+      <label>operator <select class="operator" title="add: + m·v; ablate: remove the component at these layers; clamp: set it to m; rotate: turn by m degrees; ablate at every layer: remove the direction from the whole residual stream (Arditi et al.)">
         <option value="">file default</option><option value="add">add</option><option value="ablate">ablate</option>
         <option value="clamp">clamp</option><option value="rotate">rotate</option>
+        <option value="every-layer">ablate at every layer</option>
+      </select></label>
+      <label class="condition-label">only if <select class="condition" title="CAST: steer only prompts whose activation meets this condition">
+        <option value="">always</option>
       </select></label>
     </div>`;
   const select = row.querySelector(".vector");
@@ -67,6 +76,18 @@ function addRow(vectorId) {
     select.add(option);
   }
   select.value = chosen.id;
+  const condition = row.querySelector(".condition");
+  for (const c of usableConditions()) {
+    condition.add(new Option(`${c.id} (layer ${c.condition.layer}, cos ${c.condition.comparison} ${c.condition.threshold.toFixed(3)})`, c.id));
+  }
+  row.querySelector(".condition-label").hidden = !usableConditions().length;
+  const operator = row.querySelector(".operator");
+  // Ablating at every layer takes no multiplier, positions or condition: those controls rest while it is chosen.
+  const everyLayer = () => {
+    for (const el of [slider, unit, row.querySelector(".positions"), condition]) el.disabled = operator.value === "every-layer";
+  };
+  operator.addEventListener("change", () => { everyLayer(); updateSummary(); });
+  condition.addEventListener("change", updateSummary);
   const slider = row.querySelector(".mult");
   const shown = row.querySelector(".mult-value");
   const unit = row.querySelector(".unit");
@@ -117,6 +138,12 @@ function parseLayers(text) {
 
 function steering(overrideFirst) {
   return [...document.querySelectorAll(".steer-row")].map((row, i) => {
+    const layers = parseLayers(row.querySelector(".layers").value);
+    if (row.querySelector(".operator").value === "every-layer") {
+      const item = { vector: row.querySelector(".vector").value, ablate_direction: true };
+      if (layers) item.layers = layers;
+      return item;
+    }
     const item = {
       vector: row.querySelector(".vector").value,
       positions: row.querySelector(".positions").value,
@@ -125,7 +152,8 @@ function steering(overrideFirst) {
       i === 0 && overrideFirst !== undefined ? overrideFirst : Number(row.querySelector(".mult").value);
     const operator = row.querySelector(".operator").value;
     if (operator) item.operator = operator;
-    const layers = parseLayers(row.querySelector(".layers").value);
+    const condition = row.querySelector(".condition").value;
+    if (condition) item.condition = condition;
     if (layers) item.layers = layers;
     return item;
   });
@@ -134,7 +162,9 @@ function steering(overrideFirst) {
 function updateSummary() {
   try {
     $("steer-summary").textContent = steering().map((s) =>
-      s.strength !== undefined ? `${s.vector} strength ${s.strength}` : `${s.vector} ×${s.multiplier}`).join(", ");
+      (s.ablate_direction ? `${s.vector} ablated at every layer`
+        : s.strength !== undefined ? `${s.vector} strength ${s.strength}` : `${s.vector} ×${s.multiplier}`)
+      + (s.condition ? ` if ${s.condition}` : "")).join(", ");
   } catch (_) { /* half-typed layers */ }
 }
 
