@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+from common import (alternate, fmt_range, header_block, pin_threads, save_result, table, uvicorn_in_thread,
+                    write_section)  # noqa: E402
 
 N_REQUESTS, MAX_TOKENS = 64, 64
 
@@ -64,19 +63,6 @@ def offline_rounds(engine, lm, items, rounds: int):
                      warmup={"vLLM steered": lambda: run(True, 8), "vLLM unsteered": lambda: run(False, 8)})
 
 
-def serve(app):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
-
-
 async def _load(url: str, items: list[dict]) -> dict:
     import httpx
 
@@ -101,7 +87,7 @@ async def _load(url: str, items: list[dict]) -> dict:
 def http_run(lm, registry, batcher) -> dict:
     from steerlab.server.app import create_app
 
-    url, server, thread = serve(create_app(lm, registry, batcher=batcher))
+    url, server, thread = uvicorn_in_thread(create_app(lm, registry, batcher=batcher))
     try:
         return asyncio.run(_load(url, [{**c, "vector": "sentiment"} for c in configs("sentiment")]))
     finally:

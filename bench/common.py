@@ -12,9 +12,11 @@ import json
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -208,3 +210,17 @@ def serve(handlers: Mapping[str, Callable[..., dict]], ready: dict) -> None:
         command = json.loads(line)
         reply = handlers[command.pop("op")](**command)
         print(json.dumps(reply), flush=True)
+
+
+def uvicorn_in_thread(app):
+    """`app` under uvicorn on an ephemeral 127.0.0.1 port in a thread; returns (base URL, server, thread)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread

@@ -145,3 +145,17 @@ def test_serve_engine_vllm_without_vllm_says_what_to_install(monkeypatch, capsys
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     assert main(["serve", "--engine", "vllm"]) == 1
     assert "pip install 'steerlab[vllm]'" in capsys.readouterr().err
+
+
+def test_the_library_engine_refuses_what_only_the_hf_engine_applies():
+    from steerlab.conditional import Condition, ConditionalSteering
+    from steerlab.interop.vllm.engine import _specs
+    from steerlab.steering import SteeringError, SteeringSpec
+
+    spec = SteeringSpec(_vector(0), 1.0)
+    assert _specs([spec, [spec]]) == [spec, spec]
+    cast = ConditionalSteering(spec, Condition(torch.ones(HIDDEN), 1, 0.0))
+    with pytest.raises(SteeringError, match="a steer of kind 'conditional' needs engine='hf'"):
+        _specs([spec, cast])
+    with pytest.raises(SteeringError, match="positions 'user' \\(a chat role or a window\\) needs engine='hf'"):
+        _specs(SteeringSpec(_vector(0), 1.0, positions="user"))

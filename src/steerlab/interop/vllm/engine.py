@@ -18,7 +18,7 @@ from ...models import LoadedModel
 from ...steering import SteeringError, SteeringSpec, VectorSteering
 from ...vector import SteeringVector, content_hash
 from .library import STEERS_ENV, lm_steer_refusal
-from .request import KEY
+from .request import KEY, POSITIONS
 
 INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "
                 "(make test builds it in .venv-vllm), or use engine='hf'")
@@ -157,13 +157,24 @@ class VLLMEngine:
 
 
 def _specs(steering: Any) -> list[SteeringSpec]:
+    """The specs vLLM can apply, or a SteeringError that names what it cannot (and that engine="hf" can)."""
     if isinstance(steering, VectorSteering):
-        return steering.specs
-    if isinstance(steering, SteeringVector):
-        return [SteeringSpec(steering)]
-    if isinstance(steering, SteeringSpec):
-        return [steering]
-    return list(steering)
+        specs = list(steering.specs)
+    elif isinstance(steering, SteeringVector):
+        specs = [SteeringSpec(steering)]
+    elif isinstance(steering, SteeringSpec):
+        specs = [steering]
+    elif isinstance(steering, (list, tuple)):
+        specs = [spec for part in steering for spec in _specs(part)]
+    else:
+        kind = getattr(steering, "kind", type(steering).__name__)
+        raise SteeringError(f"engine='vllm' applies vectors (SteeringSpec, VectorSteering); a steer of kind '{kind}' "
+                            "needs engine='hf'")
+    for spec in specs:
+        if spec.positions not in POSITIONS:
+            raise SteeringError(f"engine='vllm' steers positions {', '.join(POSITIONS)}; positions '{spec.positions}' "
+                                "(a chat role or a window) needs engine='hf'")
+    return specs
 
 
 def engine_for(lm: LoadedModel, **options: Any) -> VLLMEngine:
