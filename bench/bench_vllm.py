@@ -97,7 +97,7 @@ def http_run(lm, registry, batcher) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the steered/unsteered runs")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the steered/unsteered runs")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of each engine: torch threads of the HF path, cores bound to vLLM's worker")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
@@ -154,16 +154,18 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
              f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}"] for name, r in http.items()]
     hf = http["HF (steerlab serve, --max-batch 16)"]["tokens_per_s"]
     vl = http["vLLM (steerlab serve --engine vllm)"]["tokens_per_s"]
-    busy = max(load_start[0], load_end[0]) > 1.0
-    load = (f"1-minute load average {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end on 2 cores"
+    # The load before anything ran says whether other jobs shared the cores; at the end it includes our own threads.
+    busy = load_start[0] > 1.0
+    load = (f"1-minute load average {load_start[0]:.1f} before the benchmark started and {load_end[0]:.1f} at the end "
+            "(its own threads included) on 2 cores"
             + (": **measured under load** from other jobs on this machine; the figures are lower than an idle "
-               "machine gives and the lead engineer may rerun them idle." if busy else "."))
+               "machine gives and the lead engineer may rerun them idle." if busy else ": nothing else ran."))
     return (head
             + f"Load: {load}\n\n"
             + f"Threads: vLLM's worker bound to core(s) {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
-              "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. With both cores bound and the "
-              "machine oversubscribed, vLLM's OpenMP threads mostly waited on each other (a first attempt ran "
-              "about 10x slower), so a busy machine is measured on one core.\n\n"
+              "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. On an oversubscribed machine "
+              "vLLM's OpenMP threads bound to both cores mostly waited on each other (an attempt ran about 10x "
+              "slower); there, measure with `--threads 1`.\n\n"
             + "**vLLM steered vs unsteered** (64 requests x 64 tokens, 8 steering configs, `ignore_eos`, prefix caching "
               f"off, {len(rounds.times['vLLM steered'])} alternating rounds): steered/unsteered wall time "
               f"{fmt_range(*ratio, unit='x')} (goal <= 1.05x); steered {fmt_range(*rounds.summary('vLLM steered'), unit=' s')}, "
