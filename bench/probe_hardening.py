@@ -146,7 +146,8 @@ def probe_files(cases: int) -> None:
                         "v.safetensors", (VectorFileError,)) for group in names]
     row("layer names: non-ASCII digits, duplicates", outcomes)
 
-    from test_gguf_and_lm_steer_files import GGUF_BAD, write_gguf
+    from gguf_files import write_gguf
+    from test_gguf_and_lm_steer_files import GGUF_BAD
     outcomes = []
     for tensors, options, _ in GGUF_BAD:
         with tempfile.TemporaryDirectory() as folder:
@@ -179,40 +180,25 @@ def probe_files(cases: int) -> None:
                ("fuzz: pair files", fuzz.pair_files(), load_pairs, "pairs.jsonl", (DatasetError,))]
     for probe, strategy, read, name, errors in readers:
         fuzzed(probe, strategy, read, name, errors, cases)
-    _fuzz_config(cases)
-    _fuzz_tasks(cases)
+    _fuzz_checked("fuzz: YAML configs and --set", fuzz.config_inputs(), fuzz.check_config, cases)
+    _fuzz_checked("fuzz: task files and the files they name", fuzz.task_folders(), fuzz.check_task, cases)
 
 
-def _fuzz_config(cases: int) -> None:
+def _fuzz_checked(probe: str, strategy, check, cases: int) -> None:
+    """Run `cases` generated inputs through `check` (which raises only on an unclear outcome)."""
     seen: Counter = Counter()
 
     @settings(max_examples=cases, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(fuzz.config_inputs())
+    @given(strategy)
     def run(inputs):
         try:
-            fuzz.check_config(inputs)
+            check(inputs)
             seen["clear"] += 1
         except Exception:  # noqa: BLE001 - counted as "other"
             seen["other"] += 1
 
     run()
-    ROWS.append(("fuzz: YAML configs and --set", sum(seen.values()), seen["clear"], seen["other"], ""))
-
-
-def _fuzz_tasks(cases: int) -> None:
-    seen: Counter = Counter()
-
-    @settings(max_examples=cases, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(fuzz.task_folders())
-    def run(files):
-        try:
-            fuzz.check_task(files)
-            seen["clear"] += 1
-        except Exception:  # noqa: BLE001 - counted as "other"
-            seen["other"] += 1
-
-    run()
-    ROWS.append(("fuzz: task files and the files they name", sum(seen.values()), seen["clear"], seen["other"], ""))
+    ROWS.append((probe, sum(seen.values()), seen["clear"], seen["other"], ""))
 
 
 def probe_output_files() -> None:

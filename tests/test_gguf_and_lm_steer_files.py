@@ -9,33 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFWriter
 from safetensors.torch import save as safetensors_bytes
+
+from gguf_files import write_gguf
 
 from steerlab.interop.gguf import import_control_vector
 from steerlab.methods.lm_steer import LMSteer
 from steerlab.vector import VectorFileError, VectorMeta
 
 HIDDEN = 8
-
-
-def write_gguf(path: Path, tensors: dict[str, np.ndarray], *, hint: str = "llama", meta: str | None = None,
-               patch: tuple[bytes, bytes] | None = None) -> str:
-    writer = GGUFWriter(path, "controlvector")
-    writer.add_string("controlvector.model_hint", hint)
-    if meta is not None:
-        writer.add_string("steerlab.meta", meta)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    if patch is not None:  # GGUFWriter only writes valid UTF-8; damage the bytes afterwards
-        data = path.read_bytes()
-        assert data.count(patch[0]) == 1
-        path.write_bytes(data.replace(*patch))
-    return str(path)
 
 
 def vec(value: float = 1.0) -> np.ndarray:
@@ -66,7 +48,7 @@ GGUF_BAD = [
 
 @pytest.mark.parametrize("tensors, options, message", GGUF_BAD, ids=[b[2][:40] for b in GGUF_BAD])
 def test_bad_control_vectors_raise_a_vector_file_error_naming_the_file(tmp_path, tensors, options, message):
-    path = write_gguf(tmp_path / "v.gguf", tensors, **options)
+    path = str(write_gguf(tmp_path / "v.gguf", tensors, **options))
     with pytest.raises(VectorFileError) as caught:
         import_control_vector(path)
     assert str(caught.value).startswith(path + ":"), caught.value

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFReader
+from gguf_files import write_gguf
 
 from steerlab.interop.gguf import export_control_vector, import_control_vector
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
@@ -22,19 +23,6 @@ def make_vector(layers=(1, 3, 5), model_type="llama", seed=0) -> SteeringVector:
     meta = VectorMeta(model_name="tiny-llama", hidden_size=HIDDEN, num_layers=6, method="caa",
                       model_fingerprint="abc123", model_type=model_type, task="sentiment")
     return SteeringVector({layer: torch.randn(HIDDEN, generator=gen) for layer in layers}, meta)
-
-
-def write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray], hint: str | None = "llama") -> Path:
-    writer = GGUFWriter(path, arch)
-    if hint is not None:
-        writer.add_string(f"{arch}.model_hint", hint)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def assert_same_directions(got: dict, expected: dict) -> None:
@@ -97,7 +85,7 @@ def test_model_hint_is_needed_when_the_vector_has_no_model_type(tmp_path):
 
 def test_foreign_file_takes_sizes_from_tensors_and_name_from_caller(tmp_path):
     arrays = {"direction.4": np.arange(HIDDEN, dtype=np.float32), "direction.9": -np.ones(HIDDEN, np.float32)}
-    path = write_gguf(tmp_path / "foreign.gguf", "controlvector", arrays, hint="mistral")
+    path = write_gguf(tmp_path / "foreign.gguf", arrays, hint="mistral")
     vector = import_control_vector(path, model_name="my-mistral")
     assert (vector.meta.model_name, vector.meta.model_type, vector.meta.hidden_size) == ("my-mistral", "mistral", HIDDEN)
     assert vector.meta.num_layers == 10  # a lower bound: the highest layer + 1
@@ -119,7 +107,7 @@ def test_not_a_gguf_file(tmp_path):
 
 
 def test_a_model_is_not_a_control_vector(tmp_path):
-    path = write_gguf(tmp_path / "model.gguf", "llama", {"token_embd.weight": np.zeros((4, HIDDEN), np.float32)})
+    path = write_gguf(tmp_path / "model.gguf", {"token_embd.weight": np.zeros((4, HIDDEN), np.float32)}, arch="llama")
     with pytest.raises(VectorFileError, match=re.escape(
         f"{path}: general.architecture is 'llama', not 'controlvector'; not a control vector"
     )):
@@ -127,7 +115,7 @@ def test_a_model_is_not_a_control_vector(tmp_path):
 
 
 def test_wrong_tensor_name(tmp_path):
-    path = write_gguf(tmp_path / "v.gguf", "controlvector", {"layer.3": np.zeros(HIDDEN, np.float32)})
+    path = write_gguf(tmp_path / "v.gguf", {"layer.3": np.zeros(HIDDEN, np.float32)})
     with pytest.raises(VectorFileError, match=re.escape(
         f"{path}: unexpected tensor 'layer.3' (expected direction.N with N in 0-9 digits)"
     )):
@@ -135,20 +123,20 @@ def test_wrong_tensor_name(tmp_path):
 
 
 def test_non_f32_tensor(tmp_path):
-    path = write_gguf(tmp_path / "v.gguf", "controlvector", {"direction.3": np.zeros(HIDDEN, np.float16)})
+    path = write_gguf(tmp_path / "v.gguf", {"direction.3": np.zeros(HIDDEN, np.float16)})
     with pytest.raises(VectorFileError, match=re.escape(f"{path}: tensor 'direction.3' is F16, expected F32")):
         import_control_vector(path)
 
 
 def test_widths_must_agree(tmp_path):
     arrays = {"direction.1": np.zeros(HIDDEN, np.float32), "direction.2": np.zeros(HIDDEN + 1, np.float32)}
-    path = write_gguf(tmp_path / "v.gguf", "controlvector", arrays)
+    path = write_gguf(tmp_path / "v.gguf", arrays)
     with pytest.raises(VectorFileError, match=re.escape(f"{path}: direction tensors differ in width ([8, 9])")):
         import_control_vector(path)
 
 
 def test_no_direction_tensors(tmp_path):
-    path = write_gguf(tmp_path / "v.gguf", "controlvector", {})
+    path = write_gguf(tmp_path / "v.gguf", {})
     with pytest.raises(VectorFileError, match=re.escape(f"{path}: a control-vector file without direction tensors")):
         import_control_vector(path)
 
