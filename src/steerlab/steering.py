@@ -397,28 +397,22 @@ class CombinedSteering:
         return CombinedHandle(self.parts, lm, row_scale, prompt_lengths, task)
 
 
-class CombinedHandle:
+class CombinedHandle(HookHandle):
     """The handles of a CombinedSteering's parts; removing it (or leaving its `with`) removes them all."""
 
     def __init__(self, parts: Sequence[Steer], lm: LoadedModel, row_scale, prompt_lengths, task):
-        self.handles: list = []
+        self._handles = []
         try:
             for part in parts:
-                self.handles.append(part.attach(lm, row_scale=row_scale, prompt_lengths=prompt_lengths, task=task))
+                self._handles.append(part.attach(lm, row_scale=row_scale, prompt_lengths=prompt_lengths, task=task))
         except Exception:
             self.remove()
             raise
 
-    def __enter__(self) -> "CombinedHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for handle in reversed(self.handles):
-            handle.remove()
-        self.handles = []
+    @property
+    def handles(self) -> list:
+        """Each part's handle, in the parts' order."""
+        return list(self._handles)
 
 
 def combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
