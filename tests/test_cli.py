@@ -48,6 +48,8 @@ def test_inline_one_shot_pair(model_dir, tmp_path):
     (["vector", "build", "--method", "magic", "--data", "d.jsonl", "--out", "x.safetensors"],
      "error: unknown method 'magic'; available: caa, pca, prompt, vector_prompt"),
     (["vector", "info", "nope.safetensors"], "error: nope.safetensors: no such steer file"),
+    (["vector", "condition", "--vector", "v.safetensors", "--steer-prompts", "gone.txt", "--keep-prompts", "gone.txt",
+      "--out", "c.safetensors"], "error: --steer-prompts gone.txt: no such file"),
     (["generate", "--vector", "a.safetensors", "--vector", "b.safetensors", "--multiplier", "1", "--prompt", "x"],
      "error: 1 --multiplier for 2 --vector; give one per vector"),
     (["generate", "--layers", "x", "--prompt", "hi"], "error: --layers x: expected 15, 12,15, 4-8, all, or with weights 12:0.5,15:1"),

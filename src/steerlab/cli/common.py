@@ -166,13 +166,18 @@ class StageBars:
         self.close()
 
 
+def prompt_lines(option: str, path: str) -> list[str]:
+    """The non-blank lines of a prompts file (one prompt per line, UTF-8, a BOM is fine), stripped."""
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"{option} {file}: no such file")
+    return [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise CLIError(f"--prompts-file {path}: no such file")
-        prompts += [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        prompts += prompt_lines("--prompts-file", args.prompts_file)
     if not prompts:
         raise CLIError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
     return prompts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .common import CLIError, add_model_args, add_out_args, check_out_free, command, load_cli_model
+from .common import CLIError, add_model_args, add_out_args, check_out_free, command, load_cli_model, prompt_lines
 
 
 def register(sub, vsub) -> None:
@@ -33,15 +33,10 @@ def register(sub, vsub) -> None:
     p.set_defaults(func=cmd_condition)
 
 
-def _lines(path: str) -> list[str]:
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"{file}: no such file")
-    lines = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+def _prompts(option: str, path: str) -> list[str]:
+    lines = prompt_lines(option, path)
     if not lines:
-        raise CLIError(f"{file}: no prompts")
+        raise CLIError(f"{option} {path}: no prompts")
     return lines
 
 
@@ -69,7 +64,7 @@ def cmd_condition(args) -> int:
     from ..vector import SteeringVector
 
     out = check_out_free(args.out, args.overwrite)
-    steer, keep = _lines(args.steer_prompts), _lines(args.keep_prompts)
+    steer, keep = _prompts("--steer-prompts", args.steer_prompts), _prompts("--keep-prompts", args.keep_prompts)
     vector = SteeringVector.load(args.vector)
     lm = load_cli_model(args)
     condition = fit_condition(lm, vector, encode_prompts(lm, steer), encode_prompts(lm, keep))
