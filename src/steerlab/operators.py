@@ -38,14 +38,12 @@ def project(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 
 def ablate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
     """Directional ablation (Arditi et al. 2024): remove the component along the direction; coefficient unused."""
-    u = unit(direction)
-    return hidden - project(hidden, direction) * u
+    return ablate_unit(hidden, unit(direction), coefficient)
 
 
 def clamp(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
     """Set the component along the unit direction to `coefficient` (0 is ablation); the rest is unchanged."""
-    u = unit(direction)
-    return hidden + (coefficient - project(hidden, direction)) * u
+    return clamp_unit(hidden, unit(direction), coefficient)
 
 
 def rotate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
@@ -55,8 +53,23 @@ def rotate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Ten
     by 180 degrees in that plane maps the activation to its negative). Positive angles turn the activation
     towards the direction. A token parallel to the direction has no plane and is left as it is.
     """
+    return rotate_unit(hidden, unit(direction), coefficient)
+
+
+# The same operators given the unit direction, which may also be one per token ([tokens, d] beside hidden
+# [tokens, d]): the vLLM workers gather each token's direction from a table and share this arithmetic.
+
+def ablate_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    return hidden - (hidden * u).sum(-1, keepdim=True) * u
+
+
+def clamp_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    return hidden + (coefficient - (hidden * u).sum(-1, keepdim=True)) * u
+
+
+def rotate_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
     work = hidden.float() if hidden.dtype in (torch.float16, torch.bfloat16) else hidden
-    u = unit(direction).to(work.dtype)
+    u = u.to(work.dtype)
     along = (work * u).sum(-1, keepdim=True)
     ortho = work - along * u
     ortho_norm = ortho.norm(dim=-1, keepdim=True)
@@ -73,6 +86,8 @@ def rotate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Ten
 
 
 OPERATORS: dict[str, Operator] = {"add": add, "ablate": ablate, "clamp": clamp, "rotate": rotate}
+# Each operator applied with a unit direction (`add` takes the direction as it is).
+UNIT_OPERATORS: dict[str, Operator] = {"add": add, "ablate": ablate_unit, "clamp": clamp_unit, "rotate": rotate_unit}
 
 
 def get_operator(name: str) -> Operator:

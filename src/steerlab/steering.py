@@ -10,6 +10,7 @@ them: two threads sharing one model never see each other's steering.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -96,6 +97,16 @@ class SteeringSpec:
     def layer_multipliers(self) -> dict[int, float]:
         """{layer: the raw multiplier its first row gets there (layer weight included)}: what to print beside a strength."""
         return {layer: float(self.row_multipliers(layer)[0]) * weight for layer, weight in self.layer_weights().items()}
+
+
+def check_float32(value: float, what: str) -> float:
+    """`value` if the model can use it as a float32 coefficient: the one rule for the HF server's fields and the
+    vLLM plugin's (a multiplier, strength or layer weight, and their products)."""
+    if not math.isfinite(value):
+        raise SteeringError(f"{what} must be a finite number, got {value}")
+    if abs(value) > FLOAT32_MAX:
+        raise SteeringError(f"{what} must be within float32's finite range (|m| <= 3.4e38), got {value}")
+    return value
 
 
 def _numbers(value: float | Sequence[float], what: str) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""One vLLM engine for the whole run (it takes 25-160 s to start), and the Hugging Face reference beside it.
+"""One compiled vLLM engine for the whole run (vLLM's default mode; it takes 70-120 s to start), and the Hugging
+Face reference beside it. Eager mode is covered by the stock server test and the TP test, which start their own.
 
 The engine prefills at most 64 tokens per step, so the long prompts below are chunk-prefilled, and keeps
 prefix caching on, so the cache-salt tests see a cache that would otherwise be shared.

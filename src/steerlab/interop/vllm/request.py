@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ...operators import OPERATORS
-from ...steering import SteeringSpec
+from ...steering import SteeringError, SteeringSpec, check_float32
+from ...textio import check_depth, loads
 from .library import SteerLibrary, SteerNotFound
 
 KEY = "steerlab"
 RESOLVED = "steerlab_resolved"
-ITEM_KEYS = ("vector", "multiplier", "layers", "positions", "operator")
+ITEM_KEYS = ("vector", "multiplier", "strength", "layers", "positions", "operator")
 # Chat-role and marker-window positions read token ids on the HF engine; the workers know absolute positions only.
 POSITIONS = ("all", "prompt", "generated")
+MAX_ITEMS = 8  # items per request (the workers' plan holds this many per token and layer)
 
 
 class SteeringRequestError(ValueError):
@@ -48,19 +51,19 @@ class Term:
 def parse_items(raw: Any) -> list[dict[str, Any]]:
     """The user's items as a list of dicts with known keys only (a typo must not silently mean "unsteered")."""
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SteeringRequestError(f"{KEY}: not valid JSON ({exc}); give an item like "
-                                       '{"vector": "happy", "multiplier": 4}') from None
+        raw = loads(raw, KEY, SteeringRequestError)  # strict: no NaN/Infinity, no duplicate keys, bounded depth
+    else:
+        check_depth(raw, KEY, SteeringRequestError)
     items = [raw] if isinstance(raw, dict) else raw
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SteeringRequestError(f"{KEY}: expected an item or a list of items like "
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise SteeringRequestError(f"{KEY}: expected an item or a non-empty list of items like "
                                    '{"vector": "happy", "multiplier": 4}')
+    if len(items) > MAX_ITEMS:
+        raise SteeringRequestError(f"{KEY}: {len(items)} items; a request takes at most {MAX_ITEMS}")
     for n, item in enumerate(items):
-        unknown = sorted(set(item) - set(ITEM_KEYS))
+        unknown = sorted(map(str, set(item) - set(ITEM_KEYS)))
         if unknown:
-            raise SteeringRequestError(f"{KEY}[{n}]: unknown field(s) {', '.join(unknown)}; allowed: "
+            raise SteeringRequestError(f"{KEY}[{n}]: unknown field(s) {', '.join(map(repr, unknown))}; allowed: "
                                        f"{', '.join(ITEM_KEYS)}")
         if not isinstance(item.get("vector"), str) or not item["vector"]:
             raise SteeringRequestError(f"{KEY}[{n}].vector: give a steer's file stem or sha256")
@@ -68,63 +71,110 @@ def parse_items(raw: Any) -> list[dict[str, Any]]:
 
 
 def resolve(raw: Any, library: SteerLibrary, *, hidden_size: int, num_layers: int) -> list[Term]:
-    """Check every item against the steer folder and the model; the library's defaults fill omitted fields."""
+    """Check every item against the steer folder and the model; the library's defaults fill omitted fields.
+
+    Every coefficient (multiplier, strength, layer weight and their product) must be finite in float32, the
+    HF server's rule (`steering.check_float32`): a NaN or an overflow reaching the workers would be a NaN in
+    the batch's arithmetic.
+    """
     terms = []
     for n, item in enumerate(parse_items(raw)):
-        where = f"{KEY}[{n}]"
         try:
-            entry = library.lookup(item["vector"])
-        except SteerNotFound as exc:
-            raise SteeringRequestError(f"{where}.vector: {exc}") from None
-        if entry.refusal:
-            raise SteeringRequestError(f"{where}.vector: {entry.refusal}")
-        vector = entry.vector
-        if vector.meta.hidden_size != hidden_size:
-            raise SteeringRequestError(
-                f"{where}.vector: '{entry.name}' was built for {vector.meta.model_name} (hidden size "
-                f"{vector.meta.hidden_size}); the served model has hidden size {hidden_size}")
-        positions = item.get("positions", "all")
-        if positions not in POSITIONS:
-            raise SteeringRequestError(f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
-                                       f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}")
-        multiplier = item.get("multiplier")
-        if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, (int, float))
-                                       or not math.isfinite(multiplier)):
-            raise SteeringRequestError(f"{where}.multiplier: must be a finite number, got {multiplier!r}")
-        operator = item.get("operator", "add")
-        if operator not in OPERATORS:
-            raise SteeringRequestError(f"{where}.operator: unknown operator {operator!r}; available: "
-                                       f"{', '.join(OPERATORS)}")
-        spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions, operator)
-        weights = spec.layer_weights()
-        for layer in weights:
-            if not 0 <= layer < num_layers:
-                raise SteeringRequestError(f"{where}.layers: layer {layer} is out of range; the served model has "
-                                           f"layers 0..{num_layers - 1}")
-            if layer not in vector.directions:
-                raise SteeringRequestError(f"{where}.layers: '{entry.name}' has no direction for layer {layer}; "
-                                           f"it has layers {vector.layers}")
-        # The same float32 product as steering.py's per-row coefficient (multiplier * layer weight).
-        rows = spec.row_multipliers()
-        coefs = tuple((layer, float(rows[0] * weight)) for layer, weight in weights.items())
-        terms.append(Term(entry.sha256, coefs, positions, operator))
+            terms.append(_term(item, f"{KEY}[{n}]", library, hidden_size, num_layers))
+        except SteeringError as exc:  # the library's own checks (strength conversion, float32 ranges)
+            text = str(exc)
+            raise SteeringRequestError(text if text.startswith(KEY) else f"{KEY}[{n}]: {text}") from None
     return terms
+
+
+def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: int, num_layers: int) -> Term:
+    try:
+        entry = library.lookup(item["vector"])
+    except SteerNotFound as exc:
+        raise SteeringRequestError(f"{where}.vector: {exc}") from None
+    if entry.refusal:
+        raise SteeringRequestError(f"{where}.vector: {entry.refusal}")
+    vector = entry.vector
+    if vector.meta.hidden_size != hidden_size:
+        raise SteeringRequestError(
+            f"{where}.vector: '{entry.name}' was built for {vector.meta.model_name} (hidden size "
+            f"{vector.meta.hidden_size}); the served model has hidden size {hidden_size}")
+    positions = item.get("positions", "all")
+    if positions not in POSITIONS:
+        raise SteeringRequestError(f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
+                                   f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}")
+    multiplier, strength = (_coefficient(item.get(name), f"{where}.{name}") for name in ("multiplier", "strength"))
+    if multiplier is not None and strength is not None:
+        raise SteeringRequestError(f"{where}: give multiplier (raw) or strength (norm-relative), not both")
+    operator = item.get("operator", "add")
+    if operator not in OPERATORS:
+        raise SteeringRequestError(f"{where}.operator: unknown operator {operator!r}; available: "
+                                   f"{', '.join(OPERATORS)}")
+    spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions, operator, strength)
+    coefs = []
+    for layer, weight in spec.layer_weights().items():
+        if not 0 <= layer < num_layers:
+            raise SteeringRequestError(f"{where}.layers: layer {layer} is out of range; the served model has "
+                                       f"layers 0..{num_layers - 1}")
+        if layer not in vector.directions:
+            raise SteeringRequestError(f"{where}.layers: '{entry.name}' has no direction for layer {layer}; "
+                                       f"it has layers {vector.layers}")
+        if operator != "add" and not bool(vector.directions[layer].any()):
+            raise SteeringRequestError(f"{where}.vector: '{entry.name}' is zero at layer {layer}; {operator} needs "
+                                       "a direction (only add accepts a zero vector)")
+        # The same float32 product as steering.py's per-row coefficient (multiplier * layer weight).
+        multiplier = float(spec.row_multipliers(layer)[0])
+        product = float(torch.tensor(multiplier, dtype=torch.float32) * weight)
+        check_float32(product, f"{where}: multiplier x weight at layer {layer} ({multiplier:.4g} x {weight:.4g})")
+        coefs.append((layer, product))
+    return Term(entry.sha256, tuple(coefs), positions, operator)
+
+
+def _coefficient(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SteeringRequestError(f"{where}: must be a number, got {value!r}")
+    try:
+        return check_float32(float(value), where)
+    except OverflowError:
+        raise SteeringRequestError(f"{where} must be within float32's finite range (|m| <= 3.4e38)") from None
+    except SteeringError as exc:
+        raise SteeringRequestError(str(exc)) from None
 
 
 def _layers(raw: Any, where: str) -> list[int] | dict[int, float] | None:
     if raw is None:
         return None
-    try:
-        if isinstance(raw, dict):
-            return {int(k): float(v) for k, v in raw.items()}
-        if isinstance(raw, (list, tuple)) and raw and all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
-            if len(set(raw)) != len(raw):
-                raise ValueError
+    if isinstance(raw, dict) and raw:
+        layers: dict[int, float] = {}
+        for key, weight in raw.items():
+            layer = _layer_number(key)
+            if layer is None or layer in layers:
+                break
+            layers[layer] = _coefficient(weight, f"{where}.layers[{key!r}]")  # type: ignore[assignment]
+        else:
+            return layers
+    elif isinstance(raw, (list, tuple)) and raw and all(_layer_number(x) is not None and not isinstance(x, str)
+                                                         for x in raw):
+        if len(set(raw)) == len(raw):
             return [int(x) for x in raw]
-    except (TypeError, ValueError):
-        pass
     raise SteeringRequestError(f"{where}.layers: give a non-empty list of distinct layer numbers or "
-                               f"{{layer: weight}}, got {raw!r}")
+                               f"{{layer: weight}}, got {_short(raw)}")
+
+
+def _layer_number(key: Any) -> int | None:
+    """A layer given as an int or (a JSON object key) a string of ASCII digits."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 6:
+        return int(key)
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def encode(terms: list[Term]) -> str:
