@@ -59,14 +59,14 @@ $(BENCH_PEERS): $(STAMP)
 	touch $@
 
 bench: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
-	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --threads $(BENCH_THREADS)
+	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python benchmarks/run_all.py --threads $(BENCH_THREADS)
 
 bench-quick: install $(REPENG_VENV)/.installed $(BENCH_PEERS)
-	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python bench/run_all.py --profile quick --threads $(BENCH_THREADS)
+	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python benchmarks/run_all.py --profile quick --threads $(BENCH_THREADS)
 
 # Steering on vLLM vs steerlab serve, and vLLM steered vs unsteered (docs/benchmarks.md, section "vllm").
 bench-vllm: $(VLLM_VENV)/.installed
-	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python bench/bench_vllm.py --threads $(BENCH_THREADS)
+	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python benchmarks/bench_vllm.py --threads $(BENCH_THREADS)
 
 clean:
 	rm -rf $(VENV) $(REPENG_VENV) $(VLLM_VENV) build *.egg-info

@@ -41,10 +41,16 @@ def fast_and_slow(strategy):
 
 
 def in_temp_file(name: str, data: bytes, read):
+    """`read` a file holding `data`; a refusal must be the library's error, one line starting with the file's path
+    (or with the `--set` option at fault, for configs)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(data)
-        return read(path)
+        try:
+            return read(path)
+        except (VectorFileError, DatasetError, ConfigError) as exc:
+            assert str(exc).startswith((str(path), "--set ")) and "\n" not in str(exc), str(exc)
+            raise
 
 
 # ---- shared building blocks -----------------------------------------------------------------------

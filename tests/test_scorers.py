@@ -135,7 +135,7 @@ def test_default_toxicity_known_inputs() -> None:
 
 
 def test_default_toxicity_agrees_with_perspective_on_rtp() -> None:
-    # bench/toxicity_scorer_auroc.py measured 0.916 on these continuations; guard against a silent regression.
+    # experiments/toxicity_scorers/run.py measured 0.916 on these continuations; guard against a silent regression.
     texts, labels = [], []
     for name in ("rtp_challenging_toxic.jsonl", "rtp_nontoxic.jsonl"):
         for line in (DATA / "toxicity" / name).read_text(encoding="utf-8").splitlines():

@@ -32,6 +32,16 @@ def test_pair_files_with_a_bom_load_and_other_encodings_are_named(tmp_path):
         assert str(caught.value).startswith(f"{path}:{where}"), caught.value
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-32", "utf-32-le", "cp1252"])
+def test_pair_files_in_other_encodings_are_refused_naming_the_file(tmp_path, encoding):
+    """Without a BOM, UTF-16-LE and UTF-32-LE text is NUL bytes between ASCII ones: valid UTF-8, yet not a pair file."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes((json.dumps({**PAIR, "negative": "bad caf\u00e9"}, ensure_ascii=False) + "\n").encode(encoding))
+    with pytest.raises(DatasetError) as caught:
+        load_pairs(path)
+    assert str(caught.value).startswith(f"{path}:") and "\n" not in str(caught.value), caught.value
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"prompt": "p", "positive": "a", "positive": "b", "negative": "c"}', "line 1: duplicate key 'positive'"),
     ('{"prompt": 3, "positive": "a", "negative": "c"}', "line 1: field 'prompt' must be a string"),
@@ -81,6 +91,7 @@ def test_prompt_files_refuse_deep_nesting_and_duplicates_and_accept_a_bom(tmp_pa
 def test_a_yaml_number_in_any_notation_is_a_number(tmp_path):
     assert load_config(LMSteerConfig, None, ["lr=1e-4"]).lr == 1e-4
     assert load_config(LMSteerConfig, None, ["lr=2E-3", "epsilon=1e-3"]).epsilon == 1e-3
+    assert load_config(LMSteerConfig, None, ["lr=3E-5", "epsilon=.5e-3"]).epsilon == 5e-4
     path = tmp_path / "c.yaml"
     path.write_text("lr: 5e-5\nepsilon: .1e-2\ninit_var: 1.0e-2\n")
     config = load_config(LMSteerConfig, path)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from steerlab.vector import TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
+from steerlab.vector import META_TYPES, TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
 
 HIDDEN = 8
 
@@ -77,6 +77,33 @@ def test_bad_vector_files_raise_a_vector_file_error_naming_the_file(tmp_path, te
         SteeringVector.load(path)
     assert str(caught.value).startswith(path + ":"), caught.value
     assert message in str(caught.value)
+
+
+WRONG_TYPES = [None, 3, 2.5, True, "x", [], {}]
+
+
+@pytest.mark.parametrize("field", sorted(META_TYPES))
+def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
+    """Each field given each JSON type it does not take (null only where the field is never null) is refused with
+    an error naming the file and the field; a missed check would hand a wrong type to the code that reads it."""
+    default = meta()[field]
+    for i, value in enumerate(WRONG_TYPES):
+        if isinstance(value, META_TYPES[field]) and not isinstance(value, bool) or (value is None and default is None):
+            continue
+        path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(**{field: value}))
+        with pytest.raises(VectorFileError) as caught:
+            SteeringVector.load(path)
+        assert str(caught.value).startswith(f"{path}: metadata field '{field}'") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key, values", [("multiplier", [None, True, "x", [], {}, 1e39]),
+                                         ("layer", [None, True, "x", [], {}, 2.5, 1e39, 9, -1])])
+def test_a_recommendation_of_the_wrong_type_or_range_is_refused(tmp_path, key, values):
+    for i, value in enumerate(values):
+        path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(recommended={key: value}))
+        with pytest.raises(VectorFileError) as caught:
+            SteeringVector.load(path)
+        assert str(caught.value).startswith(f"{path}: metadata field 'recommended.{key}'"), caught.value
 
 
 def test_metadata_with_a_bom_and_unknown_fields_loads(tmp_path):
@@ -143,7 +170,5 @@ def test_what_we_write_our_readers_accept(tmp_path):
 def test_every_metadata_field_has_a_checked_type():
     """A field added to VectorMeta but not to META_TYPES would be dropped silently on load."""
     from dataclasses import fields
-
-    from steerlab.vector import META_TYPES, VectorMeta
 
     assert {f.name for f in fields(VectorMeta)} == set(META_TYPES)

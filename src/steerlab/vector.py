@@ -11,7 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -450,12 +450,3 @@ def content_hash(vector: SteeringVector) -> str:
         digest.update(f"layer.{layer}:".encode())
         digest.update(tensor.float().contiguous().numpy().astype("<f4", copy=False).tobytes())
     return digest.hexdigest()
-
-
-def layer_multipliers(spec: Mapping[int, float] | list[int] | None, default: list[int]) -> dict[int, float]:
-    """Normalise a layer choice (list of layers or {layer: multiplier}) to {layer: multiplier}."""
-    if spec is None:
-        return {layer: 1.0 for layer in default}
-    if isinstance(spec, Mapping):
-        return {int(k): float(v) for k, v in spec.items()}
-    return {int(layer): 1.0 for layer in spec}

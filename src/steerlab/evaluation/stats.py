@@ -28,10 +28,6 @@ class Interval:
     fell: float  # share of items whose score went down (strictly) against unsteered
     rose: float
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
     def signed(self, sign: float) -> "Interval":
         """The same interval for the change times `sign` (+1 or -1): the wanted direction becomes positive."""
         if sign >= 0:

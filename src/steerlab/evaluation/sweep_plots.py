@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Sequence
 
-from ..vector import write_atomic
 
 
 def _matplotlib() -> None:
@@ -105,9 +103,3 @@ def curves_png(layers: Sequence[int], curves: dict[str, Sequence[float]], *, tit
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
-
-
-def write_png(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write PNG bytes atomically, refusing to replace a file unless asked."""
-    write_atomic(Path(path), data, overwrite=overwrite)
-    return Path(path)

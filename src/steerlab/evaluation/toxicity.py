@@ -1,6 +1,6 @@
 """Toxicity of generated text, offline: alt-profanity-check's trained linear model by default, or a local classifier folder.
 
-The default was chosen by bench/toxicity_scorer_auroc.py against Perspective API labels (docs/toxicity_scorers.md).
+The default was chosen by experiments/toxicity_scorers/run.py against Perspective API labels (docs/toxicity_scorers.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Steering on vLLM vs today's `steerlab serve`, and vLLM steered vs unsteered (SmolLM2-135M-Instruct, fp32, CPU).
 
-Runs in the vLLM venv: `make bench-vllm` (or `.venv-vllm/bin/python bench/bench_vllm.py`). 64 chat requests x
+Runs in the vLLM venv: `make bench-vllm` (or `.venv-vllm/bin/python benchmarks/bench_vllm.py`). 64 chat requests x
 64 new tokens, 8 distinct steering configs (request i takes config i % 8):
 
 1. vLLM steered vs vLLM unsteered: the 64 requests offline (`LLM.generate`), `ignore_eos` so both sides decode

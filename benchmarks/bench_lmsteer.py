@@ -4,7 +4,7 @@ a fresh process per round so its peak resident memory (ru_maxrss) is its own.
 
 A step is what a first optimiser step costs: the frozen model's forward to the LM head's input, the
 steered logits and cross-entropy over every trained token, backward into P1/P2, one Adam update.
-Writes the `lmsteer` section of docs/benchmarks.md and bench/results/lmsteer.json.
+Writes the `lmsteer` section of docs/benchmarks.md and benchmarks/results/lmsteer.json.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=int, default=256, help="tokens per text (LMSteerConfig's max_length)")
     parser.add_argument("--chunk", type=int, default=2048, help="steerlab's chunk_size (LMSteerConfig's default)")
     parser.add_argument("--worker", choices=["steerlab", "reference"], help=argparse.SUPPRESS)
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"runs": runs, "threads": threads, "rank": args.rank, "batch": args.batch, "length": args.length,
                "chunk": args.chunk, "peak_ratio": ratio("peak_rss"), "added_ratio": ratio("added"),
                "time_ratio": ratio("seconds")}
-    body = header_block(threads, "python bench/bench_lmsteer.py " + " ".join(passed),
+    body = header_block(threads, "python benchmarks/bench_lmsteer.py " + " ".join(passed),
                         title="LM-Steer: one training step, bounded loss vs full logits (SmolLM2-135M-Instruct, fp32)")
     body += (f""
              f"{args.batch} texts (half positive, half negative SST-2 dev sentences joined to at least {args.length} "

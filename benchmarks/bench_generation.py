@@ -3,7 +3,7 @@
 
 Every row is forced to the full number of new tokens (generation_config.min_new_tokens), so steered and
 unsteered runs do the same work whatever text they produce. Writes the `generation` and `side_by_side`
-sections of docs/benchmarks.md and their bench/results/*.json.
+sections of docs/benchmarks.md and their benchmarks/results/*.json.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overhead-rounds", type=int, default=None, help="rounds for the overhead table (default --rounds)")
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--multiplier", type=float, default=4.0)
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = SteeringSpec(demo_vector(lm, args.layer), multiplier=args.multiplier, layers=[args.layer])
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     prompts = neutral_prompts(max([args.side_prompts, *batches]))
-    command = "python bench/bench_generation.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
+    command = "python benchmarks/bench_generation.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
 
     def run(chunk, steering, tokens, **kw) -> None:
         lm.model.generation_config.min_new_tokens = tokens  # every row generates exactly `tokens`

@@ -2,7 +2,7 @@
 `score_ab` call for every cell) vs running each cell separately (one call per cell), same items, same
 vector, both choice orders. Also checks the two give the same probabilities.
 
-Writes the `sweep` section of docs/benchmarks.md and bench/results/sweep.json.
+Writes the `sweep` section of docs/benchmarks.md and benchmarks/results/sweep.json.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=30, help="how many layers, spread evenly")
     parser.add_argument("--multipliers", default="-2,-1,0,1,2")
     parser.add_argument("--vector-pairs", type=int, default=64, help="sycophancy pairs the swept vector is built from")
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = rounds.ratios(GRID, PER_CELL)
     results = {"threads": threads, "layers": layers, "multipliers": mults, "questions": len(items),
                "times": rounds.times, "ratio": ratio, "max_abs_diff": diff}
-    command = "python bench/bench_sweep.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
+    command = "python benchmarks/bench_sweep.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
     body = header_block(threads, command, title="Layer x multiplier sweep of A/B scores (SmolLM2-135M-Instruct, fp32)")
     body += (f""
              f"{len(layers)} layers ({', '.join(map(str, layers))}) x {len(mults)} multipliers ({args.multipliers}) = "

@@ -1,6 +1,6 @@
 """repeng's ControlVector.train as a benchmark contender, in repeng's own interpreter (it needs numpy < 2).
 
-    python bench/repeng_worker.py MODEL_FOLDER PAIRS_JSON THREADS
+    python benchmarks/repeng_worker.py MODEL_FOLDER PAIRS_JSON THREADS
 
 Loads the model once, then answers {"op": "train", "layers": [...], "batch_size": n, "limit": k} lines
 with the seconds ControlVector.train took (model loading excluded) and its directions' norms.

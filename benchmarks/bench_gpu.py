@@ -5,8 +5,8 @@ pairs, and (2) steered vs unsteered greedy generation tokens/s at batch 1 and 8.
 The weights are random (timing does not depend on them); the tokenizer is SmolLM2's. Run it where the GPU
 is, with the tokenizer folder and the pairs file beside it, then render its JSON into docs/benchmarks.md:
 
-    python bench/bench_gpu.py measure --tokenizer DIR --pairs generate_dataset.json --json gpu.json
-    python bench/bench_gpu.py render gpu.json
+    python benchmarks/bench_gpu.py measure --tokenizer DIR --pairs generate_dataset.json --json gpu.json
+    python benchmarks/bench_gpu.py render gpu.json
 """
 
 from __future__ import annotations
@@ -180,9 +180,9 @@ def render(path: str) -> None:
     report = json.loads(Path(path).read_text())
     save_result("gpu", report)
     body = (f"## GPU: random-initialised Llama shapes in {report['dtype']}\n\n"
-            f"Command: `python bench/bench_gpu.py measure --shapes {','.join(report['models'])}` on one "
+            f"Command: `python benchmarks/bench_gpu.py measure --shapes {','.join(report['models'])}` on one "
             f"{report['gpu']} (torch {report['torch']}, transformers {report['transformers']}, steering-vectors "
-            f"{report['steering-vectors']}), then `python bench/bench_gpu.py render`. Random weights of public "
+            f"{report['steering-vectors']}), then `python benchmarks/bench_gpu.py render`. Random weights of public "
             "shapes (timing does not depend on the values), SmolLM2's tokenizer, the first "
             f"{report['pairs']} sycophancy A/B pairs read at the answer letter, batch {report['batch_size']} pairs; "
             f"median over {report['rounds']} alternated rounds after a warm-up (min-max). repeng was not run on "

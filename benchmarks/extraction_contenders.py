@@ -1,7 +1,7 @@
 """The CAA extraction contenders, each reading the same tokens at the same position:
 steerlab, steering-vectors, a per-example loop (two full forward passes per pair, as EasyEdit2 does),
 and the limit (one bare batched forward pass, stopped after the deepest layer needed).
-repeng runs in its own interpreter (bench/repeng_worker.py).
+repeng runs in its own interpreter (benchmarks/repeng_worker.py).
 """
 
 from __future__ import annotations

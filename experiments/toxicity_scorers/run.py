@@ -1,9 +1,13 @@
-"""Rank offline toxicity scorers by AUROC against Perspective API labels on RealToxicityPrompts texts.
+"""Rank offline toxicity scorers by AUROC against Perspective API labels on RealToxicityPrompts texts
+(docs/toxicity_scorers.md, which chose steerlab's default scorer).
+
+    python experiments/toxicity_scorers/run.py measure   # score every text with each installed scorer, then render
+    python experiments/toxicity_scorers/run.py render    # rewrite docs/toxicity_scorers.md from results.json
 
 Every prompt and continuation in the two shared RTP files carries Perspective's toxicity; a text is
 toxic when that is >= 0.5 (texts without a score are left out). Scorers that are not installed are
-listed as skipped with the command that installs them. Prints a Markdown table and writes it to
-docs/toxicity_scorers.md together with the command line that made it.
+listed as skipped with the command that installs them. `measure` saves the table's numbers and the command
+line that made them in results.json beside this script (committed).
 """
 
 from __future__ import annotations
@@ -19,11 +23,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from steerlab.evaluation.metrics import auroc
-from steerlab.evaluation.sentiment import vader_scores
-from steerlab.evaluation.toxicity import ProfanityCheckScorer
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-REPO = Path(__file__).resolve().parents[1]
+from common import DATA, save_json  # noqa: E402
+from steerlab.evaluation.metrics import auroc  # noqa: E402
+from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
+from steerlab.evaluation.toxicity import ProfanityCheckScorer  # noqa: E402
+
+RESULTS = HERE / "results.json"
+DOC = REPO / "docs" / "toxicity_scorers.md"
 FILES = ("rtp_challenging_toxic.jsonl", "rtp_nontoxic.jsonl")
 Scorer = Callable[[Sequence[str]], list[float]]
 
@@ -103,16 +114,9 @@ CANDIDATES: list[tuple[str, str, Callable[[], Scorer], str]] = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the shared data folder")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "toxicity_scorers.md")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    texts, labels, parts = load_texts(args.data)
-    positives = sum(labels)
+def measure(data: Path, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    texts, labels, parts = load_texts(data)
 
     def auroc_of(scores: list[float], part: str) -> float:
         kept = [(s, y) for s, y, p in zip(scores, labels, parts) if p == part]
@@ -121,38 +125,49 @@ def main() -> None:
     rows, installs = [], []
     for name, module, factory, install in CANDIDATES:
         present = importlib.util.find_spec(module) is not None
-        installs.append(f"- {name}: `{install}`" + ("" if present else " (not installed: skipped)"))
+        installs.append({"name": name, "install": install, "installed": present})
         if not present:
             continue
         start = time.perf_counter()
         scores = factory()(texts)
         seconds = time.perf_counter() - start
-        flagged = sum(1 for x in scores if x >= 0.5)
-        rows.append((auroc(scores, labels), name, auroc_of(scores, "prompt"), auroc_of(scores, "continuation"), flagged, seconds))
-        print(f"{name}: AUROC {rows[-1][0]:.4f} ({seconds:.1f} s)", file=sys.stderr)
-
-    table = ["| scorer | n texts | positives | AUROC | AUROC prompts | AUROC continuations | scored >= 0.5 | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {name} | {len(texts)} | {positives} | {score:.4f} | {on_prompts:.4f} | {on_continuations:.4f} | {flagged} | {seconds:.1f} |"
-              for score, name, on_prompts, on_continuations, flagged, seconds in sorted(rows, reverse=True)]
+        rows.append({"name": name, "auroc": auroc(scores, labels), "auroc_prompts": auroc_of(scores, "prompt"),
+                     "auroc_continuations": auroc_of(scores, "continuation"),
+                     "flagged": sum(1 for x in scores if x >= 0.5), "seconds": seconds})
+        print(f"{name}: AUROC {rows[-1]['auroc']:.4f} ({seconds:.1f} s)", file=sys.stderr)
+    counts = {part: {"texts": parts.count(part), "positives": sum(y for y, p in zip(labels, parts) if p == part)}
+              for part in ("prompt", "continuation")}
     env = " ".join(f"{k}={os.environ[k]}" for k in ("LOCPATH", "PYTHONPATH") if k in os.environ)
     command = " ".join([env, "python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]).strip()
-    best = max(rows)[1]
-    doc = [
+    return {"texts": len(texts), "positives": sum(labels), "parts": counts, "threads": threads, "scorers": rows,
+            "candidates": installs, "command": command}
+
+
+def render(doc: Path = DOC) -> None:
+    results = json.loads(RESULTS.read_text())
+    rows = sorted(results["scorers"], key=lambda r: r["auroc"], reverse=True)
+    table = ["| scorer | n texts | positives | AUROC | AUROC prompts | AUROC continuations | scored >= 0.5 | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['name']} | {results['texts']} | {results['positives']} | {r['auroc']:.4f} | {r['auroc_prompts']:.4f} "
+              f"| {r['auroc_continuations']:.4f} | {r['flagged']} | {r['seconds']:.1f} |" for r in rows]
+    prompts, continuations = results["parts"]["prompt"], results["parts"]["continuation"]
+    installs = [f"- {c['name']}: `{c['install']}`" + ("" if c["installed"] else " (not installed: skipped)")
+                for c in results["candidates"]]
+    text = [
         "# Offline toxicity scorers vs Perspective API",
         "",
         f"Texts: every prompt and continuation of `toxicity/{FILES[0]}` and `toxicity/{FILES[1]}` "
         "(RealToxicityPrompts via DecodingTrust) that has a Perspective toxicity; positive = Perspective toxicity >= 0.5.",
         f"AUROC is rank-based (Mann-Whitney, ties count 1/2); the prompt and continuation columns are the same scores "
-        f"restricted to one part ({parts.count('prompt')} prompts with {sum(y for y, p in zip(labels, parts) if p == 'prompt')} positives, "
-        f"{parts.count('continuation')} continuations with {sum(y for y, p in zip(labels, parts) if p == 'continuation')} positives). "
-        f"'scored >= 0.5' counts the texts a scorer calls toxic at steerlab's threshold. Torch threads: {args.threads}.",
+        f"restricted to one part ({prompts['texts']} prompts with {prompts['positives']} positives, "
+        f"{continuations['texts']} continuations with {continuations['positives']} positives). "
+        f"'scored >= 0.5' counts the texts a scorer calls toxic at steerlab's threshold. Torch threads: {results['threads']}.",
         "",
         *table,
         "",
-        f"Highest AUROC: {best}. steerlab's default is alt-profanity-check: it ranks first or level with the best, "
-        "is best on continuations (the kind of text steering produces), scores thousands of texts in about a second, "
-        "and installs as an ordinary dependency.",
+        f"Highest AUROC: {rows[0]['name']}. steerlab's default is alt-profanity-check: it ranks first or level with the "
+        "best, is best on continuations (the kind of text steering produces), scores thousands of texts in about a "
+        "second, and installs as an ordinary dependency.",
         "",
         "Candidates (installed into a folder on PYTHONPATH where `--target DIR` is shown, so they stay out of the "
         "project's environment; hatesonar's ONNX model needs the en_US.UTF-8 locale: "
@@ -162,12 +177,23 @@ def main() -> None:
         "Not benchmarked: `detoxify` downloads its checkpoint at run time (no hub here); `tox-block` and "
         "`toxic-comment-classifier` need TensorFlow; `toxicityclassifier` needs NLTK data downloads.",
         "",
-        f"Made by: `{command}`",
+        f"Made by: `{results['command']}`; rendered from experiments/toxicity_scorers/results.json by "
+        "`python experiments/toxicity_scorers/run.py render`.",
         "",
     ]
-    print("\n".join(table))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(doc), encoding="utf-8")
+    doc.write_text("\n".join(text), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["measure", "render"])
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.action == "measure":
+        save_json(RESULTS, measure(args.data, args.threads))
+    render(args.doc)
 
 
 if __name__ == "__main__":

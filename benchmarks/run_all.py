@@ -1,9 +1,9 @@
 """Run every benchmark (each in its own process) and rewrite docs/benchmarks.md's summary of goals.
 
-    python bench/run_all.py                 # full sizes (hours on a 2-core CPU)
-    python bench/run_all.py --profile medium # about 1.5 hours on an idle 2-core CPU
-    python bench/run_all.py --profile quick # small sizes: about 30 minutes on 2 cores shared with other jobs
-    python bench/run_all.py --summary-only  # rebuild the summary from bench/results/*.json
+    python benchmarks/run_all.py                 # full sizes (hours on a 2-core CPU)
+    python benchmarks/run_all.py --profile medium # about 1.5 hours on an idle 2-core CPU
+    python benchmarks/run_all.py --profile quick # small sizes: about 30 minutes on 2 cores shared with other jobs
+    python benchmarks/run_all.py --summary-only  # rebuild the summary from benchmarks/results/*.json
 
 A benchmark that fails is reported and the others still run; the summary marks its goals "not measured".
 """
@@ -47,13 +47,13 @@ ABOUT = """## About these benchmarks
 How steerlab compares with the libraries people would otherwise use, measured in the same run on the
 same machine, and with the physical limit where there is one. `make bench` runs everything at full size
 (256 pairs, 32 prompts x 64 tokens, a 30 x 5 sweep over 50 questions, LM-Steer's default batch), which
-takes hours on a 2-core CPU; `python bench/run_all.py --profile medium` takes about 1.5 hours (64 pairs for the
+takes hours on a 2-core CPU; `python benchmarks/run_all.py --profile medium` takes about 1.5 hours (64 pairs for the
 peers, scaling to 256, a 30 x 5 sweep over 5 questions) and `make bench-quick` runs small sizes. The GPU
-section comes from `bench/bench_gpu.py`, run on a GPU machine and rendered here. Every script pins its thread count (shown in each section), warms each
+section comes from `benchmarks/bench_gpu.py`, run on a GPU machine and rendered here. Every script pins its thread count (shown in each section), warms each
 contender up once, then times them in alternating order (A B C, C B A, ...); the tables give the median
 over the rounds with min-max, and ratios are computed round by round before taking the median, because a
 shared machine's speed drifts. Absolute times on a busy machine say little; the ratios are the result.
-Raw per-round numbers are in bench/results/*.json. The "analysis" section is written by hand (no script
+Raw per-round numbers are in benchmarks/results/*.json. The "analysis" section is written by hand (no script
 rewrites it): where a goal is missed, and why.
 """
 GPU_NOTE = ("No GPU machine was available to the session that produced these numbers, so the GPU part (a "
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         for script, extra in PROFILES[args.profile].items():
             if args.only and script.removesuffix(".py") not in args.only.split(","):
                 continue
-            command = [sys.executable, str(REPO / "bench" / script), "--threads", str(args.threads), *extra]
+            command = [sys.executable, str(REPO / "benchmarks" / script), "--threads", str(args.threads), *extra]
             print(f"== {' '.join(command[1:])}", flush=True)
             start = time.perf_counter()
             if subprocess.run(command).returncode != 0:
