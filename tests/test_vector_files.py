@@ -11,19 +11,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from steerlab.meta import Pick, Recommendation
 from steerlab.vector import TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
 
 HIDDEN = 8
 
 
 def meta(**changes) -> dict:
-    return {**asdict(VectorMeta(model_name="m", hidden_size=HIDDEN, num_layers=4, method="caa")), **changes}
+    return {**VectorMeta(model_name="m", hidden_size=HIDDEN, num_layers=4, method="caa").to_json(), **changes}
 
 
 def write_raw(path, tensors: dict, header: str | dict) -> str:
@@ -130,11 +130,13 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(tmp_path):
 
 
 def test_what_we_write_our_readers_accept(tmp_path):
-    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended={"layer": 1, "multiplier": 2.0, "fluency": float("nan")},
+    pick = Pick(1, 2.0, 2.0, fluency=float("nan"))
+    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended=Recommendation(1, 2.0, up=pick),
                       diagnostics={"auroc": float("inf")})
     path = SteeringVector({1: ones()}, meta).save(tmp_path / "v.safetensors")
     back = SteeringVector.load(path).meta
-    assert (back.recommended["fluency"], back.diagnostics["auroc"]) == (None, None)
+    assert (back.recommended.up.fluency, back.diagnostics["auroc"]) == (None, None)
+    assert back.recommended == Recommendation(1, 2.0, up=Pick(1, 2.0, 2.0))
     with pytest.raises(VectorFileError, match="tensor 'layer.1' has non-finite values"):
         SteeringVector({1: ones(float("nan"))}, meta).save(tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()
@@ -144,6 +146,6 @@ def test_every_metadata_field_has_a_checked_type():
     """A field added to VectorMeta but not to META_TYPES would be dropped silently on load."""
     from dataclasses import fields
 
-    from steerlab.vector import META_TYPES, VectorMeta
+    from steerlab.meta import META_TYPES, VectorMeta
 
     assert {f.name for f in fields(VectorMeta)} == set(META_TYPES)
