@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +100,7 @@ def fuzzed(probe: str, strategy, read, name: str, errors: tuple, cases: int) -> 
 
 
 def meta(**changes) -> str:
-    return json.dumps({**asdict(VectorMeta("m", 4, 4, "caa")), **changes})
+    return json.dumps({**VectorMeta("m", 4, 4, "caa").to_json(), **changes})
 
 
 def vector_bytes(tensors: dict, header: str) -> bytes:
@@ -122,7 +121,7 @@ def probe_files(cases: int) -> None:
 
     wrong = [None, 3, 2.5, True, "x", [], {}]
     outcomes = []
-    for field in ("model_name", "hidden_size", "num_layers", "method", "task", "params", "dataset", "recommended",
+    for field in ("model_name", "hidden_size", "num_layers", "method", "task", "config", "dataset", "recommended",
                   "residual_norms", "created", "format_version", "model_fingerprint", "kind"):
         for value in wrong:
             header = json.loads(meta())
@@ -131,8 +130,8 @@ def probe_files(cases: int) -> None:
             header[field] = value
             outcomes.append(refused(SteeringVector.load, vector_bytes({"layer.1": torch.ones(4)}, json.dumps(header)),
                                     "v.safetensors", (VectorFileError,)))
-    bad = {"multiplier": [None, True, "x", [], {}, float("inf"), 1e39],
-           "layer": [None, True, "x", [], {}, 2.5, 1e39, 9, -1]}
+    bad = {"multiplier": [True, "x", [], {}, float("inf"), 1e39],  # null is "not set"
+           "layer": [True, "x", [], {}, 2.5, 1e39, 9, -1]}
     for key, values in bad.items():
         for value in values:
             header = meta(recommended={key: value}).replace("Infinity", "1e999")
@@ -238,7 +237,7 @@ def probe_server() -> None:
         folder = Path(folder)
         SteeringVector({1: torch.ones(lm.hidden_size) * 3}, VectorMeta.for_model(lm, "caa")).save(folder / "up.safetensors")
         (folder / "bad.safetensors").write_bytes(vector_bytes(
-            {"layer.1": torch.ones(lm.hidden_size)}, json.dumps({**asdict(VectorMeta.for_model(lm, "caa")),
+            {"layer.1": torch.ones(lm.hidden_size)}, json.dumps({**VectorMeta.for_model(lm, "caa").to_json(),
                                                                   "recommended": {"multiplier": "x"}})))
         registry = VectorRegistry.from_dir(lm, folder)
         started = list(registry.entries) == ["up"]

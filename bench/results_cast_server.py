@@ -68,7 +68,7 @@ def main() -> None:
     harmful = encode_prompts(lm, sample(instructions("harmful_train.json"), n_train))
     harmless = encode_prompts(lm, sample(instructions("harmless_train.json"), n_train))
     vector = refusal_direction(lm, harmful, harmless)
-    vector.meta.recommended = {"layer": layer, "multiplier": 1.0}
+    vector.meta = vector.meta.with_recommended(layer=layer, multiplier=1.0)
     steer_val = encode_prompts(lm, instructions("harmful_val.json"))
     condition = fit_condition(lm, vector, steer_val, encode_prompts(lm, sample(instructions("harmless_val.json"),
                                                                                len(steer_val))))
@@ -84,7 +84,7 @@ def main() -> None:
                  "fit_seconds": fitted, "threads": args.threads, "load_average_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as folder:
         vector.save(Path(folder) / "refusal.safetensors")
-        condition.to_vector(lm).save(Path(folder) / "harmful.safetensors")
+        condition.save(Path(folder) / "harmful.safetensors", lm)
         app = create_app(lm, VectorRegistry.from_dir(lm, folder), max_batch=16)
         url, server, thread = uvicorn_in_thread(app)
         try:

@@ -174,6 +174,7 @@ def sentiment_rows(folder: Path) -> list[str]:
     if not run:
         return []
     val, rec = run["val"], run["val"]["recommended"]
+    rec = rec.get("up", rec) if rec else rec  # sweeps store the "up" pick under "up" (older runs: at top level)
     if not rec:
         return [f"| {_name(run)} | {val['note']} | | | | |"]
     t = run["test"]

@@ -83,7 +83,7 @@ def step_direction(lm, args) -> None:
     candidates = [k for k in range(0, lm.num_layers, args.layer_step) if k < 0.8 * lm.num_layers]
     choice = select_layer(lm, vector, val_h, val_n, candidates=candidates,
                           progress=lambda d, t: print(f"layer selection {d}/{t}", flush=True))
-    vector.meta.recommended = {"layer": choice.layer, "multiplier": 1.0}
+    vector.meta = vector.meta.with_recommended(layer=choice.layer, multiplier=1.0)
     vector.save(OUT / "refusal_direction.safetensors", overwrite=True)
     save("direction.json", {"layer": choice.layer, "rule": choice.rule, "ablated_harmful": choice.ablated_harmful,
                             "added_harmless": choice.added_harmless, "unsteered_harmful": choice.unsteered_harmful,
@@ -101,7 +101,7 @@ def rates(results, n: int) -> dict:
 
 def step_generate(lm, args) -> None:
     vector = SteeringVector.load(OUT / "refusal_direction.safetensors")
-    layer = int(vector.meta.recommended["layer"])
+    layer = int(vector.meta.recommended.layer)
     config = GenerationConfig(max_new_tokens=args.tokens)
     sets = test_sets(args.n)
     arms = {"harmful_test": DirectionalAblation(vector, layer),
@@ -144,14 +144,14 @@ def main() -> None:
 
 def step_cast(lm, args) -> None:
     vector = SteeringVector.load(OUT / "refusal_direction.safetensors")
-    layer = int(vector.meta.recommended["layer"])
+    layer = int(vector.meta.recommended.layer)
     t0 = time.time()
     # The condition: the same per-layer difference of means, read as cosine at the last prompt token; layer,
     # threshold and comparison fitted on the validation split (disjoint from training and test).
     steer_val = encode_prompts(lm, instructions("harmful_val.json"))
     keep_val = encode_prompts(lm, sample(instructions("harmless_val.json"), len(steer_val)))
     condition = fit_condition(lm, vector, steer_val, keep_val)
-    condition.to_vector(lm).save(OUT / "refusal_condition.safetensors", overwrite=True)
+    condition.save(OUT / "refusal_condition.safetensors", lm, overwrite=True)
     fitted = time.time() - t0
     cast = ConditionalSteering(SteeringSpec(vector, 1.0, [layer], operator="add"), condition)
     config = GenerationConfig(max_new_tokens=args.tokens)

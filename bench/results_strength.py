@@ -59,7 +59,7 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _sweep_summary(result) -> dict:
-    return {"verdict": result.verdict, "directions": result.directions, "layers": result.layers,
+    return {"verdict": result.verdict, "directions": result.to_dict()["directions"], "layers": result.layers,
             "values": result.values, "effect": result.effect, "interval": result.interval,
             "fluent": result.fluent, "wrong_way": result.wrong_way, "base_score": result.base_score,
             "items": result.items, "split": result.split}
@@ -103,7 +103,7 @@ def run_refusal(args) -> None:
     result, vector = sweep(lm, get_task("refusal"), SweepConfig(layers=args.layers, limit=args.val,
                                                                 train_limit=args.train), progress=_progress)
     save_sweep(OUT / "refusal_sweep", result, vector, overwrite=True)
-    save_json("refusal", {"sweep": _sweep_summary(result), "stored": vector.meta.recommended,
+    save_json("refusal", {"sweep": _sweep_summary(result), "stored": vector.meta.recommended.to_json(),
                           "letter_shift": result.details["letter_shift"], "at_chance": result.details["at_chance"],
                           "sizes": {"layers": args.layers, "val": args.val, "train": args.train}})
     print(result.verdict, vector.meta.recommended)
@@ -121,8 +121,7 @@ def run_ab(args) -> None:
         result, vector = sweep(lm, task, SweepConfig(layers=args.layers, strengths=args.strengths, limit=args.val,
                                                      train_limit=args.train, batch_rows=32), progress=_progress)
         items = task.eval_items("test", limit=args.test)
-        up = result.directions["up"]
-        down = result.directions["down"]
+        up, down = (p.to_json() if p else None for p in (result.directions["up"], result.directions["down"]))
         # The test grid: the up cell and its mirror, and the down cell and its mirror (what a user would apply).
         layer_cells = {}
         for cell in (up, down):
@@ -191,31 +190,34 @@ def run_calibrate(args) -> None:
     start = time.perf_counter()
     result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=_progress)
     reference = instruction_kl(lm, neutral_texts())
-    save_json("calibrate", {"layer": layer, **result.to_meta(), "instruction_kl": reference,
+    save_json("calibrate", {"layer": layer, **result.to_json(), "instruction_kl": reference,
                             "seconds": round(time.perf_counter() - start)})
-    print(json.dumps(result.to_meta(), indent=1))
+    print(json.dumps(result.to_json(), indent=1))
 
 
 def run_rerecommend(args) -> None:
     """Apply the current recommendation rule to the saved SmolLM2 sweeps (same scores, no model run): the
     minimum effect size was added after they ran."""
-    from steerlab.evaluation.sweep import METRIC_SPAN, MIN_EFFECT_SHARE, NO_EFFECT, SweepResult, recommend
+    from dataclasses import replace
+
+    from steerlab.evaluation.metric_registry import get_metric
+    from steerlab.evaluation.sweep import MIN_EFFECT_SHARE, SweepResult, recommend, stored_recommendation
 
     for name, metric in (("sentiment", "sentiment"), ("refusal", "ab")):
         folder = OUT / f"{name}_sweep"
         raw = json.loads((folder / "sweep.json").read_text())
         result = SweepResult(**raw)
-        result.min_effect = MIN_EFFECT_SHARE * METRIC_SPAN[metric]
+        result.metric = metric
+        result.direction = get_task(name).direction if metric != "ab" else 1.0
+        result.min_effect = MIN_EFFECT_SHARE * get_metric(metric).span
         recommend(result)
         vector = SteeringVector.load(folder / "vector.safetensors")
-        kept = {k: v for k, v in vector.meta.recommended.items() if k == "calibration"}
-        vector.meta.recommended = dict(kept, **(result.recommended or {"verdict": NO_EFFECT, "task": result.task,
-                                                                         "split": result.split}))
+        vector.meta = replace(vector.meta, recommended=stored_recommendation(result, vector.meta.recommended))
         save_sweep(folder, result, vector, overwrite=True)
         saved = json.loads((OUT / f"{name}.json").read_text())
         saved["sweep"] = _sweep_summary(result)
         if "stored" in saved:
-            saved["stored"] = vector.meta.recommended
+            saved["stored"] = vector.meta.recommended.to_json()
         save_json(name, saved)
         print(name, result.verdict)
 
