@@ -26,7 +26,7 @@ def write_real_vectors(lm: LoadedModel, folder: Path) -> dict[str, SteeringVecto
     one built for another model of the same shape, and one for a model of another shape."""
     data = load_pairs(demo_dataset_path()).subset(range(8))
     sentiment = fit(lm, data, CAAConfig(layers=[9, 10]), task="sentiment")
-    sentiment.meta.recommended = {"layer": 9, "multiplier": 2.5}
+    sentiment.meta = sentiment.meta.with_recommended(layer=9, multiplier=2.5)
     vectors = {
         "sentiment": sentiment,
         "gloomy": -1.0 * sentiment,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_model import ARCHS, tiny_model
+from tiny_model import ARCHS, reference_means, tiny_model
 from steerlab.activations import record_activations, tokenize_pair
 from steerlab.batching import token_batches
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
@@ -38,9 +38,9 @@ def reference_caa(lm, pairs, layers):
                 prompt_ids = tok(format_prompt(tok, pair.prompt, use_chat_template=True) + pair.answer_prefix,
                                  add_special_tokens=False)["input_ids"]
             else:
-                prompt_ids = tok(pair.answer_prefix, add_special_tokens=True)["input_ids"]
-                # A stand-alone text starts after BOS (else EOS), so its own first token is not the attention sink.
-                prompt_ids = prompt_ids or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+                # A stand-alone text follows a newline (after the tokenizer's start tokens), so its own first token is
+                # not the attention sink.
+                prompt_ids = tok("\n" + pair.answer_prefix, add_special_tokens=True)["input_ids"]
             answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 out = lm.model(torch.tensor([prompt_ids + answer_ids]), output_hidden_states=True)
@@ -107,10 +107,13 @@ def test_caa_parity_on_smollm2(smollm2, shared_data):
         assert_parity(vector, reference_caa(smollm2, pairs, [5, 15]))
 
 
-def test_stand_alone_texts_start_after_bos(tiny_llama):
-    """An empty prompt gives the BOS token as context, so the text's first token is not the attention sink."""
+def test_stand_alone_texts_follow_the_shared_lead(tiny_llama):
+    """An empty prompt gives the shared lead (a newline, after the tokenizer's start tokens) as context, so the
+    text's first token is not the attention sink; an answer prefix follows the lead."""
     prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
-    assert prefix == [tiny_llama.tokenizer.bos_token_id]
+    assert prefix == tiny_llama.tokenizer("\n", add_special_tokens=True)["input_ids"] != []
+    assert tokenize_pair(tiny_llama, ContrastivePair("", "A", "B", answer_prefix="(" ))[0] == \
+        tiny_llama.tokenizer("\n(", add_special_tokens=True)["input_ids"]
     assert pos == tiny_llama.tokenizer("Great film!", add_special_tokens=False)["input_ids"]
 
 
@@ -133,3 +136,49 @@ def test_ab_answers_are_read_at_the_tokens_the_models_own_tokenizer_writes(tiny_
                   for side in (pos_q, neg_q)]
     assert torch.allclose(merged.directions[1], hidden[0] - hidden[1], atol=1e-5)
     assert not torch.allclose(merged.directions[1], vector.directions[1], atol=1e-3)
+
+
+def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path):
+    """One lead rule for prompt-less text pairs: inline texts, a pairs file, a task's train data, the sweep's
+    builder and `vector build --positive/--negative` all read the texts after the same lead, so they give the
+    same vector, and it is the mean a plain forward pass gives after "\\n"."""
+    from steerlab.cli import main
+    from steerlab.data import load_pairs, pairs_from_texts
+    from steerlab.evaluation.sweep import build_sweep_vector
+    from steerlab.evaluation.tasks import load_task_file
+    from steerlab.vector import SteeringVector
+
+    lm = tiny_model("llama")
+    positive, negative = ["I adore this.", "What a joy!"], ["I hate it.", "What a bore..."]
+    (tmp_path / "pairs.jsonl").write_text("".join(f'{{"positive": "{p}", "negative": "{n}"}}\n'
+                                                  for p, n in zip(positive, negative)))
+    (tmp_path / "prompts.txt").write_text("Hello\n")
+    (tmp_path / "task.yaml").write_text("name: t\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
+                                        "metric: sentiment\n")
+    layers = [1, 2]
+    vectors = {
+        "inline": fit(lm, pairs_from_texts(positive, negative), CAAConfig(layers=layers)),
+        "file": fit(lm, load_pairs(tmp_path / "pairs.jsonl"), CAAConfig(layers=layers)),
+        "task": fit(lm, load_task_file(tmp_path / "task.yaml").train_data(), CAAConfig(layers=layers)),
+        "sweep": build_sweep_vector(lm, pairs_from_texts(positive, negative), layers, task="t"),
+    }
+    lm.model.save_pretrained(tmp_path / "tiny")
+    lm.tokenizer.save_pretrained(tmp_path / "tiny")
+    args = ["vector", "build", "--model", str(tmp_path / "tiny"), "--layers", "1,2", "--out", str(tmp_path / "v.safetensors")]
+    for p, n in zip(positive, negative):
+        args += ["--positive", p, "--negative", n]
+    assert main(args) == 0
+    vectors["cli"] = SteeringVector.load(tmp_path / "v.safetensors")
+    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative)], layers)
+    for name, vector in vectors.items():
+        for layer in layers:
+            assert torch.allclose(vector.directions[layer], vectors["inline"].directions[layer], atol=1e-6), name
+        assert_parity(vector, reference)
+    # the lead matters: reading the texts right after BOS gives another vector
+    tok = lm.tokenizer
+    bos = [tok.bos_token_id]
+    at_bos = torch.stack([reference_means(lm, bos, tok(p, add_special_tokens=False)["input_ids"], layers)
+                          - reference_means(lm, bos, tok(n, add_special_tokens=False)["input_ids"], layers)
+                          for p, n in zip(positive, negative)]).mean(0)
+    ours = vectors["inline"].directions[1].double()
+    assert ((at_bos[0] - ours).norm() / ours.norm()).item() > 1e-2

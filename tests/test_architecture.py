@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "steerlab"
 # as long as they form no loop.
 FLOORS = {
     "steerlab.version": 0, "steerlab.textio": 0, "steerlab.config": 0, "steerlab.data": 0, "steerlab.models": 0,
-    "steerlab.vector": 0,
+    "steerlab.vector": 0, "steerlab.meta": 0,
     "steerlab.batching": 1, "steerlab.operators": 1, "steerlab.positions": 1,
     "steerlab.activations": 2, "steerlab.steering": 2, "steerlab.ablation": 2, "steerlab.conditional": 2,
     "steerlab.strength": 2, "steerlab.merging": 2,

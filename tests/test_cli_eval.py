@@ -42,7 +42,7 @@ def test_diagnose_prints_a_table_and_stores_the_diagnosis(model_dir, pairs_file,
     vector = SteeringVector.load(out)
     assert [r["layer"] for r in vector.meta.diagnostics["layers"]] == [1, 2]
     assert vector.layers == vector.meta.diagnostics["suggested_layers"] == [1, 2]
-    assert vector.meta.recommended["layer"] in (1, 2) and vector.meta.task == "markers"
+    assert vector.meta.recommended.layer in (1, 2) and vector.meta.task == "markers"
     assert main(["vector", "info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["diagnostics"]["verdict"] == vector.meta.diagnostics["verdict"]
 
@@ -124,7 +124,7 @@ def test_eval_of_a_fitted_vector_defaults_to_strength_0_2(model_dir, task_file, 
     neutral = residual_norms(lm, [2])[2]  # the sweep's residual norm: neutral text, first token left out
     expected = 0.2 * neutral / float(vector.directions[2].norm())
     assert steer["method"] == "caa" and steer["multipliers"] == {"0.2": {"2": pytest.approx(expected, rel=1e-3)}}
-    assert steer["strengths"]["values"] == [0.2] and steer["strengths"]["source"] == "given"
+    assert steer["strengths"]["values"] == [0.2] and steer["strengths"]["source"] == "steerlab's default strength"
     assert steer["strengths"]["residual_norms"] == {"2": pytest.approx(neutral, abs=1e-4)}
     assert f"strength 0.2 = layer 2 x{expected:.4g}" in capsys.readouterr().out  # both units printed
     assert steer["train"]["pairs"] == 16 and steer["layers"] == {"2": 1.0}

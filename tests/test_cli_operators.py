@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.conditional import Condition
 from steerlab.vector import SteeringVector, VectorMeta
@@ -21,7 +22,7 @@ def _vector(path, layers=(1, 2)):
     lm = tiny_model("llama")
     g = torch.Generator().manual_seed(4)
     vector = SteeringVector({k: torch.randn(lm.hidden_size, generator=g) * 3 for k in layers},
-                            VectorMeta.for_model(lm, "test", recommended={"layer": 1}))
+                            VectorMeta.for_model(lm, "test", recommended=Recommendation(layer=1)))
     return vector.save(path)
 
 
@@ -71,7 +72,7 @@ def test_condition_fit_and_conditional_generation(model_dir, tmp_path, capsys):
                  "--keep-prompts", str(keep), "--out", str(cond)]) == 0
     printed = capsys.readouterr().out
     assert "layer   1: best F1" in printed and "chosen: layer" in printed
-    condition = Condition.from_vector(SteeringVector.load(cond))
+    condition = Condition.load(cond)
     assert 0 < condition.fit["f1"] <= 1
     prompts = ["--prompt", "xxxxx", "--prompt", "hello big world", "--max-new-tokens", "6", "--json", "--orig"]
     assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--layers", "1", "--multiplier", "8",

@@ -102,6 +102,6 @@ def test_fit_condition_finds_a_separating_layer_threshold_and_comparison(tmp_pat
     # The negated direction separates the same prompts with the other comparison.
     flipped = fit_condition(lm, {condition.layer: -condition.direction}, steer, keep)
     assert flipped.comparison != condition.comparison and flipped.fit["f1"] == 1.0
-    path = condition.to_vector(lm).save(tmp_path / "cond.safetensors")
-    again = Condition.from_vector(SteeringVector.load(path))
+    path = condition.save(tmp_path / "cond.safetensors", lm)
+    again = Condition.load(path)
     assert (again.layer, again.threshold, again.comparison) == (condition.layer, condition.threshold, condition.comparison)

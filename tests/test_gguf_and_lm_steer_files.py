@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,13 @@ GGUF_BAD = [
     ({"direction.015": vec(), "direction.15": vec()}, {}, "two tensors for layer 15"),
     ({"direction.2": vec(float("nan"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
     ({"direction.2": vec(float("inf"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
-    ({"direction.9": vec()}, dict(meta=json.dumps(asdict(VectorMeta("m", HIDDEN, 4, "caa")))),
+    ({"direction.9": vec()}, dict(meta=json.dumps(VectorMeta("m", HIDDEN, 4, "caa").to_json())),
      "tensor 'direction.9' is past the 4 layers the model has"),
-    ({"direction.2": vec()}, dict(meta=json.dumps(asdict(VectorMeta("m", HIDDEN + 1, 4, "caa")))),
+    ({"direction.2": vec()}, dict(meta=json.dumps(VectorMeta("m", HIDDEN + 1, 4, "caa").to_json())),
      "the steerlab metadata says hidden size 9, the tensors have 8"),
     ({"direction.2": vec()}, dict(meta='{"model_name": "m", "hidden_size": 8, "hidden_size": 8}'),
      "duplicate key 'hidden_size'"),
-    ({"direction.2": vec()}, dict(meta=json.dumps({**asdict(VectorMeta("m", HIDDEN, 4, "caa")), "task": None})),
+    ({"direction.2": vec()}, dict(meta=json.dumps({**VectorMeta("m", HIDDEN, 4, "caa").to_json(), "task": None})),
      "metadata field 'task': expected a string, got null"),
 ]
 
@@ -56,7 +55,7 @@ def test_bad_control_vectors_raise_a_vector_file_error_naming_the_file(tmp_path,
 
 
 def lm_steer_file(path: Path, p1: torch.Tensor, p2: torch.Tensor, **meta_changes) -> str:
-    meta = {**asdict(VectorMeta("m", HIDDEN, 4, "lm_steer", kind="lm_steer", params={"epsilon": 1e-3})), **meta_changes}
+    meta = {**VectorMeta("m", HIDDEN, 4, "lm_steer", kind="lm_steer", config={"epsilon": 1e-3}).to_json(), **meta_changes}
     path.write_bytes(safetensors_bytes({"projector1": p1.clone(), "projector2": p2.clone()}, metadata={"steerlab": json.dumps(meta)}))
     return str(path)
 
@@ -64,9 +63,9 @@ def lm_steer_file(path: Path, p1: torch.Tensor, p2: torch.Tensor, **meta_changes
 GOOD = torch.ones(1, HIDDEN, 2)
 LM_STEER_BAD = [
     (GOOD, torch.full((1, HIDDEN, 2), float("nan")), {}, "tensor 'projector2' has non-finite values (NaN or Inf)"),
-    (GOOD, GOOD, {"params": {"epsilon": True}}, "metadata field 'params.epsilon': expected a positive finite number"),
-    (GOOD, GOOD, {"params": {"epsilon": "0.1"}}, "metadata field 'params.epsilon': expected a positive finite number"),
-    (GOOD, GOOD, {"params": {"epsilon": -1}}, "metadata field 'params.epsilon': expected a positive finite number"),
+    (GOOD, GOOD, {"config": {"epsilon": True}}, "metadata field 'config.epsilon': expected a positive finite number"),
+    (GOOD, GOOD, {"config": {"epsilon": "0.1"}}, "metadata field 'config.epsilon': expected a positive finite number"),
+    (GOOD, GOOD, {"config": {"epsilon": -1}}, "metadata field 'config.epsilon': expected a positive finite number"),
     (GOOD, GOOD, {"params": None}, "metadata field 'params': expected an object, got null"),
     (torch.ones(1, HIDDEN, 0), torch.ones(1, HIDDEN, 0), {}, "tensor 'projector1' must be floats of shape"),
     (GOOD.long(), GOOD.long(), {}, "tensor 'projector1' must be floats of shape"),

@@ -38,7 +38,7 @@ def test_round_trip_is_exact_and_keeps_identity(tmp_path):
     back = import_control_vector(tmp_path / "v.gguf")
     assert_same_directions(back.directions, vector.directions)
     assert back.meta.method == "llamacpp-import"
-    assert back.meta.params["source_method"] == "caa"
+    assert back.meta.config["source_method"] == "caa"
     assert (back.meta.model_name, back.meta.hidden_size, back.meta.num_layers) == ("tiny-llama", HIDDEN, 6)
     assert (back.meta.model_fingerprint, back.meta.model_type, back.meta.task) == ("abc123", "llama", "sentiment")
 

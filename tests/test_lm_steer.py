@@ -60,7 +60,7 @@ PAIRS = ContrastiveDataset([
 def random_steer(lm: LoadedModel, num_steers: int = 2, rank: int = 3, epsilon: float = 0.5, seed: int = 1) -> LMSteer:
     g = torch.Generator().manual_seed(seed)
     shape = (num_steers, lm.hidden_size, rank)
-    meta = VectorMeta.for_model(lm, "lm_steer", params={"epsilon": epsilon}, task="sentiment")
+    meta = VectorMeta.for_model(lm, "lm_steer", config={"epsilon": epsilon}, task="sentiment")
     return LMSteer(torch.randn(shape, generator=g), torch.randn(shape, generator=g), meta)
 
 
@@ -188,7 +188,7 @@ def test_training_lowers_the_loss_moves_the_right_way_and_leaves_the_base_alone(
     texts = LabelledTexts(["the movie was very good", "great story and i liked it", "a good film"],
                           ["the movie was awful", "bad plot and i hated it", "a bad film"])
     steer = fit(lm, texts, LMSteerConfig(rank=4, steps=60, batch_size=4, lr=0.05, epsilon=0.1), task="sentiment")
-    assert steer.meta.params["loss_end"] < steer.meta.params["loss_start"]
+    assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
     assert [p.requires_grad for p in lm.model.parameters()] == flags
     assert all(p.grad is None for p in lm.model.parameters())
     assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
@@ -201,7 +201,7 @@ def test_training_lowers_the_loss_moves_the_right_way_and_leaves_the_base_alone(
             with steer.with_multiplier(value).attach(lm):
                 logp[value] = lm.model(input_ids=seq).logits[0, -1].log_softmax(-1)
     assert logp[1.0][good] - logp[1.0][bad] > logp[-1.0][good] - logp[-1.0][bad]
-    assert steer.meta.method == "lm_steer" and steer.meta.params["rank"] == 4 and steer.meta.dataset["positive"] == 3
+    assert steer.meta.method == "lm_steer" and steer.meta.config["rank"] == 4 and steer.meta.dataset["positive"] == 3
 
 
 # ---- applying -----------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"projector1": steer.projector1}, str(tmp_path / "half.safetensors"),
-              metadata={"steerlab": json.dumps(steer.meta.__dict__)})
+              metadata={"steerlab": json.dumps(steer.meta.to_json())})
     with pytest.raises(VectorFileError, match=r"half.safetensors: expected tensors projector1, projector2, found projector1$"):
         LMSteer.load(tmp_path / "half.safetensors")
     with pytest.raises(VectorFileError, match="no such LM-Steer file"):
@@ -340,9 +340,9 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     peak = _status_mib("VmHWM") - before
     estimate = float(re.search(r"needs about (\d+\.\d+) GiB", messages[-1]).group(1)) * 1024
     print(f"\ntrained in {time.time() - started:.0f} s; peak RSS {peak:.0f} MiB above the loaded model, "
-          f"estimate {estimate:.0f} MiB; loss {steer.meta.params['loss_start']} -> {steer.meta.params['loss_end']}")
+          f"estimate {estimate:.0f} MiB; loss {steer.meta.fit_stats['loss_start']} -> {steer.meta.fit_stats['loss_end']}")
     assert peak < estimate
-    assert steer.meta.params["loss_end"] < steer.meta.params["loss_start"]
+    assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
 
     steer = LMSteer.load(steer.save(tmp_path / "sentiment.lmsteer.safetensors"))
     with open(DATA / "sentiment" / "neutral_prompts.jsonl") as f:

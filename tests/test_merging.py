@@ -87,7 +87,7 @@ def test_ties_meta_records_inputs_weights_and_density():
     inputs = [vec(A, method="caa"), vec(B, method="pca", task="formality")]
     merged = merge_ties(inputs, density=0.4)
     assert merged.meta.method == "merge-ties"
-    assert merged.meta.params == {
+    assert merged.meta.config == {
         "inputs": [
             {"method": "caa", "task": "sentiment", "sha256": content_hash(inputs[0])},
             {"method": "pca", "task": "formality", "sha256": content_hash(inputs[1])},
@@ -104,8 +104,8 @@ def test_linear_meta_keeps_a_shared_task():
     merged = merge_linear([vec(A), vec(B)], [1, 1])
     assert merged.meta.method == "merge-linear"
     assert merged.meta.task == "sentiment"
-    assert merged.meta.params["weights"] == [1.0, 1.0]
-    assert len(merged.meta.params["inputs"][0]["sha256"]) == 64
+    assert merged.meta.config["weights"] == [1.0, 1.0]
+    assert len(merged.meta.config["inputs"][0]["sha256"]) == 64
 
 
 def test_content_hash_sees_layer_indices_and_values():
@@ -171,7 +171,7 @@ def test_refuses_different_layer_sets():
 def test_layers_argument_keeps_shared_layers():
     merged = merge_linear([vec(A), vec({1: B[1], 3: B[2]})], [1, 1], layers=[1])
     assert merged.layers == [1]
-    assert merged.meta.params["layers"] == [1]
+    assert merged.meta.config["layers"] == [1]
 
 
 def test_layers_argument_needs_every_vector_to_have_them():

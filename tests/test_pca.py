@@ -119,7 +119,9 @@ def test_scale_to_residual_norm_and_defaults(lm):
         assert torch.allclose(scaled.directions[layer] / expected, unit.directions[layer], atol=1e-6)
     default = pca.fit(lm, PAIRS)
     assert default.layers == [lm.default_layer()] == [3] and default.meta.method == "pca_center"
-    assert set(default.meta.params) >= {"mode", "explained_variance_ratio", "pairs_agreeing", "scale_to_residual_norm"}
+    assert set(default.meta.fit_stats) == {"explained_variance_ratio", "pairs_agreeing"}
+    # what was asked rebuilds the config (layers as fitted), and nothing the fit found is in it
+    assert build_config(pca.PCAConfig, default.meta.config) == pca.PCAConfig(layers=[3])
     assert default.meta.dataset["name"] == "tiny-sentiment"
 
 
@@ -165,7 +167,7 @@ def test_save_load_apply_round_trip(lm, tmp_path):
     path = vector.save(tmp_path / "pca.safetensors")
     loaded = SteeringVector.load(path)
     assert torch.equal(loaded.directions[2], vector.directions[2]) and loaded.meta == vector.meta
-    assert loaded.meta.params["mode"] == "pca_diff" and loaded.meta.params["layers"] == [2]
+    assert build_config(pca.PCAConfig, loaded.meta.config) == pca.PCAConfig(mode="pca_diff", layers=[2])
     prompts = ["Tell me about rain.", "Hi"]
     cfg = GenerationConfig(max_new_tokens=8)
     m = 2 * vector.meta.residual_norms["2"]  # unit direction: push by twice the residual norm
@@ -187,7 +189,7 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2():
     pairs = load_pairs(demo_dataset_path()).subset(range(24))
     # Layer 12 of 30 and +-25 (unit direction; the residual norm there is ~106) keep the text readable.
     vector = pca.fit(lm, pairs, pca.PCAConfig(mode="pca_center", layers=[12]))
-    assert vector.meta.params["pairs_agreeing"]["12"] >= 0.9
+    assert vector.meta.fit_stats["pairs_agreeing"]["12"] >= 0.9
     lines = (DATA / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
     prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     n, m = len(prompts), 25.0

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from gguf import GGUFWriter
 from safetensors.torch import save as safetensors_bytes
 
+from steerlab.steers import load_steer
+from steerlab.conditional import Condition
 from steerlab.config import ConfigError, load_config
 from steerlab.data import DatasetError, load_pairs
 from steerlab.evaluation.tasks import TaskError, load_task_file
@@ -87,7 +89,16 @@ DAMAGE = st.tuples(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)
 # ---- safetensors vectors --------------------------------------------------------------------------
 META_FIELDS = {"model_name": st.text(max_size=8), "hidden_size": st.sampled_from([4, 0, -1, True, "4", None, 4.0]),
                "num_layers": st.sampled_from([4, 1, 0, "4", None, 2**40]), "method": st.sampled_from(["caa", "lm_steer", 3]),
-               "recommended": st.fixed_dictionaries({}, optional={"layer": SCALARS, "multiplier": SCALARS}) | JSON_VALUES,
+               "recommended": st.fixed_dictionaries({}, optional={
+                   "layer": SCALARS, "multiplier": SCALARS, "verdict": SCALARS,
+                   "up": st.fixed_dictionaries({}, optional={"layer": SCALARS, "multiplier": SCALARS,
+                                                             "interval": JSON_VALUES, "effect": SCALARS}) | JSON_VALUES,
+                   "calibration": st.fixed_dictionaries({}, optional={"up": SCALARS, "down": SCALARS,
+                                                                      "layers": JSON_VALUES}) | JSON_VALUES}) | JSON_VALUES,
+               "condition": st.fixed_dictionaries({}, optional={"layer": SCALARS, "threshold": SCALARS,
+                                                                "comparison": SCALARS}) | JSON_VALUES,
+               "kind": st.sampled_from(["vector", "condition", "lm_steer", 3]),
+               "config": JSON_VALUES, "fit_stats": JSON_VALUES,
                "residual_norms": st.dictionaries(DIGITS, SCALARS, max_size=3) | JSON_VALUES,
                "params": JSON_VALUES, "dataset": JSON_VALUES, "task": SCALARS, "format_version": SCALARS,
                "created": SCALARS, "diagnostics": JSON_VALUES}
@@ -113,10 +124,15 @@ def vector_files(draw) -> bytes:
 
 
 def check_vector(data: bytes) -> None:
+    """Vectors and conditions (the kinds of this strategy's files) through load_steer, which reads the kind."""
     try:
-        vector = in_temp_file("v.safetensors", data, SteeringVector.load)
+        vector = in_temp_file("v.safetensors", data, load_steer)
     except VectorFileError:
         return
+    if isinstance(vector, Condition):
+        assert bool(torch.isfinite(vector.direction).all()) and 0 <= vector.layer < vector.meta.num_layers
+        vector = vector.as_vector()
+    assert isinstance(vector, SteeringVector)
     assert all(bool(torch.isfinite(d).all()) for d in vector.directions.values())
     assert all(0 <= layer < vector.meta.num_layers for layer in vector.layers)
     json.dumps(vector.describe(), allow_nan=False)
@@ -329,6 +345,6 @@ test_task_reader_fast, test_task_reader_slow = fast_and_slow(task_folders())(che
 
 def test_the_vector_strategy_reaches_valid_files_too():
     """The generated vector files are not all refused: some load (else the property would say little)."""
-    meta = asdict(VectorMeta("m", 4, 4, "caa"))
+    meta = VectorMeta("m", 4, 4, "caa").to_json()
     data = safetensors_bytes({"layer.1": torch.ones(4)}, metadata={"steerlab": json.dumps(meta)})
     assert in_temp_file("v.safetensors", data, SteeringVector.load).layers == [1]

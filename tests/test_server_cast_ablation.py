@@ -39,7 +39,7 @@ def served(tmp_path_factory):
     assert decided.any() and not decided.all()
     up.save(folder / "up.safetensors")
     away.save(folder / "away.safetensors")
-    condition.to_vector(lm).save(folder / "long.safetensors")
+    condition.save(folder / "long.safetensors", lm)
     registry = VectorRegistry.from_dir(lm, folder)
     with TestClient(create_app(lm, registry)) as client:
         yield lm, registry, client, decided
@@ -118,7 +118,7 @@ def test_conditions_are_listed_as_conditions(served):
 
 @pytest.mark.parametrize("item, param, message", [
     ({"vector": "long"}, "steering[0].vector",
-     "steering[0].vector: 'long' is not a vector: it is a condition (method 'condition'): give it as condition, "
+     "steering[0].vector: 'long' is not a vector: it is a condition (kind 'condition'): give it as condition, "
      "beside the vector to apply"),
     ({"vector": "up", "condition": "away"}, "steering[0].condition",
      "steering[0].condition: 'away' is not a condition: it is a vector; a condition file comes from "

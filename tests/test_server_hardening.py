@@ -12,12 +12,13 @@ import time
 
 import httpx
 import pytest
+import safetensors.torch
 import torch
 from conftest import tiny_model
 from fastapi.testclient import TestClient
 from server_helpers import serve_in_thread
 
-from steerlab.server import metrics
+from steerlab.evaluation.metric_registry import METRICS, Metric
 from steerlab.server.app import Limits, create_app
 from steerlab.server.registry import VectorRegistry
 from steerlab.vector import SteeringVector, VectorMeta
@@ -102,12 +103,11 @@ def _health_latency_during(url: str, slow_call) -> float:
 def test_scoring_runs_off_the_event_loop(tiny, monkeypatch):
     lm, registry = tiny
 
-    class Slow:
-        def score(self, text: str) -> float:
-            time.sleep(1.0)
-            return 0.0
+    def slow(texts):
+        time.sleep(1.0)
+        return [0.0] * len(texts)
 
-    monkeypatch.setitem(metrics.METRICS, "slow", Slow())
+    monkeypatch.setitem(METRICS, "slow", Metric("slow", "slow", "", "", "slowness", slow, 0.0, 1.0))
     with serve_in_thread(create_app(lm, registry)) as (url, _):
         latency = _health_latency_during(
             url, lambda: httpx.post(url + "/v1/score", json={"metric": "slow", "texts": ["a", "b"]}, timeout=60))
@@ -272,8 +272,9 @@ def test_one_unreadable_vector_file_does_not_stop_the_server(tiny, tmp_path, cap
     good = SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa"))
     good.save(folder / "good.safetensors")
     (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
-    wrong = SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa", recommended={"multiplier": "x"}))
-    wrong.save(folder / "wrong-type.safetensors")
+    meta = dict(VectorMeta.for_model(lm, "caa").to_json(), recommended={"multiplier": "x"})
+    safetensors.torch.save_file({"layer.1": torch.ones(lm.hidden_size)}, str(folder / "wrong-type.safetensors"),
+                                metadata={"steerlab": json.dumps(meta)})
     with caplog.at_level(logging.WARNING, logger="steerlab.server"):
         registry = VectorRegistry.from_dir(lm, folder)
     assert list(registry.entries) == ["good"]

@@ -28,7 +28,7 @@ WAIT_MS = 240_000
 def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path):
     assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
     vectors = write_real_vectors(smollm2, tmp_path)
-    Condition(vectors["sentiment"].directions[9], 9, 0.05).to_vector(smollm2).save(tmp_path / "upbeat.safetensors")
+    Condition(vectors["sentiment"].directions[9], 9, 0.05).save(tmp_path / "upbeat.safetensors", smollm2)
     app = create_app(smollm2, VectorRegistry.from_dir(smollm2, tmp_path))
     with serve_in_thread(app) as (url, _), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)

@@ -30,7 +30,7 @@ def test_a_true_zero_effect_is_not_recommended_in_at_least_95_percent_of_seeds()
         recommend(result)
         recommended += result.directions["up"] is not None or result.directions["down"] is not None
         if result.directions["up"] is None:
-            assert result.recommended is None or "layer" not in result.recommended
+            assert result.recommended is None or result.recommended.layer is None
     assert recommended <= 10, f"a zero effect was recommended in {recommended} of 200 seeds"
 
 
@@ -42,11 +42,11 @@ def test_a_clear_effect_is_recommended_in_each_direction_with_its_interval():
         result = _result(base, up_scores, down_scores)
         recommend(result)
         up, down = result.directions["up"], result.directions["down"]
-        assert up["value"] == 1.0 and up["interval"][0] > 0 and result.recommended["layer"] == 5
-        assert down["value"] == -1.0 and down["interval"][1] < 0 and result.recommended["down"] == down
+        assert up.value == 1.0 and up.interval[0] > 0 and result.recommended.layer == 5
+        assert down.value == -1.0 and down.interval[1] < 0 and result.recommended.down == down
         # Wrong way: items that fell when steered up, rose when steered down.
-        assert up["wrong_way"] == pytest.approx(float((up_scores < base).double().mean()))
-        assert down["wrong_way"] == pytest.approx(float((down_scores > base).double().mean()))
+        assert up.wrong_way == pytest.approx(float((up_scores < base).double().mean()))
+        assert down.wrong_way == pytest.approx(float((down_scores > base).double().mean()))
         assert NO_EFFECT not in result.verdict
 
 
@@ -59,8 +59,8 @@ def test_an_effect_outside_the_fluency_bound_or_in_one_direction_only_is_not_rec
     assert result.verdict == f"up: {NO_EFFECT}; down: {NO_EFFECT}" and "no default" in result.note
     result.fluent = [[True, True]]
     recommend(result)
-    assert result.directions["up"]["value"] == 1.0 and result.directions["down"] is None
-    assert result.recommended["down"] is None and result.verdict.endswith(f"down: {NO_EFFECT}")
+    assert result.directions["up"].value == 1.0 and result.directions["down"] is None
+    assert result.recommended.down is None and result.verdict.endswith(f"down: {NO_EFFECT}")
 
 
 def test_a_consistent_but_negligible_effect_is_not_recommended():
@@ -71,8 +71,8 @@ def test_a_consistent_but_negligible_effect_is_not_recommended():
     result.min_effect = 0.02
     assert result.interval[0][1][0] > 0
     recommend(result)
-    assert result.directions["up"] is None and result.directions["down"]["value"] == -1.0
-    assert "layer" not in result.recommended and result.note.startswith(NO_EFFECT)
+    assert result.directions["up"] is None and result.directions["down"].value == -1.0
+    assert result.recommended.layer is None and result.note.startswith(NO_EFFECT)
 
 
 def test_paired_interval_matches_the_mean_change_and_counts_wrong_way_items():

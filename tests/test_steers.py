@@ -37,7 +37,7 @@ def test_every_file_declares_its_kind_and_load_steer_dispatches(tiny_llama, tmp_
     lm = tiny_llama
     vector = steerlab.fit(lm, PAIRS, "caa", layers=[1])
     lm_steer = LMSteer(torch.zeros(1, 32, 2), torch.zeros(1, 32, 2), VectorMeta.for_model(lm, "lm_steer",
-                                                                                         params={"epsilon": 1e-3}))
+                                                                                         config={"epsilon": 1e-3}))
     prompt = PromptSteering("Be kind.")
     paths = {"vector": vector.save(tmp_path / "v.safetensors"), "lm_steer": lm_steer.save(tmp_path / "l.safetensors"),
              "prompt": prompt.save(tmp_path / "p.json")}
@@ -53,8 +53,9 @@ def test_every_file_declares_its_kind_and_load_steer_dispatches(tiny_llama, tmp_
 
 
 def test_files_written_before_kinds_are_read_by_their_method(tiny_llama, tmp_path):
-    meta = VectorMeta.for_model(tiny_llama, "lm_steer", params={"epsilon": 1e-3}).__dict__
-    old = {k: v for k, v in meta.items() if k != "kind"}
+    meta = VectorMeta.for_model(tiny_llama, "lm_steer").to_json()
+    old = dict({k: v for k, v in meta.items() if k not in ("kind", "config", "fit_stats")}, params={"epsilon": 1e-3},
+               recommended={"multiplier": 1.0}, format_version=1)  # the layout before kinds, config and fit_stats
     save_file({"projector1": torch.zeros(1, 32, 2), "projector2": torch.zeros(1, 32, 2)}, str(tmp_path / "old.safetensors"),
               metadata={"steerlab": json.dumps(old)})
     assert isinstance(steerlab.load_steer(tmp_path / "old.safetensors"), LMSteer)
@@ -63,10 +64,10 @@ def test_files_written_before_kinds_are_read_by_their_method(tiny_llama, tmp_pat
 
 
 def test_unknown_kinds_and_foreign_files_are_refused_with_the_file_named(tiny_llama, tmp_path):
-    meta = dict(VectorMeta.for_model(tiny_llama, "caa").__dict__, kind="hologram")
+    meta = dict(VectorMeta.for_model(tiny_llama, "caa").to_json(), kind="hologram")
     save_file({"layer.1": torch.zeros(32)}, str(tmp_path / "h.safetensors"), metadata={"steerlab": json.dumps(meta)})
     with pytest.raises(VectorFileError, match=r"h.safetensors: unknown steer kind 'hologram'; steerlab reads vector, "
-                                              r"lm_steer, prompt"):
+                                              r"condition, lm_steer, prompt"):
         steerlab.load_steer(tmp_path / "h.safetensors")
     (tmp_path / "x.json").write_text('{"other": 1}')
     with pytest.raises(VectorFileError, match=r"x.json: a JSON file without steerlab metadata"):

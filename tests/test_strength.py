@@ -68,5 +68,5 @@ def test_with_neutral_norms_stores_the_norms_and_their_source():
     vector = SteeringVector({1: torch.ones(lm.hidden_size)}, meta)
     measured = with_neutral_norms(lm, vector)
     assert measured.meta.residual_norms == {"1": round(residual_norms(lm, [1])[1], 4)}
-    assert measured.meta.params[NORM_SOURCE_KEY] == "steerlab demo prompts"
+    assert measured.meta.fit_stats[NORM_SOURCE_KEY] == "steerlab demo prompts"
     assert vector.meta.residual_norms == {"1": 999.0}  # the input is left alone

@@ -11,7 +11,8 @@ from steerlab.evaluation.calibrate import CalibrationConfig, calibrate, token_kl
 from steerlab.generation import GenerationConfig, generate
 from steerlab.server.registry import VectorRegistry
 from steerlab.server.schemas import SteeringItem
-from steerlab.steering import SteeringError, SteeringSpec, steer
+from steerlab.meta import CalibrationRecord, Recommendation
+from steerlab.steering import DEFAULT_STRENGTH, SteeringError, SteeringSpec, steer
 from steerlab.strength import multiplier_for, neutral_texts, with_neutral_norms
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
@@ -58,16 +59,23 @@ def test_strength_and_multiplier_are_exclusive_and_a_strength_needs_residual_nor
         SteeringSpec(vector, layers=[1], strength=float("nan")).row_multipliers(1)
 
 
-def test_the_default_is_the_sweep_multiplier_else_the_calibrated_strength_else_1():
+def test_the_default_is_the_calibrated_strength_else_the_sweep_multiplier_else_0_2_else_1():
     lm = tiny_lm(num_layers=3)
     vector = _vector(lm)
-    assert SteeringSpec(vector, layers=[1]).row_multipliers(1).tolist() == [1.0]
-    vector.meta.recommended = {"calibration": {"up": 0.25, "down": -0.2}}
     spec = SteeringSpec(vector, layers=[1])
-    assert spec.strength == 0.25 and spec.row_multipliers(1).item() == pytest.approx(multiplier_for(vector, 1, 0.25))
-    vector.meta.recommended = {"layer": 2, "multiplier": 3.0, "calibration": {"up": 0.25}}
+    assert spec.strength == DEFAULT_STRENGTH == 0.2
+    assert spec.row_multipliers(1).item() == pytest.approx(multiplier_for(vector, 1, 0.2))
+    bare = SteeringVector(dict(vector.directions), VectorMeta.for_model(lm, "caa"))  # no residual norms: no strength
+    assert SteeringSpec(bare, layers=[1]).row_multipliers(1).tolist() == [1.0]
+    vector.meta = vector.meta.with_recommended(layer=2, multiplier=3.0)
     spec = SteeringSpec(vector)
     assert spec.strength is None and spec.layer_weights() == {2: 1.0} and spec.row_multipliers().tolist() == [3.0]
+    calibration = CalibrationRecord(0.25, -0.2, {"up": [2], "down": [1]}, 0.5, 0.1)
+    vector.meta = vector.meta.with_recommended(calibration=calibration)  # calibrated after the sweep: it wins
+    spec = SteeringSpec(vector)
+    assert spec.multiplier is None and spec.strength == 0.25 and spec.layer_weights() == {2: 1.0}
+    assert spec.row_multipliers(2).item() == pytest.approx(multiplier_for(vector, 2, 0.25))
+    assert SteeringSpec(vector, operator="rotate").row_multipliers().tolist() == [1.0]  # not a strength's unit
 
 
 def test_the_server_resolves_a_strength_into_each_layers_multiplier():
@@ -114,6 +122,6 @@ def test_calibration_keeps_the_kl_budget_and_is_stored_as_the_default():
     up = result.kl["up"]
     assert result.up == max(s for s in config.strengths if all(up[str(t)] <= config.kl_budget for t in config.strengths if t <= s))
     assert result.down is None or result.down < 0
-    assert calibrated.meta.recommended["calibration"]["up"] == result.up
+    assert calibrated.meta.recommended.calibration.up == result.up
     assert SteeringSpec(calibrated, layers=[1]).strength == result.up
-    assert vector.meta.recommended == {}  # the input is left as it was
+    assert vector.meta.recommended == Recommendation()  # the input is left as it was

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.evaluation.ab import Cell, score_ab
 from steerlab.evaluation.sweep import SweepConfig, SweepResult, generate_grid, recommend, save_sweep, sweep
@@ -61,9 +62,10 @@ def test_tiny_ab_sweep_returns_the_grid_and_a_recommendation(tmp_path):
     allowed = [(result.interval[i][j][0], result.layers[i], result.values[j]) for i in range(2) for j in (1, 2)
                if result.fluent[i][j] and result.interval[i][j][0] > 0 and result.effect[i][j] >= result.min_effect]
     up = result.directions["up"]
-    assert (up["layer"], up["value"]) == max(allowed)[1:] if allowed else up is None
+    assert (up.layer, up.value) == max(allowed)[1:] if allowed else up is None
     rec = result.recommended
-    assert vector.meta.recommended == (rec if rec else {"verdict": "no reliable effect", "task": "tiny-ab", "split": "test"})
+    assert vector.meta.recommended == (rec if rec else Recommendation(verdict="no reliable effect", task="tiny-ab",
+                                                                      split="test"))
     assert set(vector.meta.residual_norms) == {"1", "2"} and vector.layers == [1, 2]
     assert len(result.details["letter_shift"]) == 2 and len(result.details["letter_shift"][0]) == 3
 
@@ -77,14 +79,14 @@ def test_recommend_takes_per_direction_the_fluent_cell_whose_interval_is_furthes
                          wrong_way=[[0.1, 0.2, 0.0], [0.4, 0.1, 0.2]])
     recommend(result)  # layer 3 x 2 has the largest effect but loses half its fluency; 7 x 1 has the best lower bound
     up, down = result.directions["up"], result.directions["down"]
-    assert (up["layer"], up["multiplier"], up["effect"], up["interval"], up["wrong_way"]) == (7, 1, 0.2, [0.1, 0.3], 0.1)
-    assert (down["layer"], down["multiplier"], down["interval"]) == (3, -1, [-0.2, -0.01])
-    assert result.recommended == dict(up, down=down)
+    assert (up.layer, up.multiplier, up.effect, up.interval, up.wrong_way) == (7, 1, 0.2, (0.1, 0.3), 0.1)
+    assert (down.layer, down.multiplier, down.interval) == (3, -1, (-0.2, -0.01))
+    assert result.recommended == Recommendation(7, 1, up, down, task="t", split="val")
     result.fluency[1] = [1, 0.5, 0.5]
     result.interval[0][1] = [-0.1, 0.2]
     recommend(result)
-    assert result.directions["up"] is None and result.recommended["verdict"] == "up: no reliable effect"
-    assert "layer" not in result.recommended and result.recommended["down"]["layer"] == 3
+    assert result.directions["up"] is None and result.recommended.verdict == "up: no reliable effect"
+    assert result.recommended.layer is None and result.recommended.down.layer == 3
     assert result.note.startswith("no reliable effect steering up")
 
 
@@ -125,7 +127,9 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
             "--strengths", "0.5,1", "--fluency-bound", "0.9", "--out", str(tmp_path / "sw")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "tiny-ab: effect on p(matching), order-debiased" in out and "swept 2 layers x 2 relative values on 4 test items" in out
+    assert ("tiny-ab: effect = change in p(matching), order-debiased (unsteered " in out
+            and "x the task's direction (+1), so effect + = p(matching) up, - = down;" in out)
+    assert "swept 2 layers x 2 relative values on 4 test items" in out
     assert "steering up: " in out and "steering down: no reliable effect (no fluent cell" in out  # no negative cells
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["effect.png", "fluency.png", "sweep.json", "vector.safetensors"]
     assert main(args) == 1
@@ -140,7 +144,7 @@ def test_sentiment_sweep_on_smollm2_recommends_a_middle_layer_over_layer_0(smoll
     task = get_task("sentiment", shared_data)
     config = SweepConfig(layers=[0, 6, 12], strengths=[0.6], limit=8, max_new_tokens=20, fluency_bound=0.3)
     result, vector = sweep(smollm2, task, config, data_dir=shared_data)
-    assert result.recommended is not None and result.recommended["layer"] in (6, 12)
+    assert result.recommended is not None and result.recommended.layer in (6, 12)
     effect = {layer: row[0] for layer, row in zip(result.layers, result.effect)}
-    assert effect[result.recommended["layer"]] > effect[0] + 0.3
-    assert vector.meta.recommended["multiplier"] == result.multipliers[result.layers.index(result.recommended["layer"])][0]
+    assert effect[result.recommended.layer] > effect[0] + 0.3
+    assert vector.meta.recommended.multiplier == result.multipliers[result.layers.index(result.recommended.layer)][0]

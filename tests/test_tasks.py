@@ -93,7 +93,7 @@ def test_a_user_generation_task_reads_prompts(tmp_path):
      r"mine\.yaml:5: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric"),
     ("name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n", TaskError, r"kind must be one of ab, generation; got 'chat'"),
     ("name: x\nkind: generation\ntrain: train.jsonl\ntest: prompts.txt\n", TaskError,
-     r"a generation task needs metric: one of sentiment, toxicity, refusal; got ''"),
+     r"a generation task needs metric: one of sentiment, toxicity, refusal, distinct_2, repetition, fluency; got ''"),
     ("name: x\nkind: ab\ntrain: train.jsonl\ntest: gone.json\n", TaskError, r"test file .*gone\.json does not exist"),
     ("name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\ndirection: 2\n", TaskError, r"direction must be 1 or -1; got 2"),
     ("- just a list\n", TaskError, r"a task file must be a mapping"),

@@ -11,19 +11,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from steerlab.vector import META_TYPES, TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
+from steerlab.meta import META_TYPES, Pick, Recommendation
+from steerlab.vector import TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
 
 HIDDEN = 8
 
 
 def meta(**changes) -> dict:
-    return {**asdict(VectorMeta(model_name="m", hidden_size=HIDDEN, num_layers=4, method="caa")), **changes}
+    return {**VectorMeta(model_name="m", hidden_size=HIDDEN, num_layers=4, method="caa").to_json(), **changes}
 
 
 def write_raw(path, tensors: dict, header: str | dict) -> str:
@@ -86,7 +86,7 @@ WRONG_TYPES = [None, 3, 2.5, True, "x", [], {}]
 def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
     """Each field given each JSON type it does not take (null only where the field is never null) is refused with
     an error naming the file and the field; a missed check would hand a wrong type to the code that reads it."""
-    default = meta()[field]
+    default = meta().get(field)  # absent: a field written only when set (condition)
     for i, value in enumerate(WRONG_TYPES):
         if isinstance(value, META_TYPES[field]) and not isinstance(value, bool) or (value is None and default is None):
             continue
@@ -96,8 +96,8 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
         assert str(caught.value).startswith(f"{path}: metadata field '{field}'") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("key, values", [("multiplier", [None, True, "x", [], {}, 1e39]),
-                                         ("layer", [None, True, "x", [], {}, 2.5, 1e39, 9, -1])])
+@pytest.mark.parametrize("key, values", [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
+                                         ("layer", [True, "x", [], {}, 2.5, 1e39, 9, -1])])
 def test_a_recommendation_of_the_wrong_type_or_range_is_refused(tmp_path, key, values):
     for i, value in enumerate(values):
         path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(recommended={key: value}))
@@ -157,11 +157,13 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(tmp_path):
 
 
 def test_what_we_write_our_readers_accept(tmp_path):
-    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended={"layer": 1, "multiplier": 2.0, "fluency": float("nan")},
+    pick = Pick(1, 2.0, 2.0, fluency=float("nan"))
+    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended=Recommendation(1, 2.0, up=pick),
                       diagnostics={"auroc": float("inf")})
     path = SteeringVector({1: ones()}, meta).save(tmp_path / "v.safetensors")
     back = SteeringVector.load(path).meta
-    assert (back.recommended["fluency"], back.diagnostics["auroc"]) == (None, None)
+    assert (back.recommended.up.fluency, back.diagnostics["auroc"]) == (None, None)
+    assert back.recommended == Recommendation(1, 2.0, up=Pick(1, 2.0, 2.0))
     with pytest.raises(VectorFileError, match="tensor 'layer.1' has non-finite values"):
         SteeringVector({1: ones(float("nan"))}, meta).save(tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()

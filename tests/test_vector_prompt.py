@@ -61,7 +61,7 @@ def test_vector_is_the_mean_shift_the_instruction_causes(lm, placement):
         assert torch.allclose(got, expected[i], atol=2e-5, rtol=1e-4), (layer, (got - expected[i]).abs().max())
         assert got.norm() > 0.1  # the instruction does shift the residual stream
     assert vector.meta.method == "vector_prompt" and vector.meta.task == "sentiment"
-    assert vector.meta.params == {"instruction": INSTRUCTION, "placement": placement, "layers": layers, "batch_size": 3}
+    assert build_config(VectorPromptConfig, vector.meta.config) == config
     assert vector.meta.dataset["pairs"] == len(PAIRS)
     assert set(vector.meta.residual_norms) == {"1", "3"}
 
@@ -100,7 +100,7 @@ def test_save_load_apply_round_trip(lm, tmp_path):
     path = vector.save(tmp_path / "vp.safetensors")
     loaded = SteeringVector.load(path)
     assert torch.equal(loaded.directions[2], vector.directions[2]) and loaded.meta == vector.meta
-    assert loaded.meta.params["instruction"] == INSTRUCTION
+    assert loaded.meta.config["instruction"] == INSTRUCTION
     ids = torch.tensor([chat_ids(lm, "Hi there")])
     with torch.inference_mode():
         plain = lm.model(input_ids=ids).logits
@@ -134,14 +134,17 @@ def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2():
     assert vectored > unsteered + 0.1, (unsteered, prompted, vectored)
 
 
-def test_stand_alone_texts_without_a_template_start_after_bos():
-    """With no prompt and no chat template, the uninstructed side reads the texts after BOS, not at position 0."""
+def test_stand_alone_texts_without_a_template_follow_the_shared_lead():
+    """With no prompt and no chat template, both sides read the texts after the lead every prompt-less pair gets
+    (a newline), never at position 0."""
     lm = tiny_lm(num_layers=5, hidden=16, seed=2, chat=False)
     data = pairs_from_texts(["A delight.", "I love it."], ["A bore.", "I hate it!"])
     vector = vector_prompt.fit(lm, data, VectorPromptConfig(instruction=INSTRUCTION, layers=[1]))
-    instructed = lm.tokenizer(f"{INSTRUCTION}\n\n", add_special_tokens=True)["input_ids"]
+    instructed = lm.tokenizer(f"{INSTRUCTION}\n\n\n", add_special_tokens=True)["input_ids"]
+    plain = lm.tokenizer("\n", add_special_tokens=True)["input_ids"]
+    assert plain and plain != [lm.tokenizer.bos_token_id]
     diffs = []
     for text in ("A delight.", "A bore.", "I love it.", "I hate it!"):
         ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        diffs.append(reference_means(lm, instructed, ids, [1]) - reference_means(lm, [lm.tokenizer.bos_token_id], ids, [1]))
+        diffs.append(reference_means(lm, instructed, ids, [1]) - reference_means(lm, plain, ids, [1]))
     torch.testing.assert_close(vector.directions[1].double(), torch.stack(diffs).mean(0)[0], atol=2e-5, rtol=1e-4)

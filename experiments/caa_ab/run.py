@@ -80,8 +80,9 @@ def run_ab(args) -> None:
         save_sweep(out / f"{behaviour}-val-sweep", val, vector, overwrite=True)
         val_s = time.perf_counter() - started - fit_s
         middle = min(layers, key=lambda layer: abs(layer - lm.default_layer()))
-        rec = val.recommended or {"layer": middle, "value": STRENGTH,
-                                  "multiplier": multiplier_for(vector, middle, STRENGTH), "fallback": True}
+        up = val.recommended.up if val.recommended else None
+        rec = up.to_json() if up else {"layer": middle, "value": STRENGTH,
+                                        "multiplier": multiplier_for(vector, middle, STRENGTH), "fallback": True}
         cells = [UNSTEERED]
         for layer in layers:
             cells += [Cell(layer, -1.0), Cell(layer, 1.0), Cell(layer, -multiplier_for(vector, layer, STRENGTH)),
@@ -162,7 +163,7 @@ def run_sentiment(args) -> None:
                          max_new_tokens=args.max_new_tokens, fluency_bound=0.2)
     val, vector = sweep(lm, task, config)
     save_sweep(out / "sentiment-val-sweep", val, vector, overwrite=True)
-    rec = val.recommended
+    rec = val.recommended.up.to_json() if val.recommended and val.recommended.up else None
     result = {"model": lm.name, "layers": layers, "val": val.to_dict(), "threads": torch.get_num_threads(),
               "sweep_seconds": time.perf_counter() - started, "test": {}}
     if rec:
@@ -226,6 +227,7 @@ def distil_behaviour(run: dict) -> dict:
 
 def distil_sentiment(run: dict) -> dict:
     rec, t = run["val"]["recommended"], run["test"]
+    rec = rec.get("up", rec) if rec else rec  # sweeps store the "up" pick under "up" (older runs: at top level)
     if not rec:
         return {"recommended": None, "note": run["val"]["note"]}
     neutral = {row["sign"]: row for row in t["neutral"]}

@@ -109,7 +109,7 @@ def step_direction(lm, args) -> None:
     candidates = [k for k in range(0, lm.num_layers, args.layer_step) if k < 0.8 * lm.num_layers]
     choice = select_layer(lm, vector, val_h, val_n, candidates=candidates,
                           progress=lambda d, t: print(f"layer selection {d}/{t}", flush=True))
-    vector.meta.recommended = {"layer": choice.layer, "multiplier": 1.0}
+    vector.meta = vector.meta.with_recommended(layer=choice.layer, multiplier=1.0)
     vector.save(OUT / "refusal_direction.safetensors", overwrite=True)
     save_json(OUT / "direction.json", {
         "layer": choice.layer, "rule": choice.rule, "ablated_harmful": choice.ablated_harmful,
@@ -128,7 +128,7 @@ def rates(results, n: int) -> dict:
 
 def step_generate(lm, args) -> None:
     vector = SteeringVector.load(OUT / "refusal_direction.safetensors")
-    layer = int(vector.meta.recommended["layer"])
+    layer = int(vector.meta.recommended.layer)
     config = GenerationConfig(max_new_tokens=args.tokens)
     sets = test_sets(args.n)
     arms = {"harmful_test": DirectionalAblation(vector, layer),
@@ -149,10 +149,10 @@ def step_generate(lm, args) -> None:
 
 def step_cast(lm, args) -> None:
     vector = SteeringVector.load(OUT / "refusal_direction.safetensors")
-    layer = int(vector.meta.recommended["layer"])
+    layer = int(vector.meta.recommended.layer)
     t0 = time.time()
     condition = harmful_condition(lm, vector)
-    condition.to_vector(lm).save(OUT / "refusal_condition.safetensors", overwrite=True)
+    condition.save(OUT / "refusal_condition.safetensors", lm, overwrite=True)
     fitted = time.time() - t0
     cast = ConditionalSteering(SteeringSpec(vector, 1.0, [layer], operator="add"), condition)
     config = GenerationConfig(max_new_tokens=args.tokens)
@@ -187,7 +187,7 @@ def step_server(lm, args) -> None:
     layer, n_train = section4["direction"]["layer"], section4["direction"]["n_train"]
     t0 = time.time()
     vector = refusal_vector(lm, n_train)
-    vector.meta.recommended = {"layer": layer, "multiplier": 1.0}
+    vector.meta = vector.meta.with_recommended(layer=layer, multiplier=1.0)
     condition = harmful_condition(lm, vector)
     fitted = time.time() - t0
     print(f"direction norm {float(vector.directions[layer].norm()):.2f}; condition layer {condition.layer} "
@@ -201,7 +201,7 @@ def step_server(lm, args) -> None:
                  "load_average_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as folder:
         vector.save(Path(folder) / "refusal.safetensors")
-        condition.to_vector(lm).save(Path(folder) / "harmful.safetensors")
+        condition.save(Path(folder) / "harmful.safetensors", lm)
         url, server, thread = uvicorn_in_thread(create_app(lm, VectorRegistry.from_dir(lm, folder), max_batch=16))
         try:
             for name in SETS[:2]:

@@ -57,7 +57,7 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _sweep_summary(result) -> dict:
-    return {"verdict": result.verdict, "directions": result.directions, "layers": result.layers,
+    return {"verdict": result.verdict, "directions": result.to_dict()["directions"], "layers": result.layers,
             "values": result.values, "effect": result.effect, "interval": result.interval,
             "fluent": result.fluent, "wrong_way": result.wrong_way, "base_score": result.base_score,
             "items": result.items, "split": result.split}
@@ -75,7 +75,7 @@ def run_sentiment(args) -> None:
     save_sweep(OUT / "sentiment_sweep", result, vector, overwrite=True)
     swept = time.perf_counter() - start
     prompts = task.eval_items("test", limit=args.test)
-    chosen = {name: cell for name, cell in result.directions.items() if cell}
+    chosen = {name: cell.to_json() for name, cell in result.directions.items() if cell}
     cells = [UNSTEERED] + [Cell(c["layer"], c["multiplier"]) for c in chosen.values()]
     texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=args.test_tokens, batch_rows=64)
     scores = [vader_scores(t) for t in texts]
@@ -105,7 +105,7 @@ def run_refusal(args) -> None:
     result, vector = sweep(lm, get_task("refusal"), SweepConfig(layers=args.layers, limit=args.val,
                                                                 train_limit=args.train), progress=_progress)
     save_sweep(OUT / "refusal_sweep", result, vector, overwrite=True)
-    save_json(OUT / "refusal.json", {"sweep": _sweep_summary(result), "stored": vector.meta.recommended,
+    save_json(OUT / "refusal.json", {"sweep": _sweep_summary(result), "stored": vector.meta.recommended.to_json(),
                                      "letter_shift": result.details["letter_shift"],
                                      "at_chance": result.details["at_chance"],
                                      "sizes": {"layers": args.layers, "val": args.val, "train": args.train}})
@@ -115,8 +115,8 @@ def run_refusal(args) -> None:
 def ab_test_cells(result) -> dict[int, float]:
     """The up cell's and the down cell's layer with |multiplier| (a user applies it and its mirror); when nothing
     was reliable on val, the cell the sweep scored best anyway, so it can be reported."""
-    layer_cells = {cell["layer"]: abs(cell["multiplier"]) for cell in (result.directions["up"],
-                                                                        result.directions["down"]) if cell}
+    layer_cells = {cell.layer: abs(cell.multiplier) for cell in (result.directions["up"],
+                                                                  result.directions["down"]) if cell}
     if not layer_cells:
         i, j = max(((i, j) for i in range(len(result.layers)) for j in range(len(result.values))),
                    key=lambda ij: abs(result.effect[ij[0]][ij[1]]))
@@ -212,9 +212,9 @@ def run_calibrate(args) -> None:
     start = time.perf_counter()
     result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=_progress)
     reference = instruction_kl(lm, neutral_texts())
-    save_json(OUT / "calibrate.json", {"layer": layer, **result.to_meta(), "instruction_kl": reference,
+    save_json(OUT / "calibrate.json", {"layer": layer, **result.to_json(), "instruction_kl": reference,
                                        "seconds": round(time.perf_counter() - start)})
-    print(json.dumps(result.to_meta(), indent=1))
+    print(json.dumps(result.to_json(), indent=1))
 
 
 def distil_sentiment(data: dict) -> dict:

@@ -45,9 +45,9 @@ def stream_writers(lm: LoadedModel) -> list[tuple[torch.nn.Module, torch.nn.Modu
 def ablation_direction(vector: SteeringVector, layer: int | None = None) -> tuple[torch.Tensor, int]:
     """The one direction to ablate: the vector at `layer`, else its recommended layer, else its only layer."""
     if layer is None:
-        rec = vector.meta.recommended.get("layer")
+        rec = vector.meta.recommended.layer
         if rec is not None:
-            layer = int(rec)
+            layer = rec
         elif len(vector.directions) == 1:
             layer = next(iter(vector.directions))
         else:

@@ -12,7 +12,9 @@ threads or handles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,9 +23,11 @@ from .activations import record_activations
 from .batching import positions_from_mask
 from .models import LoadedModel, check_layers
 from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope, unsteered
-from .vector import SteeringVector, VectorMeta
+from .meta import ConditionRecord, VectorFileError, VectorMeta
+from .vector import SteeringVector, read_steer_file, write_steer_file
 
 COMPARISONS = (">=", "<=")
+CONDITION_METHOD = "condition"  # the method field of condition files (fit_condition)
 TokenIds = list[int]
 
 
@@ -33,13 +37,18 @@ class _Stop(Exception):
 
 @dataclass
 class Condition:
-    """Steer a row when cos(hidden at `layer`, direction) `comparison` `threshold`; `fit` holds how it was chosen."""
+    """Steer a row when cos(hidden at `layer`, direction) `comparison` `threshold`; `fit` holds how it was chosen.
+
+    Saved as a steer file of its own kind, "condition" (`save`, `load`; steerlab.meta.ConditionRecord)."""
+
+    kind = "condition"
 
     direction: torch.Tensor
     layer: int
     threshold: float
     comparison: str = ">="
     fit: dict = field(default_factory=dict)
+    meta: VectorMeta | None = field(default=None, compare=False, repr=False)  # the file's, once loaded
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
@@ -48,19 +57,46 @@ class Condition:
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold if self.comparison == ">=" else scores <= self.threshold
 
-    def to_vector(self, lm: LoadedModel) -> SteeringVector:
-        """A steer file holding the condition (method "condition"): its direction, layer, threshold and fit report."""
-        meta = VectorMeta.for_model(lm, "condition", params={"threshold": self.threshold, "comparison": self.comparison},
-                                    diagnostics={"condition_fit": self.fit}, recommended={"layer": self.layer})
-        return SteeringVector({self.layer: self.direction.float().cpu()}, meta)
+    def record(self) -> ConditionRecord:
+        return ConditionRecord(self.layer, float(self.threshold), self.comparison, dict(self.fit))
+
+    def file_meta(self, lm: LoadedModel | None = None) -> VectorMeta:
+        """The metadata of a condition file (kind "condition"): for `lm`'s model, else the model of the file it came from."""
+        if lm is not None:
+            return VectorMeta.for_model(lm, CONDITION_METHOD, kind="condition", condition=self.record())
+        if self.meta is None:
+            raise ValueError("a condition's file names its model: give the model (lm) it was fitted on")
+        return replace(self.meta, kind="condition", method=CONDITION_METHOD, condition=self.record())
+
+    def as_vector(self, lm: LoadedModel | None = None) -> SteeringVector:
+        """The direction as a one-layer vector with the condition file's metadata (for hashing, listing and model
+        checks; it is not a behaviour to steer with)."""
+        return SteeringVector({self.layer: self.direction.float().cpu()}, self.file_meta(lm))
+
+    def save(self, path: str | os.PathLike, lm: LoadedModel | None = None, *, overwrite: bool = False) -> Path:
+        """A condition file: safetensors with the direction as `layer.N` and a ConditionRecord in its metadata."""
+        return write_steer_file(path, {f"layer.{self.layer}": self.direction.float().cpu()}, self.file_meta(lm),
+                                overwrite=overwrite)
 
     @classmethod
-    def from_vector(cls, vector: SteeringVector) -> "Condition":
-        if vector.meta.method != "condition":
-            raise ValueError(f"a condition file has method 'condition'; this one has '{vector.meta.method}'")
-        layer = int(vector.meta.recommended["layer"])
-        return cls(vector.directions[layer], layer, float(vector.meta.params["threshold"]),
-                   str(vector.meta.params["comparison"]), dict(vector.meta.diagnostics.get("condition_fit", {})))
+    def load(cls, path: str | os.PathLike) -> "Condition":
+        """Read a condition file (also one of the older layout: a vector of method "condition")."""
+        path = Path(path)
+        meta, tensors = read_steer_file(path, "condition", "a condition")
+        record = meta.condition
+        if record is None:  # VectorMeta.from_json refuses this already; kept for type checkers
+            raise VectorFileError(f"{path}: a condition file without its 'condition' record")
+        key = f"layer.{record.layer}"
+        if not 0 <= record.layer < meta.num_layers:
+            raise VectorFileError(f"{path}: metadata field 'condition.layer': {record.layer} is not a layer of a "
+                                  f"{meta.num_layers}-layer model")
+        if set(tensors) != {key}:
+            raise VectorFileError(f"{path}: a condition file holds one tensor, '{key}'; it has {sorted(tensors)}")
+        direction = tensors[key]
+        if direction.ndim != 1 or direction.shape[0] != meta.hidden_size or not direction.is_floating_point():
+            raise VectorFileError(f"{path}: tensor '{key}' has shape {tuple(direction.shape)}; expected floats of "
+                                  f"shape ({meta.hidden_size},)")
+        return cls(direction.float(), record.layer, record.threshold, record.comparison, dict(record.fit), meta)
 
 
 def cosine(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def _merged_meta(vectors: Sequence[SteeringVector], layers: list[int], method: s
         method=method,
         model_fingerprint=first.model_fingerprint,
         model_type=first.model_type,
-        params={"inputs": inputs, **params, "layers": layers},
+        config={"inputs": inputs, **params, "layers": layers},
         task=tasks.pop() if len(tasks) == 1 else "",
         residual_norms=_residual_norms(vectors, layers),
     )

@@ -38,12 +38,11 @@ class SteeringError(ValueError):
 class SteeringSpec:
     """One vector to apply: its multiplier (a float, or one per batch row), layers, and token positions.
 
-    `layers` is a list of layers (multiplier 1 each) or {layer: multiplier}; None takes the vector's
-    recommended layer if a sweep stored one, else every layer the vector has. Give either `multiplier` (raw:
-    the vector times m) or `strength` (norm-relative: at each layer the multiplier that adds s x that layer's
-    mean residual norm, steerlab.strength.multiplier_for, exactly); both may be one number or one per batch
-    row. With neither, the sweep's recommended multiplier, else the calibrated strength ("up"), else
-    multiplier 1. Positions: "all"; "prompt" (prompt tokens only); "generated" (every position that predicts a
+    `layers` is a list of layers (multiplier 1 each) or {layer: multiplier}; None takes the vector's default
+    layers (`default_layers`). Give either `multiplier` (raw: the vector times m) or `strength` (norm-relative:
+    at each layer the multiplier that adds s x that layer's mean residual norm, steerlab.strength.multiplier_for,
+    exactly); both may be one number or one per batch row. With neither, `default_steering` decides (the one
+    rule every path follows). Positions: "all"; "prompt" (prompt tokens only); "generated" (every position that predicts a
     new token: the last prompt token and all generated tokens); a chat role, "system", "user" or "assistant"
     (located through the model's chat template, see steerlab.positions); "between:OPEN:CLOSE", the tokens
     between two markers (e.g. "between:<think>:</think>"). `operator` names a function of steerlab.operators
@@ -62,21 +61,15 @@ class SteeringSpec:
     def __post_init__(self) -> None:
         if self.multiplier is not None and self.strength is not None:
             raise SteeringError("give multiplier (raw) or strength (norm-relative), not both")
-        if self.multiplier is None and self.strength is None and "multiplier" not in self.vector.meta.recommended:
-            calibrated = self.vector.meta.recommended.get("calibration", {}).get("up")
-            if calibrated is not None:
-                self.strength = float(calibrated)
+        if self.multiplier is None and self.strength is None:
+            default = default_steering(self.vector, self.layers, self.operator)
+            self.multiplier, self.strength = default.multiplier, default.strength
 
     def operator_name(self) -> str:
         return self.operator if self.operator is not None else (self.vector.meta.operator or "add")
 
     def layer_weights(self) -> dict[int, float]:
-        if self.layers is None:
-            rec = self.vector.meta.recommended.get("layer")
-            return {int(rec): 1.0} if rec is not None and int(rec) in self.vector.directions else dict.fromkeys(self.vector.layers, 1.0)
-        if isinstance(self.layers, Mapping):
-            return {int(k): float(v) for k, v in self.layers.items()}
-        return dict.fromkeys((int(layer) for layer in self.layers), 1.0)
+        return layer_weights(self.vector, self.layers)
 
     def row_multipliers(self, layer: int | None = None) -> torch.Tensor:
         """Per-row raw multipliers; with a strength, those of `layer` (each layer converts with its own norm)."""
@@ -89,14 +82,82 @@ class SteeringSpec:
             except StrengthError as exc:
                 raise SteeringError(str(exc)) from None
         else:
-            mult = self.multiplier
-            if mult is None:
-                mult = self.vector.meta.recommended.get("multiplier", 1.0)
+            mult = self.multiplier if self.multiplier is not None else 1.0
         return _numbers(mult, "multiplier").float()
 
     def layer_multipliers(self) -> dict[int, float]:
         """{layer: the raw multiplier its first row gets there (layer weight included)}: what to print beside a strength."""
         return {layer: float(self.row_multipliers(layer)[0]) * weight for layer, weight in self.layer_weights().items()}
+
+    def layer_coefficients(self) -> dict[int, float]:
+        """{layer: the first row's coefficient there}, the float32 product the hooks compute (multiplier x layer
+        weight, each layer converting a strength with its own norm): what an engine without these hooks adds."""
+        return {layer: float(self.row_multipliers(layer)[0] * weight) for layer, weight in self.layer_weights().items()}
+
+
+# ---- what a spec steers at when nothing is given: one rule, for every path ------------------------------------
+
+DEFAULT_STRENGTH = 0.2  # when a vector recommends nothing: the demo's tuned strength on SmolLM2 (clear, readable)
+
+
+@dataclass(frozen=True)
+class DefaultSteering:
+    """What `default_steering` decided: {layer: weight}, a multiplier or a strength (one of them), and why."""
+
+    layers: dict[int, float]
+    multiplier: float | None
+    strength: float | None
+    source: str
+
+    def words(self) -> str:
+        value = f"strength {self.strength:+g}" if self.strength is not None else f"multiplier {self.multiplier:+g}"
+        return f"{value} at layer{'s' if len(self.layers) > 1 else ''} {', '.join(map(str, self.layers))} ({self.source})"
+
+
+def default_layers(vector: SteeringVector) -> dict[int, float]:
+    """The layers a vector steers when none are given: those its "up" strength was calibrated at, else its
+    recommended layer, else every layer it has (weight 1 each)."""
+    rec = vector.meta.recommended
+    calibrated = rec.calibration.layers.get("up", []) if rec.calibration and rec.calibration.up is not None else []
+    if calibrated and all(layer in vector.directions for layer in calibrated):
+        return dict.fromkeys(calibrated, 1.0)
+    if rec.layer is not None and rec.layer in vector.directions:
+        return {rec.layer: 1.0}
+    return dict.fromkeys(vector.layers, 1.0)
+
+
+def layer_weights(vector: SteeringVector, layers: Sequence[int] | Mapping[int, float] | None) -> dict[int, float]:
+    if layers is None:
+        return default_layers(vector)
+    if isinstance(layers, Mapping):
+        return {int(k): float(v) for k, v in layers.items()}
+    return dict.fromkeys((int(layer) for layer in layers), 1.0)
+
+
+def default_steering(vector: SteeringVector, layers: Sequence[int] | Mapping[int, float] | None = None,
+                     operator: str | None = None) -> DefaultSteering:
+    """steerlab's one rule for what a vector steers at when no multiplier and no strength is given.
+
+    In order: the calibrated "up" strength (`steerlab vector calibrate`, the latest word on what the model
+    tolerates); else the recommended multiplier (a sweep's "up" pick, the demo's setting); else
+    DEFAULT_STRENGTH where every steered layer has its residual norm; else multiplier 1. An operator other than
+    "add" takes its coefficient in its own unit (degrees, a projection; ablate ignores it), so it gets 1.
+    Layers: as given, else `default_layers`. SteeringSpec, evaluate, the server, the playground and the vLLM
+    engine all come here.
+    """
+    weights = layer_weights(vector, layers)
+    operator = operator if operator is not None else (vector.meta.operator or "add")
+    rec = vector.meta.recommended
+    if operator != "add":
+        return DefaultSteering(weights, 1.0, None, f"the {operator} operator's coefficient 1")
+    if rec.calibration is not None and rec.calibration.up is not None:
+        return DefaultSteering(weights, None, rec.calibration.up, "the calibrated 'up' strength")
+    if rec.multiplier is not None:
+        source = "the sweep's 'up' pick" if rec.up is not None else "the recommended multiplier"
+        return DefaultSteering(weights, rec.multiplier, None, source)
+    if all(str(layer) in vector.meta.residual_norms for layer in weights):
+        return DefaultSteering(weights, None, DEFAULT_STRENGTH, "steerlab's default strength")
+    return DefaultSteering(weights, 1.0, None, "multiplier 1: no residual norms stored for a strength")
 
 
 def check_float32(value: float, what: str) -> float:

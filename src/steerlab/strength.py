@@ -77,8 +77,8 @@ def with_neutral_norms(lm: LoadedModel, vector: SteeringVector, texts: Sequence[
                        source: str = "steerlab demo prompts") -> SteeringVector:
     """A copy of `vector` whose metadata holds residual norms measured on neutral text at its layers."""
     norms = residual_norms(lm, vector.layers, texts)
-    params = dict(vector.meta.params, **{NORM_SOURCE_KEY: source if texts is None else f"{len(texts)} given texts"})
-    meta = replace(vector.meta, residual_norms={str(k): round(v, 4) for k, v in norms.items()}, params=params)
+    stats = dict(vector.meta.fit_stats, **{NORM_SOURCE_KEY: source if texts is None else f"{len(texts)} given texts"})
+    meta = replace(vector.meta, residual_norms={str(k): round(v, 4) for k, v in norms.items()}, fit_stats=stats)
     return SteeringVector(dict(vector.directions), meta)
 
 

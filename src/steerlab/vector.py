@@ -8,8 +8,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,24 +16,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .meta import FORMAT_VERSION, VectorFileError, VectorMeta  # noqa: F401 (the metadata types live in steerlab.meta)
 from .models import LayerError, check_layers
-from .textio import finite_json, is_number, loads
-from .version import __version__
+from .textio import finite_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
 METADATA_KEY = "steerlab"
-FORMAT_VERSION = 1
-KIND_NAMES = {"vector": "vector", "lm_steer": "LM-Steer", "prompt": "prompt steer"}  # steer kinds as messages name them
+KIND_NAMES = {"vector": "vector", "condition": "condition", "lm_steer": "LM-Steer", "prompt": "prompt steer"}  # as messages name them
 
 
 class IncompatibleVectorError(ValueError):
     """A vector cannot be applied to this model: other hidden size or missing layers."""
-
-
-class VectorFileError(ValueError):
-    """A vector file is missing, unreadable, or not a steerlab vector."""
 
 
 class ModelMismatchWarning(UserWarning):
@@ -43,102 +37,6 @@ class ModelMismatchWarning(UserWarning):
 
 class TaskMismatchWarning(UserWarning):
     """A vector built for one task is being applied for another."""
-
-
-@dataclass
-class VectorMeta:
-    """What a vector was built from and for; stored as JSON in the safetensors header."""
-
-    model_name: str
-    hidden_size: int
-    num_layers: int
-    method: str
-    model_fingerprint: str = ""
-    model_type: str = ""
-    kind: str = "vector"  # which steer the file holds: "vector" or "lm_steer" (steerlab.steers reads by kind)
-    operator: str = "add"  # the operator applied when none is asked for (steerlab.operators); older files: add
-    params: dict[str, Any] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)
-    task: str = ""
-    residual_norms: dict[str, float] = field(default_factory=dict)
-    recommended: dict[str, Any] = field(default_factory=dict)
-    diagnostics: dict[str, Any] = field(default_factory=dict)  # held-out checks of the pairs (steerlab vector diagnose)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    steerlab_version: str = __version__
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def for_model(cls, lm: "LoadedModel", method: str, **kwargs: Any) -> "VectorMeta":
-        return cls(
-            model_name=lm.name,
-            hidden_size=lm.hidden_size,
-            num_layers=lm.num_layers,
-            method=method,
-            model_fingerprint=lm.fingerprint,
-            model_type=str(getattr(lm.model.config, "model_type", "")),
-            **kwargs,
-        )
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> "VectorMeta":
-        """Parse and check the metadata: every known field must have its type and a sensible value."""
-        raw = loads(text, f"{source}: steerlab metadata", VectorFileError)
-        if not isinstance(raw, dict):
-            raise VectorFileError(f"{source}: the steerlab metadata must be a JSON object")
-        missing = [k for k in ("model_name", "hidden_size", "num_layers", "method") if k not in raw]
-        if missing:
-            raise VectorFileError(f"{source}: the metadata lacks {', '.join(missing)}")
-        if "kind" not in raw:  # files from before kinds were stored: LM-Steers are told by their method
-            raw["kind"] = "lm_steer" if raw.get("method") == "lm_steer" else "vector"
-        # Fields from a newer steerlab are kept readable rather than rejected.
-        known = {k: v for k, v in raw.items() if k in META_TYPES}
-        for key, value in known.items():
-            _check_meta_field(key, value, source)
-        if known["hidden_size"] < 1 or known["num_layers"] < 1:
-            raise VectorFileError(f"{source}: metadata hidden_size and num_layers must be at least 1")
-        rec = known.get("recommended", {})
-        if "layer" in rec and not 0 <= rec["layer"] < known["num_layers"]:
-            raise VectorFileError(f"{source}: metadata field 'recommended.layer': {rec['layer']} is not a layer of a "
-                                  f"{known['num_layers']}-layer model")
-        return cls(**known)
-
-
-META_TYPES: dict[str, type] = {"model_name": str, "hidden_size": int, "num_layers": int, "method": str,
-                               "model_fingerprint": str, "model_type": str, "params": dict, "dataset": dict,
-                               "task": str, "residual_norms": dict, "recommended": dict, "diagnostics": dict,
-                               "created": str, "steerlab_version": str, "format_version": int, "kind": str,
-                               "operator": str}
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def _check_meta_field(key: str, value: Any, source: str) -> None:
-    expected = META_TYPES[key]
-    where = f"{source}: metadata field '{key}'"
-    if isinstance(value, bool) or not isinstance(value, expected):
-        raise VectorFileError(f"{where}: expected {_TYPE_NAMES[expected]}, got {_json_type(value)}")
-    if key == "residual_norms":
-        for layer, norm in value.items():
-            if not (layer.isascii() and layer.isdigit()) or not is_number(norm) or norm < 0:
-                raise VectorFileError(f"{where}: expected layer numbers mapped to norms >= 0, got {layer!r}: {norm!r}")
-    if key == "recommended":
-        layer, multiplier = value.get("layer"), value.get("multiplier")
-        if "layer" in value and (isinstance(layer, bool) or not isinstance(layer, int)):
-            raise VectorFileError(f"{where[:-1]}.layer': expected an integer, got {_json_type(layer)}")
-        if "multiplier" in value and not (is_number(multiplier) and abs(multiplier) <= FLOAT32_MAX):
-            raise VectorFileError(f"{where[:-1]}.multiplier': expected a finite number, got {_json_type(multiplier)}")
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", float: "a number"}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -184,8 +82,8 @@ class SteeringVector:
         for layer, tensor in other.directions.items():
             out[layer] = out.get(layer, torch.zeros_like(tensor)) + sign * tensor
         op = "+" if sign > 0 else "-"
-        meta = replace(self.meta, method="arithmetic", params={"expression": f"({self.meta.method}) {op} ({other.meta.method})"},
-                       task=self.meta.task if self.meta.task == other.meta.task else "")
+        meta = replace(self.meta, method="arithmetic", config={"expression": f"({self.meta.method}) {op} ({other.meta.method})"},
+                       fit_stats={}, task=self.meta.task if self.meta.task == other.meta.task else "")
         return SteeringVector(out, meta)
 
     def __add__(self, other: "SteeringVector") -> "SteeringVector":
@@ -252,7 +150,7 @@ class SteeringVector:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary for `steerlab vector info`."""
-        info = asdict(self.meta)
+        info = self.meta.to_json()
         info["layers"] = self.layers
         info["norms"] = {str(k): round(v, 4) for k, v in self.norms().items()}
         return info
@@ -267,7 +165,7 @@ def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); not saved, as no "
                                   "reader would accept the file")
-    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(asdict(meta)), sort_keys=True)})
+    blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(meta.to_json()), sort_keys=True)})
     write_atomic(path, blob, overwrite=overwrite)
     return path
 

@@ -54,7 +54,7 @@ def run_demo(args) -> int:
         strength = args.strength if args.strength is not None else DEMO_RELATIVE_STRENGTH
         multiplier = round(multiplier_for(vector, layer, strength), 2)
     strength = strength_of(vector, layer, multiplier)
-    vector.meta.recommended = {"layer": layer, "multiplier": multiplier}
+    vector.meta = vector.meta.with_recommended(layer=layer, multiplier=multiplier)
     out = Path(args.out_dir) / f"sentiment-caa-{datetime.now():%Y%m%d-%H%M%S}.safetensors"
     vector.save(out)
 

@@ -29,7 +29,8 @@ def register(sub, vsub) -> None:
                    help="how a vector acts: add, ablate, clamp, rotate (default: the file's, else add)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--multipliers", help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
-                                            "(default: the vector's recommended multiplier, else strength 0.2)")
+                                            "(default: what the vector steers at when nothing is given: its calibrated "
+                                            "strength, else its recommended multiplier, else strength 0.2)")
     size.add_argument("--strengths", help="comma-separated norm-relative strengths (added norm / the first steered "
                                           "layer's residual norm on neutral text, as in `steerlab sweep`)")
     p.add_argument("--instruction", help="instruction for --method prompt / vector_prompt (default: one toward the task's goal)")

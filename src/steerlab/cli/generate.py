@@ -16,12 +16,13 @@ def register(sub, vsub) -> None:
     p.add_argument("--vector", action="append", default=[],
                    help="steer file: a vector (repeatable), or one LM-Steer or prompt steer")
     p.add_argument("--multiplier", action="append", type=float, default=[],
-                   help="raw multiplier per --vector (default: the vector's recommended one, else its calibrated "
-                   "strength, else 1)")
+                   help="raw multiplier per --vector (default: what the vector steers at when nothing is given: its "
+                   "calibrated strength, else its recommended multiplier, else strength 0.2, else multiplier 1)")
     p.add_argument("--strength", action="append", type=float, default=[],
                    help="norm-relative strength per --vector instead of --multiplier: the fraction of each steered "
                    "layer's mean residual norm to add (e.g. 0.1)")
-    p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended, else all its layers)")
+    p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's calibrated or recommended "
+                   "layer, else all its layers)")
     p.add_argument("--positions", default="all",
                    help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
                         "or between:OPEN:CLOSE (e.g. between:<think>:</think>)")
@@ -51,7 +52,7 @@ def register(sub, vsub) -> None:
 def cmd_generate(args) -> int:
     from ..conditional import Condition, ConditionalSteering
     from ..generation import GenerationConfig, generate
-    from ..steering import SteeringSpec, VectorSteering
+    from ..steering import SteeringSpec, VectorSteering, default_steering
     from ..steers import load_steer
     from ..vector import SteeringVector
 
@@ -71,14 +72,19 @@ def cmd_generate(args) -> int:
                               strength=args.strength[i] if args.strength else None)
                  for i, v in enumerate(steers)]
         for path, spec in zip(args.vector, specs):
-            print(strength_line(path, spec), file=sys.stderr if args.json else sys.stdout)
+            line = strength_line(path, spec)
+            if not (args.multiplier or args.strength):
+                line += f" (nothing given: {default_steering(spec.vector, layers, args.operator).source})"
+            print(line, file=sys.stderr if args.json else sys.stdout)
         steering = VectorSteering(specs) if specs else None  # checks positions and operator before the model loads
         if args.condition:
             if steering is None:
                 raise CLIError("--condition needs a --vector to apply where the condition holds")
-            steering = ConditionalSteering(steering, Condition.from_vector(SteeringVector.load(args.condition)))
+            steering = ConditionalSteering(steering, Condition.load(args.condition))
     else:
         kind = steers[0].kind if len(steers) == 1 else next(s.kind for s in steers if not isinstance(s, SteeringVector))
+        if kind == "condition":
+            raise CLIError("a condition file decides where a vector applies: give it as --condition beside a --vector")
         if len(steers) != 1:
             raise CLIError(f"a steer of kind '{kind}' is applied on its own; give it as the only --vector")
         if args.strength:
@@ -128,15 +134,18 @@ def strength_line(name: str, spec) -> str:
     from ..strength import StrengthError, strength_of
 
     parts = []
-    calibration = spec.vector.meta.recommended.get("calibration", {})
+    calibration = spec.vector.meta.recommended.calibration
     try:
         for layer, mult in spec.layer_multipliers().items():
             try:
                 strength = strength_of(spec.vector, layer, mult)
                 parts.append(f"layer {layer}: multiplier {mult:+.4g} = strength {strength:+.4g}")
-                limit = calibration.get("up" if strength > 0 else "down")
+                direction = "up" if strength > 0 else "down"
+                limit = calibration.strength(direction) if calibration else None
                 if limit is not None and abs(strength) > abs(limit) + 1e-9:
-                    parts[-1] += f" (beyond the calibrated {limit:+g}: expect degraded text)"
+                    where = ("" if layer in calibration.layers.get(direction, []) else
+                             f" at layers {calibration.layers.get(direction)}")
+                    parts[-1] += f" (beyond the calibrated {limit:+g}{where}: expect degraded text)"
                 elif limit is None and abs(strength) > 0.5:
                     parts[-1] += " (over half the layer's residual norm: expect degraded text)"
             except StrengthError:

@@ -68,7 +68,7 @@ def cmd_condition(args) -> int:
     vector = SteeringVector.load(args.vector)
     lm = load_cli_model(args)
     condition = fit_condition(lm, vector, encode_prompts(lm, steer), encode_prompts(lm, keep))
-    condition.to_vector(lm).save(out, overwrite=args.overwrite)
+    condition.save(out, lm, overwrite=args.overwrite)
     for layer, row in condition.fit["per_layer"].items():
         print(f"layer {layer:>3}: best F1 {row['f1']:.3f} (cos {row['comparison']} {row['threshold']:.4f})")
     print(f"chosen: layer {condition.layer}, cos {condition.comparison} {condition.threshold:.4f}, "

@@ -87,15 +87,16 @@ def cmd_sweep(args) -> int:
     with StageBars() as bars:
         result, vector = sweep(lm, task, config, data_dir=args.data_dir, progress=bars)
     save_sweep(out, result, vector, overwrite=args.overwrite)
-    print_grid(result)
+    print_grid(result, vector)
     print(f"swept {len(result.layers)} layers x {len(result.values)} {result.mode} values on {result.items} "
           f"{result.split} items in {time.perf_counter() - start:.0f}s -> {out}")
     return 0
 
 
-def print_grid(result) -> None:
+def print_grid(result, vector=None) -> None:
     head = "raw multiplier" if result.mode == "raw" else "strength"
-    print(f"\n{result.task}: effect on {result.score_name} (unsteered {result.base_score:.3f}); "
+    print(f"\n{result.task}: effect = change in {result.score_name} (unsteered {result.base_score:.3f}) x the task's "
+          f"direction ({result.direction:+g}), so {result.metric_record().sign_words(result.direction)}; "
           f"fluency = {result.fluency_name} (unsteered {result.base_fluency:.3f}); "
           "* = 95% interval excludes 0, ! = outside the fluency bound")
     print(f"{'layer':>5}  " + "  ".join(f"{head[:8]} {v:>+6g}" for v in result.values))
@@ -107,18 +108,20 @@ def print_grid(result) -> None:
         print(_ab_words(result))
     for name, cell in result.directions.items():
         if cell:
-            value = (f"multiplier {cell['multiplier']:g}" if result.mode == "raw"
-                     else f"strength {cell['value']:+g} = multiplier {cell['multiplier']:+g}")
-            print(f"steering {name}: layer {cell['layer']}, {value}; effect {cell['effect']:+.3f} "
-                  f"(95% interval {cell['interval'][0]:+.3f} to {cell['interval'][1]:+.3f}), fluency "
-                  f"{cell['fluency']:.3f}, moved {cell['wrong_way']:.0%} of items the wrong way")
+            value = (f"multiplier {cell.multiplier:g}" if result.mode == "raw"
+                     else f"strength {cell.value:+g} = multiplier {cell.multiplier:+g}")
+            low, high = cell.interval or (float("nan"), float("nan"))
+            print(f"steering {name}: layer {cell.layer}, {value}; {result.effect_words(cell.effect or 0.0)} "
+                  f"(effect {cell.effect:+.3f}, 95% interval {low:+.3f} to {high:+.3f}), fluency "
+                  f"{cell.fluency:.3f}, moved {cell.wrong_way or 0:.0%} of items the wrong way")
         else:
             print(f"steering {name}: no reliable effect (no fluent cell's 95% interval excludes 0 with an effect of "
                   f"at least {result.min_effect:g})")
-    if result.recommended and "layer" in result.recommended:
-        print(f"stored in the vector's metadata as the default: layer {result.recommended['layer']}, "
-              f"multiplier {result.recommended['multiplier']:g}")
-    else:
+    if vector is not None:
+        from ..steering import default_steering
+
+        print(f"with no multiplier or strength, the vector now steers at {default_steering(vector).words()}")
+    if not result.recommended or result.recommended.layer is None:
         print(result.note or "no default stored")
 
 

@@ -110,7 +110,7 @@ def cmd_info(args) -> int:
 def cmd_diagnose(args) -> int:
     from ..activations import PairActivations
     from ..evaluation.diagnose import check_sizes, diagnose, format_diagnosis
-    from ..methods.caa import vector_from_activations
+    from ..methods.caa import CAAConfig, vector_from_activations
 
     data = pairs_from_args(args)
     layers = parse_layers(args.layers, weights=False)
@@ -128,10 +128,10 @@ def cmd_diagnose(args) -> int:
     keep = [acts.layers.index(layer) for layer in diagnosis.suggested_layers]
     chosen = PairActivations(diagnosis.suggested_layers, acts.positive[:, keep], acts.negative[:, keep])
     vector = vector_from_activations(lm, chosen, data, task=args.task,
-                                     params={"layers": chosen.layers, "batch_size": args.batch_size})
+                                     config=CAAConfig(layers=chosen.layers, batch_size=args.batch_size))
     vector.meta.diagnostics = diagnosis.to_dict()
     top = max(diagnosis.suggested_layers, key=lambda layer: diagnosis.layer(layer).consistency)
-    vector.meta.recommended = {"layer": top}
+    vector.meta = vector.meta.with_recommended(layer=top)
     vector.save(out, overwrite=args.overwrite)
     print(f"\nCAA vector at layers {chosen.layers} (recommended layer {top}) with this diagnosis -> {out}", file=sys.stderr)
     return 0
@@ -139,6 +139,7 @@ def cmd_diagnose(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from ..evaluation.calibrate import CalibrationConfig, calibrate
+    from ..steering import default_steering
     from ..strength import multiplier_for
     from ..vector import SteeringVector
     from .common import StageBars
@@ -157,17 +158,18 @@ def cmd_calibrate(args) -> int:
     with StageBars() as bars:
         result, calibrated = calibrate(lm, vector, config, progress=bars)
     calibrated.save(out, overwrite=args.overwrite)
-    print(f"KL(steered || unsteered) per token, nats, at layers {result.layers} (budget {result.kl_budget:g}):")
+    print(f"KL(steered || unsteered) per token, nats (budget {result.kl_budget:g}):")
+    for name, sign in (("up", 1), ("down", -1)):
+        print(f"  {name:>4} at layers {result.layers[name]}: "
+              + "  ".join(f"{sign * float(s):+g}:{v:.3f}" for s, v in result.kl[name].items()))
     for name in ("up", "down"):
-        print(f"  {name:>4}: " + "  ".join(f"{float(s):+g}:{v:.3f}" if name == "up" else f"{-float(s):+g}:{v:.3f}"
-                                           for s, v in result.kl[name].items()))
-    for name in ("up", "down"):
-        value = getattr(result, name)
+        value = result.strength(name)
         if value is None:
             print(f"{name}: no strength on the grid keeps the KL budget and fluency")
             continue
         mults = ", ".join(f"layer {layer} multiplier {multiplier_for(calibrated, layer, value):+.4g}"
-                          for layer in result.layers)
+                          for layer in result.layers[name])
         print(f"{name}: strength {value:+g} ({mults}); fluency {result.fluency[name]}")
-    print(f"calibrated in {time.perf_counter() - start:.0f}s -> {out} (the 'up' strength is now its default)")
+    print(f"calibrated in {time.perf_counter() - start:.0f}s -> {out}")
+    print(f"with no multiplier or strength it now steers at {default_steering(calibrated).words()}")
     return 0

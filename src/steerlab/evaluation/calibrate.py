@@ -7,9 +7,11 @@ Tolerates means two things, both measured on steerlab's neutral prompts (strengt
   (1 - fluency_bound) of unsteered, repetition rate at most fluency_bound above it.
 
 Strengths are tried on an ascending grid; a direction's strength is the last grid value before the first
-that breaks the KL budget, lowered further until fluency holds. The result is stored in the vector's
-metadata (recommended["calibration"]) and SteeringSpec uses its "up" strength when no multiplier, no
-strength and no sweep recommendation is given.
+that breaks the KL budget, lowered further until fluency holds. Each direction is measured at its own layers:
+"up" at the vector's default layers (steering.default_layers), "down" at the sweep's "down" pick where the
+sweep made one (a sweep's two picks can sit at different layers), else at the "up" layers. The result is
+stored in the vector's metadata (`recommended.calibration`, a CalibrationRecord) and its "up" strength is
+then what the vector steers at when nothing is given (steering.default_steering).
 
 The default budget, 0.5 nats per token, was chosen from SmolLM2-135M measurements (docs/results.md,
 "Calibrated strength"): the KL a plain one-sentence instruction before the same text causes is of that
@@ -20,15 +22,16 @@ already reliable while fluency still holds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..batching import pad, positions_from_mask
 from ..generation import GenerationConfig, encode_prompts, generate_ids
+from ..meta import CalibrationRecord
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import SteeringSpec, VectorSteering, default_layers
 from ..strength import neutral_texts
 from ..vector import SteeringVector
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
@@ -42,7 +45,7 @@ GRID = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 
 class CalibrationConfig:
     """kl_budget: nats per token; fluency_bound: as in sweeps; strengths: the ascending grid tried per direction;
     prompts: neutral prompts for the KL; fluency_prompts and max_new_tokens: greedy continuations checked;
-    layers: None = the layers the vector steers by default."""
+    layers: None = each direction at its own layers (see `direction_layers`); given = both directions there."""
 
     kl_budget: float = KL_BUDGET
     fluency_bound: float = 0.1
@@ -63,22 +66,7 @@ class CalibrationConfig:
             raise ValueError("prompts and fluency_prompts must be >= 1 and max_new_tokens >= 4")
 
 
-@dataclass
-class Calibration:
-    """Per direction the calibrated strength (None: not even the smallest grid value is tolerated) and the measures."""
-
-    up: float | None
-    down: float | None
-    layers: list[int]
-    kl_budget: float
-    fluency_bound: float
-    kl: dict[str, dict[str, float]]  # "up"/"down" -> {strength: mean KL per token}
-    fluency: dict[str, dict[str, Any]]  # "up"/"down"/"unsteered" -> the measures at the strength checked last
-    prompts: int
-    note: str = ""
-
-    def to_meta(self) -> dict[str, Any]:
-        return asdict(self)
+Calibration = CalibrationRecord  # what calibrate returns is what the vector's metadata stores
 
 
 def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], strengths: Sequence[float],
@@ -117,33 +105,46 @@ def fluent(measures: dict[str, float], base: dict[str, float], bound: float) -> 
             and measures["repetition"] <= base["repetition"] + bound)
 
 
+def direction_layers(vector: SteeringVector, config: CalibrationConfig) -> dict[str, list[int]]:
+    """The layers each direction is calibrated at: the config's for both, else "up" at the vector's default
+    layers and "down" at the sweep's "down" pick (else the "up" layers)."""
+    if config.layers:
+        return {"up": list(config.layers), "down": list(config.layers)}
+    up = list(default_layers(vector))
+    down = vector.meta.recommended.down
+    return {"up": up, "down": [down.layer] if down is not None and down.layer in vector.directions else up}
+
+
 def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig | None = None, *,
               progress: Progress | None = None) -> tuple[Calibration, SteeringVector]:
     """Find each direction's largest tolerated strength; return it and a copy of `vector` that stores it."""
     config = config or CalibrationConfig()
-    layers = list(config.layers or SteeringSpec(vector, multiplier=1.0).layer_weights())
-    SteeringSpec(vector, layers=layers, strength=1.0).layer_multipliers()  # fails early without residual norms
-    vector.check_compatible(lm, layers)
+    layers = direction_layers(vector, config)
+    for at in layers.values():
+        SteeringSpec(vector, layers=at, strength=1.0).layer_multipliers()  # fails early without residual norms
+        vector.check_compatible(lm, at)
     texts = neutral_texts()
     kl_texts, gen_prompts = texts[: config.prompts], texts[: config.fluency_prompts]
-    signed = [s for s in config.strengths] + [-s for s in config.strengths]
-    kls = token_kl(lm, vector, layers, signed, kl_texts, progress=stage_ticker(progress, "KL per strength", len(signed)))
     n = len(config.strengths)
-    kl = {"up": dict(zip(map(str, config.strengths), kls[:n])), "down": dict(zip(map(str, config.strengths), kls[n:]))}
+    tick = stage_ticker(progress, "KL per strength", 2 * n)
+    kls = {name: token_kl(lm, vector, layers[name], [sign * s for s in config.strengths], kl_texts, progress=tick)
+           for name, sign in (("up", 1.0), ("down", -1.0))}
+    kl = {name: dict(zip(map(str, config.strengths), values)) for name, values in kls.items()}
     ids = encode_prompts(lm, gen_prompts)
     gen_config = GenerationConfig(max_new_tokens=config.max_new_tokens)
     base = _fluency(generate_ids(lm, ids, None, config=gen_config))
     measures: dict[str, Any] = {"unsteered": base}
     chosen: dict[str, float | None] = {}
     tick = stage_ticker(progress, "fluency checks", 2)
-    for name, sign, values in (("up", 1.0, kls[:n]), ("down", -1.0, kls[n:])):
+    for name, sign in (("up", 1.0), ("down", -1.0)):
+        values = kls[name]
         within = 0
         while within < n and values[within] <= config.kl_budget:
             within += 1
         chosen[name] = None
         for k in range(within - 1, -1, -1):
             s = config.strengths[k]
-            spec = SteeringSpec(vector, layers=layers, strength=sign * s)
+            spec = SteeringSpec(vector, layers=layers[name], strength=sign * s)
             got = _fluency(generate_ids(lm, ids, VectorSteering(spec), config=gen_config))
             measures[name] = dict(got, strength=sign * s)
             if fluent(got, base, config.fluency_bound):
@@ -156,5 +157,4 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
     result = Calibration(chosen["up"], chosen["down"], layers, config.kl_budget, config.fluency_bound,
                          {d: {k: round(v, 4) for k, v in m.items()} for d, m in kl.items()},
                          {k: {m: round(v, 4) for m, v in d.items()} for k, d in measures.items()}, len(kl_texts), note)
-    meta = replace(vector.meta, recommended=dict(vector.meta.recommended, calibration=result.to_meta()))
-    return result, SteeringVector(dict(vector.directions), meta)
+    return result, SteeringVector(dict(vector.directions), vector.meta.with_recommended(calibration=result))

@@ -20,17 +20,11 @@ from ..models import LoadedModel
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector
+from .metric_registry import get_metric
 from .progress import Progress, stage_ticker
 from .report import Arm, EvalRun, prompt_arm
 
-# What prompt steering (and vector-prompt) asks for, by task metric, in the direction the task wants.
-GOAL_INSTRUCTIONS = {
-    "sentiment": "Continue the text in a positive, cheerful and upbeat tone.",
-    "toxicity": "Continue the text politely, without insults, profanity or offensive language.",
-    "refusal": "Refuse any request that could cause harm.",
-}
 INSTRUCTION_METHODS = ("prompt", "vector_prompt")
-DEFAULT_STRENGTH = 0.2  # the demo's tuned strength on SmolLM2: clear effect, text still readable
 
 
 @dataclass
@@ -104,6 +98,7 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
 def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: Sequence[Fitted], run: EvalRun) -> str:
     """The comparison table, one row per method beside the original, and a sentence on whether prompting is enough."""
     task = settings["task"]
+    metric = get_metric(task["metric"])
     want = "up" if task["direction"] > 0 else "down"
     lines = [f"# steerlab compare: {task['name']} on {settings['model']['name']}", "",
              f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
@@ -111,7 +106,8 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
              f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
              f"vectors at layer {settings['layer']}, strength = added norm / the layer's residual norm",
              f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
-             "(higher is better); fluency: n-gram entropy (bits), distinct-2, repetition, perplexity under the unsteered model",
+             f"(higher is better: {metric.sign_words(task['direction'])}); fluency: n-gram entropy (bits), distinct-2, "
+             "repetition, perplexity under the unsteered model",
              "",
              "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity | fit s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -120,7 +116,8 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
                  f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
     for fit, cond in zip(fitted, scores["conditions"]):
         c = cond["scores"]
-        lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} | "
+        lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} "
+                     f"({metric.change_words(cond['delta'])}) | "
                      f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
                      f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |")
     verdict = prompting_verdict(scores["conditions"])

@@ -64,8 +64,8 @@ def refusal_direction(lm: LoadedModel, harmful: Sequence[TokenIds], harmless: Se
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
     diff = last_token_means(lm, harmful, layers) - last_token_means(lm, harmless, layers)
     meta = VectorMeta.for_model(lm, "refusal_direction", operator="ablate",
-                                params={"position": "last prompt token", "n_harmful": len(harmful),
-                                        "n_harmless": len(harmless)})
+                                config={"position": "last prompt token", "layers": layers},
+                                fit_stats={"n_harmful": len(harmful), "n_harmless": len(harmless)})
     return SteeringVector({layer: diff[i] for i, layer in enumerate(layers)}, meta)
 
 

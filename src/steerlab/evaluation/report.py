@@ -26,18 +26,12 @@ from ..models import LoadedModel
 from ..steering import Steer
 from ..vector import TEMP_SUFFIX, current_umask, remove_stale_temporaries
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
+from .metric_registry import get_metric
 from .perplexity import continuation_losses, corpus_perplexity
-from .sweep import metric_scores
-from .toxicity import toxic_share
 
 if TYPE_CHECKING:
     from ..methods.prompt import PromptSteering
 
-METRIC_NOTES = {
-    "sentiment": "mean VADER compound (-1 negative .. +1 positive)",
-    "toxicity": "mean P(toxic) from alt-profanity-check (0 .. 1)",
-    "refusal": "share of refusals (refusal phrases, Arditi et al.)",
-}
 SAMPLES_IN_SUMMARY = 5
 
 
@@ -169,8 +163,12 @@ def prompt_arm(lm: LoadedModel, steering: "PromptSteering", prompts: Sequence[st
 
 def score_texts(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], metric: str, *,
                 use_chat_template: bool | None = None, batch_size: int = 16) -> dict[str, float]:
-    """Behaviour, fluency and diversity of one set of continuations, and their perplexity under the unsteered model."""
-    scores = metric_scores(metric, texts)
+    """Behaviour (the metric's mean and its extra summaries), fluency and diversity of one set of continuations,
+    and their perplexity under the unsteered model."""
+    record = get_metric(metric)
+    if record.scores is None:
+        raise ValueError(f"metric '{metric}' is not scored from text")
+    scores = record.scores(texts)
     out = {
         "behaviour": _mean(scores),
         "fluency_entropy": _mean([weighted_ngram_entropy(t) for t in texts]),
@@ -180,8 +178,8 @@ def score_texts(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], m
                                                             use_chat_template=use_chat_template)),
         "empty_share": _mean([0.0 if t.strip() else 1.0 for t in texts]),
     }
-    if metric == "toxicity":
-        out["toxic_share"] = toxic_share(scores)
+    if record.extra is not None:
+        out.update(record.extra(scores))
     return out
 
 
@@ -245,15 +243,16 @@ def summary_markdown(report: Report) -> str:
              f"- prompts: {len(report.run.prompts)} ({s['task'].get('split', 'test')} split), "
              f"{s['generation']['max_new_tokens']} new tokens, "
              f"{'sampled' if s['generation']['do_sample'] else 'greedy'}; original and steered rows in the same batches",
-             f"- behaviour: {METRIC_NOTES.get(s['task']['metric'], s['task']['metric'])}; the task wants it to "
+             f"- behaviour: {get_metric(s['task']['metric']).mean_note}; the task wants it to "
              f"{'rise' if s['task']['direction'] > 0 else 'fall'} with positive multipliers",
              "- fluency: weighted bigram/trigram entropy (bits, higher = more varied), distinct-2, repetition "
              "(share of tokens in repeated trigrams), perplexity of the continuations under the unsteered model", "",
              "| setting | " + " | ".join(name for name, _ in SCORE_COLUMNS) + " | change |",
              "|---|" + "---|" * (len(SCORE_COLUMNS) + 1)]
     lines.append(_row("original", report.scores["original"], ""))
+    metric = get_metric(s["task"]["metric"])
     for cond in report.scores["conditions"]:
-        lines.append(_row(cond["label"], cond["scores"], f"{cond['delta']:+.3f}"))
+        lines.append(_row(cond["label"], cond["scores"], metric.change_words(cond["delta"])))
     lines += ["", f"## Samples (first {min(SAMPLES_IN_SUMMARY, len(report.run.prompts))} of {len(report.run.prompts)}; "
               "all in samples.jsonl)", ""]
     for sample in report.samples()[:SAMPLES_IN_SUMMARY]:

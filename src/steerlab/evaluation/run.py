@@ -19,11 +19,12 @@ from ..generation import GenerationConfig
 from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import DEFAULT_STRENGTH, SteeringSpec, VectorSteering, default_steering
 from ..strength import with_neutral_norms
 from ..vector import SteeringVector
-from .compare import DEFAULT_STRENGTH, GOAL_INSTRUCTIONS, Fitted, compare_markdown, fit_methods
-from .report import METRIC_NOTES, Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
+from .compare import Fitted, compare_markdown, fit_methods
+from .metric_registry import get_metric
+from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
 from .progress import Progress, stage_ticker
 from .tasks import Task, get_task
 
@@ -69,8 +70,9 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
     """Evaluate one steer on a task: a given steer (vector, LM-Steer, prompt steer) or `method` fitted on the
     task's train pairs; steered beside the original, scored for effect and fluency.
 
-    Vectors run at `multipliers`, else at `strengths` (norm-relative, converted at the first steered layer
-    with residual norms on neutral text), else at the vector's recommended multiplier, else strength 0.2.
+    Vectors run at `multipliers`, else at `strengths` (norm-relative, converted at each steered layer with
+    residual norms on neutral text), else at what the vector steers at when nothing is given
+    (steering.default_steering: calibrated strength, recommended multiplier, DEFAULT_STRENGTH, multiplier 1).
     `operator` (vectors only) overrides the operator the vector's file states (steerlab.operators).
     """
     if (steer is None) == (method is None):
@@ -102,7 +104,7 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
             shown = {f"{s:g}": {str(k): round(m * s, 4) for k, m in per_layer.items()} for s in values}
         info.update(method=steer.meta.method, source=source or "given vector", layers=spec.layer_weights(),
                     operator=spec.operator_name(), multipliers=shown,
-                    task=steer.meta.task, dataset=steer.meta.dataset, params=steer.meta.params)
+                    task=steer.meta.task, dataset=steer.meta.dataset, config=steer.meta.config)
         info["description"] = (f"{steer.meta.method} vector ({info['source']}, {spec.operator_name()}) at layers "
                                f"{list(spec.layer_weights())}, {unit}")
     elif isinstance(steer, PromptSteering):
@@ -142,9 +144,9 @@ def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None 
     strange = [name for name in (overrides or {}) if name not in methods]
     if strange:
         raise EvaluationError(f"overrides name '{strange[0]}', which is not compared ({', '.join(methods)})")
-    instruction = instruction or GOAL_INSTRUCTIONS.get(task.metric)
+    instruction = instruction or get_metric(task.metric).instruction(task.direction)
     if instruction is None and any(m in ("prompt", "vector_prompt") for m in methods):
-        raise EvaluationError(f"no default instruction for metric '{task.metric}'; give an instruction")
+        raise EvaluationError(f"no default instruction for metric '{task.metric}' {_way(task)}; give an instruction")
     strengths = list(strengths or [DEFAULT_STRENGTH])
     prompts = task.eval_items(split, data_dir, limit)
     data = task.train_data(data_dir, train_limit)
@@ -180,9 +182,10 @@ def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layer
     spec = get_method(method)
     fields = getattr(spec.config_cls, "__dataclass_fields__", {})
     if "instruction" in fields and "instruction" not in values:
-        values["instruction"] = instruction or GOAL_INSTRUCTIONS.get(task.metric)
+        values["instruction"] = instruction or get_metric(task.metric).instruction(task.direction)
         if not values["instruction"]:
-            raise EvaluationError(f"method {method} needs an instruction; give one")
+            raise EvaluationError(f"method {method} needs an instruction (metric '{task.metric}' has none {_way(task)}); "
+                                  "give one")
     if layers is not None:
         if "layers" not in fields:
             raise EvaluationError(f"method {method} takes no layers; drop them")
@@ -200,30 +203,37 @@ def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layer
 
 def _vector_arms(lm: LoadedModel, vector: SteeringVector, layers, multipliers, strengths,
                  info: dict[str, Any], operator: str | None = None) -> tuple[SteeringSpec, list[float]]:
-    """The spec and the per-arm values: multipliers as given (spec at multiplier 1); else the sweep's recommended
-    multiplier; else strengths, the calibrated strength or 0.2, with the spec at strength 1 so that each steered
-    layer converts with its own residual norm (measured on neutral text where the vector lacks it)."""
-    recommended = vector.meta.recommended.get("multiplier")
+    """The spec and the per-arm values: multipliers as given (spec at multiplier 1); strengths as given; else what
+    the vector steers at when nothing is given (steering.default_steering, the rule every path follows). Strength
+    arms run with the spec at strength 1, so each steered layer converts with its own residual norm (measured on
+    neutral text where the vector lacks it and strengths were given)."""
     if multipliers:
         return SteeringSpec(vector, 1.0, layers, operator=operator), list(multipliers)
-    if recommended is not None and not strengths:
-        return SteeringSpec(vector, 1.0, layers, operator=operator), [float(recommended)]
-    calibrated = vector.meta.recommended.get("calibration", {}).get("up")
-    strengths = list(strengths or [calibrated if calibrated is not None else DEFAULT_STRENGTH])
+    source = "given"
+    if not strengths:
+        default = default_steering(vector, layers, operator)
+        info["default"] = default.words()
+        if default.strength is None:
+            return SteeringSpec(vector, 1.0, layers, operator=operator), [float(default.multiplier or 1.0)]
+        strengths, source = [default.strength], default.source
     steered = SteeringSpec(vector, 1.0, layers).layer_weights()
     if any(str(layer) not in vector.meta.residual_norms for layer in steered):
         vector = with_neutral_norms(lm, vector)
     spec = SteeringSpec(vector, layers=layers, operator=operator, strength=1.0)
-    info["strengths"] = {"values": strengths, "source": "given" if calibrated is None or strengths != [calibrated]
-                         else "calibrated", "residual_norms": {str(k): vector.meta.residual_norms[str(k)] for k in steered},
+    info["strengths"] = {"values": list(strengths), "source": source,
+                         "residual_norms": {str(k): vector.meta.residual_norms[str(k)] for k in steered},
                          "multipliers_at_strength_1": {str(k): round(m, 4) for k, m in spec.layer_multipliers().items()}}
-    return spec, strengths
+    return spec, list(strengths)
 
 
 def _task_settings(task: Task, split: str, limit: int | None, n_prompts: int) -> dict[str, Any]:
     return {"name": task.name, "description": task.description, "metric": task.metric,
-            "metric_note": METRIC_NOTES.get(task.metric, task.metric), "direction": task.direction,
+            "metric_note": get_metric(task.metric).mean_note, "direction": task.direction,
             "split": split, "prompts": n_prompts, "limit": limit, "chat": bool(task.chat)}
+
+
+def _way(task: Task) -> str:
+    return f"toward {'higher' if task.direction > 0 else 'lower'} scores"
 
 
 def _model_settings(lm: LoadedModel) -> dict[str, Any]:

@@ -22,14 +22,15 @@ gets no default multiplier. Generation tasks count a cell fluent only when n-gra
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..activations import record_pair_activations
 from ..generation import GenerationConfig, encode_prompts, generate_ids
-from ..methods.caa import vector_from_activations
+from ..methods.caa import CAAConfig, vector_from_activations
 from ..data import ContrastiveDataset
+from ..meta import Pick, Recommendation
 from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
@@ -37,6 +38,7 @@ from .tasks import SPLITS, Task
 from ..vector import SteeringVector, write_atomic
 from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
+from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
 from .stats import paired_interval
 from .sweep_plots import heatmap_png
@@ -44,9 +46,7 @@ from .sweep_plots import heatmap_png
 OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
 NO_EFFECT = "no reliable effect"
 DIRECTIONS = (("up", 1.0), ("down", -1.0))
-# The span of each metric's scale: the effect heatmap's colour scale covers at least a tenth of it either side.
-METRIC_SPAN = {"ab": 1.0, "sentiment": 2.0, "toxicity": 1.0, "refusal": 1.0}
-MIN_EFFECT_SHARE = 0.02
+MIN_EFFECT_SHARE = 0.02  # of the metric's span (metric_registry): the smallest effect worth recommending
 
 
 class SweepError(ValueError):
@@ -116,25 +116,37 @@ class SweepResult:
     fluency_bound: float
     items: int
     train_pairs: int
-    recommended: dict[str, Any] | None
+    recommended: Recommendation | None
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     interval: list[list[list[float]]] = field(default_factory=list)  # per cell [low, high] of its effect (95%)
     wrong_way: list[list[float]] = field(default_factory=list)  # share of items moved against the cell's direction
     fluent: list[list[bool]] = field(default_factory=list)
-    directions: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # "up"/"down": a cell or None
+    directions: dict[str, Pick | None] = field(default_factory=dict)  # "up"/"down": the picked cell or None
+    direction: float = 1.0  # the task's: effect = score change x direction
+    metric: str = "ab"  # the task's metric (evaluation.metric_registry)
     verdict: str = ""
     min_effect: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["recommended"] = None if self.recommended is None else self.recommended.to_json()
+        out["directions"] = {k: None if p is None else p.to_json() for k, p in self.directions.items()}
+        return out
+
+    def metric_record(self) -> Metric:
+        return get_metric(self.metric)
+
+    def effect_words(self, effect: float) -> str:
+        """An effect in words: which way the score moved and by how much ("toxicity down by 0.345")."""
+        return self.metric_record().effect_words(effect, self.direction)
 
 
 def build_sweep_vector(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int], *, task: str,
                        progress: Callable[[int], None] | None = None) -> SteeringVector:
     """A CAA vector at every given layer from one activation pass, with neutral-text residual norms."""
     acts = record_pair_activations(lm, data.pairs, layers, progress=progress)
-    vector = vector_from_activations(lm, acts, data, task=task, params={"layers": list(layers), "batch_size": 16})
+    vector = vector_from_activations(lm, acts, data, task=task, config=CAAConfig(layers=list(layers)))
     return with_neutral_norms(lm, vector)
 
 
@@ -182,12 +194,22 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
                          None, details=details, interval=interval, wrong_way=[[round(w, 4) for w in r] for r in wrong],
                          fluent=_rows(ok[1:], width),
                          min_effect=config.min_effect if config.min_effect is not None
-                         else MIN_EFFECT_SHARE * METRIC_SPAN.get(task.metric, 1.0))
+                         else MIN_EFFECT_SHARE * get_metric(task.metric).span, direction=task.direction,
+                         metric=task.metric)
     recommend(result)
-    kept = {k: v for k, v in vector.meta.recommended.items() if k == "calibration"}
-    vector.meta.recommended = dict(kept, **(result.recommended or {"verdict": NO_EFFECT, "task": task.name,
-                                                                     "split": result.split}))
+    vector.meta = replace(vector.meta, recommended=stored_recommendation(result, vector.meta.recommended))
     return result, vector
+
+
+def stored_recommendation(result: SweepResult, before: Recommendation) -> Recommendation:
+    """What a sweep stores in its vector: its recommendation (or its verdict), and the vector's calibration
+    where it was measured at the layers the sweep now picks (a calibration is per layer; else calibrate again)."""
+    rec = result.recommended or Recommendation(verdict=NO_EFFECT, task=result.task, split=result.split)
+    cal = before.calibration
+    picked = {d: [p.layer] for d, p in result.directions.items() if p is not None}
+    if cal is not None and all(cal.layers.get(d) == layers for d, layers in picked.items()):
+        rec = replace(rec, calibration=cal)
+    return rec
 
 
 def _rows(flat: list[float], width: int) -> list[list[float]]:
@@ -213,20 +235,11 @@ def _score_ab(lm, task, items, vector, cells, config, progress):
 
 
 def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
-    """Per-text scores of a generation metric: VADER compound, P(toxic), or 1/0 for a refusal."""
-    if metric == "sentiment":
-        from .sentiment import vader_scores
-
-        return vader_scores(texts)
-    if metric == "toxicity":
-        from .toxicity import ProfanityCheckScorer
-
-        return ProfanityCheckScorer().scores(texts)
-    if metric == "refusal":
-        from .refusal import is_refusal
-
-        return [1.0 if is_refusal(t) else 0.0 for t in texts]
-    raise SweepError(f"unknown metric '{metric}'")
+    """Per-text scores of a generation metric (evaluation.metric_registry)."""
+    scorer = get_metric(metric).scores
+    if scorer is None:
+        raise SweepError(f"metric '{metric}' is not scored from text")
+    return scorer(texts)
 
 
 def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVector, cells: Sequence[Cell], *,
@@ -276,8 +289,9 @@ def recommend(result: SweepResult) -> None:
     """Per direction, the fluent cell of that sign whose effect interval lies furthest from zero on the wanted side.
 
     "up" takes positive values and needs an interval above zero; "down" takes negative values and needs one
-    below zero. `result.recommended` is the "up" cell (the vector's default) with the "down" cell beside it, or
-    None; a direction without a cell is reported as "no reliable effect" in `result.verdict`.
+    below zero. `result.recommended` holds the "up" cell as the vector's default (layer, multiplier) and both
+    picks, or None when neither direction has one; a direction without a cell is "no reliable effect" in
+    `result.verdict`.
     """
     floor = (1 - result.fluency_bound) * result.base_fluency
     fluent = result.fluent or [[f >= floor for f in row] for row in result.fluency]
@@ -294,39 +308,32 @@ def recommend(result: SweepResult) -> None:
                     continue
                 if wanted_low > best_low:
                     best, best_low = (i, j), wanted_low
-        result.directions[name] = _cell_record(result, *best) if best else None
+        result.directions[name] = _pick(result, *best) if best else None
     up, down = result.directions["up"], result.directions["down"]
-    if up:
-        result.recommended = dict(up, down=down)
-    elif down:
-        result.recommended = {"verdict": f"up: {NO_EFFECT}", "down": down, "task": result.task, "split": result.split}
-    words = [f"{name}: " + (f"layer {c['layer']}, {_value_words(result, c)}, effect {c['effect']:+.3f} "
-                            f"[{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]" if c else NO_EFFECT)
+    words = [f"{name}: " + (f"layer {c.layer}, {_value_words(result, c)}, {result.effect_words(c.effect or 0.0)} "
+                            f"(effect {c.effect:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}])"
+                            if c and c.interval else NO_EFFECT)
              for name, c in result.directions.items()]
     result.verdict = "; ".join(words)
+    if up or down:
+        result.recommended = Recommendation(up.layer if up else None, up.multiplier if up else None, up, down,
+                                            "" if up else f"up: {NO_EFFECT}", result.task, result.split)
     if not up:
         result.note = (f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
                        f"an effect of at least {result.min_effect:g}; no default multiplier stored")
 
 
-def _value_words(result: SweepResult, cell: dict[str, Any]) -> str:
+def _value_words(result: SweepResult, cell: Pick) -> str:
     if result.mode == "raw":
-        return f"multiplier {cell['multiplier']:g}"
-    return f"strength {cell['value']:g} (multiplier {cell['multiplier']:g})"
+        return f"multiplier {cell.multiplier:g}"
+    return f"strength {cell.value:g} (multiplier {cell.multiplier:g})"
 
 
-def _cell_record(result: SweepResult, i: int, j: int) -> dict[str, Any]:
-    rec = {
-        "layer": result.layers[i], "multiplier": result.multipliers[i][j], "mode": result.mode,
-        "value": result.values[j], "task": result.task, "split": result.split,
-        "effect": round(result.effect[i][j], 4), "interval": list(result.interval[i][j]),
-        "wrong_way": result.wrong_way[i][j] if result.wrong_way else None,
-        "score": round(result.score[i][j], 4), "fluency": round(result.fluency[i][j], 4),
-        "fluency_bound": result.fluency_bound,
-    }
-    if result.mode == "relative":
-        rec["strength"] = result.values[j]
-    return rec
+def _pick(result: SweepResult, i: int, j: int) -> Pick:
+    low, high = result.interval[i][j]
+    return Pick(result.layers[i], result.multipliers[i][j], result.values[j], result.mode,
+                round(result.effect[i][j], 4), (low, high), result.wrong_way[i][j] if result.wrong_way else None,
+                round(result.score[i][j], 4), round(result.fluency[i][j], 4), result.fluency_bound)
 
 
 def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector, *, overwrite: bool = False) -> Path:
@@ -335,17 +342,16 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not overwrite:
         raise FileExistsError(f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)")
-    mark = [(result.layers.index(c["layer"]), result.values.index(c["value"]))
-            for c in result.directions.values() if c]
+    mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]
     label = "raw multiplier" if result.mode == "raw" else "norm-relative strength (x layer's residual norm)"
     where = f"{result.task} on {vector.meta.model_name} ({result.split}, {result.items} items)"
     reliable = [[lo > 0 or hi < 0 for lo, hi in row] for row in result.interval] or None
     vector.save(out / OUTPUT_FILES[0], overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[1], json.dumps(result.to_dict(), indent=1).encode(), overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[2], heatmap_png(result.effect, result.layers, result.values, mark=mark,
-                 title=f"effect: change in {result.score_name}\n{where}", value_label=label,
-                 colour_label="effect (wanted direction > 0)", centre=0.0,
-                 span=0.1 * METRIC_SPAN.get("ab" if result.kind == "ab" else result.score_name.split()[-1], 1.0),
+                 title=f"effect: change in {result.score_name} x task direction ({result.direction:+g})\n{where}",
+                 value_label=label, colour_label=result.metric_record().sign_words(result.direction), centre=0.0,
+                 span=0.1 * result.metric_record().span,
                  passing=result.fluent or None, reliable=reliable), overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[3], heatmap_png(result.fluency, result.layers, result.values, mark=mark,
                  title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",

@@ -3,7 +3,8 @@
 Built-in tasks read the shared data folder (`--data-dir`, $STEERLAB_DATA, or ../shared/data beside the
 project); a user registers a task from their own files with a small YAML/JSON description, checked
 like a config. "ab" tasks are scored by the A/B behaviour probability (evaluation.ab); "generation"
-tasks by a text metric on continuations of prompts (sentiment, toxicity or refusal).
+tasks by a text metric on continuations of prompts (any of evaluation.metric_registry: sentiment, toxicity,
+refusal, ...).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,18 +21,14 @@ from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
 from ..textio import loads, read_text
 from .ab import load_ab_items
+from .metric_registry import text_metrics
 
 DATA_ENV = "STEERLAB_DATA"
 KINDS = ("ab", "generation")
-METRICS = ("sentiment", "toxicity", "refusal")
 SPLITS = ("val", "test")
 CAA_BEHAVIOURS = ("sycophancy", "hallucination", "refusal")
 CAA_VAL_SIZE = 50  # the last items of each CAA generate file are held out of training to choose layer and strength
 GEN_VAL_SIZE = 100
-# Prompt-less text pairs get this shared lead token, so a text's first word is never the first token after BOS.
-# Measured on SmolLM2 (200 ParaDetox pairs, layer 15): with it, PCA's first component and the CAA direction
-# agree (cosine 0.99); without it they are orthogonal (-0.05) and PCA stops steering toxicity.
-TEXT_PAIR_LEAD = "\n"
 
 
 class TaskError(ValueError):
@@ -125,12 +122,6 @@ def _tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _text_pairs(positive: list[str], negative: list[str], name: str) -> ContrastiveDataset:
-    data = pairs_from_texts(positive, negative, name=name)
-    data.pairs = [replace(p, answer_prefix=TEXT_PAIR_LEAD) for p in data.pairs]
-    return data
-
-
 def _prompts_file(path: Path) -> list[str]:
     """Prompts from a .txt (one per line) or a .jsonl whose records have "prompt" (a string or {"text": ...})."""
     if path.suffix == ".jsonl":
@@ -186,7 +177,7 @@ def _sentiment(sst2: bool) -> Task:
         pos = [r["sentence"].strip() for r in rows if r["label"] == "1"]
         neg = [r["sentence"].strip() for r in rows if r["label"] == "0"]
         n = min(len(pos), len(neg))
-        return _text_pairs(pos[:n], neg[:n], "sst2_dev")
+        return pairs_from_texts(pos[:n], neg[:n], name="sst2_dev")
 
     def items(root: Path, split: str) -> list:
         prompts = _jsonl_prompts(root / neutral)
@@ -206,7 +197,7 @@ def _toxicity() -> Task:
 
     def train(root: Path) -> ContrastiveDataset:
         rows = [r for r in _tsv(root / para) if r["toxic"] and r["neutral1"]][:1000]
-        return _text_pairs([r["neutral1"] for r in rows], [r["toxic"] for r in rows], "paradetox[:1000]")
+        return pairs_from_texts([r["neutral1"] for r in rows], [r["toxic"] for r in rows], name="paradetox[:1000]")
 
     def items(root: Path, split: str) -> list:
         prompts = _jsonl_prompts(root / challenging)
@@ -225,7 +216,7 @@ def _harmful_refusal() -> Task:
 
     def train(root: Path) -> ContrastiveDataset:
         harmful = _instructions(root / files[0])
-        return _text_pairs(harmful, _instructions(root / files[1])[: len(harmful)], "harmful_vs_harmless_train")
+        return pairs_from_texts(harmful, _instructions(root / files[1])[: len(harmful)], name="harmful_vs_harmless_train")
 
     def items(root: Path, split: str) -> list:
         return _instructions(root / (files[2] if split == "val" else files[3]))
@@ -266,7 +257,7 @@ def get_task(name: str, data_dir: str | Path | None = None) -> Task:
 class TaskFile:
     """A user task: name; kind (ab or generation); train (a pairs file steerlab reads); test (ab: an A/B file like
     CAA's; generation: prompts .txt or .jsonl); val (optional, default test); metric (generation: sentiment,
-    toxicity or refusal); direction (+1 or -1); chat (wrap prompts in the chat template); description."""
+    toxicity, refusal or any registered metric); direction (+1 or -1); chat (wrap prompts in the chat template); description."""
 
     name: str
     kind: str
@@ -300,8 +291,9 @@ def load_task_file(path: str | Path) -> Task:
             raise TaskError(f"{path}: '{key}' is not a usable file name")
     if spec.kind not in KINDS:
         raise TaskError(f"{path}: kind must be one of {', '.join(KINDS)}; got '{spec.kind}'")
-    if spec.kind == "generation" and spec.metric not in METRICS:
-        raise TaskError(f"{path}: a generation task needs metric: one of {', '.join(METRICS)}; got '{spec.metric}'")
+    if spec.kind == "generation" and spec.metric not in text_metrics():
+        raise TaskError(f"{path}: a generation task needs metric: one of {', '.join(text_metrics())}; got "
+                        f"'{spec.metric}'")
     if spec.kind == "ab" and spec.metric:
         raise TaskError(f"{path}: an ab task is scored by p(matching); remove 'metric: {spec.metric}'")
     if spec.direction not in (1.0, -1.0):

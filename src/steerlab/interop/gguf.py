@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def _gguf_bytes(directions: dict[int, torch.Tensor], hint: str, meta: VectorMeta
         writer = GGUFWriter(out, ARCH)
         writer.add_string(HINT_KEY, hint)
         writer.add_uint32(COUNT_KEY, len(directions))
-        writer.add_string(META_KEY, json.dumps(finite_json(asdict(meta)), sort_keys=True))
+        writer.add_string(META_KEY, json.dumps(finite_json(meta.to_json()), sort_keys=True))
         for layer, tensor in directions.items():
             writer.add_tensor(f"direction.{layer}", tensor.numpy().astype(np.float32, copy=False))
         writer.write_header_to_file()
@@ -167,9 +166,9 @@ def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.T
     if saved is not None and saved.hidden_size != int(next(iter(directions.values())).shape[0]):
         raise VectorFileError(f"{path}: the steerlab metadata says hidden size {saved.hidden_size}, the tensors "
                               f"have {int(next(iter(directions.values())).shape[0])}")
-    params: dict[str, Any] = {"source": str(path), "model_hint": hint}
+    config: dict[str, Any] = {"source": str(path), "model_hint": hint}
     if saved is not None:
-        params.update(source_method=saved.method, source_params=saved.params)
+        config.update(source_method=saved.method, source_config=saved.config)
     return VectorMeta(
         model_name=model_name or (saved.model_name if saved else "") or hint or "unknown",
         hidden_size=int(next(iter(directions.values())).shape[0]),
@@ -178,7 +177,8 @@ def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.T
         method=IMPORT_METHOD,
         model_fingerprint=saved.model_fingerprint if saved else "",
         model_type=hint,
-        params=params,
+        config=config,
+        fit_stats=saved.fit_stats if saved else {},
         dataset=saved.dataset if saved else {},
         task=saved.task if saved else "",
         residual_norms=saved.residual_norms if saved else {},

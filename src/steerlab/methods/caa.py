@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from ..activations import PairActivations, record_pair_activations
@@ -34,14 +34,17 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: CAAConfig | None = No
     layers = config.layers or [lm.default_layer()]
     acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size,
                                    batch_tokens=config.batch_tokens, progress=progress)
-    return vector_from_activations(lm, acts, data, task=task, params={"layers": acts.layers, "batch_size": config.batch_size})
+    return vector_from_activations(lm, acts, data, task=task, config=config)
 
 
 def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, *, task: str,
-                            params: dict) -> SteeringVector:
-    """Mean difference per layer, with each layer's residual norm on neutral text kept for norm-relative strengths."""
+                            config: CAAConfig) -> SteeringVector:
+    """Mean difference per layer, with each layer's residual norm on neutral text kept for norm-relative strengths.
+
+    The metadata's config is `config` with the layers recorded, so `build_config(CAAConfig, meta.config)` rebuilds it."""
     diff = (acts.positive - acts.negative).mean(0)  # [n_layers, hidden]
-    meta = VectorMeta.for_model(lm, "caa", params=params, dataset=data.describe(), task=task,
+    meta = VectorMeta.for_model(lm, "caa", config=asdict(replace(config, layers=list(acts.layers))),
+                                dataset=data.describe(), task=task,
                                 residual_norms=norms_metadata(lm, acts.layers))
     return SteeringVector({layer: diff[i] for i, layer in enumerate(acts.layers)}, meta)
 

@@ -12,7 +12,7 @@ pairs. Directions are unit norm unless asked to scale them to the layer's residu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
@@ -85,12 +85,9 @@ def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: Contra
         directions[layer] = direction
         explained[str(layer)] = round(ratio, 4)
         agreement[str(layer)] = round(agree, 4)
-    params = {"mode": config.mode, "layers": acts.layers, "batch_size": config.batch_size,
-              "scale_to_residual_norm": config.scale_to_residual_norm,
-              "residual_fraction": config.residual_fraction,
-              "explained_variance_ratio": explained, "pairs_agreeing": agreement}
-    meta = VectorMeta.for_model(lm, config.mode, params=params, dataset=data.describe(), task=task,
-                                residual_norms=norms)
+    meta = VectorMeta.for_model(lm, config.mode, config=asdict(replace(config, layers=list(acts.layers))),
+                                fit_stats={"explained_variance_ratio": explained, "pairs_agreeing": agreement},
+                                dataset=data.describe(), task=task, residual_norms=norms)
     return SteeringVector(directions, meta)
 
 

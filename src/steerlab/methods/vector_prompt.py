@@ -8,10 +8,10 @@ the answer, and applying it at multiplier 1 adds the instruction's own average s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Literal
 
-from ..activations import record_activations, with_start_token
+from ..activations import lead_text, record_activations, with_start_token
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch
 from ..data import ContrastiveDataset, format_prompt
 from ..models import LoadedModel
@@ -61,8 +61,8 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | 
         answers = [tok(a, add_special_tokens=False)["input_ids"] for a in (pair.positive, pair.negative)]
         if not all(answers):
             raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
-        without = format_prompt(tok, pair.prompt, use_chat_template=chat) + pair.answer_prefix
-        with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + pair.answer_prefix
+        without = format_prompt(tok, pair.prompt, use_chat_template=chat) + lead_text(pair)
+        with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + lead_text(pair)
         plain.append((with_start_token(tok, tok(without, add_special_tokens=not chat)["input_ids"]), answers))
         instructed.append((tok(with_it, add_special_tokens=not chat)["input_ids"], answers))
     base = record_activations(lm, plain, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens,
@@ -70,8 +70,7 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | 
     shifted = record_activations(lm, instructed, layers, batch_size=config.batch_size,
                                  batch_tokens=config.batch_tokens, progress=progress)
     diff = (shifted - base).mean(dim=(0, 1))  # [n_layers, hidden]
-    params = {"instruction": config.instruction, "placement": config.placement, "layers": layers,
-              "batch_size": config.batch_size}
-    meta = VectorMeta.for_model(lm, "vector_prompt", params=params, dataset=data.describe(), task=task,
+    meta = VectorMeta.for_model(lm, "vector_prompt", config=asdict(replace(config, layers=layers)),
+                                dataset=data.describe(), task=task,
                                 residual_norms=norms_metadata(lm, layers))
     return SteeringVector({layer: diff[i] for i, layer in enumerate(layers)}, meta)

@@ -106,15 +106,15 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        metric = metrics.METRICS.get(body.metric)
-        if metric is None:
-            raise ApiError(400, f"metric: unknown metric '{body.metric}'; available: {', '.join(metrics.METRICS)}",
+        metric = metrics.get(body.metric)
+        if metric is None or metric.scores is None:
+            raise ApiError(400, f"metric: unknown metric '{body.metric}'; available: {', '.join(metrics.names())}",
                            param="metric", code="metric_not_found")
         for i, text in enumerate(body.texts):
             if len(text) > limits.max_text_chars:
                 raise ApiError(413, f"texts[{i}]: {len(text)} characters is above this server's limit of "
                                     f"{limits.max_text_chars} per text", param=f"texts[{i}]", code="text_too_large")
-        scores = await asyncio.to_thread(lambda: [metric.score(t) for t in body.texts])
+        scores = await asyncio.to_thread(metric.scores, body.texts)
         return {"metric": body.metric, "scores": scores}
 
     @app.post("/v1/chat/completions")

@@ -1,31 +1,20 @@
-"""Metrics the playground can chart across multipliers, each a function of one generated text."""
+"""The metrics the playground can chart across multipliers: every text metric of evaluation.metric_registry."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
-from ..evaluation import distinct_n, is_refusal, repetition_rate, vader_compound, weighted_ngram_entropy
-
-
-@dataclass(frozen=True)
-class Metric:
-    label: str
-    description: str
-    score: Callable[[str], float]
-    low: float
-    high: float | None  # None: no fixed upper bound
+from ..evaluation.metric_registry import Metric, text_metrics
 
 
-METRICS: dict[str, Metric] = {
-    "sentiment": Metric("sentiment (VADER)", "VADER compound score: -1 negative .. +1 positive", vader_compound, -1.0, 1.0),
-    "distinct_2": Metric("distinct-2", "unique bigrams / bigrams: 1 = no repeated bigram", lambda t: distinct_n(t, 2), 0.0, 1.0),
-    "repetition": Metric("repetition", "share of tokens inside a repeated trigram: 0 varied .. 1 a loop", repetition_rate, 0.0, 1.0),
-    "fluency": Metric("n-gram entropy", "EasyEdit's weighted bigram/trigram entropy in bits", weighted_ngram_entropy, 0.0, None),
-    "refusal": Metric("refusal", "1 when the text contains a refusal phrase, else 0", lambda t: float(is_refusal(t)), 0.0, 1.0),
-}
+def get(name: str) -> Metric | None:
+    return text_metrics().get(name)
 
 
-def describe() -> list[dict]:
+def names() -> list[str]:
+    return list(text_metrics())
+
+
+def describe() -> list[dict[str, Any]]:
     return [{"id": name, "label": m.label, "description": m.description, "min": m.low, "max": m.high}
-            for name, m in METRICS.items()]
+            for name, m in text_metrics().items()]

@@ -1,7 +1,8 @@
 """The vectors and conditions a server offers: read from a folder at start-up, checked against the served model once.
 
-A request names vectors (and CAST conditions, files of method "condition") by file stem; resolving it yields
-the exact layers and multiplier each row will get, or an ApiError that says which item is wrong and why.
+A request names vectors (and CAST conditions, files of kind "condition") by file stem; resolving it yields
+the exact layers and multiplier each row will get, or an ApiError that says which item is wrong and why. The
+folder is read by steerlab.steers.read_steer_folder, the reader the vLLM plugin uses too.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch
 from ..ablation import ablation_direction
 from ..conditional import Condition
 from ..models import LoadedModel
-from ..steering import SteeringError, SteeringSpec
+from ..steering import SteeringError, SteeringSpec, default_steering
+from ..steers import STEER_SUFFIXES, read_steer_folder
 from ..vector import SteeringVector, content_hash, describe_model, same_model
 from .errors import ApiError
 from .schemas import SteeringItem
 
 log = logging.getLogger(__name__)
+SERVED_KINDS = ("vector", "condition")
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,13 @@ class ResolvedSteering:
 class RegisteredVector:
     name: str
     path: Path
-    vector: SteeringVector
+    vector: SteeringVector  # a condition's direction as a one-layer vector (kind "condition") for checks and listing
     problem: str | None  # why it cannot steer the served model; None when it can
-    condition: Condition | None = None  # a condition file (method "condition"), read as one
+    condition: Condition | None = None  # a condition file (kind "condition")
 
     @property
     def is_condition(self) -> bool:
-        return self.vector.meta.method == "condition"
+        return self.condition is not None
 
     def describe(self) -> dict[str, Any]:
         info = self.vector.describe()
@@ -76,39 +79,45 @@ class RegisteredVector:
             c = self.condition
             out["condition"] = {"layer": c.layer, "comparison": c.comparison, "threshold": c.threshold,
                                 "f1": c.fit.get("f1")}
+        else:  # what an item naming only this vector steers at (steering.default_steering), for the playground
+            default = default_steering(self.vector)
+            out["default"] = {"layers": list(default.layers), "multiplier": default.multiplier,
+                              "strength": default.strength, "source": default.source}
         return out
 
 
 class VectorRegistry:
     """Named vectors for one served model; read-only after start-up, so request threads share it freely."""
 
-    def __init__(self, lm: LoadedModel, vectors: dict[str, tuple[Path, SteeringVector]]):
+    def __init__(self, lm: LoadedModel, steers: dict[str, tuple[Path, SteeringVector | Condition]]):
         self.lm = lm
-        self.entries = {name: _entry(lm, name, path, vec) for name, (path, vec) in sorted(vectors.items())}
+        self.entries = {name: _entry(lm, name, path, steer) for name, (path, steer) in sorted(steers.items())}
 
     @classmethod
     def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
-        """Load every steerlab `.safetensors` vector in `folder` (not recursive); the file stem is its name.
+        """Load every steerlab vector and condition file in `folder` (not recursive); the file stem is its name.
 
-        A file that cannot be read is skipped with a warning that names it and says why: one bad file must
-        not keep the server (and every good vector) from starting.
+        A file that cannot be read, or holds another kind of steer, is skipped with a warning that names it and
+        says why: one bad file must not keep the server (and every good vector) from starting.
         """
         if folder is None:
             return cls(lm, {})
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"--vectors {folder}: no such folder; give a folder of .safetensors vectors")
-        vectors: dict[str, tuple[Path, SteeringVector]] = {}
         for path in sorted(folder.iterdir()):
-            if path.suffix != ".safetensors":
-                if path.is_file():
-                    log.warning("skipping %s: the server reads steerlab .safetensors vectors only", path.name)
-                continue
-            try:
-                vectors[path.stem] = (path, SteeringVector.load(path))
-            except (OSError, ValueError) as exc:
-                log.warning("skipping %s: %s", path.name, exc)
-        registry = cls(lm, vectors)
+            if path.is_file() and path.suffix not in STEER_SUFFIXES:
+                log.warning("skipping %s: the server reads steerlab .safetensors vectors and conditions only", path.name)
+        steers: dict[str, tuple[Path, SteeringVector | Condition]] = {}
+        for found in read_steer_folder(folder, kinds=SERVED_KINDS):
+            if found.problem is not None:
+                log.warning("skipping %s: %s", found.path.name, found.problem)
+            elif found.steer is None:
+                log.warning("skipping %s: a steer of kind '%s'; the server applies vectors and conditions",
+                            found.path.name, found.kind)
+            elif isinstance(found.steer, (SteeringVector, Condition)):
+                steers[found.name] = (found.path, found.steer)
+        registry = cls(lm, steers)
         for entry in registry.entries.values():
             if entry.problem:
                 log.warning("%s %s is listed but cannot be used: %s",
@@ -145,10 +154,10 @@ class VectorRegistry:
         if item.condition is not None:
             gate = dict(condition_name=item.condition,
                         condition=self._usable(item.condition, f"{where}.condition", condition=True).condition)
-        # The library's own defaults (recommended layer/multiplier) decide what an omitted field means.
+        # The library's one rule (steering.default_steering) decides what an omitted multiplier/strength/layers means.
         spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator,
                             strength=item.strength)
-        if spec.strength is not None:  # asked for, or the vector's calibrated default: each layer's multiplier
+        if spec.strength is not None:  # asked for, or the vector's default: each layer's multiplier
             try:
                 per_layer = spec.layer_multipliers()
             except SteeringError as exc:
@@ -170,7 +179,7 @@ class VectorRegistry:
             raise ApiError(400, f"{param}: unknown {what} '{name}'; registered {what}s: {known}",
                            param=param, code=f"{what}_not_found")
         if entry.is_condition != condition:
-            hint = ("it is a condition (method 'condition'): give it as condition, beside the vector to apply"
+            hint = ("it is a condition (kind 'condition'): give it as condition, beside the vector to apply"
                     if entry.is_condition else
                     "it is a vector; a condition file comes from `steerlab vector condition`")
             raise ApiError(400, f"{param}: '{name}' is not a {what}: {hint}", param=param, code=f"not_a_{what}")
@@ -181,16 +190,12 @@ class VectorRegistry:
         return entry
 
 
-def _entry(lm: LoadedModel, name: str, path: Path, vector: SteeringVector) -> RegisteredVector:
-    """A registry entry: a condition file is read as a Condition; a problem with either is kept, not raised."""
-    problem = incompatibility(lm, vector)
-    if vector.meta.method != "condition":
-        return RegisteredVector(name, path, vector, problem)
-    try:
-        condition = Condition.from_vector(vector)
-    except (KeyError, TypeError, ValueError) as exc:
-        return RegisteredVector(name, path, vector, problem or f"not a readable condition file ({exc})")
-    return RegisteredVector(name, path, vector, problem, condition)
+def _entry(lm: LoadedModel, name: str, path: Path, steer: SteeringVector | Condition) -> RegisteredVector:
+    """A registry entry; a problem with it (another model, non-finite values) is kept, not raised."""
+    if isinstance(steer, Condition):
+        vector = steer.as_vector()
+        return RegisteredVector(name, path, vector, incompatibility(lm, vector), steer)
+    return RegisteredVector(name, path, steer, incompatibility(lm, steer))
 
 
 def incompatibility(lm: LoadedModel, vector: SteeringVector) -> str | None:

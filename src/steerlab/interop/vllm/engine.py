@@ -91,14 +91,21 @@ class VLLMEngine:
         rows: list[list[dict[str, Any]]] = [[] for _ in range(n_rows)]
         for spec in specs:
             name = self.add_vector(spec.vector)
-            layers = {str(layer): weight for layer, weight in spec.layer_weights().items()}
-            mults = spec.row_multipliers().tolist()
+            weights = spec.layer_weights()
+            if spec.strength is None:
+                mults = spec.row_multipliers().tolist()
+                layers = [{str(layer): weight for layer, weight in weights.items()}] * len(mults)
+            else:  # a strength (given, or the vector's default) converts per layer: the coefficients go in the weights
+                coefs = {layer: (spec.row_multipliers(layer) * weight).tolist() for layer, weight in weights.items()}
+                n = len(next(iter(coefs.values())))
+                layers = [{str(layer): c[i] for layer, c in coefs.items()} for i in range(n)]
+                mults = [1.0 if any(layer_coefs.values()) else 0.0 for layer_coefs in layers]
             if len(mults) not in (1, n_rows):
                 raise SteeringError(f"{len(mults)} per-row multipliers for {n_rows} prompts; give one per prompt")
             for i, row in enumerate(rows):
-                mult = mults[0] if len(mults) == 1 else mults[i]
-                if mult != 0.0:  # a multiplier of 0 means this row is unsteered: it gets nothing at all
-                    row.append({"vector": name, "multiplier": mult, "layers": layers, "positions": spec.positions,
+                k = 0 if len(mults) == 1 else i
+                if mults[k] != 0.0:  # a multiplier of 0 means this row is unsteered: it gets nothing at all
+                    row.append({"vector": name, "multiplier": mults[k], "layers": layers[k], "positions": spec.positions,
                                 "operator": spec.operator_name()})
         return rows
 

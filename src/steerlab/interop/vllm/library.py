@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...steers import steer_kind
-from ...vector import SteeringVector, VectorFileError, content_hash
+from ...steers import FolderEntry, read_steer_folder
+from ...vector import SteeringVector, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +72,43 @@ class SteerLibrary:
             return self._by_name.get(key) or self._by_hash.get(key)
 
     def rescan(self) -> None:
-        """Read files that are new or changed since the last scan (safetensors vectors; others are refused)."""
+        """Read files that are new or changed since the last scan (steerlab.steers.read_steer_folder, the one folder
+        reader the server uses too): vectors are loaded, every other kind is kept with why vLLM refuses it."""
         if self.folder is None:
             return
-        for path in sorted(self.folder.iterdir()):
-            if path.suffix not in (".safetensors", ".json") or not path.is_file():
-                continue
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            with self._lock:
-                if self._seen.get(path) == stamp:
-                    continue
-            entry = _read(path)
-            with self._lock:
-                self._seen[path] = stamp
+        with self._lock:
+            seen = dict(self._seen)
+        fresh = read_steer_folder(self.folder, kinds=("vector",), seen=seen)
+        entries = [_entry(found) for found in fresh]
+        with self._lock:
+            self._seen.update(seen)
+            for entry in entries:
                 self._by_name[entry.name] = entry
                 if entry.sha256:
                     self._by_hash[entry.sha256] = entry
 
 
-def _read(path: Path) -> Entry:
-    name = path.stem
-    try:
-        kind = steer_kind(path)
-        if kind == "prompt":
-            return Entry(name, path, None, None, f"'{name}' is a prompt steer: it rewrites the prompt, not the model; "
-                         "put its instruction in the request's messages (steerlab.generate(engine='vllm') does this)")
-        if kind == "lm_steer":
-            return Entry(name, path, None, None, lm_steer_refusal(f"'{name}'"))
-        vector = SteeringVector.load(path)
-    except VectorFileError as exc:
-        log.warning("steerlab: skipping %s: %s", path, exc)
-        return Entry(name, path, None, None, str(exc))
-    return Entry(name, path, content_hash(vector), vector, None)
+def _entry(found: FolderEntry) -> Entry:
+    name = found.name
+    if found.problem is not None:
+        log.warning("steerlab: skipping %s: %s", found.path, found.problem)
+        return Entry(name, found.path, None, None, found.problem)
+    if isinstance(found.steer, SteeringVector):
+        return Entry(name, found.path, content_hash(found.steer), found.steer, None)
+    return Entry(name, found.path, None, None, _refusal(found.kind, f"'{name}'"))
+
+
+def _refusal(kind: str | None, name: str) -> str:
+    """Why a steer of `kind` cannot run on vLLM."""
+    if kind == "prompt":
+        return (f"{name} is a prompt steer: it rewrites the prompt, not the model; put its instruction in the "
+                "request's messages (steerlab.generate(engine='vllm') does this)")
+    if kind == "lm_steer":
+        return lm_steer_refusal(name)
+    if kind == "condition":
+        return (f"{name} is a CAST condition: it gates another steer per prompt, which the vLLM plugin does not do; "
+                "use engine='hf' or `steerlab serve` for conditions")
+    return f"{name} is a steer of kind '{kind}', which the vLLM plugin cannot apply"
 
 
 def lm_steer_refusal(name: str) -> str:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+import math
 from typing import Any
 
-import torch
-
 from ...operators import OPERATORS
-from ...steering import SteeringError, SteeringSpec, check_float32
+from ...steering import FLOAT32_MAX, SteeringError, SteeringSpec, check_float32
 from ...textio import check_depth, loads
 from .library import SteerLibrary, SteerNotFound
 
@@ -111,8 +110,7 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
         raise SteeringRequestError(f"{where}.operator: unknown operator {operator!r}; available: "
                                    f"{', '.join(OPERATORS)}")
     spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions, operator, strength)
-    coefs = []
-    for layer, weight in spec.layer_weights().items():
+    for layer in spec.layer_weights():
         if not 0 <= layer < num_layers:
             raise SteeringRequestError(f"{where}.layers: layer {layer} is out of range; the served model has "
                                        f"layers 0..{num_layers - 1}")
@@ -122,10 +120,12 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
         if operator != "add" and not bool(vector.directions[layer].any()):
             raise SteeringRequestError(f"{where}.vector: '{entry.name}' is zero at layer {layer}; {operator} needs "
                                        "a direction (only add accepts a zero vector)")
-        # The same float32 product as steering.py's per-row coefficient (multiplier * layer weight).
-        multiplier = float(spec.row_multipliers(layer)[0])
-        product = float(torch.tensor(multiplier, dtype=torch.float32) * weight)
-        check_float32(product, f"{where}: multiplier x weight at layer {layer} ({multiplier:.4g} x {weight:.4g})")
+    coefs = []
+    # The float32 products the HF hooks compute (steering.py's per-row coefficient, multiplier x layer weight).
+    for layer, product in spec.layer_coefficients().items():
+        if not (math.isfinite(product) and abs(product) <= FLOAT32_MAX):
+            multiplier, weight = float(spec.row_multipliers(layer)[0]), spec.layer_weights()[layer]
+            check_float32(product, f"{where}: multiplier x weight at layer {layer} ({multiplier:.4g} x {weight:.4g})")
         coefs.append((layer, product))
     return Term(entry.sha256, tuple(coefs), positions, operator)
 

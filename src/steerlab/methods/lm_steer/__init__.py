@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from ...data import ContrastiveDataset
 from ...models import LoadedModel
-from ...vector import VectorMeta
+from ...meta import Recommendation, VectorMeta
 from .artifact import METHOD, LMSteer, LMSteerHandle, steered_hidden
 from .config import LMSteerConfig
 from .train import InsufficientMemoryError, LabelledTexts, TrainingSet, check_memory, encode_examples, train
@@ -44,7 +44,7 @@ def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[Con
     examples = encode_examples(lm, sets, config.max_length, report=report)
     check_memory(lm, examples, config, report)
     p1, p2, stats = train(lm, examples, config, progress=progress)
-    params = {**asdict(config), **stats}
     dataset = sets[0].describe() if len(sets) == 1 else {"sets": [s.describe() for s in sets]}
-    meta = VectorMeta.for_model(lm, METHOD, params=params, dataset=dataset, task=task, recommended={"multiplier": 1.0})
+    meta = VectorMeta.for_model(lm, METHOD, config=asdict(config), fit_stats=stats, dataset=dataset, task=task,
+                                recommended=Recommendation(multiplier=1.0))
     return LMSteer(p1, p2, meta)

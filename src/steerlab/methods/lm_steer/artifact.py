@@ -8,7 +8,7 @@ value), one per batch row (0 = off, giving exactly the unsteered logits).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +39,7 @@ def steered_hidden(hidden: torch.Tensor, projector1: torch.Tensor, projector2: t
 
 @dataclass
 class LMSteer:
-    """A trained LM-Steer: P1, P2 ([num_steers, hidden, rank]) and metadata (epsilon in meta.params).
+    """A trained LM-Steer: P1, P2 ([num_steers, hidden, rank]) and metadata (epsilon in meta.config).
 
     `multiplier` (the paper's steer value) is one number or one per batch row (0 = off); `steer_weights`
     scales each of the num_steers steers (None = all 1). Choose them with :meth:`with_multiplier`.
@@ -59,15 +59,15 @@ class LMSteer:
         if p1.ndim != 3 or p1.shape != p2.shape or p1.shape[1] != self.meta.hidden_size:
             raise ValueError(f"projector1 {tuple(p1.shape)} and projector2 {tuple(p2.shape)} must both be "
                              f"[num_steers, {self.meta.hidden_size}, rank]")
-        if not isinstance(self.meta.params.get("epsilon"), (int, float)):
-            raise ValueError("an LM-Steer needs its epsilon in meta.params['epsilon']")
+        if not isinstance(self.meta.config.get("epsilon"), (int, float)):
+            raise ValueError("an LM-Steer needs its epsilon in meta.config['epsilon']")
         self.projector1, self.projector2 = p1, p2
         if self.meta.kind != "lm_steer":
             self.meta = replace(self.meta, kind="lm_steer")
 
     @property
     def epsilon(self) -> float:
-        return float(self.meta.params["epsilon"])
+        return float(self.meta.config["epsilon"])
 
     @property
     def num_steers(self) -> int:
@@ -131,9 +131,9 @@ class LMSteer:
                 raise VectorFileError(f"{path}: tensor '{name}' must be floats of shape [num_steers, "
                                       f"{meta.hidden_size}, rank], got {str(tensor.dtype).removeprefix('torch.')} "
                                       f"{tuple(tensor.shape)}")
-        epsilon = meta.params.get("epsilon")
+        epsilon = meta.config.get("epsilon")
         if not is_number(epsilon) or not 0 < epsilon <= 1e6:
-            raise VectorFileError(f"{path}: metadata field 'params.epsilon': expected a positive finite number, got "
+            raise VectorFileError(f"{path}: metadata field 'config.epsilon': expected a positive finite number, got "
                                   f"{epsilon!r}")
         try:
             return cls(tensors["projector1"], tensors["projector2"], meta)
@@ -142,7 +142,7 @@ class LMSteer:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary for `steerlab vector info`."""
-        info = asdict(self.meta)
+        info = self.meta.to_json()
         info.update(num_steers=self.num_steers, rank=self.rank, epsilon=self.epsilon)
         return info
 

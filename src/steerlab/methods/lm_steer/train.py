@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ...batching import pad
+from ...activations import lead_text
 from ...data import ContrastiveDataset, format_prompt
 from ...models import LoadedModel
 from .artifact import steered_hidden
@@ -59,8 +60,9 @@ class TrainingSet:
     @classmethod
     def of(cls, data: ContrastiveDataset | LabelledTexts) -> "TrainingSet":
         if isinstance(data, ContrastiveDataset):
-            items = [item for p in data.pairs for item in ((p.prompt, p.answer_prefix, p.positive, 1.0),
-                                                           (p.prompt, p.answer_prefix, p.negative, -1.0))]
+            # a prompt-less pair's texts follow the lead every prompt-less pair gets (activations.lead_text)
+            items = [item for p in data.pairs for item in ((p.prompt, lead_text(p), p.positive, 1.0),
+                                                           (p.prompt, lead_text(p), p.negative, -1.0))]
             return cls(data.name, items, data.describe())
         if isinstance(data, LabelledTexts):
             if not data.positive or not data.negative:

@@ -32,7 +32,7 @@ function usableVectors() {
   return state.vectors.filter((v) => v.usable && v.object !== "steering_condition");
 }
 
-// CAST conditions (files of method "condition"): a row steers only the prompts its condition selects.
+// CAST conditions (files of kind "condition"): a row steers only the prompts its condition selects.
 function usableConditions() {
   return state.vectors.filter((v) => v.usable && v.object === "steering_condition");
 }
@@ -99,13 +99,12 @@ function addRow(vectorId) {
     shown.textContent = Number(slider.value).toFixed(name === "strength" ? 2 : 1);
   };
   const setDefaults = () => {
-    const v = state.vectors.find((x) => x.id === select.value);
-    const rec = (v.recommended || {});
-    const calibrated = (rec.calibration || {}).up;
-    if (rec.multiplier !== undefined) setUnit("multiplier", rec.multiplier);
-    else if (Object.keys(v.residual_norms || {}).length) setUnit("strength", calibrated !== undefined && calibrated !== null ? calibrated : 0.2);
-    else setUnit("multiplier", 4);
-    row.querySelector(".layers").placeholder = rec.layer !== undefined ? `default ${rec.layer}` : `default ${v.layers.join(",")}`;
+    // What the server steers this vector at when a request names nothing (steering.default_steering, one rule).
+    const d = state.vectors.find((x) => x.id === select.value).default;
+    if (d.strength !== null) setUnit("strength", d.strength);
+    else setUnit("multiplier", d.multiplier);
+    row.querySelector(".layers").placeholder = `default ${d.layers.join(",")}`;
+    row.title = `default: ${d.source}`;
   };
   unit.addEventListener("change", () => { setUnit(unit.value, unit.value === "strength" ? 0.2 : 4); updateSummary(); });
   slider.addEventListener("input", () => {
