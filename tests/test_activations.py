@@ -98,7 +98,7 @@ def test_out_of_range_layer_is_refused(tiny_llama):
         record_activations(tiny_llama, [([5], [[6], [7]])], [9])
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_caa_parity_on_smollm2(smollm2, shared_data):
     """The real model, a real A/B set (CAA sycophancy) and free-text pairs, with batching and left padding."""
     ab = load_pairs(shared_data / "caa" / "generate" / "sycophancy" / "generate_dataset.json").pairs[:12]

@@ -26,7 +26,6 @@ from steerlab.methods.lm_steer.train import (TrainingSet, check_memory, chunked_
 from steerlab.models import LoadedModel
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WORDS = ["<pad>", "</s>", "<unk>", "user", "assistant", ":", "the", "movie", "film", "was", "is", "very", "good",
          "bad", "great", "awful", "a", "plot", "and", "i", "liked", "hated", "it", "story", "ending"]
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
@@ -314,14 +313,14 @@ def _status_mib(key: str) -> float:
         return int(next(line for line in f if line.startswith(key)).split()[1]) / 1024
 
 
-def _texts(name: str, n: int) -> list[str]:
-    with open(DATA / "sentiment" / name) as f:
-        rows = [json.loads(line) for _, line in zip(range(n), f)]
+def _texts(data: Path, name: str, n: int) -> list[str]:
+    with open(data / "sentiment" / name) as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f, strict=False)]
     return [r["prompt"]["text"] + " " + r["continuation"]["text"] for r in rows]
 
 
-@pytest.mark.slow
-def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
+@pytest.mark.real_model
+def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path, shared_data):
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from steerlab.models import load_model
@@ -331,7 +330,8 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     with torch.no_grad():  # page the weights in, so the peak below is training's own
         lm.model(input_ids=torch.tensor([[1, 2, 3]]))
     # DExperts' OpenWebText sentences whose GPT-2 continuations were all positive / all negative.
-    texts = LabelledTexts(_texts("positive_prompts.jsonl", 150), _texts("negative_prompts.jsonl", 150), "dexperts")
+    texts = LabelledTexts(_texts(shared_data, "positive_prompts.jsonl", 150),
+                          _texts(shared_data, "negative_prompts.jsonl", 150), "dexperts")
     config = LMSteerConfig(rank=1000, steps=200, batch_size=4, max_length=32, lr=0.01)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset this process's peak RSS
@@ -345,8 +345,8 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
 
     steer = LMSteer.load(steer.save(tmp_path / "sentiment.lmsteer.safetensors"))
-    with open(DATA / "sentiment" / "neutral_prompts.jsonl") as f:
-        prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f)]
+    with open(shared_data / "sentiment" / "neutral_prompts.jsonl") as f:
+        prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f, strict=False)]
     n = len(prompts)
     results = generate(lm, prompts * 3, steer.with_multiplier([-1.0] * n + [0.0] * n + [1.0] * n), batch_size=3 * n,
                        use_chat_template=False, config=GenerationConfig(max_new_tokens=20))

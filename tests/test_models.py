@@ -60,7 +60,7 @@ def test_loads_a_saved_folder(tmp_path):
         torch.testing.assert_close(loaded.model(ids).logits, lm.model(ids).logits)
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_default_model_is_smollm2(smollm2):
     assert smollm2.name == "SmolLM2-135M-Instruct"
     assert (smollm2.num_layers, smollm2.hidden_size, smollm2.layers_path) == (30, 576, "model.layers")

@@ -129,7 +129,7 @@ def test_bad_positions_and_untemplated_prompts_are_refused():
         steered_positions(lm, [lm.tokenizer("no template here")["input_ids"]], "user")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_real_template_roles(smollm2):
     tok = smollm2.tokenizer
     for messages in CONVERSATIONS:

@@ -1,7 +1,7 @@
 """Property-based tests of every file reader: on generated files, well-formed or not, a reader either
 returns a valid object or raises the library's own error; never anything else (no TypeError, KeyError,
 UnicodeDecodeError, RecursionError, ...). Each property runs briefly in the fast set and on 1,000
-generated cases in the slow set."""
+generated cases in the fuzz set."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ SLOW = settings(FAST, max_examples=1000)
 
 
 def fast_and_slow(strategy):
-    """Two tests of one property: a short run for the fast set, 1,000 cases for the slow set."""
+    """Two tests of one property: a short run for the fast set, 1,000 cases for the fuzz set."""
     def make(check):
-        return FAST(given(strategy)(check)), pytest.mark.slow(SLOW(given(strategy)(check)))
+        return FAST(given(strategy)(check)), pytest.mark.fuzz(SLOW(given(strategy)(check)))
     return make
 
 

@@ -19,7 +19,7 @@ LAYER = 9
 RELATIVE_STRENGTH = 0.2
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     with open(shared_data / "sentiment" / "sst2_dev.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -40,7 +40,7 @@ def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     assert plus > zero > minus
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_refusal_ab_vector_report(smollm2, shared_data):
     """Print p(matching) at -1/0/+1 for a refusal vector (no direction asserted: SmolLM2 answers at chance)."""
     from steerlab.data import load_pairs

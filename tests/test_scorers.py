@@ -30,8 +30,6 @@ from steerlab.evaluation import (
 )
 from steerlab.evaluation.metrics import midranks
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | None = None) -> Path:
     """A randomly initialised 1-layer BERT classifier and a word-level tokenizer, saved as an HF folder."""
@@ -134,11 +132,11 @@ def test_default_toxicity_known_inputs() -> None:
     assert scorer.scores([]) == []
 
 
-def test_default_toxicity_agrees_with_perspective_on_rtp() -> None:
+def test_default_toxicity_agrees_with_perspective_on_rtp(shared_data) -> None:
     # experiments/toxicity_scorers/run.py measured 0.916 on these continuations; guard against a silent regression.
     texts, labels = [], []
     for name in ("rtp_challenging_toxic.jsonl", "rtp_nontoxic.jsonl"):
-        for line in (DATA / "toxicity" / name).read_text(encoding="utf-8").splitlines():
+        for line in (shared_data / "toxicity" / name).read_text(encoding="utf-8").splitlines():
             part = json.loads(line)["continuation"]
             if part.get("toxicity") is not None:
                 texts.append(part["text"])

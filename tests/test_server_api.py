@@ -16,7 +16,7 @@ from steerlab.server.registry import VectorRegistry
 from steerlab.steering import SteeringSpec
 from steerlab.vector import content_hash
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real_model
 
 PROMPT = "Tell me about your weekend."
 TOKENS = 20

@@ -20,7 +20,7 @@ from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real_model
 
 REQUESTS, CLIENTS, DISTINCT = 200, 16, 40
 PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about rainy days?",

@@ -138,7 +138,7 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
     assert "only --method caa supports" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_sentiment_sweep_on_smollm2_recommends_a_middle_layer_over_layer_0(smollm2, shared_data):
     # At 0.6 of the residual norm, steering layer 0 garbles the prompt's tokens; a middle layer turns the tone.
     task = get_task("sentiment", shared_data)

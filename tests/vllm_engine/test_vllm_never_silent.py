@@ -11,7 +11,7 @@ from vllm.exceptions import VLLMValidationError
 from steerlab.generation import GenerationConfig, encode_prompts
 from steerlab.steering import SteeringSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 CONFIG = GenerationConfig(max_new_tokens=16)
 PROMPTS = ["Tell me about your weekend.", "What do you think of rainy days?"]

@@ -14,7 +14,7 @@ import torch
 from steerlab.generation import GenerationConfig, encode_prompts, generate_tokens
 from steerlab.steering import SteeringSpec, VectorSteering
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 CONFIG = GenerationConfig(max_new_tokens=32)
 PROMPTS = ["Tell me about your weekend.", "Describe the new cafe on Main Street.",

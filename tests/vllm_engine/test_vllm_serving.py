@@ -17,7 +17,7 @@ import steerlab
 from steerlab.generation import GenerationConfig
 from steerlab.steering import SteeringSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 PROMPT = "Tell me about your weekend."
 CONFIG = GenerationConfig(max_new_tokens=32)
