@@ -17,9 +17,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import extraction_contenders as ec  # noqa: E402
-from common import (DATA, REPO, Worker, alternate, fmt_range, header_block, pin_threads, qwen_gguf,  # noqa: E402
-                    save_result, table, write_section)
+import extraction_contenders as ec
+from common import (
+    DATA,
+    REPO,
+    Worker,
+    alternate,
+    fmt_range,
+    header_block,
+    pin_threads,
+    qwen_gguf,
+    save_result,
+    table,
+    write_section,
+)
 
 SYCOPHANCY = DATA / "caa" / "generate" / "sycophancy" / "generate_dataset.json"
 HALLUCINATION = DATA / "caa" / "generate" / "hallucination" / "generate_dataset.json"

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import extraction_contenders as ec  # noqa: E402
-from common import alternate, fmt_range, save_result, table, write_section  # noqa: E402
+import extraction_contenders as ec
+from common import alternate, fmt_range, save_result, table, write_section
 
 STEERLAB, SV, LOOP, LIMIT = "steerlab", "steering-vectors", "per-example loop", "truncated forward (limit)"
 # Public shapes. SmolLM2's tokenizer has 49,152 ids, so a shape with a smaller vocabulary gets 49,152 rows.
@@ -117,8 +117,9 @@ def measure(args) -> None:
     report = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
               "torch": torch.__version__, "dtype": args.dtype, "pairs": len(pairs), "batch_size": args.batch_size,
               "rounds": args.rounds, "new_tokens": args.new_tokens, "models": {}}
-    import transformers
     from importlib import metadata
+
+    import transformers
 
     report["transformers"] = transformers.__version__
     report["steering-vectors"] = metadata.version("steering-vectors")  # fails early if the peer is missing

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+from common import DATA, fmt_range, header_block, pin_threads, save_result, table, write_section
 
 STEERLAB, REFERENCE = "steerlab (chunked loss)", "reference (full logits)"
 

@@ -6,7 +6,6 @@ repeng runs in its own interpreter (benchmarks/repeng_worker.py).
 
 from __future__ import annotations
 
-
 import torch
 
 from steerlab.activations import tokenize_pair

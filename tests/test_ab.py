@@ -10,8 +10,7 @@ import torch
 
 from steerlab.cli import main
 from steerlab.data import ContrastivePair, DatasetError, format_prompt
-from steerlab.evaluation.ab import (ABFormatError, ABGrid, Cell, UNSTEERED, load_ab_items, score_ab,
-                                    swap_choices)
+from steerlab.evaluation.ab import UNSTEERED, ABFormatError, ABGrid, Cell, load_ab_items, score_ab, swap_choices
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
 

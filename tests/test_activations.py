@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_model import ARCHS, reference_means, tiny_model
 from steerlab.activations import record_activations, tokenize_pair
 from steerlab.batching import token_batches
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit
+from tiny_model import ARCHS, reference_means, tiny_model
 
 AB_PAIRS = [
     ContrastivePair("Is the sky green?\n(A) yes\n(B) no", "A", "B", "ab", "("),

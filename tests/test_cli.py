@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from tiny_model import tiny_model
 from steerlab.cli import main
 from steerlab.data import pairs_from_texts
 from steerlab.methods import METHODS
 from steerlab.vector import SteeringVector, VectorMeta
+from tiny_model import tiny_model
 
 
 def test_build_info_generate(model_dir, tmp_path, capsys):

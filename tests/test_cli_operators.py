@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.conditional import Condition
+from steerlab.meta import Recommendation
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_model
 

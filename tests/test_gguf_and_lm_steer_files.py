@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from gguf_files import write_gguf
-
 from steerlab.interop.gguf import import_control_vector
 from steerlab.methods.lm_steer import LMSteer
 from steerlab.vector import VectorFileError, VectorMeta

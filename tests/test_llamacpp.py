@@ -12,7 +12,6 @@ from gguf import GGUFReader
 
 from conftest import repeng_python
 from gguf_files import write_gguf
-
 from steerlab.interop.gguf import export_control_vector, import_control_vector
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 

@@ -21,8 +21,14 @@ from steerlab.data import ContrastiveDataset, ContrastivePair
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import get_method
 from steerlab.methods.lm_steer import InsufficientMemoryError, LabelledTexts, LMSteer, LMSteerConfig, fit
-from steerlab.methods.lm_steer.train import (TrainingSet, check_memory, chunked_loss, encode_examples,
-                                             final_hidden_states, memory_parts)
+from steerlab.methods.lm_steer.train import (
+    TrainingSet,
+    check_memory,
+    chunked_loss,
+    encode_examples,
+    final_hidden_states,
+    memory_parts,
+)
 from steerlab.models import LoadedModel
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 

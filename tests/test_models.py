@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tiny_model import ARCHS, tiny_model
 from steerlab.models import ModelLoadError, find_decoder_layers, load_model
+from tiny_model import ARCHS, tiny_model
 
 # Where each family keeps its blocks, written out here as the independent reference.
 EXPECTED_PATHS = {"llama": "model.layers", "qwen2": "model.layers", "gemma2": "model.layers",

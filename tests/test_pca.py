@@ -7,15 +7,15 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
-from tiny_model import chat_ids, reference_means, tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
-from steerlab.data import ContrastivePair, ContrastiveDataset, load_pairs, demo_dataset_path
+from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, pca
 from steerlab.steering import SteeringSpec
 from steerlab.strength import residual_norms
 from steerlab.vector import SteeringVector
+from tiny_model import chat_ids, reference_means, tiny_lm
 
 PAIRS = ContrastiveDataset([
     ContrastivePair("How was the film?", "A delight from start to end.", "A bore from start to end."),
@@ -202,8 +202,8 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2(shared_data):
 @pytest.mark.real_model
 def test_pca_finds_the_caa_direction_on_toxicity_text_pairs(smollm2, shared_data):
     """ParaDetox pairs have no prompt; the toxicity task's lead token keeps PCA's first component on toxicity."""
-    from steerlab.methods import caa
     from steerlab.evaluation.tasks import get_task
+    from steerlab.methods import caa
 
     data = get_task("toxicity").train_data(shared_data, 100)
     mean_diff = caa.fit(smollm2, data, caa.CAAConfig(layers=[15])).directions[15]

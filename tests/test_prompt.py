@@ -5,7 +5,6 @@ import re
 from importlib import resources
 
 import pytest
-from tiny_model import tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import pairs_from_texts
@@ -13,6 +12,7 @@ from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, prompt
 from steerlab.methods.prompt import PromptConfig, PromptSteering
 from steerlab.vector import VectorFileError
+from tiny_model import tiny_lm
 
 PROMPTS = ["Tell me about rain.", "Hi", "What do you think about Mondays, honestly?", "Describe a cat."]
 INSTRUCTION = "Always answer cheerfully."

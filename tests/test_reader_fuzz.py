@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from gguf import GGUFWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from gguf import GGUFWriter
 from safetensors.torch import save as safetensors_bytes
 
-from steerlab.steers import load_steer
 from steerlab.conditional import Condition
 from steerlab.config import ConfigError, load_config
 from steerlab.data import DatasetError, load_pairs
@@ -28,6 +27,7 @@ from steerlab.evaluation.tasks import TaskError, load_task_file
 from steerlab.interop.gguf import import_control_vector
 from steerlab.methods.lm_steer import LMSteer, LMSteerConfig
 from steerlab.methods.prompt import PromptSteering
+from steerlab.steers import load_steer
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
 FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,

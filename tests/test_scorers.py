@@ -38,7 +38,7 @@ def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | No
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    words = "[PAD] [UNK] [CLS] [SEP] i love this it is wonderful terrible and hate the movie".split()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "love", "this", "it", "is", "wonderful", "terrible", "and", "hate", "the", "movie"]
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",

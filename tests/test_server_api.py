@@ -8,8 +8,8 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import write_real_vectors
 
+from server_helpers import write_real_vectors
 from steerlab.generation import GenerationConfig, generate
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 import torch
-from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 
+from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 

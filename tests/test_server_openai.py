@@ -9,9 +9,9 @@ import math
 import openai
 import pytest
 import torch
+
 from conftest import tiny_model
 from server_helpers import serve_in_thread
-
 from steerlab.generation import RowPenalties
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry

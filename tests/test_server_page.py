@@ -12,7 +12,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import CHROMIUM
 from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
-
 from steerlab.conditional import Condition
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_model import tiny_model
 from steerlab.generation import GenerationConfig, encode_prompts, generate, generate_ids
 from steerlab.steering import SteeringError, SteeringSpec, VectorSteering, steer
 from steerlab.vector import SteeringVector, VectorMeta
+from tiny_model import tiny_model
 
 PROMPTS = ["Hi.", "Tell me a long story about a cat.", "Why?"]
 
@@ -129,9 +129,8 @@ def test_hooks_are_removed_after_normal_exit_and_after_an_error(tiny_llama):
             during = lm.model(ids).logits
         assert torch.equal(lm.model(ids).logits, before)
         assert not torch.equal(during, before)
-        with pytest.raises(RuntimeError, match="boom"):
-            with steer(lm, random_vector(lm), multiplier=3.0):
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), steer(lm, random_vector(lm), multiplier=3.0):
+            raise RuntimeError("boom")
         assert torch.equal(lm.model(ids).logits, before)
         handle = steer(lm, random_vector(lm), multiplier=3.0)
         handle.remove()

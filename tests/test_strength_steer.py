@@ -9,9 +9,9 @@ import torch
 from steerlab.cli import main
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate, token_kl
 from steerlab.generation import GenerationConfig, generate
+from steerlab.meta import CalibrationRecord, Recommendation
 from steerlab.server.registry import VectorRegistry
 from steerlab.server.schemas import SteeringItem
-from steerlab.meta import CalibrationRecord, Recommendation
 from steerlab.steering import DEFAULT_STRENGTH, SteeringError, SteeringSpec, steer
 from steerlab.strength import multiplier_for, neutral_texts, with_neutral_norms
 from steerlab.vector import SteeringVector, VectorMeta

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.evaluation.ab import Cell, score_ab
 from steerlab.evaluation.sweep import SweepConfig, SweepResult, generate_grid, recommend, save_sweep, sweep
+from steerlab.evaluation.tasks import get_task
 from steerlab.generation import GenerationConfig, generate
+from steerlab.meta import Recommendation
 from steerlab.steering import SteeringSpec
 from steerlab.strength import multiplier_for
-from steerlab.evaluation.tasks import get_task
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm, tiny_model
 

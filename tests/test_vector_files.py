@@ -88,7 +88,7 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
     an error naming the file and the field; a missed check would hand a wrong type to the code that reads it."""
     default = meta().get(field)  # absent: a field written only when set (condition)
     for i, value in enumerate(WRONG_TYPES):
-        if isinstance(value, META_TYPES[field]) and not isinstance(value, bool) or (value is None and default is None):
+        if (isinstance(value, META_TYPES[field]) and not isinstance(value, bool)) or (value is None and default is None):
             continue
         path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(**{field: value}))
         with pytest.raises(VectorFileError) as caught:

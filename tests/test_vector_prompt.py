@@ -6,7 +6,6 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
-from tiny_model import chat_ids, reference_means, tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs, pairs_from_texts
@@ -16,6 +15,7 @@ from steerlab.methods.prompt import PromptSteering
 from steerlab.methods.vector_prompt import VectorPromptConfig
 from steerlab.steering import SteeringSpec, steer
 from steerlab.vector import SteeringVector
+from tiny_model import chat_ids, reference_means, tiny_lm
 
 INSTRUCTION = "Always be upbeat."
 PAIRS = ContrastiveDataset([

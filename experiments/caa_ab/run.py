@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, write_results_section  # noqa: E402
-from steerlab.evaluation.ab import Cell, UNSTEERED, at_chance, load_ab_items, score_ab  # noqa: E402
+from steerlab.evaluation.ab import UNSTEERED, Cell, at_chance, load_ab_items, score_ab  # noqa: E402
 from steerlab.evaluation.fluency import weighted_ngram_entropy  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, build_sweep_vector, generate_grid, save_sweep, sweep  # noqa: E402

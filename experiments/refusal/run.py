@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, uvicorn_in_thread, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, uvicorn_in_thread, write_results_section  # noqa: E402
 from steerlab.ablation import DirectionalAblation  # noqa: E402
 from steerlab.conditional import ConditionalSteering, fit_condition, last_token_scores  # noqa: E402
 from steerlab.evaluation.refusal import is_refusal  # noqa: E402

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, write_results_section  # noqa: E402
-from steerlab.evaluation.ab import Cell, UNSTEERED, at_chance, first_answer, letter_words, score_ab  # noqa: E402
+from steerlab.evaluation.ab import UNSTEERED, Cell, at_chance, first_answer, letter_words, score_ab  # noqa: E402
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate  # noqa: E402
 from steerlab.evaluation.fluency import distinct_n, repetition_rate  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402

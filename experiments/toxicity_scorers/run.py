@@ -18,8 +18,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import DATA, save_json  # noqa: E402
+
 from steerlab.evaluation.metrics import auroc  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.toxicity import ProfanityCheckScorer  # noqa: E402

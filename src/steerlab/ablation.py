@@ -11,8 +11,8 @@ the hidden size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -76,7 +76,7 @@ class DirectionalAblation:
             raise ValueError("rows must name at least one row (or be None for every row)")
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "AblationHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> AblationHandle:
         self.vector.check_compatible(lm, [self.layer], task=task)
         dtype = next(lm.model.parameters()).dtype
         scale = self.rows

@@ -7,10 +7,11 @@ reuse its KV cache for each side's answer tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
+
 from .batching import DEFAULT_BATCH_TOKENS, TokenIds, pad, positions_from_mask, run_prefix, token_batches
 from .data import ContrastivePair, format_prompt
 from .models import LoadedModel, check_layers
@@ -161,7 +162,7 @@ class BlockReader:
     def __init__(self, lm: LoadedModel, layers: Sequence[int], read: Callable[[int, torch.Tensor], None]):
         self.lm, self.layers, self.read = lm, sorted(layers), read
 
-    def __enter__(self) -> "BlockReader":
+    def __enter__(self) -> BlockReader:
         last = self.layers[-1]
         self.handles = []
         try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -91,7 +91,7 @@ class PrefixCache:
     cache: DynamicCache
     mask: torch.Tensor  # [rows, prefix width]
 
-    def repeated(self, times: int, *, interleave: bool) -> "PrefixCache":
+    def repeated(self, times: int, *, interleave: bool) -> PrefixCache:
         """A copy with every row repeated: interleaved (row i -> i*times..) or tiled (the whole block `times` over).
 
         Always a new cache: a forward on it appends to it, and the prefix may serve several continuations.

@@ -13,17 +13,17 @@ threads or handles.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .activations import record_activations
 from .batching import positions_from_mask
+from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .models import LoadedModel, check_layers
 from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope, unsteered
-from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .vector import SteeringVector, read_steer_file, write_steer_file
 
 COMPARISONS = (">=", "<=")
@@ -79,7 +79,7 @@ class Condition:
                                 overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Condition":
+    def load(cls, path: str | os.PathLike) -> Condition:
         """Read a condition file (also one of the older layout: a vector of method "condition")."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "condition", "a condition")
@@ -157,7 +157,7 @@ class ConditionalSteering:
         self.condition = condition
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "ConditionalHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> ConditionalHandle:
         check_layers(lm, [self.condition.layer])
         return ConditionalHandle(lm, self.condition, self.behaviour, row_scale, prompt_lengths, task)
 
@@ -209,7 +209,7 @@ class ConditionalHandle:
         self.decisions = self.condition.decide(self.scores)
         self.behaviour.scale_rows(self.decisions.float())
 
-    def __enter__(self) -> "ConditionalHandle":
+    def __enter__(self) -> ConditionalHandle:
         return self
 
     def __exit__(self, *exc) -> None:

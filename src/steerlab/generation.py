@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
@@ -11,9 +12,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
-from .steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
+from .steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
 from .vector import SteeringVector
-
 
 # Engines other than HF behind `generate(engine=NAME)`: name -> factory(lm) returning an object with the same
 # `.generate`. The vLLM bridge sits above this module (steerlab.interop.vllm), so steerlab/__init__ registers it.

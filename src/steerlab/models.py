@@ -80,7 +80,7 @@ class LoadedModel:
         return default_layer(self.num_layers)
 
 
-def check_layers(lm: "LoadedModel", layers, what: str = "") -> list[int]:
+def check_layers(lm: LoadedModel, layers, what: str = "") -> list[int]:
     """The layers sorted and unique, each checked to be a decoder block of `lm` (layer i = output of block i)."""
     wanted = sorted({int(layer) for layer in layers})
     if not wanted:

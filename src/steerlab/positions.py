@@ -13,7 +13,7 @@ themselves excluded; markers are matched as the tokens they encode to on their o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 ROLES = ("system", "user", "assistant")
 MARK = "zqxjk"

@@ -11,10 +11,11 @@ them: two threads sharing one model never see each other's steering.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -187,12 +188,12 @@ class Steer(Protocol):
     kind: str
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "Handle": ...
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> Handle: ...
 
 
 class Handle(Protocol):
     def remove(self) -> None: ...
-    def __enter__(self) -> "Handle": ...
+    def __enter__(self) -> Handle: ...
     def __exit__(self, *exc) -> None: ...
 
 
@@ -465,7 +466,7 @@ class CombinedSteering:
                                     "combined with others (it is not applied by hooks); use it on its own")
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "CombinedHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> CombinedHandle:
         return CombinedHandle(self.parts, lm, row_scale, prompt_lengths, task)
 
 

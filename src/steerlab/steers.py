@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Union
+from typing import Union
 
 from .conditional import Condition
 from .methods.lm_steer import LMSteer

@@ -32,9 +32,9 @@ def expected(lm, vectors):
 def test_steerlab_serve_on_vllm_matches_hf(lm, engine, vectors, expected, tmp_path):
     from fastapi.testclient import TestClient
 
-    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.server.app import create_app
     from steerlab.server.registry import VectorRegistry
+    from steerlab.server.vllm_batcher import VLLMBatcher
 
     vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
     app = create_app(lm, VectorRegistry.from_dir(lm, tmp_path), batcher=VLLMBatcher(lm, engine))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..version import __version__
 from . import demo, evaluate, generate, interop, operators, serve, sweep, vector

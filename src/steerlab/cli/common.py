@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 class CLIError(Exception):
@@ -159,7 +159,7 @@ class StageBars:
         for bar in self.bars.values():
             bar.close()
 
-    def __enter__(self) -> "StageBars":
+    def __enter__(self) -> StageBars:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,8 +6,18 @@ import json
 import sys
 
 from ..operators import OPERATORS
-from .common import (CLIError, LAYERS_HELP, add_model_args, check_vector_layers, command, load_cli_model,
-                     one_line, parse_layers, progress_bar, read_prompts)
+from .common import (
+    LAYERS_HELP,
+    CLIError,
+    add_model_args,
+    check_vector_layers,
+    command,
+    load_cli_model,
+    one_line,
+    parse_layers,
+    progress_bar,
+    read_prompts,
+)
 
 
 def register(sub, vsub) -> None:

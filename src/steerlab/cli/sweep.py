@@ -6,8 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-from .common import (CLIError, HelpFormatter, StageBars, add_model_args, check_at_least, load_cli_model, parse_layers,
-                     parse_numbers)
+from .common import (
+    CLIError,
+    HelpFormatter,
+    StageBars,
+    add_model_args,
+    check_at_least,
+    load_cli_model,
+    parse_layers,
+    parse_numbers,
+)
 
 EXAMPLES = (
     "steerlab sweep --task sentiment --layers 4,8,12,16,20 --strengths 0.1,0.2 --limit 20 --out sweeps/sentiment\n"

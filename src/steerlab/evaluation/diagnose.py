@@ -25,8 +25,9 @@ or the last ones (right before the logits) rarely changes behaviour even when th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -22,19 +22,19 @@ gets no default multiplier. Generation tasks count a cell fluent only when n-gra
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..activations import record_pair_activations
-from ..generation import GenerationConfig, encode_prompts, generate_ids
-from ..methods.caa import CAAConfig, vector_from_activations
 from ..data import ContrastiveDataset
+from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
+from ..methods.caa import CAAConfig, vector_from_activations
 from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
-from .tasks import SPLITS, Task
 from ..vector import SteeringVector, write_atomic
 from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
@@ -42,6 +42,7 @@ from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
 from .stats import paired_interval
 from .sweep_plots import heatmap_png
+from .tasks import SPLITS, Task
 
 OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
 NO_EFFECT = "no reliable effect"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
-
+from collections.abc import Sequence
 
 
 def _matplotlib() -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 
 from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts

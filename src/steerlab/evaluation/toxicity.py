@@ -5,8 +5,8 @@ The default was chosen by experiments/toxicity_scorers/run.py against Perspectiv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from steerlab.evaluation.classifier import LocalTextClassifier
 

@@ -6,9 +6,10 @@ and fit function; a new method is one module and one line here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import build_config
 from ..data import ContrastiveDataset, load_pairs

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 from ..activations import PairActivations, record_pair_activations
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch

@@ -12,8 +12,9 @@ pairs. Directions are unit norm unless asked to scale them to the layer's residu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 

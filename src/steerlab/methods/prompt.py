@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from ..version import __version__
 from ..data import format_prompt
 from ..models import LoadedModel
 from ..textio import loads, read_text
 from ..vector import VectorFileError, write_atomic
+from ..version import __version__
 
 PLACEMENTS = ("system", "prefix")
 METADATA_KEY = "steerlab"
@@ -90,7 +91,7 @@ class PromptSteering:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PromptSteering":
+    def load(cls, path: str | os.PathLike) -> PromptSteering:
         """Read a prompt steer written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():

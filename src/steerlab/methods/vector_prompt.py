@@ -8,8 +8,9 @@ the answer, and applying it at multiplier 1 adds the instruction's own average s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 from ..activations import lead_text, record_activations, with_start_token
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch

@@ -15,18 +15,19 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..version import __version__
 from ..generation import encode_prompts
 from ..models import LoadedModel
+from ..version import __version__
 from . import metrics
 from .batcher import Batcher, Delta, Job, JobFailed, RowDone, RowPlan, Sampling, TokenLogprob
 from .errors import ApiError, install_handlers
@@ -223,7 +224,7 @@ async def _collect(job: Job) -> dict[int, RowDone]:
     return done
 
 
-async def _sse(job: Job, shape: "_Shape") -> AsyncIterator[str]:
+async def _sse(job: Job, shape: _Shape) -> AsyncIterator[str]:
     """Server-sent events: one chunk per token delta, a finish chunk per choice, then [DONE].
 
     A failure after the stream has begun cannot change the status code; it is sent as an error event,
@@ -247,7 +248,7 @@ async def _sse(job: Job, shape: "_Shape") -> AsyncIterator[str]:
         if shape.include_usage and len(finished) == len(job.rows):
             yield _event({**shape.head(chunk=True), "choices": [], "usage": shape.usage(finished)})
         yield "data: [DONE]\n\n"
-    except Exception as exc:  # noqa: BLE001 - reported to the client in-band; the stream must end cleanly
+    except Exception as exc:
         log.exception("streaming response failed")
         yield _event(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error").body())
         yield "data: [DONE]\n\n"

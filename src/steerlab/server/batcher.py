@@ -22,11 +22,11 @@ from typing import Union
 import torch
 from transformers import StoppingCriteria
 
-from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
-from ..models import LoadedModel
 from ..ablation import DirectionalAblation
 from ..conditional import ConditionalSteering
-from ..steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
+from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
+from ..models import LoadedModel
+from ..steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
 from .errors import ApiError
 from .registry import ResolvedSteering
 
@@ -57,7 +57,7 @@ class Sampling:
     top_p: float
 
     @classmethod
-    def of(cls, temperature: float, top_p: float) -> "Sampling":
+    def of(cls, temperature: float, top_p: float) -> Sampling:
         return cls(True, temperature, top_p) if temperature > 0 else cls(False, 0.0, 1.0)
 
 

@@ -35,7 +35,7 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the client as a JSON error
+        except Exception as exc:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
                 error = ApiError(500, f"internal error ({type(exc).__name__}); the server logged the details",

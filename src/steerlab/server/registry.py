@@ -8,9 +8,10 @@ folder is read by steerlab.steers.read_steer_folder, the reader the vLLM plugin 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -94,7 +95,7 @@ class VectorRegistry:
         self.entries = {name: _entry(lm, name, path, steer) for name, (path, steer) in sorted(steers.items())}
 
     @classmethod
-    def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
+    def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> VectorRegistry:
         """Load every steerlab vector and condition file in `folder` (not recursive); the file stem is its name.
 
         A file that cannot be read, or holds another kind of steer, is skipped with a warning that names it and

