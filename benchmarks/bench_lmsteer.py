@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         return statistics.median(values), min(values), max(values)
 
     def ratio(key: str) -> tuple[float, float, float]:
-        values = [a[key] / b[key] for a, b in zip(runs[STEERLAB], runs[REFERENCE])]
+        values = [a[key] / b[key] for a, b in zip(runs[STEERLAB], runs[REFERENCE], strict=False)]
         return statistics.median(values), min(values), max(values)
 
     mib = 1 / 2**20

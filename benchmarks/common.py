@@ -57,7 +57,7 @@ class Rounds:
 
     def ratios(self, name: str, reference: str) -> tuple[float, float, float]:
         """Median, min and max over rounds of time(name) / time(reference) in the same round."""
-        per_round = [a / b for a, b in zip(self.times[name], self.times[reference])]
+        per_round = [a / b for a, b in zip(self.times[name], self.times[reference], strict=False)]
         return statistics.median(per_round), min(per_round), max(per_round)
 
 

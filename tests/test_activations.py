@@ -151,7 +151,7 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     lm = tiny_model("llama")
     positive, negative = ["I adore this.", "What a joy!"], ["I hate it.", "What a bore..."]
     (tmp_path / "pairs.jsonl").write_text("".join(f'{{"positive": "{p}", "negative": "{n}"}}\n'
-                                                  for p, n in zip(positive, negative)))
+                                                  for p, n in zip(positive, negative, strict=False)))
     (tmp_path / "prompts.txt").write_text("Hello\n")
     (tmp_path / "task.yaml").write_text("name: t\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
                                         "metric: sentiment\n")
@@ -165,11 +165,11 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     lm.model.save_pretrained(tmp_path / "tiny")
     lm.tokenizer.save_pretrained(tmp_path / "tiny")
     args = ["vector", "build", "--model", str(tmp_path / "tiny"), "--layers", "1,2", "--out", str(tmp_path / "v.safetensors")]
-    for p, n in zip(positive, negative):
+    for p, n in zip(positive, negative, strict=False):
         args += ["--positive", p, "--negative", n]
     assert main(args) == 0
     vectors["cli"] = SteeringVector.load(tmp_path / "v.safetensors")
-    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative)], layers)
+    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative, strict=False)], layers)
     for name, vector in vectors.items():
         for layer in layers:
             assert torch.allclose(vector.directions[layer], vectors["inline"].directions[layer], atol=1e-6), name
@@ -179,6 +179,6 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     bos = [tok.bos_token_id]
     at_bos = torch.stack([reference_means(lm, bos, tok(p, add_special_tokens=False)["input_ids"], layers)
                           - reference_means(lm, bos, tok(n, add_special_tokens=False)["input_ids"], layers)
-                          for p, n in zip(positive, negative)]).mean(0)
+                          for p, n in zip(positive, negative, strict=False)]).mean(0)
     ours = vectors["inline"].directions[1].double()
     assert ((at_bos[0] - ours).norm() / ours.norm()).item() > 1e-2

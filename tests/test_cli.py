@@ -40,7 +40,7 @@ def test_inline_one_shot_pair(model_dir, tmp_path):
     assert SteeringVector.load(out).meta.dataset["pairs"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["vector", "build", "--data", "missing.jsonl", "--out", "x.safetensors"], "error: missing.jsonl: no such file"),
     (["vector", "build", "--positive", "a", "--out", "x.safetensors"], "error: inline: 1 positive and 0 negative texts"),
     (["vector", "build", "--data", "d.jsonl", "--set", "bacth_size=2", "--out", "x.safetensors"],
@@ -127,7 +127,7 @@ def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, caps
     assert row["prompt"] == "Hi" and row["original"] is not None
 
 
-@pytest.mark.parametrize("name, overrides", [
+@pytest.mark.parametrize(("name", "overrides"), [
     ("caa", {"layers": [1]}), ("pca", {"layers": [1]}), ("prompt", {"instruction": "Be kind."}),
     ("vector_prompt", {"instruction": "Be kind.", "layers": [1]}), ("lm_steer", {"steps": 5, "rank": 4}),
 ])

@@ -33,7 +33,7 @@ def test_reads_plain_pairs_and_the_shipped_demo_set():
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    ("content", "message"),
     [
         ("", "no pairs in the file"),
         ('{"positive": "a", "negative": "b"}\n{"positive": "c"}\n', "line 2: missing field 'negative'"),

@@ -122,13 +122,13 @@ def test_only_answer_tokens_are_trained_and_padding_changes_nothing():
     lm = tiny_lm(chat=True)
     examples = encode_examples(lm, [TrainingSet.of(PAIRS)], max_length=64, report=print)
     assert len(examples) == 6
-    for example, (pair, side) in zip(examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")]):
+    for example, (pair, side) in zip(examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")], strict=False):
         context = ids(lm, f"user : {pair.prompt} assistant : ")  # the template, written out by hand
         answer = ids(lm, getattr(pair, side))
         assert example.ids == context + answer and example.start == len(context)
         assert example.value == (1.0 if side == "positive" else -1.0)
     batched = final_hidden_states(lm, examples)  # different lengths: right padding
-    for example, (hidden, targets) in zip(examples, batched):
+    for example, (hidden, targets) in zip(examples, batched, strict=False):
         seq = torch.tensor([example.ids])
         with torch.no_grad():
             full = lm.model.model(input_ids=seq).last_hidden_state[0]  # the LM head's input, unpadded
@@ -158,7 +158,7 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_loss(chunk_size):
     examples = encode_examples(lm, sets, max_length=64, report=print)
     parts = final_hidden_states(lm, examples)
     values = torch.cat([torch.zeros(len(t), 2).index_fill_(1, torch.tensor([e.steer]), e.value)
-                        for e, (_, t) in zip(examples, parts)])
+                        for e, (_, t) in zip(examples, parts, strict=False)])
     p1 = steer.projector1.clone().requires_grad_()
     p2 = steer.projector2.clone().requires_grad_()
     loss = chunked_loss(lm, torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), values,

@@ -29,7 +29,7 @@ def reference_nll(lm, prompt: str, continuation: str) -> tuple[float, int]:
 def test_batched_losses_match_single_sequence_references():
     lm = tiny_lm()
     losses = continuation_losses(lm, PROMPTS, CONTINUATIONS, batch_size=3)
-    for loss, prompt, cont in zip(losses, PROMPTS, CONTINUATIONS):
+    for loss, prompt, cont in zip(losses, PROMPTS, CONTINUATIONS, strict=False):
         nll, n = reference_nll(lm, prompt, cont)
         assert loss.tokens == n
         assert loss.nll == pytest.approx(nll, rel=1e-4)

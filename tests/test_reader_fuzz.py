@@ -196,7 +196,7 @@ test_prompt_reader_fast, test_prompt_reader_slow = fast_and_slow(prompt_files())
 
 
 # ---- YAML configs and --set -----------------------------------------------------------------------
-CONFIG_KEYS = [f for f in asdict(LMSteerConfig())]
+CONFIG_KEYS = list(asdict(LMSteerConfig()))
 YAML_SNIPPETS = st.sampled_from(["1e-4", "1E5", ".inf", "-.nan", "0x1F", "0o17", "1_000", "1:30", "2024-13-45",
                                  "2024-01-01", "~", "yes", "no", "on", "[1, 2", "{a: 1}", "!!binary AAA=",
                                  "!!python/name:os.system", "&a [1]", "*a", "'x", '"\\x"', "1e999", "- 1", ">\n x",
@@ -278,7 +278,7 @@ test_gguf_reader_fast, test_gguf_reader_slow = fast_and_slow(gguf_files())(check
 def lm_steer_files(draw) -> bytes:
     meta = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "lm_steer", "kind": "lm_steer",
             "params": {"epsilon": draw(SCALARS | st.just(1e-3))}}
-    for key in draw(st.lists(st.sampled_from(sorted(META_FIELDS) + ["kind"]), max_size=2, unique=True)):
+    for key in draw(st.lists(st.sampled_from([*sorted(META_FIELDS), "kind"]), max_size=2, unique=True)):
         meta[key] = draw(META_FIELDS.get(key, SCALARS))
     tensors = {}
     for name in draw(st.lists(st.sampled_from(["projector1", "projector2", "projector3"]), max_size=3, unique=True)):

@@ -210,7 +210,7 @@ STRICT = [
 ]
 
 
-@pytest.mark.parametrize("fields, param, message", STRICT, ids=[f"{r[1]}-{i}" for i, r in enumerate(STRICT)])
+@pytest.mark.parametrize(("fields", "param", "message"), STRICT, ids=[f"{r[1]}-{i}" for i, r in enumerate(STRICT)])
 def test_types_are_strict_and_values_checked(tiny, fields, param, message):
     lm, registry = tiny
     with TestClient(create_app(lm, registry)) as client:

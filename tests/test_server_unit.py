@@ -72,7 +72,7 @@ def test_concurrent_mixed_requests_match_each_request_served_alone(tiny):
         steering = [] if i % 4 == 0 else [{"vector": "up" if i % 2 else "down", "multiplier": float(i % 5) - 2}]
         if i % 3 == 0:
             steering.append({"vector": "up", "multiplier": 1.5, "layers": [2], "positions": "generated"})
-        fields = dict(steering=steering, include_original=i % 2 == 0, max_tokens=6 + i % 7)
+        fields = {"steering": steering, "include_original": i % 2 == 0, "max_tokens": 6 + i % 7}
         if i % 5 == 0:
             fields.update(temperature=0.9, seed=i, n=2)
         requests.append(body(f"prompt number {i}", **fields))

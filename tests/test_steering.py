@@ -91,7 +91,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_llama):
     config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95)
     rows = encode_prompts(lm, PROMPTS)
     together = generate_ids(lm, rows, None, config=config, row_seeds=[7, 8, 9])
-    alone = [generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9])]
+    alone = [generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9], strict=False)]
     assert together == alone
     assert generate_ids(lm, rows[:1], None, config=config, row_seeds=[10]) != alone[:1]
 

@@ -100,14 +100,14 @@ def test_generate_command_takes_a_strength_and_prints_both_units(tmp_path, capsy
     _vector(lm).save(path)
     args = ["generate", "--model", str(tmp_path / "tiny"), "--vector", str(path), "--layers", "1,2", "--prompt", "Hi",
             "--max-new-tokens", "3"]
-    assert main(args + ["--strength", "0.2"]) == 0
+    assert main([*args, "--strength", "0.2"]) == 0
     out = capsys.readouterr().out
     vector = SteeringVector.load(path)
     m1 = multiplier_for(vector, 1, 0.2)
     assert f"layer 1: multiplier {m1:+.4g} = strength +0.2" in out and "layer 2: multiplier" in out
-    assert main(args + ["--strength", "0.9"]) == 0
+    assert main([*args, "--strength", "0.9"]) == 0
     assert "strength +0.9 (over half the layer's residual norm: expect degraded text)" in capsys.readouterr().out
-    assert main(args + ["--strength", "0.2", "--multiplier", "3"]) == 1
+    assert main([*args, "--strength", "0.2", "--multiplier", "3"]) == 1
     assert "give --multiplier (raw) or --strength (norm-relative), not both" in capsys.readouterr().err
 
 

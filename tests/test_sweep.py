@@ -98,7 +98,7 @@ def test_generation_grid_matches_generating_each_cell_alone():
                             VectorMeta.for_model(lm, "caa"))
     cells = [Cell(), Cell(1, 2.0), Cell(2, -4.0), Cell(1, -1.0)]
     texts = generate_grid(lm, prompts, vector, cells, chat=True, max_new_tokens=6, batch_rows=5)
-    for cell, got in zip(cells, texts):
+    for cell, got in zip(cells, texts, strict=False):
         spec = SteeringSpec(vector, cell.multiplier, [cell.layer]) if cell.layer is not None else None
         alone = generate(lm, prompts, spec, config=GenerationConfig(max_new_tokens=6))
         assert got == [r.steered for r in alone]
@@ -145,6 +145,6 @@ def test_sentiment_sweep_on_smollm2_recommends_a_middle_layer_over_layer_0(smoll
     config = SweepConfig(layers=[0, 6, 12], strengths=[0.6], limit=8, max_new_tokens=20, fluency_bound=0.3)
     result, vector = sweep(smollm2, task, config, data_dir=shared_data)
     assert result.recommended is not None and result.recommended.layer in (6, 12)
-    effect = {layer: row[0] for layer, row in zip(result.layers, result.effect)}
+    effect = {layer: row[0] for layer, row in zip(result.layers, result.effect, strict=False)}
     assert effect[result.recommended.layer] > effect[0] + 0.3
     assert vector.meta.recommended.multiplier == result.multipliers[result.layers.index(result.recommended.layer)][0]

@@ -70,7 +70,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("tensors, header, message", BAD, ids=[b[2][:40] for b in BAD])
+@pytest.mark.parametrize(("tensors", "header", "message"), BAD, ids=[b[2][:40] for b in BAD])
 def test_bad_vector_files_raise_a_vector_file_error_naming_the_file(tmp_path, tensors, header, message):
     path = write_raw(tmp_path / "v.safetensors", tensors, header)
     with pytest.raises(VectorFileError) as caught:
@@ -96,7 +96,7 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
         assert str(caught.value).startswith(f"{path}: metadata field '{field}'") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("key, values", [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
+@pytest.mark.parametrize(("key", "values"), [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
                                          ("layer", [True, "x", [], {}, 2.5, 1e39, 9, -1])])
 def test_a_recommendation_of_the_wrong_type_or_range_is_refused(tmp_path, key, values):
     for i, value in enumerate(values):
@@ -111,7 +111,7 @@ def test_metadata_with_a_bom_and_unknown_fields_loads(tmp_path):
     assert SteeringVector.load(path).layers == [2]
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:

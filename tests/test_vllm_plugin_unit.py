@@ -42,7 +42,7 @@ def test_resolve_by_name_and_hash_with_float32_coefficients(library):
     assert decode(encode(terms)) == terms
 
 
-@pytest.mark.parametrize("item,words", [
+@pytest.mark.parametrize(("item", "words"), [
     ({"vector": "sad"}, "not in .* available: cheerful, formal, happy"),
     ({"vector": "happy", "colour": 2}, "unknown field.*colour"),
     ({"vector": "happy", "strength": 2, "multiplier": 1}, "multiplier .* or strength .*, not both"),
@@ -62,7 +62,7 @@ def test_bad_items_are_refused_naming_the_field(library, item, words):
 DEEP = '{"vector": "happy", "layers": ' + "[" * 200 + "]" * 200 + "}"
 
 
-@pytest.mark.parametrize("raw,message", [
+@pytest.mark.parametrize(("raw", "message"), [
     ({"vector": "happy", "multiplier": 1, "layers": {"1": float("nan")}},
      "steerlab[0].layers['1'] must be a finite number, got nan"),
     ({"vector": "happy", "multiplier": 1, "layers": {"1": float("inf")}},

@@ -176,7 +176,7 @@ def run_sentiment(args) -> None:
             texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=args.max_new_tokens)
             result["test"][name] = [{"sign": s, "vader": sum(vader_scores(t)) / len(t),
                                      "fluency": sum(map(weighted_ngram_entropy, t)) / len(t), "example": t[0]}
-                                    for s, t in zip(signs, texts)]
+                                    for s, t in zip(signs, texts, strict=False)]
             result["test"][name + " prompts"] = len(prompts)
     result["seconds"] = time.perf_counter() - started
     save_json(path, result)
@@ -185,7 +185,7 @@ def run_sentiment(args) -> None:
 # ---- distil: out/ -> results.json and the figures -------------------------------------------------------
 
 def _cell(run: dict, layer: int, mult: float) -> dict:
-    for (l, m), summary in zip(run["cells"], run["test"]):
+    for (l, m), summary in zip(run["cells"], run["test"], strict=False):
         if l == layer and abs(m - mult) < 1e-6:
             return summary
     raise KeyError((layer, mult))
@@ -193,7 +193,7 @@ def _cell(run: dict, layer: int, mult: float) -> dict:
 
 def _se(base: list[float], steered: list[float]) -> float:
     """Standard error of the mean per-question change in p(matching)."""
-    diffs = [b - a for a, b in zip(base, steered)]
+    diffs = [b - a for a, b in zip(base, steered, strict=False)]
     mean = sum(diffs) / len(diffs)
     return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
@@ -294,7 +294,7 @@ def unsteered_lines(record: dict) -> list[str]:
         chance = "**at chance**" if s["at_chance"] else ""
         lines.append(f"| {b} | {_f(s['p_matching'])} | {_f(s['p_matching_file_order'])} | {_f(s['accuracy'])} | "
                      f"{_f(s['first_answer_share'])} | {s['first_in_both']}/{n} | {s['second_in_both']}/{n} | {chance} |")
-    return lines + ["\n'At chance': accuracy within two binomial standard errors of 0.5 and debiased p(matching) "
+    return [*lines, "\n'At chance': accuracy within two binomial standard errors of 0.5 and debiased p(matching) "
                     "within 0.05 of 0.5.\n"]
 
 

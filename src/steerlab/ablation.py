@@ -113,14 +113,14 @@ class AblationHandle(HookHandle):
         if not in_scope(self):
             return None
         if args:
-            return (self._ablated(args[0]),) + tuple(args[1:]), kwargs
+            return (self._ablated(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": self._ablated(kwargs["hidden_states"])}
 
     def _output_hook(self, module, args, output):
         if not in_scope(self):
             return None
         if isinstance(output, tuple):
-            return (self._ablated(output[0]),) + tuple(output[1:])
+            return (self._ablated(output[0]), *output[1:])
         return self._ablated(output)
 
 

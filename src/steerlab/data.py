@@ -68,7 +68,7 @@ def pairs_from_texts(positive: Sequence[str], negative: Sequence[str], prompt: s
         )
     if not positive:
         raise DatasetError(f"{name}: no pairs; give at least one positive and one negative text")
-    pairs = [ContrastivePair(prompt, p, n, "text") for p, n in zip(positive, negative)]
+    pairs = [ContrastivePair(prompt, p, n, "text") for p, n in zip(positive, negative, strict=False)]
     digest = hashlib.sha256(json.dumps([prompt, list(positive), list(negative)]).encode()).hexdigest()
     return ContrastiveDataset(pairs, name, digest)
 

@@ -242,8 +242,8 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     tok = lm.tokenizer
     input_ids, mask = pad(rows, tok.pad_token_id, left=True)
     width = input_ids.shape[1]
-    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                  pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
+    kwargs = {"max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample,
+                  "pad_token_id": tok.pad_token_id, "repetition_penalty": config.repetition_penalty}
     if config.do_sample and row_seeds is None:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
         if config.seed is not None:

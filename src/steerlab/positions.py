@@ -54,7 +54,7 @@ def template_segments(tokenizer, shape: Sequence[str]) -> list[list[int]]:
         raise TemplateError(f"the chat template does not copy message contents verbatim ({len(spans)} of {len(shape)})")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     segments: list[list[int]] = [[] for _ in range(len(shape) + 1)]
-    for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+    for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=False):
         if any(begin <= a and b <= end for begin, end in spans):
             continue  # the marker's own tokens
         if any(a < end and b > begin for begin, end in spans):

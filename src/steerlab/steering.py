@@ -326,9 +326,9 @@ class SteeringHandle(HookHandle):
         real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.ndim == 2 else torch.ones_like(ids, dtype=torch.bool)
         if self._history is None or len(self._history) != ids.shape[0]:
             self._history = [[] for _ in range(ids.shape[0])]
-        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist())):
+        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist(), strict=False)):
             history = self._history[row]
-            for token, pos, keep in zip(row_ids, row_pos, row_real):
+            for token, pos, keep in zip(row_ids, row_pos, row_real, strict=False):
                 if keep:
                     del history[pos:]  # a forward without a cache sends the whole sequence again
                     history.append(token)
@@ -370,7 +370,7 @@ class SteeringHandle(HookHandle):
             for term in group:
                 steered = self._apply(term, steered)
             if isinstance(output, tuple):
-                return (steered,) + tuple(output[1:])
+                return (steered, *output[1:])
             return steered
 
         return hook

@@ -81,7 +81,7 @@ def cmd_generate(args) -> int:
         specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator,
                               strength=args.strength[i] if args.strength else None)
                  for i, v in enumerate(steers)]
-        for path, spec in zip(args.vector, specs):
+        for path, spec in zip(args.vector, specs, strict=False):
             line = strength_line(path, spec)
             if not (args.multiplier or args.strength):
                 line += f" (nothing given: {default_steering(spec.vector, layers, args.operator).source})"

@@ -130,7 +130,7 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
     tick = stage_ticker(progress, "KL per strength", 2 * n)
     kls = {name: token_kl(lm, vector, layers[name], [sign * s for s in config.strengths], kl_texts, progress=tick)
            for name, sign in (("up", 1.0), ("down", -1.0))}
-    kl = {name: dict(zip(map(str, config.strengths), values)) for name, values in kls.items()}
+    kl = {name: dict(zip(map(str, config.strengths), values, strict=False)) for name, values in kls.items()}
     ids = encode_prompts(lm, gen_prompts)
     gen_config = GenerationConfig(max_new_tokens=config.max_new_tokens)
     base = _fluency(generate_ids(lm, ids, None, config=gen_config))

@@ -173,7 +173,7 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
 
     values = config.values
     mults = [[v if config.mode == "raw" else multiplier_for(vector, layer, v) for v in values] for layer in layers]
-    cells = [UNSTEERED] + [Cell(layer, m) for layer, row in zip(layers, mults) for m in row]
+    cells = [UNSTEERED] + [Cell(layer, m) for layer, row in zip(layers, mults, strict=False) for m in row]
     if task.kind == "ab":
         per_item, fluency, ok, groups, details = _score_ab(lm, task, items, vector, cells, config, progress)
         score_name, fluency_name = "p(matching), order-debiased", "p(A) + p(B)"
@@ -258,7 +258,7 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
             mults = [cells[c].multiplier if cells[c].layer == layer else 0.0 for c, _ in chunk]
             specs.append(SteeringSpec(vector, mults, [layer], "all"))
         out = generate_ids(lm, [ids[p] for _, p in chunk], VectorSteering(specs), config=config, task=task)
-        for (c, p), text in zip(chunk, out):
+        for (c, p), text in zip(chunk, out, strict=False):
             texts[c][p] = text
         if progress:
             progress(len(chunk))
@@ -277,9 +277,9 @@ def _score_generation(lm, task, prompts, vector, cells, config, progress):
     repetition = [mean([repetition_rate(x) for x in t]) for t in texts]
     keep = 1 - config.fluency_bound
     ok = [e >= keep * entropy[0] and d >= keep * distinct2[0] and r <= repetition[0] + config.fluency_bound
-          for e, d, r in zip(entropy, distinct2, repetition)]
+          for e, d, r in zip(entropy, distinct2, repetition, strict=False)]
     width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
-    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts)],
+    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts, strict=False)],
                "scores": [mean(x) for x in per_item],
                "distinct2": {"unsteered": round(distinct2[0], 4), "cells": _rows([round(d, 4) for d in distinct2[1:]], width)},
                "repetition": {"unsteered": round(repetition[0], 4), "cells": _rows([round(r, 4) for r in repetition[1:]], width)}}

@@ -195,8 +195,8 @@ class _Service:
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + i if sampling.do_sample else None for i in range(body.n)]
         ids = tuple(prompt_ids)
-        common = dict(stop=body.stop_sequences, frequency_penalty=body.frequency_penalty,
-                      presence_penalty=body.presence_penalty, logprobs=body.top_logprobs_wanted)
+        common = {"stop": body.stop_sequences, "frequency_penalty": body.frequency_penalty,
+                      "presence_penalty": body.presence_penalty, "logprobs": body.top_logprobs_wanted}
         rows = [RowPlan(ids, body.token_budget, steering, s, **common) for s in seeds]
         if body.include_original:
             rows += [RowPlan(ids, body.token_budget, (), s, **common) for s in seeds]

@@ -248,7 +248,7 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         for item in plan.steering:
             base = (item.ablate_direction, item.condition_name or "", item.name, item.layers, item.positions,
                     item.operator)
-            key = base + (seen.get(base, 0),)
+            key = (*base, seen.get(base, 0))
             seen[base] = seen.get(base, 0) + 1
             mults[key] = item.multiplier
             items[key] = item
@@ -331,7 +331,7 @@ class _RowStream:
         top = ()
         if self.top:
             values, ids = step.topk(self.top)
-            top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist()))
+            top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=False))
         return TokenLogprob(self._piece(token), float(step[token]), top)
 
     def _piece(self, token: int) -> str:
@@ -368,6 +368,6 @@ class _Stepper(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         step = self.recorder.last if self.recorder is not None else None
-        for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist())):
+        for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist(), strict=False)):
             stream.push(token, self.eos, step[i] if step is not None else None)
         return torch.tensor([s.done for s in self.streams], dtype=torch.bool, device=input_ids.device)

@@ -153,8 +153,8 @@ class VectorRegistry:
                                     ablate_direction=True)
         gate = {}
         if item.condition is not None:
-            gate = dict(condition_name=item.condition,
-                        condition=self._usable(item.condition, f"{where}.condition", condition=True).condition)
+            gate = {"condition_name": item.condition,
+                        "condition": self._usable(item.condition, f"{where}.condition", condition=True).condition}
         # The library's one rule (steering.default_steering) decides what an omitted multiplier/strength/layers means.
         spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator,
                             strength=item.strength)

@@ -57,7 +57,7 @@ def version_tuple(text: str) -> tuple[int, int, int]:
     for piece in text.split("+")[0].split(".")[:3]:
         digits = "".join(ch for ch in piece if ch.isdigit()) or "0"
         parts.append(int(digits))
-    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+    return tuple(([*parts, 0, 0, 0])[:3])  # type: ignore[return-value]
 
 
 def check_version(version: str) -> None:

@@ -115,7 +115,7 @@ class VLLMEngine:
             cache_salts: Sequence[str | None] | None = None) -> list[Any]:
         """Generate every token row with its own steering items (None/[] = unsteered); vLLM's outputs in order."""
         prompts, params = [], []
-        for i, (ids, row_items) in enumerate(zip(rows, items)):
+        for i, (ids, row_items) in enumerate(zip(rows, items, strict=False)):
             prompt = {"prompt_token_ids": list(ids)}
             if cache_salts and cache_salts[i]:
                 prompt["cache_salt"] = cache_salts[i]

@@ -191,4 +191,4 @@ class LMSteerHandle:
         steered = steered_hidden(flat, self._p1, self._p2, values, self._epsilon)
         # Rows at multiplier 0 keep their hidden state exactly (nothing multiplied by zero is added).
         on = (values != 0).any(-1)[:, None, None]
-        return (torch.where(on, steered, flat).reshape(shape),) + tuple(args[1:])
+        return (torch.where(on, steered, flat).reshape(shape), *args[1:])

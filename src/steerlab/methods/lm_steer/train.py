@@ -225,12 +225,12 @@ def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *
             cache = {}
             for s in range(0, len(order), config.batch_size):
                 chunk = order[s : s + config.batch_size]
-                cache.update(zip(chunk, final_hidden_states(lm, [examples[i] for i in chunk])))
+                cache.update(zip(chunk, final_hidden_states(lm, [examples[i] for i in chunk]), strict=False))
         for batch in _batches(len(examples), config.batch_size, config.steps, generator):
             parts = [cache[i] for i in batch] if cache is not None else final_hidden_states(lm, [examples[i] for i in batch])
             values = torch.zeros(sum(len(t) for _, t in parts), config.num_steers)
             offset = 0
-            for i, (_, t) in zip(batch, parts):
+            for i, (_, t) in zip(batch, parts, strict=False):
                 values[offset : offset + len(t), examples[i].steer] = examples[i].value
                 offset += len(t)
             optimizer.zero_grad(set_to_none=True)
