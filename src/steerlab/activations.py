@@ -7,6 +7,7 @@ reuse its KV cache for each side's answer tokens.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -188,10 +189,8 @@ class BlockReader:
 
     def run(self, **kwargs) -> None:
         """One forward of the model, stopped after the deepest read block."""
-        try:
+        with contextlib.suppress(_StopForward):
             self.lm.model(**kwargs)
-        except _StopForward:
-            pass
 
 
 class _Reader(BlockReader):

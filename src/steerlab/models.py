@@ -145,7 +145,7 @@ def default_gguf_path() -> Path:
         raise ModelLoadError(
             f"the default model {DEFAULT_MODEL} is not installed; install it with: {INSTALL_HINT}"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall it with: {INSTALL_HINT} --force-reinstall")
     return path

@@ -44,7 +44,7 @@ def template_segments(tokenizer, shape: Sequence[str]) -> list[list[int]]:
     messages = [{"role": role, "content": MARK} for role in shape]
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # templates raise on shapes they refuse (e.g. no system role)
+    except Exception as exc:  # noqa: BLE001 - templates raise on shapes they refuse (e.g. no system role)
         raise TemplateError(f"the chat template cannot render {list(shape)}: {exc}") from None
     spans, start = [], 0
     while (at := text.find(MARK, start)) >= 0:

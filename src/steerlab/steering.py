@@ -25,7 +25,7 @@ from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_fla
 from .strength import StrengthError, multiplier_for
 from .vector import SteeringVector
 
-POSITIONS = ("all", "prompt", "generated") + ROLES  # or "between:OPEN:CLOSE" (steerlab.positions)
+POSITIONS = ("all", "prompt", "generated", *ROLES)  # or "between:OPEN:CLOSE" (steerlab.positions)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Handles attached in the current thread or task; a hook registered by any other does nothing here.
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())

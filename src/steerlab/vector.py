@@ -175,7 +175,7 @@ def read_steer_meta(path: Path) -> VectorMeta:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for corrupt input
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt input
         raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
     if METADATA_KEY not in header:
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
@@ -190,8 +190,8 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for corrupt input
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt input
         raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
     if METADATA_KEY not in header:
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")

@@ -127,7 +127,7 @@ def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None
     if config.placement == "system" and lm.use_chat_template:
         try:
             format_prompt(lm.tokenizer, "hello", use_chat_template=True, system=config.instruction)
-        except Exception as exc:  # templates reject a system role in their own ways
+        except Exception as exc:  # noqa: BLE001 - templates reject a system role in their own ways
             raise ValueError(f"{lm.name}'s chat template does not take a system message ({exc}); "
                              "use placement: prefix") from None
     return PromptSteering(config.instruction, config.placement, task=task)

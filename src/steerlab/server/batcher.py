@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from transformers import StoppingCriteria
@@ -91,7 +90,7 @@ class JobFailed:
     message: str
 
 
-Event = Union[Delta, RowDone, JobFailed]
+Event = Delta | RowDone | JobFailed
 
 
 @dataclass(eq=False)

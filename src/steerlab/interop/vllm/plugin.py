@@ -171,7 +171,6 @@ class _RunnerState:
     """Per model runner: the hooks, the steer library, and each live request's decoded terms."""
 
     def __init__(self, runner):
-        config = runner.vllm_config.model_config
         self.library = SteerLibrary.from_env()
         text = compat.attr(runner.vllm_config, compat.CONFIG_TEXT)
         num_layers = int(text.num_hidden_layers)

@@ -156,9 +156,8 @@ def _layers(raw: Any, where: str) -> list[int] | dict[int, float] | None:
         else:
             return layers
     elif isinstance(raw, (list, tuple)) and raw and all(_layer_number(x) is not None and not isinstance(x, str)
-                                                         for x in raw):
-        if len(set(raw)) == len(raw):
-            return [int(x) for x in raw]
+                                                         for x in raw) and len(set(raw)) == len(raw):
+        return [int(x) for x in raw]
     raise SteeringRequestError(f"{where}.layers: give a non-empty list of distinct layer numbers or "
                                f"{{layer: weight}}, got {_short(raw)}")
 
