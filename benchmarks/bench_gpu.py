@@ -12,6 +12,7 @@ is, with the tokenizer folder and the pairs file beside it, then render its JSON
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -77,8 +78,8 @@ def extraction(lm, data, layers: list[int], batch_size: int, rounds: int) -> dic
     return {"layers": layers, "times": result.times,
             "ratios": {name: result.ratios(name, STEERLAB) for name in result.times},
             "vs_limit": result.ratios(STEERLAB, LIMIT), "summary": {n: result.summary(n) for n in result.times},
-            "cos_sv": min(ec.cosine(vectors[STEERLAB][l], vectors[SV][l]) for l in layers),
-            "cos_loop": min(ec.cosine(vectors[STEERLAB][l], vectors[LOOP][l]) for l in inner)}
+            "cos_sv": min(ec.cosine(vectors[STEERLAB][i], vectors[SV][i]) for i in layers),
+            "cos_loop": min(ec.cosine(vectors[STEERLAB][i], vectors[LOOP][i]) for i in inner)}
 
 
 def generation(lm, data, layer: int, new_tokens: int, batches: list[int], rounds: int) -> dict:
@@ -89,18 +90,18 @@ def generation(lm, data, layer: int, new_tokens: int, batches: list[int], rounds
     vector = fit(lm, data.subset(range(min(16, len(data)))), CAAConfig(layers=[layer]))
     spec = SteeringSpec(vector, multiplier=1.0, layers=[layer])
     prompts = [p.prompt for p in data.pairs[: max(batches)]]
+
+    def run(chunk, batch, steering, tokens):
+        lm.model.generation_config.min_new_tokens = tokens  # every row makes exactly `tokens` tokens
+        generate(lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=batch)
+        sync()
+
     out = {}
     for batch in batches:
         chunk = prompts[:batch]
-
-        def run(steering, tokens):
-            lm.model.generation_config.min_new_tokens = tokens  # every row makes exactly `tokens` tokens
-            generate(lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=batch)
-            sync()
-
         print(f"[gpu generation] {lm.name}: batch {batch}, {new_tokens} tokens", flush=True)
-        result = alternate({"unsteered": lambda: run(None, new_tokens), "steered": lambda: run(spec, new_tokens)},
-                           rounds)
+        result = alternate({"unsteered": functools.partial(run, chunk, batch, None, new_tokens),
+                            "steered": functools.partial(run, chunk, batch, spec, new_tokens)}, rounds)
         out[str(batch)] = {"times": result.times, "ratio": result.ratios("steered", "unsteered"),
                            "tokens_per_s": {n: batch * new_tokens / result.summary(n)[0] for n in result.times}}
     return out

@@ -10,6 +10,7 @@ ratios are taken round by round before the median, not from medians of absolute 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -119,10 +120,8 @@ def machine(threads: int) -> dict[str, str]:
 def versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     found = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     found.update(extra or {})
     return found
 

@@ -185,8 +185,8 @@ def run_sentiment(args) -> None:
 # ---- distil: out/ -> results.json and the figures -------------------------------------------------------
 
 def _cell(run: dict, layer: int, mult: float) -> dict:
-    for (l, m), summary in zip(run["cells"], run["test"], strict=False):
-        if l == layer and abs(m - mult) < 1e-6:
+    for (cell_layer, m), summary in zip(run["cells"], run["test"], strict=False):
+        if cell_layer == layer and abs(m - mult) < 1e-6:
             return summary
     raise KeyError((layer, mult))
 
