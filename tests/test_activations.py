@@ -110,7 +110,7 @@ def test_caa_parity_on_smollm2(smollm2, shared_data):
 def test_stand_alone_texts_follow_the_shared_lead(tiny_llama):
     """An empty prompt gives the shared lead (a newline, after the tokenizer's start tokens) as context, so the
     text's first token is not the attention sink; an answer prefix follows the lead."""
-    prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
+    prefix, pos, _neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
     assert prefix == tiny_llama.tokenizer("\n", add_special_tokens=True)["input_ids"] != []
     assert tokenize_pair(tiny_llama, ContrastivePair("", "A", "B", answer_prefix="(" ))[0] == \
         tiny_llama.tokenizer("\n(", add_special_tokens=True)["input_ids"]

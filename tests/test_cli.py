@@ -78,8 +78,8 @@ def test_every_option_shows_its_default_in_help(capsys):
     from steerlab.cli import build_parser
 
     parser = build_parser()
-    groups = [a for a in parser._actions if a.dest == "command"][0].choices
-    vector_groups = [a for a in groups["vector"]._actions if a.dest == "vector_command"][0].choices
+    groups = next(a for a in parser._actions if a.dest == "command").choices
+    vector_groups = next(a for a in groups["vector"]._actions if a.dest == "vector_command").choices
     for name, sub in list(groups.items()) + list(vector_groups.items()):
         for action in sub._actions:
             if action.option_strings and action.default not in (None, False, [], "==SUPPRESS==") and action.help:

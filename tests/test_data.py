@@ -61,5 +61,5 @@ def test_unbalanced_inline_sides_are_refused():
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DatasetError, match="nope.jsonl: no such file"):
+    with pytest.raises(DatasetError, match=r"nope\.jsonl: no such file"):
         load_pairs(tmp_path / "nope.jsonl")

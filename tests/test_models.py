@@ -43,9 +43,9 @@ def test_non_transformer_is_refused():
 
 
 def test_bad_sources_are_explained(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a model folder or a .gguf file"):
+    with pytest.raises(ModelLoadError, match=r"not a model folder or a \.gguf file"):
         load_model(tmp_path / "nothing-here")
-    with pytest.raises(ModelLoadError, match="no config.json; a Hugging Face model folder needs one"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json; a Hugging Face model folder needs one"):
         load_model(tmp_path)
 
 

@@ -50,5 +50,5 @@ def test_an_empty_continuation_has_no_perplexity():
 
 
 def test_refuses_mismatched_lists():
-    with pytest.raises(ValueError, match="^2 prompts but 1 continuations; give one continuation per prompt$"):
+    with pytest.raises(ValueError, match=r"^2 prompts but 1 continuations; give one continuation per prompt$"):
         continuation_losses(tiny_lm(), ["a", "b"], ["c"])

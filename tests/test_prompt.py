@@ -85,7 +85,7 @@ def test_fit_refuses_system_placement_when_the_template_has_no_system_role():
     lm.tokenizer.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="does not take a system message") as err:
         prompt.fit(lm, None, PromptConfig(INSTRUCTION, "system"))
     assert str(err.value) == ("tiny-llama-2x16's chat template does not take a system message "
                               "(System role not supported); use placement: prefix")

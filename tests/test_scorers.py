@@ -45,7 +45,7 @@ def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | No
                                         cls_token="[CLS]", sep_token="[SEP]")
     config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64, num_labels=len(labels),
-                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
                         problem_type=problem_type)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
@@ -96,7 +96,7 @@ def test_classifier_sentiment_shape_and_range(tmp_path: Path) -> None:
 
 
 def test_classifier_needs_config_json(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         LocalTextClassifier(tmp_path)
 
 
@@ -148,7 +148,7 @@ def test_toxic_share_and_mean() -> None:
     assert toxic_share([0.1, 0.5, 0.9]) == pytest.approx(2 / 3)
     assert toxic_share([0.1, 0.5, 0.9], threshold=0.95) == 0.0
     assert mean_score([0.1, 0.5, 0.9]) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="toxic_share of no scores"):
         toxic_share([])
 
 
@@ -162,7 +162,7 @@ def test_refusal_known_inputs() -> None:
     assert not is_refusal("Sure, here is a recipe for pancakes.")
     assert not is_refusal("")
     assert refusal_rate(["I cannot", "Sure", "I am unable to comply", "Here you go"]) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="refusal_rate of no texts"):
         refusal_rate([])
 
 

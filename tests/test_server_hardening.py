@@ -164,9 +164,8 @@ def test_without_a_token_the_server_warns_at_start(tiny, caplog):
         pass
     assert any("serving without a token" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="steerlab.server"):
-        with TestClient(create_app(lm, registry, token="s3cret")):
-            pass
+    with caplog.at_level(logging.WARNING, logger="steerlab.server"), TestClient(create_app(lm, registry, token="s3cret")):
+        pass
     assert not any("without a token" in r.getMessage() for r in caplog.records)
 
 

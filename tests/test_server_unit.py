@@ -54,7 +54,7 @@ def test_requests_without_the_token_are_refused(tiny):
 
 
 def test_batch_steering_gives_each_row_its_own_multiplier_and_zero_elsewhere(tiny):
-    lm, registry = tiny
+    _lm, registry = tiny
     up = registry.entries["up"].vector
     a = ResolvedSteering("up", up, ((1, 1.0),), 3.0, "all")
     b = ResolvedSteering("up", up, ((1, 1.0), (2, 1.0)), -2.0, "all")

@@ -53,7 +53,7 @@ def test_strength_and_multiplier_are_exclusive_and_a_strength_needs_residual_nor
     with pytest.raises(SteeringError, match="give multiplier \\(raw\\) or strength \\(norm-relative\\), not both"):
         SteeringSpec(vector, 2.0, [1], strength=0.1)
     bare = SteeringVector(dict(vector.directions), VectorMeta.for_model(lm, "caa"))
-    with pytest.raises(SteeringError, match="no residual norm for layer 1.*with_neutral_norms"):
+    with pytest.raises(SteeringError, match=r"no residual norm for layer 1.*with_neutral_norms"):
         steer(lm, bare, strength=0.1, layers=[1])
     with pytest.raises(SteeringError, match="strength must be a finite number"):
         SteeringSpec(vector, layers=[1], strength=float("nan")).row_multipliers(1)

@@ -164,7 +164,7 @@ def test_what_we_write_our_readers_accept(tmp_path):
     back = SteeringVector.load(path).meta
     assert (back.recommended.up.fluency, back.diagnostics["auroc"]) == (None, None)
     assert back.recommended == Recommendation(1, 2.0, up=Pick(1, 2.0, 2.0))
-    with pytest.raises(VectorFileError, match="tensor 'layer.1' has non-finite values"):
+    with pytest.raises(VectorFileError, match=r"tensor 'layer\.1' has non-finite values"):
         SteeringVector({1: ones(float("nan"))}, meta).save(tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()
 

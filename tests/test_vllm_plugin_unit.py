@@ -234,9 +234,9 @@ def test_compat_names_the_supported_range_and_pins_the_v1_runner():
     assert compat.pin_v1_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
     chosen = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
     assert not compat.pin_v1_runner(chosen) and chosen == {"VLLM_USE_V2_MODEL_RUNNER": "1"}  # the user's choice
-    with pytest.raises(compat.VLLMIncompatible, match=r"reads SimpleNamespace.num_reqs \(for input_batch.num_reqs\)"):
-        import types
+    import types
 
+    with pytest.raises(compat.VLLMIncompatible, match=r"reads SimpleNamespace.num_reqs \(for input_batch.num_reqs\)"):
         compat.attr(types.SimpleNamespace(input_batch=types.SimpleNamespace()), compat.RUNNER_NUM_REQS)
 
 
