@@ -102,8 +102,9 @@ class PrefixCache:
         for layer in self.cache.layers:
             # Copy each layer object whole: sliding-window layers keep state beside their tensors.
             layer = copy.copy(layer)
-            if isinstance(layer.keys, torch.Tensor) and layer.keys.numel():
-                layer.keys, layer.values = grow(layer.keys), grow(layer.values)
+            # (transformers types linear-attention layers in this union too; they have no keys and fail here loudly)
+            if isinstance(layer.keys, torch.Tensor) and layer.keys.numel():  # type: ignore[union-attr]
+                layer.keys, layer.values = grow(layer.keys), grow(layer.values)  # type: ignore[union-attr]
             cache.layers.append(layer)
         mask = self.mask.repeat_interleave(times, dim=0) if interleave else self.mask.repeat(times, 1)
         return PrefixCache(cache, mask)

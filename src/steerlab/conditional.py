@@ -127,7 +127,8 @@ def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.
         raise ValueError("fitting a condition needs prompts to steer and prompts to keep")
     scores = last_token_scores(lm, list(steer) + list(keep), {layer: directions[layer] for layer in layers})
     truth = torch.tensor([True] * len(steer) + [False] * len(keep))
-    best, per_layer = None, {}
+    best: tuple[float, Condition] | None = None
+    per_layer: dict[int, tuple[float, float, str]] = {}
     for layer in layers:
         values = scores[layer].sort().values
         thresholds = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
@@ -139,6 +140,7 @@ def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.
                     per_layer[layer] = (score, threshold, comparison)
                 if best is None or score > best[0]:
                     best = (score, cond)
+    assert best is not None  # layers is not empty
     condition = best[1]
     decided = condition.decide(scores[condition.layer])
     condition.fit = {"f1": best[0], "accuracy": float((decided == truth).float().mean()),

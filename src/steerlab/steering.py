@@ -79,7 +79,7 @@ class SteeringSpec:
                 raise SteeringError("a norm-relative strength has one multiplier per layer; name the layer")
             strengths = _numbers(self.strength, "strength")
             try:
-                mult: float | list[float] = [multiplier_for(self.vector, layer, float(s)) for s in strengths]
+                mult: float | Sequence[float] = [multiplier_for(self.vector, layer, float(s)) for s in strengths]
             except StrengthError as exc:
                 raise SteeringError(str(exc)) from None
         else:
@@ -313,7 +313,7 @@ class SteeringHandle(HookHandle):
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
             positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(batch, cur)
             real = torch.full((batch,), cur) if self.prompt_lengths is None else None
-        if self.prompt_lengths is None:
+        if self.prompt_lengths is None and real is not None:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
             self.prompt_lengths = real.cpu()
         self._positions = positions
@@ -335,20 +335,24 @@ class SteeringHandle(HookHandle):
 
     def _token_mask(self, kind: str, batch: int, device) -> torch.Tensor:
         """[rows, tokens] selection of the current forward's tokens for a role or a window."""
-        positions = self._positions
+        positions, history = self._positions, self._history
+        assert positions is not None and history is not None and self.prompt_lengths is not None, "tracked first"
         lengths = fit_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
         if kind in ROLES and self._roles is None:
             tok = self.lm.tokenizer
             try:
-                self._roles = [prompt_roles(tok, self._history[r][: lengths[r]], self._templates) for r in range(batch)]
+                self._roles = [prompt_roles(tok, history[r][: lengths[r]], self._templates) for r in range(batch)]
             except ValueError as exc:
                 raise SteeringError(str(exc)) from None
         if kind.startswith("between:") and kind not in self._markers:
-            open_text, close_text = parse_window(kind)
+            window = parse_window(kind)
+            assert window is not None  # positions were checked when the spec was made
+            open_text, close_text = window
             self._markers[kind] = (marker_ids(self.lm.tokenizer, open_text), marker_ids(self.lm.tokenizer, close_text))
         out = torch.zeros(positions.shape, dtype=torch.bool)
         for r in range(batch):
             if kind in ROLES:
+                assert self._roles is not None
                 labels = self._roles[r]
                 for c, pos in enumerate(positions[r].tolist()):
                     if kind == "assistant" and pos >= lengths[r] - 1:
@@ -356,7 +360,7 @@ class SteeringHandle(HookHandle):
                     elif 0 <= pos < len(labels):
                         out[r, c] = labels[pos] == kind
             else:
-                flags = window_flags(self._history[r], *self._markers[kind])
+                flags = window_flags(history[r], *self._markers[kind])
                 for c, pos in enumerate(positions[r].tolist()):
                     out[r, c] = 0 <= pos < len(flags) and flags[pos]
         return out.to(device)

@@ -71,7 +71,7 @@ Calibration = CalibrationRecord  # what calibrate returns is what the vector's m
 
 
 def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], strengths: Sequence[float],
-             texts: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[float]:
+             texts: Sequence[str], *, progress: Callable[[int], object] | None = None) -> list[float]:
     """Mean per-token KL(steered || unsteered) in nats over `texts`' tokens, for each signed strength."""
     rows = [r for r in (lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts) if len(r) > 1]
     ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)

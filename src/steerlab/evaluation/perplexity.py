@@ -35,7 +35,7 @@ class ContinuationLoss:
 
 def continuation_losses(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str], *,
                         batch_size: int = 8, use_chat_template: bool | None = None, system: str | None = None,
-                        progress: Callable[[int], None] | None = None) -> list[ContinuationLoss]:
+                        progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
     """NLL of each continuation given its prompt, batched; the prompt is encoded as generation encodes it."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one continuation per prompt")
@@ -46,7 +46,7 @@ def continuation_losses(lm: LoadedModel, prompts: Sequence[str], continuations: 
 
 @torch.inference_mode()
 def token_losses(lm: LoadedModel, items: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
-                 progress: Callable[[int], None] | None = None) -> list[ContinuationLoss]:
+                 progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
     """NLL of each (prefix ids, continuation ids) item's continuation tokens; prefixes must be non-empty."""
     out: list[ContinuationLoss | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))

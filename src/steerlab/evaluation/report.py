@@ -106,7 +106,7 @@ class _Handles:
 
 def generate_arms(lm: LoadedModel, prompts: Sequence[str], arms: Sequence[Arm], *, config: GenerationConfig,
                   batch_size: int = 16, use_chat_template: bool | None = None, task: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> EvalRun:
+                  progress: Callable[[int], object] | None = None) -> EvalRun:
     """Generate every prompt unsteered and under every arm, all rows of a prompt chunk in one batched call.
 
     The original rows carry scale 0 for every steer, so they are the unsteered model in the same forward

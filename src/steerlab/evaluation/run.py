@@ -86,7 +86,7 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
     prompts = task.eval_items(split, data_dir, limit)
     chat = bool(task.chat and lm.use_chat_template)
     info: dict[str, Any] = {}
-    if steer is None:
+    if method is not None:  # (exactly one of steer and method is given)
         steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
         source = source or f"fitted ({method})"
     if operator is not None and not isinstance(steer, SteeringVector):

@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..activations import record_pair_activations
 from ..data import ContrastiveDataset
@@ -48,6 +48,7 @@ OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
 NO_EFFECT = "no reliable effect"
 DIRECTIONS = (("up", 1.0), ("down", -1.0))
 MIN_EFFECT_SHARE = 0.02  # of the metric's span (metric_registry): the smallest effect worth recommending
+R = TypeVar("R")  # a grid cell: a score, an interval, a flag
 
 
 class SweepError(ValueError):
@@ -144,7 +145,7 @@ class SweepResult:
 
 
 def build_sweep_vector(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int], *, task: str,
-                       progress: Callable[[int], None] | None = None) -> SteeringVector:
+                       progress: Callable[[int], object] | None = None) -> SteeringVector:
     """A CAA vector at every given layer from one activation pass, with neutral-text residual norms."""
     acts = record_pair_activations(lm, data.pairs, layers, progress=progress)
     vector = vector_from_activations(lm, acts, data, task=task, config=CAAConfig(layers=list(layers)))
@@ -213,7 +214,7 @@ def stored_recommendation(result: SweepResult, before: Recommendation) -> Recomm
     return rec
 
 
-def _rows(flat: list[float], width: int) -> list[list[float]]:
+def _rows(flat: list[R], width: int) -> list[list[R]]:
     return [flat[i : i + width] for i in range(0, len(flat), width)]
 
 
@@ -245,7 +246,7 @@ def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
 
 def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVector, cells: Sequence[Cell], *,
                   chat: bool, max_new_tokens: int, batch_rows: int = 64, task: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[list[str]]:
+                  progress: Callable[[int], object] | None = None) -> list[list[str]]:
     """Greedy continuations of every prompt under every cell, many cells per generate call; [cells][prompts]."""
     ids = encode_prompts(lm, prompts, use_chat_template=chat)
     rows = [(c, p) for p in range(len(prompts)) for c in range(len(cells))]  # prompt-major: similar lengths per batch
@@ -254,7 +255,7 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         specs = []
-        for layer in sorted({cells[c].layer for c, _ in chunk if cells[c].layer is not None}):
+        for layer in sorted({layer for c, _ in chunk if (layer := cells[c].layer) is not None}):
             mults = [cells[c].multiplier if cells[c].layer == layer else 0.0 for c, _ in chunk]
             specs.append(SteeringSpec(vector, mults, [layer], "all"))
         out = generate_ids(lm, [ids[p] for _, p in chunk], VectorSteering(specs), config=config, task=task)

@@ -275,6 +275,7 @@ def load_task_file(path: str | Path) -> Task:
     if not path.is_file():
         raise TaskError(f"{path}: no such task file")
     text = read_text(path, TaskError)
+    lines: dict[str, int]
     if path.suffix == ".json":
         raw, lines = loads(text, str(path), TaskError), {}
     else:

@@ -18,7 +18,7 @@ class ProfanityCheckScorer:
 
     def __init__(self) -> None:
         try:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # type: ignore[import-untyped]  # ships no stubs or py.typed
         except ImportError as err:
             raise ImportError("the default toxicity scorer needs: pip install alt-profanity-check==1.9.1") from err
         self._predict_prob = predict_prob

@@ -117,7 +117,7 @@ class PromptSteering:
 
 
 def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> PromptSteering:
+        progress: Callable[[int], object] | None = None) -> PromptSteering:
     """Make the prompt steer from the config; `data` is unused (a prompt needs no examples).
 
     Checks that the model's chat template takes a system message when placement is "system".

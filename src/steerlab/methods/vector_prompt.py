@@ -45,7 +45,7 @@ class VectorPromptConfig:
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> SteeringVector:
+        progress: Callable[[int], object] | None = None) -> SteeringVector:
     """Distil config.instruction into a vector (method "vector_prompt") over the pairs' prompts and answers.
 
     `progress` counts examples over both passes (without, then with the instruction): 2 x pairs in all.

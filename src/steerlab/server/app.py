@@ -29,10 +29,10 @@ from ..generation import encode_prompts
 from ..models import LoadedModel
 from ..version import __version__
 from . import metrics
-from .batcher import Batcher, Delta, Job, JobFailed, RowDone, RowPlan, Sampling, TokenLogprob
+from .batcher import Batcher, Delta, Job, JobFailed, JobQueue, RowDone, RowPlan, Sampling, TokenLogprob
 from .errors import ApiError, install_handlers
 from .guards import BearerAuth, BodyLimit, CatchAll, LoopbackHosts
-from .registry import VectorRegistry
+from .registry import ResolvedSteering, VectorRegistry
 from .schemas import ChatCompletionRequest, CompletionRequest, GenerationFields, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Limits:
 
 
 def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None = None, max_batch: int = 16,
-               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: Batcher | None = None,
+               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: JobQueue | None = None,
                limits: Limits = Limits()) -> FastAPI:
     """Build the app; the batcher thread starts with the app and drains in-flight work on shutdown.
 
@@ -140,7 +140,7 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 class _Service:
     """Turns a validated request into batcher rows and the rows' events into OpenAI-shaped responses."""
 
-    def __init__(self, lm: LoadedModel, registry: VectorRegistry, batcher: Batcher, max_tokens_limit: int,
+    def __init__(self, lm: LoadedModel, registry: VectorRegistry, batcher: JobQueue, max_tokens_limit: int,
                  limits: Limits):
         self.lm, self.registry, self.batcher, self.max_tokens_limit = lm, registry, batcher, max_tokens_limit
         self.limits = limits
@@ -195,11 +195,15 @@ class _Service:
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + i if sampling.do_sample else None for i in range(body.n)]
         ids = tuple(prompt_ids)
-        common = {"stop": body.stop_sequences, "frequency_penalty": body.frequency_penalty,
-                      "presence_penalty": body.presence_penalty, "logprobs": body.top_logprobs_wanted}
-        rows = [RowPlan(ids, body.token_budget, steering, s, **common) for s in seeds]
+
+        def row(steer: tuple[ResolvedSteering, ...], seed: int | None) -> RowPlan:
+            return RowPlan(ids, body.token_budget, steer, seed, stop=body.stop_sequences,
+                           frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                           logprobs=body.top_logprobs_wanted)
+
+        rows = [row(steering, s) for s in seeds]
         if body.include_original:
-            rows += [RowPlan(ids, body.token_budget, (), s, **common) for s in seeds]
+            rows += [row((), s) for s in seeds]
         job = Job(rows, sampling, asyncio.get_running_loop())
         self.batcher.submit(job)
         shape = _Shape(body, chat, self.lm.name, len(prompt_ids), [s.describe() for s in steering])
@@ -296,6 +300,7 @@ class _Shape:
 
     def chunk(self, row: int, delta: str | dict | None, finish_reason: str | None,
               logprobs: tuple[TokenLogprob, ...] | None = None) -> dict[str, Any]:
+        body: dict[str, Any]
         if self.chat:
             body = {"delta": delta if isinstance(delta, dict) else ({"content": delta} if delta else {})}
         else:

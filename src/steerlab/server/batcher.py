@@ -113,11 +113,20 @@ class JobQueue:
     """The queue both engines' batchers share: jobs in, one worker thread running the subclass's `_work`, a drain
     on close."""
 
+    batches: int  # batches run (HF) or engine steps run (vLLM)
+
     def __init__(self, thread_name: str):
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=thread_name, daemon=True)
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running_rows(self) -> int:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
@@ -156,18 +165,22 @@ class Batcher(JobQueue):
         self.lm = lm
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
-        self.running_rows = 0
+        self._running_rows = 0
         self.batches = 0
         eos = lm.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self._eos = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
+
+    @property
+    def running_rows(self) -> int:
+        return self._running_rows
 
     def _work(self) -> None:
         while True:
             jobs = self._take()
             if not jobs:
                 return
-            self.running_rows = sum(len(j.rows) for j in jobs)
+            self._running_rows = sum(len(j.rows) for j in jobs)
             try:
                 self._run(jobs)
             except Exception as exc:  # reported to the affected requests; the worker keeps serving
@@ -175,7 +188,7 @@ class Batcher(JobQueue):
                 for job in jobs:
                     job.emit(JobFailed(f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
-                self.running_rows = 0
+                self._running_rows = 0
                 self.batches += 1
 
     def _take(self) -> list[Job]:
@@ -198,7 +211,8 @@ class Batcher(JobQueue):
                     if ready >= self.max_batch or left <= 0:
                         break
                     self._cond.wait(left)
-                taken, rows = [], 0
+                taken: list[Job] = []
+                rows = 0
                 for job in list(self._pending):
                     if job.sampling != first.sampling or (taken and rows + len(job.rows) > self.max_batch):
                         continue
@@ -224,7 +238,8 @@ class Batcher(JobQueue):
         if recorder is not None:
             processors.append(recorder)
         generate_tokens(self.lm, [plan.prompt_ids for _, _, plan in plans], steer, config=config,
-                        row_seeds=seeds, stopping_criteria=[_Stepper(streams, self._eos, recorder)],
+                        row_seeds=seeds,  # type: ignore[arg-type]  # a sampled row always has a seed (app.py)
+                        stopping_criteria=[_Stepper(streams, self._eos, recorder)],
                         logits_processors=processors)
         for stream in streams:
             stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
@@ -266,7 +281,9 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         specs = VectorSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
                                              layers=dict(items[key].layers), positions=items[key].positions,
                                              operator=items[key].operator) for key in keys])
-        parts.append(ConditionalSteering(specs, items[keys[0]].condition) if condition else specs)
+        gate = items[keys[0]].condition
+        assert not condition or gate is not None  # the registry resolves a condition's name to the condition
+        parts.append(ConditionalSteering(specs, gate) if condition and gate is not None else specs)
     return parts[0] if len(parts) == 1 else CombinedSteering(parts)
 
 
@@ -327,7 +344,7 @@ class _RowStream:
         self.job.emit(Delta(self.row, text, fresh))
 
     def _logprob(self, token: int, step: torch.Tensor) -> TokenLogprob:
-        top = ()
+        top: tuple[tuple[str, float], ...] = ()
         if self.top:
             values, ids = step.topk(self.top)
             top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=False))
@@ -365,7 +382,7 @@ class _Stepper(StoppingCriteria):
         self.eos = eos
         self.recorder = recorder
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.Tensor:
         step = self.recorder.last if self.recorder is not None else None
         for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist(), strict=False)):
             stream.push(token, self.eos, step[i] if step is not None else None)

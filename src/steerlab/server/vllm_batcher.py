@@ -115,6 +115,7 @@ class VLLMBatcher(JobQueue):
         job, row, before = entry
         completion = out.outputs[0]
         text = self.lm.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one row of ids decodes to one text
         if out.finished:
             self._live.pop(out.request_id, None)
             if text[len(before):]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ...models import LoadedModel
 from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
@@ -162,7 +163,7 @@ class LMSteerHandle:
         self._p1, self._p2, self._values, self._epsilon = projector1, projector2, values, epsilon
         self._off = bool((values == 0).all())
         enter_scope(self)
-        self._handle = head.register_forward_pre_hook(self._hook)
+        self._handle: RemovableHandle | None = head.register_forward_pre_hook(self._hook)
 
     def __enter__(self) -> LMSteerHandle:
         return self

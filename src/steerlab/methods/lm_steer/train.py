@@ -102,8 +102,8 @@ def encode_examples(lm: LoadedModel, sets: Sequence[TrainingSet], max_length: in
         for prompt, prefix, text, value in training_set.items:
             if (prompt, prefix) not in contexts:
                 if prompt:
-                    context = format_prompt(tok, prompt, use_chat_template=chat) + prefix
-                    contexts[prompt, prefix] = tok(context, add_special_tokens=not chat)["input_ids"]
+                    text_before = format_prompt(tok, prompt, use_chat_template=chat) + prefix
+                    contexts[prompt, prefix] = tok(text_before, add_special_tokens=not chat)["input_ids"]
                 else:
                     contexts[prompt, prefix] = tok(prefix, add_special_tokens=True)["input_ids"]
             context = list(contexts[prompt, prefix])
@@ -209,7 +209,7 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
 
 
 def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *,
-          progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+          progress: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on P1, P2 (random start, scaled by init_var) for config.steps batches; returns them and loss stats."""
     generator = torch.Generator().manual_seed(config.seed)
     shape = (config.num_steers, lm.hidden_size, config.rank)
@@ -219,7 +219,7 @@ def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *
     optimizer = torch.optim.Adam([p1, p2], lr=config.lr)
     losses = []
     with frozen(lm.model):
-        cache = None
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         if config.cache_hidden_states:
             order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))  # similar lengths pad less
             cache = {}
@@ -325,7 +325,7 @@ def check_memory(lm: LoadedModel, examples: Sequence[Example], config: LMSteerCo
 
     def fits(trial: LMSteerConfig) -> int | None:
         total = sum(memory_parts(lm, examples, trial).values())
-        return total if total <= available else None
+        return total if available is None or total <= available else None
 
     proposals = []
     for name, floor in (("batch_size", 1), ("max_length", 16), ("chunk_size", 64), ("rank", 1)):
