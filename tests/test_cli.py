@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from steerlab.cli import main
+from steerlab.conditional import Condition
 from steerlab.data import pairs_from_texts
 from steerlab.methods import METHODS
 from steerlab.vector import SteeringVector, VectorMeta
@@ -162,3 +163,12 @@ def test_prompt_steer_file_through_build_info_and_generate(model_dir, tmp_path, 
     assert row["original"] == generate(lm, ["Hi"], config=config)[0].steered
     assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "2", "--prompt", "Hi"]) == 1
     assert "a prompt steer has no multiplier or layers" in capsys.readouterr().err
+
+
+def test_info_describes_a_condition_file(tmp_path, capsys):
+    lm = tiny_model("llama")
+    path = Condition(torch.ones(lm.hidden_size), 1, 0.1).save(tmp_path / "c.safetensors", lm)
+    capsys.readouterr()
+    assert main(["vector", "info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "condition" and info["layers"] == [1] and info["condition"]["threshold"] == pytest.approx(0.1)

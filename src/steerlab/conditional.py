@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,6 +73,11 @@ class Condition:
         """The direction as a one-layer vector with the condition file's metadata (for hashing, listing and model
         checks; it is not a behaviour to steer with)."""
         return SteeringVector({self.layer: self.direction.float().cpu()}, self.file_meta(lm))
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for `steerlab vector info`: the file's metadata (its condition record included),
+        the layer and the direction's norm."""
+        return self.as_vector().describe()
 
     def save(self, path: str | os.PathLike, lm: LoadedModel | None = None, *, overwrite: bool = False) -> Path:
         """A condition file: safetensors with the direction as `layer.N` and a ConditionRecord in its metadata."""

@@ -116,7 +116,7 @@ class VLLMEngine:
         """Generate every token row with its own steering items (None/[] = unsteered); vLLM's outputs in order."""
         prompts, params = [], []
         for i, (ids, row_items) in enumerate(zip(rows, items, strict=False)):
-            prompt = {"prompt_token_ids": list(ids)}
+            prompt: dict[str, Any] = {"prompt_token_ids": list(ids)}
             if cache_salts and cache_salts[i]:
                 prompt["cache_salt"] = cache_salts[i]
             prompts.append(prompt)
@@ -137,7 +137,8 @@ class VLLMEngine:
         config = config or GenerationConfig()
         chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
         plain = encode_prompts(lm, prompts, use_chat_template=chat, system=system)
-        steered_ids, items = plain, [None] * len(prompts)
+        steered_ids = plain
+        items: Sequence[list[dict[str, Any]] | None] = [None] * len(prompts)
         kind = getattr(steering, "kind", None)
         if kind == "prompt":  # a prompt steer is a prompt rewrite
             texts = [steering.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]

@@ -123,6 +123,7 @@ def _runner(original):
         if not rows:
             return original(self, *args, **kwargs)
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        assert positions is not None, "vLLM's model forward takes positions"
         positions = positions[0] if positions.ndim == 2 else positions  # M-RoPE: text positions are row 0
         steering.hooks.begin(rows, positions.cpu())
         try:

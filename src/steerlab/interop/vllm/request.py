@@ -94,6 +94,7 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
     if entry.refusal:
         raise SteeringRequestError(f"{where}.vector: {entry.refusal}")
     vector = entry.vector
+    assert vector is not None and entry.sha256 is not None  # an entry without a refusal holds a vector
     if vector.meta.hidden_size != hidden_size:
         raise SteeringRequestError(
             f"{where}.vector: '{entry.name}' was built for {vector.meta.model_name} (hidden size "
