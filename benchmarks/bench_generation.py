@@ -9,13 +9,14 @@ sections of docs/benchmarks.md and their benchmarks/results/*.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, alternate, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+from common import DATA, alternate, fmt_range, header_block, pin_threads, save_result, table, write_section
 
 
 def neutral_prompts(n: int) -> list[str]:
@@ -83,9 +84,10 @@ def overhead(run, prompts, spec, batches, args, threads, command) -> dict:
     for batch in batches:
         chunk = prompts[:batch]
         print(f"[generation] batch {batch}: steered vs unsteered, {args.new_tokens} new tokens")
-        rounds = alternate({"unsteered": lambda: run(chunk, None, args.new_tokens),
-                            "steered": lambda: run(chunk, spec, args.new_tokens)}, rounds_n,
-                           warmup={"unsteered": lambda: run(chunk, None, 4), "steered": lambda: run(chunk, spec, 4)})
+        rounds = alternate({"unsteered": functools.partial(run, chunk, None, args.new_tokens),
+                            "steered": functools.partial(run, chunk, spec, args.new_tokens)}, rounds_n,
+                           warmup={"unsteered": functools.partial(run, chunk, None, 4),
+                                   "steered": functools.partial(run, chunk, spec, 4)})
         ratio = rounds.ratios("steered", "unsteered")
         tps = {name: batch * args.new_tokens / rounds.summary(name)[0] for name in rounds.times}
         results[f"overhead_b{batch}"] = {"times": rounds.times, "ratio": ratio}

@@ -12,6 +12,7 @@ is, with the tokenizer folder and the pairs file beside it, then render its JSON
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -20,18 +21,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import extraction_contenders as ec  # noqa: E402
-from common import alternate, fmt_range, save_result, table, write_section  # noqa: E402
+import extraction_contenders as ec
+from common import alternate, fmt_range, save_result, table, write_section
 
 STEERLAB, SV, LOOP, LIMIT = "steerlab", "steering-vectors", "per-example loop", "truncated forward (limit)"
 # Public shapes. SmolLM2's tokenizer has 49,152 ids, so a shape with a smaller vocabulary gets 49,152 rows.
 SHAPES = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=49152),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=49152),
+    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                         "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0},
+    "llama-2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                       "num_key_value_heads": 32, "vocab_size": 49152},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 49152},
 }
 
 
@@ -77,8 +78,8 @@ def extraction(lm, data, layers: list[int], batch_size: int, rounds: int) -> dic
     return {"layers": layers, "times": result.times,
             "ratios": {name: result.ratios(name, STEERLAB) for name in result.times},
             "vs_limit": result.ratios(STEERLAB, LIMIT), "summary": {n: result.summary(n) for n in result.times},
-            "cos_sv": min(ec.cosine(vectors[STEERLAB][l], vectors[SV][l]) for l in layers),
-            "cos_loop": min(ec.cosine(vectors[STEERLAB][l], vectors[LOOP][l]) for l in inner)}
+            "cos_sv": min(ec.cosine(vectors[STEERLAB][i], vectors[SV][i]) for i in layers),
+            "cos_loop": min(ec.cosine(vectors[STEERLAB][i], vectors[LOOP][i]) for i in inner)}
 
 
 def generation(lm, data, layer: int, new_tokens: int, batches: list[int], rounds: int) -> dict:
@@ -89,18 +90,18 @@ def generation(lm, data, layer: int, new_tokens: int, batches: list[int], rounds
     vector = fit(lm, data.subset(range(min(16, len(data)))), CAAConfig(layers=[layer]))
     spec = SteeringSpec(vector, multiplier=1.0, layers=[layer])
     prompts = [p.prompt for p in data.pairs[: max(batches)]]
+
+    def run(chunk, batch, steering, tokens):
+        lm.model.generation_config.min_new_tokens = tokens  # every row makes exactly `tokens` tokens
+        generate(lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=batch)
+        sync()
+
     out = {}
     for batch in batches:
         chunk = prompts[:batch]
-
-        def run(steering, tokens):
-            lm.model.generation_config.min_new_tokens = tokens  # every row makes exactly `tokens` tokens
-            generate(lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=batch)
-            sync()
-
         print(f"[gpu generation] {lm.name}: batch {batch}, {new_tokens} tokens", flush=True)
-        result = alternate({"unsteered": lambda: run(None, new_tokens), "steered": lambda: run(spec, new_tokens)},
-                           rounds)
+        result = alternate({"unsteered": functools.partial(run, chunk, batch, None, new_tokens),
+                            "steered": functools.partial(run, chunk, batch, spec, new_tokens)}, rounds)
         out[str(batch)] = {"times": result.times, "ratio": result.ratios("steered", "unsteered"),
                            "tokens_per_s": {n: batch * new_tokens / result.summary(n)[0] for n in result.times}}
     return out
@@ -117,8 +118,9 @@ def measure(args) -> None:
     report = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
               "torch": torch.__version__, "dtype": args.dtype, "pairs": len(pairs), "batch_size": args.batch_size,
               "rounds": args.rounds, "new_tokens": args.new_tokens, "models": {}}
-    import transformers
     from importlib import metadata
+
+    import transformers
 
     report["transformers"] = transformers.__version__
     report["steering-vectors"] = metadata.version("steering-vectors")  # fails early if the peer is missing

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+from common import DATA, fmt_range, header_block, pin_threads, save_result, table, write_section
 
 STEERLAB, REFERENCE = "steerlab (chunked loss)", "reference (full logits)"
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         return statistics.median(values), min(values), max(values)
 
     def ratio(key: str) -> tuple[float, float, float]:
-        values = [a[key] / b[key] for a, b in zip(runs[STEERLAB], runs[REFERENCE])]
+        values = [a[key] / b[key] for a, b in zip(runs[STEERLAB], runs[REFERENCE], strict=False)]
         return statistics.median(values), min(values), max(values)
 
     mib = 1 / 2**20

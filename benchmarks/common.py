@@ -10,6 +10,7 @@ ratios are taken round by round before the median, not from medians of absolute 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,10 +22,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -57,7 +58,7 @@ class Rounds:
 
     def ratios(self, name: str, reference: str) -> tuple[float, float, float]:
         """Median, min and max over rounds of time(name) / time(reference) in the same round."""
-        per_round = [a / b for a, b in zip(self.times[name], self.times[reference])]
+        per_round = [a / b for a, b in zip(self.times[name], self.times[reference], strict=False)]
         return statistics.median(per_round), min(per_round), max(per_round)
 
 
@@ -119,10 +120,8 @@ def machine(threads: int) -> dict[str, str]:
 def versions(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     found = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     found.update(extra or {})
     return found
 

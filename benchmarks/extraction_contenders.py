@@ -6,6 +6,7 @@ repeng runs in its own interpreter (benchmarks/repeng_worker.py).
 
 from __future__ import annotations
 
+import contextlib
 
 import torch
 
@@ -78,11 +79,9 @@ def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, b
     try:
         for idx in token_batches([max(len(s) for s in pair) for pair in seqs], max_rows=batch_size):
             ids, mask = pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id, left=True)
-            try:
+            with contextlib.suppress(_Stop):
                 lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                          position_ids=positions_from_mask(mask).to(lm.device), use_cache=False)
-            except _Stop:
-                pass
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
     finally:

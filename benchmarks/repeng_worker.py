@@ -16,11 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from repeng import ControlVector, DatasetEntry  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from common import serve  # noqa: E402
+import torch
+from common import serve
+from repeng import ControlVector, DatasetEntry
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main(folder: str, pairs_json: str, threads: str) -> None:

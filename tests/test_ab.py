@@ -10,8 +10,7 @@ import torch
 
 from steerlab.cli import main
 from steerlab.data import ContrastivePair, DatasetError, format_prompt
-from steerlab.evaluation.ab import (ABFormatError, ABGrid, Cell, UNSTEERED, load_ab_items, score_ab,
-                                    swap_choices)
+from steerlab.evaluation.ab import UNSTEERED, ABFormatError, ABGrid, Cell, load_ab_items, score_ab, swap_choices
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
 
@@ -86,7 +85,7 @@ def _reference(lm, pair, vector=None, layer=None, mult=0.0, from_user_end=True) 
             hidden = output[0] if isinstance(output, tuple) else output
             hidden = hidden.clone()
             hidden[:, start:] += mult * vector.directions[layer]
-            return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
         handle = lm.layers[layer].register_forward_hook(hook)
     try:
         probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)

@@ -103,7 +103,7 @@ def test_an_architecture_that_normalises_its_writes_is_refused():
         orthogonalize(lm, _vector(lm))
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_export_equals_run_time_ablation(smollm2, tmp_path):
     """The real model (GGUF-loaded, tied embeddings): the exported folder's logits equal run-time ablation."""
     from transformers import AutoModelForCausalLM

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_model import ARCHS, reference_means, tiny_model
 from steerlab.activations import record_activations, tokenize_pair
 from steerlab.batching import token_batches
 from steerlab.data import ContrastiveDataset, ContrastivePair, format_prompt, load_pairs
 from steerlab.methods.caa import CAAConfig, fit
+from tiny_model import ARCHS, reference_means, tiny_model
 
 AB_PAIRS = [
     ContrastivePair("Is the sky green?\n(A) yes\n(B) no", "A", "B", "ab", "("),
@@ -98,7 +98,7 @@ def test_out_of_range_layer_is_refused(tiny_llama):
         record_activations(tiny_llama, [([5], [[6], [7]])], [9])
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_caa_parity_on_smollm2(smollm2, shared_data):
     """The real model, a real A/B set (CAA sycophancy) and free-text pairs, with batching and left padding."""
     ab = load_pairs(shared_data / "caa" / "generate" / "sycophancy" / "generate_dataset.json").pairs[:12]
@@ -110,7 +110,7 @@ def test_caa_parity_on_smollm2(smollm2, shared_data):
 def test_stand_alone_texts_follow_the_shared_lead(tiny_llama):
     """An empty prompt gives the shared lead (a newline, after the tokenizer's start tokens) as context, so the
     text's first token is not the attention sink; an answer prefix follows the lead."""
-    prefix, pos, neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
+    prefix, pos, _neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
     assert prefix == tiny_llama.tokenizer("\n", add_special_tokens=True)["input_ids"] != []
     assert tokenize_pair(tiny_llama, ContrastivePair("", "A", "B", answer_prefix="(" ))[0] == \
         tiny_llama.tokenizer("\n(", add_special_tokens=True)["input_ids"]
@@ -151,7 +151,7 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     lm = tiny_model("llama")
     positive, negative = ["I adore this.", "What a joy!"], ["I hate it.", "What a bore..."]
     (tmp_path / "pairs.jsonl").write_text("".join(f'{{"positive": "{p}", "negative": "{n}"}}\n'
-                                                  for p, n in zip(positive, negative)))
+                                                  for p, n in zip(positive, negative, strict=False)))
     (tmp_path / "prompts.txt").write_text("Hello\n")
     (tmp_path / "task.yaml").write_text("name: t\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
                                         "metric: sentiment\n")
@@ -165,11 +165,11 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     lm.model.save_pretrained(tmp_path / "tiny")
     lm.tokenizer.save_pretrained(tmp_path / "tiny")
     args = ["vector", "build", "--model", str(tmp_path / "tiny"), "--layers", "1,2", "--out", str(tmp_path / "v.safetensors")]
-    for p, n in zip(positive, negative):
+    for p, n in zip(positive, negative, strict=False):
         args += ["--positive", p, "--negative", n]
     assert main(args) == 0
     vectors["cli"] = SteeringVector.load(tmp_path / "v.safetensors")
-    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative)], layers)
+    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative, strict=False)], layers)
     for name, vector in vectors.items():
         for layer in layers:
             assert torch.allclose(vector.directions[layer], vectors["inline"].directions[layer], atol=1e-6), name
@@ -179,6 +179,6 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     bos = [tok.bos_token_id]
     at_bos = torch.stack([reference_means(lm, bos, tok(p, add_special_tokens=False)["input_ids"], layers)
                           - reference_means(lm, bos, tok(n, add_special_tokens=False)["input_ids"], layers)
-                          for p, n in zip(positive, negative)]).mean(0)
+                          for p, n in zip(positive, negative, strict=False)]).mean(0)
     ours = vectors["inline"].directions[1].double()
     assert ((at_bos[0] - ours).norm() / ours.norm()).item() > 1e-2

@@ -39,10 +39,10 @@ def test_prefix_cache_continuations_equal_whole_sequences(tiny_llama):
     prefixes, suffixes = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13], [14, 15, 16], [17]]
     for interleave in (True, False):
         prefix = run_prefix(lm, prefixes).repeated(2, interleave=interleave)
-        inputs, suffix_mask = prefix.continuation(lm, suffixes)
+        inputs, _suffix_mask = prefix.continuation(lm, suffixes)
         logits = lm.model(**inputs).logits
         owners = [0, 0, 1, 1] if interleave else [0, 1, 0, 1]
-        for row, (owner, suffix) in enumerate(zip(owners, suffixes)):
+        for row, (owner, suffix) in enumerate(zip(owners, suffixes, strict=False)):
             alone = lm.model(input_ids=torch.tensor([prefixes[owner] + suffix])).logits[0, -len(suffix):]
             torch.testing.assert_close(logits[row, : len(suffix)], alone, rtol=1e-4, atol=1e-5)
     # the prefix's own cache is left as it was, so it can serve another group of continuations

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from common import Rounds, alternate, write_section  # noqa: E402
+from common import Rounds, alternate, write_section
 
 
 def test_write_section_replaces_only_its_own_markers(tmp_path):

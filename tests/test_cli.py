@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from tiny_model import tiny_model
 from steerlab.cli import main
+from steerlab.conditional import Condition
 from steerlab.data import pairs_from_texts
 from steerlab.methods import METHODS
 from steerlab.vector import SteeringVector, VectorMeta
+from tiny_model import tiny_model
 
 
 def test_build_info_generate(model_dir, tmp_path, capsys):
@@ -40,7 +41,7 @@ def test_inline_one_shot_pair(model_dir, tmp_path):
     assert SteeringVector.load(out).meta.dataset["pairs"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["vector", "build", "--data", "missing.jsonl", "--out", "x.safetensors"], "error: missing.jsonl: no such file"),
     (["vector", "build", "--positive", "a", "--out", "x.safetensors"], "error: inline: 1 positive and 0 negative texts"),
     (["vector", "build", "--data", "d.jsonl", "--set", "bacth_size=2", "--out", "x.safetensors"],
@@ -78,8 +79,8 @@ def test_every_option_shows_its_default_in_help(capsys):
     from steerlab.cli import build_parser
 
     parser = build_parser()
-    groups = [a for a in parser._actions if a.dest == "command"][0].choices
-    vector_groups = [a for a in groups["vector"]._actions if a.dest == "vector_command"][0].choices
+    groups = next(a for a in parser._actions if a.dest == "command").choices
+    vector_groups = next(a for a in groups["vector"]._actions if a.dest == "vector_command").choices
     for name, sub in list(groups.items()) + list(vector_groups.items()):
         for action in sub._actions:
             if action.option_strings and action.default not in (None, False, [], "==SUPPRESS==") and action.help:
@@ -127,7 +128,7 @@ def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, caps
     assert row["prompt"] == "Hi" and row["original"] is not None
 
 
-@pytest.mark.parametrize("name, overrides", [
+@pytest.mark.parametrize(("name", "overrides"), [
     ("caa", {"layers": [1]}), ("pca", {"layers": [1]}), ("prompt", {"instruction": "Be kind."}),
     ("vector_prompt", {"instruction": "Be kind.", "layers": [1]}), ("lm_steer", {"steps": 5, "rank": 4}),
 ])
@@ -162,3 +163,12 @@ def test_prompt_steer_file_through_build_info_and_generate(model_dir, tmp_path, 
     assert row["original"] == generate(lm, ["Hi"], config=config)[0].steered
     assert main(["generate", "--model", str(model_dir), "--vector", str(out), "--multiplier", "2", "--prompt", "Hi"]) == 1
     assert "a prompt steer has no multiplier or layers" in capsys.readouterr().err
+
+
+def test_info_describes_a_condition_file(tmp_path, capsys):
+    lm = tiny_model("llama")
+    path = Condition(torch.ones(lm.hidden_size), 1, 0.1).save(tmp_path / "c.safetensors", lm)
+    capsys.readouterr()
+    assert main(["vector", "info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "condition" and info["layers"] == [1] and info["condition"]["threshold"] == pytest.approx(0.1)

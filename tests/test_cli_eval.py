@@ -24,7 +24,7 @@ NEGATIVE = [f"{w} ??????" for w in WORDS]
 def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"prompt": "Say something.", "positive": p, "negative": n}) + "\n"
-                            for p, n in zip(POSITIVE, NEGATIVE)))
+                            for p, n in zip(POSITIVE, NEGATIVE, strict=False)))
     return path
 
 
@@ -52,7 +52,7 @@ def test_diagnose_writes_no_vector_from_pairs_that_do_not_separate(model_dir, tm
     # Half the pairs have their sides swapped: no direction is shared.
     mixed.write_text("".join(json.dumps({"prompt": "Say something.", "positive": p if i % 2 else n,
                                          "negative": n if i % 2 else p}) + "\n"
-                             for i, (p, n) in enumerate(zip(POSITIVE, NEGATIVE))))
+                             for i, (p, n) in enumerate(zip(POSITIVE, NEGATIVE, strict=False))))
     out = tmp_path / "v.safetensors"
     assert main(["vector", "diagnose", "--model", str(model_dir), "--data", str(mixed), "--out", str(out)]) == 1
     text = capsys.readouterr()
@@ -163,7 +163,7 @@ def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tm
     assert "fitting lm_steer (steps)" in err and "3/3" in err and "fitting caa (pairs)" in err
 
 
-@pytest.mark.parametrize("argv, message", [
+@pytest.mark.parametrize(("argv", "message"), [
     (["eval", "--task", "sentiment"], "error: give one steer: --vector FILE or --method NAME"),
     (["eval", "--task", "sycophancy", "--method", "caa"],
      "error: task 'sycophancy' is an A/B task, scored by answer probabilities rather than generated text; "

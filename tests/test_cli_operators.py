@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.conditional import Condition
+from steerlab.meta import Recommendation
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_model
 
@@ -40,11 +40,11 @@ def test_operator_positions_and_ablation_flags(model_dir, tmp_path, capsys):
     for arm, rows in texts.items():
         assert any(r["steered"] != r["original"] for r in rows), arm
     with pytest.raises(SystemExit):  # argparse refuses an unknown operator
-        main(base + ["--operator", "scale"])
+        main([*base, "--operator", "scale"])
     capsys.readouterr()
-    assert main(base + ["--positions", "middle"]) == 1
+    assert main([*base, "--positions", "middle"]) == 1
     assert "positions must be one of" in capsys.readouterr().err
-    assert main(base + ["--ablate-direction", "--multiplier", "2"]) == 1
+    assert main([*base, "--ablate-direction", "--multiplier", "2"]) == 1
 
 
 def test_orthogonalize_export_generates_what_run_time_ablation_generates(model_dir, tmp_path, capsys):
@@ -54,11 +54,11 @@ def test_orthogonalize_export_generates_what_run_time_ablation_generates(model_d
     assert (out / "config.json").is_file()
     capsys.readouterr()
     prompts = ["--prompt", "Hi there", "--prompt", "Tell me more", "--max-new-tokens", "8", "--json"]
-    assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--ablate-direction"] + prompts) == 0
+    assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--ablate-direction", *prompts]) == 0
     ablated = [r["steered"] for r in _outputs(capsys)]
-    assert main(["generate", "--model", str(out)] + prompts) == 0
+    assert main(["generate", "--model", str(out), *prompts]) == 0
     assert [r["steered"] for r in _outputs(capsys)] == ablated
-    assert main(["generate", "--model", str(model_dir)] + prompts) == 0
+    assert main(["generate", "--model", str(model_dir), *prompts]) == 0
     assert [r["steered"] for r in _outputs(capsys)] != ablated
 
 
@@ -76,6 +76,6 @@ def test_condition_fit_and_conditional_generation(model_dir, tmp_path, capsys):
     assert 0 < condition.fit["f1"] <= 1
     prompts = ["--prompt", "xxxxx", "--prompt", "hello big world", "--max-new-tokens", "6", "--json", "--orig"]
     assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--layers", "1", "--multiplier", "8",
-                 "--condition", str(cond)] + prompts) == 0
+                 "--condition", str(cond), *prompts]) == 0
     rows = _outputs(capsys)
     assert len(rows) == 2

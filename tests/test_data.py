@@ -33,7 +33,7 @@ def test_reads_plain_pairs_and_the_shipped_demo_set():
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    ("content", "message"),
     [
         ("", "no pairs in the file"),
         ('{"positive": "a", "negative": "b"}\n{"positive": "c"}\n', "line 2: missing field 'negative'"),
@@ -61,5 +61,5 @@ def test_unbalanced_inline_sides_are_refused():
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DatasetError, match="nope.jsonl: no such file"):
+    with pytest.raises(DatasetError, match=r"nope\.jsonl: no such file"):
         load_pairs(tmp_path / "nope.jsonl")

@@ -49,7 +49,7 @@ def _task(tmp_path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("setup, expected", [
+@pytest.mark.parametrize(("setup", "expected"), [
     ("calibrated", ("strength", 0.3, {1: 1.0})),
     ("swept", ("multiplier", 3.0, {1: 1.0})),
     ("norms only", ("strength", DEFAULT_STRENGTH, {1: 1.0, 2: 1.0})),
@@ -126,18 +126,18 @@ def test_after_calibrate_generate_with_no_strength_steers_at_what_calibrate_said
     model = ["--model", str(tmp_path / "tiny")]
     assert main(["vector", "calibrate", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.safetensors"),
                  "--overwrite", "--kl-budget", "50", "--fluency-bound", "0.99", "--prompts", "3", "--fluency-prompts", "2",
-                 "--max-new-tokens", "4"] + model) == 0
+                 "--max-new-tokens", "4", *model]) == 0
     said = re.search(r"now steers at strength ([+-][\d.]+) at layer (\d+) \(the calibrated 'up' strength\)",
                      capsys.readouterr().out)
     assert said, "calibrate says what the vector now steers at"
     strength, layer = float(said.group(1)), int(said.group(2))
     assert layer == 1 and strength > 0
-    run = ["generate", "--vector", str(tmp_path / "v.safetensors"), "--prompt", "Hello", "--max-new-tokens", "6"] + model
+    run = ["generate", "--vector", str(tmp_path / "v.safetensors"), "--prompt", "Hello", "--max-new-tokens", "6", *model]
     assert main(run) == 0
     by_default = capsys.readouterr().out
     assert f"layer 1: multiplier {multiplier_for(SteeringVector.load(tmp_path / 'v.safetensors'), 1, strength):+.4g} " \
            f"= strength {strength:+.4g} (nothing given: the calibrated 'up' strength)" in by_default
-    assert main(run + ["--strength", f"{strength}", "--layers", "1"]) == 0
+    assert main([*run, "--strength", f"{strength}", "--layers", "1"]) == 0
     given = capsys.readouterr().out
     steered = lambda out: [line for line in out.splitlines() if "steered |" in line or "output |" in line]  # noqa: E731
     assert steered(by_default) == steered(given) and steered(given)

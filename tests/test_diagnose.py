@@ -96,7 +96,7 @@ def test_dict_form_and_table():
     assert table.endswith(diagnosis.verdict)
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_sst2_separates_on_smollm2_and_shuffled_labels_do_not(smollm2, shared_data):
     """200 short SST-2 sentences of each label: a middle layer separates held-out pairs; swapped sides do not."""
     with (shared_data / "sentiment" / "sst2_dev.tsv").open(newline="") as f:

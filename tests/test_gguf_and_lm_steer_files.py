@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from gguf_files import write_gguf
-
 from steerlab.interop.gguf import import_control_vector
 from steerlab.methods.lm_steer import LMSteer
 from steerlab.vector import VectorFileError, VectorMeta
@@ -24,9 +23,9 @@ def vec(value: float = 1.0) -> np.ndarray:
 
 
 GGUF_BAD = [
-    ({"direction.1": vec()}, dict(hint="llama", patch=(b"llama", b"ll\xffma")),
+    ({"direction.1": vec()}, {"hint": "llama", "patch": (b"llama", b"ll\xffma")},
      "GGUF key 'controlvector.model_hint' is not a UTF-8 string"),
-    ({"direction.1": vec()}, dict(patch=(b"\x0d" + bytes(7) + b"controlvector", b"\x0d" + bytes(7) + b"controlvect\xc3\x28")),
+    ({"direction.1": vec()}, {"patch": (b"\x0d" + bytes(7) + b"controlvector", b"\x0d" + bytes(7) + b"controlvect\xc3\x28")},
      "GGUF key 'general.architecture' is not a UTF-8 string"),
     ({"direction.0": vec(), "direction.1": vec()}, {}, "tensor 'direction.0': llama.cpp rejects direction.0"),
     ({"direction.\u0661\u0665": vec()}, {}, "unexpected tensor 'direction.\u0661\u0665' (expected direction.N with N in "
@@ -34,18 +33,18 @@ GGUF_BAD = [
     ({"direction.015": vec(), "direction.15": vec()}, {}, "two tensors for layer 15"),
     ({"direction.2": vec(float("nan"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
     ({"direction.2": vec(float("inf"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
-    ({"direction.9": vec()}, dict(meta=json.dumps(VectorMeta("m", HIDDEN, 4, "caa").to_json())),
+    ({"direction.9": vec()}, {"meta": json.dumps(VectorMeta("m", HIDDEN, 4, "caa").to_json())},
      "tensor 'direction.9' is past the 4 layers the model has"),
-    ({"direction.2": vec()}, dict(meta=json.dumps(VectorMeta("m", HIDDEN + 1, 4, "caa").to_json())),
+    ({"direction.2": vec()}, {"meta": json.dumps(VectorMeta("m", HIDDEN + 1, 4, "caa").to_json())},
      "the steerlab metadata says hidden size 9, the tensors have 8"),
-    ({"direction.2": vec()}, dict(meta='{"model_name": "m", "hidden_size": 8, "hidden_size": 8}'),
+    ({"direction.2": vec()}, {"meta": '{"model_name": "m", "hidden_size": 8, "hidden_size": 8}'},
      "duplicate key 'hidden_size'"),
-    ({"direction.2": vec()}, dict(meta=json.dumps({**VectorMeta("m", HIDDEN, 4, "caa").to_json(), "task": None})),
+    ({"direction.2": vec()}, {"meta": json.dumps({**VectorMeta("m", HIDDEN, 4, "caa").to_json(), "task": None})},
      "metadata field 'task': expected a string, got null"),
 ]
 
 
-@pytest.mark.parametrize("tensors, options, message", GGUF_BAD, ids=[b[2][:40] for b in GGUF_BAD])
+@pytest.mark.parametrize(("tensors", "options", "message"), GGUF_BAD, ids=[b[2][:40] for b in GGUF_BAD])
 def test_bad_control_vectors_raise_a_vector_file_error_naming_the_file(tmp_path, tensors, options, message):
     path = str(write_gguf(tmp_path / "v.gguf", tensors, **options))
     with pytest.raises(VectorFileError) as caught:
@@ -73,7 +72,7 @@ LM_STEER_BAD = [
 ]
 
 
-@pytest.mark.parametrize("p1, p2, changes, message", LM_STEER_BAD, ids=[b[3][:40] for b in LM_STEER_BAD])
+@pytest.mark.parametrize(("p1", "p2", "changes", "message"), LM_STEER_BAD, ids=[b[3][:40] for b in LM_STEER_BAD])
 def test_bad_lm_steer_files_raise_a_vector_file_error_naming_the_file(tmp_path, p1, p2, changes, message):
     path = lm_steer_file(tmp_path / "s.safetensors", p1, p2, **changes)
     with pytest.raises(VectorFileError) as caught:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader
-from gguf_files import write_gguf
 
+from conftest import repeng_python
+from gguf_files import write_gguf
 from steerlab.interop.gguf import export_control_vector, import_control_vector
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
@@ -142,22 +143,14 @@ def test_no_direction_tensors(tmp_path):
 
 
 # ---- parity with repeng (run in its own interpreter: repeng 0.4.0 needs numpy<2) ------------------
-def repeng_python() -> str:
-    """The interpreter with repeng: $STEERLAB_REPENG_PYTHON, else the repository's .venv-repeng."""
-    named = os.environ.get("STEERLAB_REPENG_PYTHON")
-    if named:
-        return named
-    local = Path(__file__).resolve().parents[1] / ".venv-repeng" / "bin" / "python"
-    if local.exists():
-        return str(local)
-    pytest.skip("no repeng interpreter: set STEERLAB_REPENG_PYTHON or run `make repeng-venv`")
-
-
 def run_bridge(*args: object) -> None:
-    done = subprocess.run([repeng_python(), str(BRIDGE), *map(str, args)], capture_output=True, text=True, timeout=120)
+    python = repeng_python()
+    assert python is not None  # the `repeng` marker skipped the test otherwise
+    done = subprocess.run([python, str(BRIDGE), *map(str, args)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.repeng
 def test_repeng_export_imports_to_the_same_directions(tmp_path):
     vector = make_vector(layers=(1, 2, 5))
     np.savez(tmp_path / "in.npz", **{f"layer_{k}": v.numpy() for k, v in vector.directions.items()})
@@ -167,6 +160,7 @@ def test_repeng_export_imports_to_the_same_directions(tmp_path):
     assert (back.meta.model_type, back.meta.hidden_size, back.meta.model_name) == ("llama", HIDDEN, "tiny-llama")
 
 
+@pytest.mark.repeng
 def test_our_export_imports_into_repeng_with_the_same_directions(tmp_path):
     vector = make_vector(layers=(1, 2, 5))
     export_control_vector(vector, tmp_path / "ours.gguf")

@@ -21,12 +21,17 @@ from steerlab.data import ContrastiveDataset, ContrastivePair
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import get_method
 from steerlab.methods.lm_steer import InsufficientMemoryError, LabelledTexts, LMSteer, LMSteerConfig, fit
-from steerlab.methods.lm_steer.train import (TrainingSet, check_memory, chunked_loss, encode_examples,
-                                             final_hidden_states, memory_parts)
+from steerlab.methods.lm_steer.train import (
+    TrainingSet,
+    check_memory,
+    chunked_loss,
+    encode_examples,
+    final_hidden_states,
+    memory_parts,
+)
 from steerlab.models import LoadedModel
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WORDS = ["<pad>", "</s>", "<unk>", "user", "assistant", ":", "the", "movie", "film", "was", "is", "very", "good",
          "bad", "great", "awful", "a", "plot", "and", "i", "liked", "hated", "it", "story", "ending"]
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
@@ -117,13 +122,13 @@ def test_only_answer_tokens_are_trained_and_padding_changes_nothing():
     lm = tiny_lm(chat=True)
     examples = encode_examples(lm, [TrainingSet.of(PAIRS)], max_length=64, report=print)
     assert len(examples) == 6
-    for example, (pair, side) in zip(examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")]):
+    for example, (pair, side) in zip(examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")], strict=False):
         context = ids(lm, f"user : {pair.prompt} assistant : ")  # the template, written out by hand
         answer = ids(lm, getattr(pair, side))
         assert example.ids == context + answer and example.start == len(context)
         assert example.value == (1.0 if side == "positive" else -1.0)
     batched = final_hidden_states(lm, examples)  # different lengths: right padding
-    for example, (hidden, targets) in zip(examples, batched):
+    for example, (hidden, targets) in zip(examples, batched, strict=False):
         seq = torch.tensor([example.ids])
         with torch.no_grad():
             full = lm.model.model(input_ids=seq).last_hidden_state[0]  # the LM head's input, unpadded
@@ -153,7 +158,7 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_loss(chunk_size):
     examples = encode_examples(lm, sets, max_length=64, report=print)
     parts = final_hidden_states(lm, examples)
     values = torch.cat([torch.zeros(len(t), 2).index_fill_(1, torch.tensor([e.steer]), e.value)
-                        for e, (_, t) in zip(examples, parts)])
+                        for e, (_, t) in zip(examples, parts, strict=False)])
     p1 = steer.projector1.clone().requires_grad_()
     p2 = steer.projector2.clone().requires_grad_()
     loss = chunked_loss(lm, torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), values,
@@ -314,14 +319,14 @@ def _status_mib(key: str) -> float:
         return int(next(line for line in f if line.startswith(key)).split()[1]) / 1024
 
 
-def _texts(name: str, n: int) -> list[str]:
-    with open(DATA / "sentiment" / name) as f:
-        rows = [json.loads(line) for _, line in zip(range(n), f)]
+def _texts(data: Path, name: str, n: int) -> list[str]:
+    with open(data / "sentiment" / name) as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f, strict=False)]
     return [r["prompt"]["text"] + " " + r["continuation"]["text"] for r in rows]
 
 
-@pytest.mark.slow
-def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
+@pytest.mark.real_model
+def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path, shared_data):
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from steerlab.models import load_model
@@ -331,7 +336,8 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     with torch.no_grad():  # page the weights in, so the peak below is training's own
         lm.model(input_ids=torch.tensor([[1, 2, 3]]))
     # DExperts' OpenWebText sentences whose GPT-2 continuations were all positive / all negative.
-    texts = LabelledTexts(_texts("positive_prompts.jsonl", 150), _texts("negative_prompts.jsonl", 150), "dexperts")
+    texts = LabelledTexts(_texts(shared_data, "positive_prompts.jsonl", 150),
+                          _texts(shared_data, "negative_prompts.jsonl", 150), "dexperts")
     config = LMSteerConfig(rank=1000, steps=200, batch_size=4, max_length=32, lr=0.01)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset this process's peak RSS
@@ -345,8 +351,8 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path):
     assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
 
     steer = LMSteer.load(steer.save(tmp_path / "sentiment.lmsteer.safetensors"))
-    with open(DATA / "sentiment" / "neutral_prompts.jsonl") as f:
-        prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f)]
+    with open(shared_data / "sentiment" / "neutral_prompts.jsonl") as f:
+        prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f, strict=False)]
     n = len(prompts)
     results = generate(lm, prompts * 3, steer.with_multiplier([-1.0] * n + [0.0] * n + [1.0] * n), batch_size=3 * n,
                        use_chat_template=False, config=GenerationConfig(max_new_tokens=20))

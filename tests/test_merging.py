@@ -143,11 +143,11 @@ def test_same_fingerprint_under_another_name_is_the_same_model():
     assert merged.layers == [1, 2]
 
 
-@pytest.mark.parametrize("other, same", [
-    (dict(name="./models/tiny"), True),  # same fingerprint, another name: the same model
-    (dict(name="tiny-ft", fingerprint="fp2"), False),
-    (dict(name="small", fingerprint=""), False),  # no fingerprint on one side: names decide
-    (dict(fingerprint=""), True),
+@pytest.mark.parametrize(("other", "same"), [
+    ({"name": "./models/tiny"}, True),  # same fingerprint, another name: the same model
+    ({"name": "tiny-ft", "fingerprint": "fp2"}, False),
+    ({"name": "small", "fingerprint": ""}, False),  # no fingerprint on one side: names decide
+    ({"fingerprint": ""}, True),
 ])
 def test_merge_and_arithmetic_share_one_same_model_rule(other, same):
     """`a + b` and `steerlab vector merge` agree on every pair of vectors: both use vector.same_model."""

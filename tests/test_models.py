@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tiny_model import ARCHS, tiny_model
 from steerlab.models import ModelLoadError, find_decoder_layers, load_model
+from tiny_model import ARCHS, tiny_model
 
 # Where each family keeps its blocks, written out here as the independent reference.
 EXPECTED_PATHS = {"llama": "model.layers", "qwen2": "model.layers", "gemma2": "model.layers",
@@ -43,9 +43,9 @@ def test_non_transformer_is_refused():
 
 
 def test_bad_sources_are_explained(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a model folder or a .gguf file"):
+    with pytest.raises(ModelLoadError, match=r"not a model folder or a \.gguf file"):
         load_model(tmp_path / "nothing-here")
-    with pytest.raises(ModelLoadError, match="no config.json; a Hugging Face model folder needs one"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json; a Hugging Face model folder needs one"):
         load_model(tmp_path)
 
 
@@ -60,7 +60,7 @@ def test_loads_a_saved_folder(tmp_path):
         torch.testing.assert_close(loaded.model(ids).logits, lm.model(ids).logits)
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_default_model_is_smollm2(smollm2):
     assert smollm2.name == "SmolLM2-135M-Instruct"
     assert (smollm2.num_layers, smollm2.hidden_size, smollm2.layers_path) == (30, 576, "model.layers")

@@ -3,22 +3,19 @@
 import json
 import re
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_model import chat_ids, reference_means, tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
-from steerlab.data import ContrastivePair, ContrastiveDataset, load_pairs, demo_dataset_path
+from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, pca
 from steerlab.steering import SteeringSpec
 from steerlab.strength import residual_norms
 from steerlab.vector import SteeringVector
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tiny_model import chat_ids, reference_means, tiny_lm
 
 PAIRS = ContrastiveDataset([
     ContrastivePair("How was the film?", "A delight from start to end.", "A bore from start to end."),
@@ -179,8 +176,8 @@ def test_save_load_apply_round_trip(lm, tmp_path):
         loaded.save(path)
 
 
-@pytest.mark.slow
-def test_pca_vector_moves_vader_both_ways_on_smollm2():
+@pytest.mark.real_model
+def test_pca_vector_moves_vader_both_ways_on_smollm2(shared_data):
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from steerlab.models import load_model
@@ -190,7 +187,7 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2():
     # Layer 12 of 30 and +-25 (unit direction; the residual norm there is ~106) keep the text readable.
     vector = pca.fit(lm, pairs, pca.PCAConfig(mode="pca_center", layers=[12]))
     assert vector.meta.fit_stats["pairs_agreeing"]["12"] >= 0.9
-    lines = (DATA / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
+    lines = (shared_data / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
     prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     n, m = len(prompts), 25.0
     spec = SteeringSpec(vector, multiplier=[m] * n + [0.0] * n + [-m] * n)
@@ -202,11 +199,11 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2():
     assert minus < zero - 0.1, mean
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_pca_finds_the_caa_direction_on_toxicity_text_pairs(smollm2, shared_data):
     """ParaDetox pairs have no prompt; the toxicity task's lead token keeps PCA's first component on toxicity."""
-    from steerlab.methods import caa
     from steerlab.evaluation.tasks import get_task
+    from steerlab.methods import caa
 
     data = get_task("toxicity").train_data(shared_data, 100)
     mean_diff = caa.fit(smollm2, data, caa.CAAConfig(layers=[15])).directions[15]

@@ -29,7 +29,7 @@ def reference_nll(lm, prompt: str, continuation: str) -> tuple[float, int]:
 def test_batched_losses_match_single_sequence_references():
     lm = tiny_lm()
     losses = continuation_losses(lm, PROMPTS, CONTINUATIONS, batch_size=3)
-    for loss, prompt, cont in zip(losses, PROMPTS, CONTINUATIONS):
+    for loss, prompt, cont in zip(losses, PROMPTS, CONTINUATIONS, strict=False):
         nll, n = reference_nll(lm, prompt, cont)
         assert loss.tokens == n
         assert loss.nll == pytest.approx(nll, rel=1e-4)
@@ -50,5 +50,5 @@ def test_an_empty_continuation_has_no_perplexity():
 
 
 def test_refuses_mismatched_lists():
-    with pytest.raises(ValueError, match="^2 prompts but 1 continuations; give one continuation per prompt$"):
+    with pytest.raises(ValueError, match=r"^2 prompts but 1 continuations; give one continuation per prompt$"):
         continuation_losses(tiny_lm(), ["a", "b"], ["c"])

@@ -52,7 +52,7 @@ def steered_positions(lm, rows, positions) -> torch.Tensor:
     for spec in (None, SteeringSpec(_vector(lm), 1.0, [1], positions=positions)):
         seen = {}
         handle = VectorSteering(spec).attach(lm) if spec else None
-        hook = lm.layers[1].register_forward_hook(lambda m, a, o: seen.setdefault("h", o[0] if isinstance(o, tuple) else o))
+        hook = lm.layers[1].register_forward_hook(lambda m, a, o, seen=seen: seen.setdefault("h", o[0] if isinstance(o, tuple) else o))
         try:
             with torch.no_grad():
                 lm.model(input_ids=ids, attention_mask=mask)
@@ -129,7 +129,7 @@ def test_bad_positions_and_untemplated_prompts_are_refused():
         steered_positions(lm, [lm.tokenizer("no template here")["input_ids"]], "user")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_real_template_roles(smollm2):
     tok = smollm2.tokenizer
     for messages in CONVERSATIONS:

@@ -5,7 +5,6 @@ import re
 from importlib import resources
 
 import pytest
-from tiny_model import tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import pairs_from_texts
@@ -13,6 +12,7 @@ from steerlab.generation import GenerationConfig, generate
 from steerlab.methods import METHODS, prompt
 from steerlab.methods.prompt import PromptConfig, PromptSteering
 from steerlab.vector import VectorFileError
+from tiny_model import tiny_lm
 
 PROMPTS = ["Tell me about rain.", "Hi", "What do you think about Mondays, honestly?", "Describe a cat."]
 INSTRUCTION = "Always answer cheerfully."
@@ -85,7 +85,7 @@ def test_fit_refuses_system_placement_when_the_template_has_no_system_role():
     lm.tokenizer.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="does not take a system message") as err:
         prompt.fit(lm, None, PromptConfig(INSTRUCTION, "system"))
     assert str(err.value) == ("tiny-llama-2x16's chat template does not take a system message "
                               "(System role not supported); use placement: prefix")

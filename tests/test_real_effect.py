@@ -19,7 +19,7 @@ LAYER = 9
 RELATIVE_STRENGTH = 0.2
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     with open(shared_data / "sentiment" / "sst2_dev.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -30,7 +30,7 @@ def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     multiplier = RELATIVE_STRENGTH * vector.meta.residual_norms[str(LAYER)] / vector.norms()[LAYER]
 
     with open(shared_data / "sentiment" / "neutral_prompts.jsonl") as f:
-        prompts = [json.loads(line)["prompt"]["text"] for line, _ in zip(f, range(30))]
+        prompts = [json.loads(line)["prompt"]["text"] for line, _ in zip(f, range(30), strict=False)]
     n = len(prompts)
     spec = SteeringSpec(vector, [multiplier] * n + [0.0] * n + [-multiplier] * n, [LAYER])
     results = generate(smollm2, prompts * 3, spec, config=GenerationConfig(max_new_tokens=30),
@@ -40,7 +40,7 @@ def test_sst2_sentiment_vector_moves_vader_both_ways(smollm2, shared_data):
     assert plus > zero > minus
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_refusal_ab_vector_report(smollm2, shared_data):
     """Print p(matching) at -1/0/+1 for a refusal vector (no direction asserted: SmolLM2 answers at chance)."""
     from steerlab.data import load_pairs
@@ -54,6 +54,6 @@ def test_refusal_ab_vector_report(smollm2, shared_data):
     summaries = [grid.summary(c) for c in range(len(cells))]
     print("\nrefusal A/B, layer 15, 64 train pairs, 50 test items: "
           + ", ".join(f"x{m:+.0f}: p(matching) {s['p_matching']:.3f} (file order {s['p_matching_file_order']:.3f})"
-                      for m, s in zip([0, -1, 1], summaries))
+                      for m, s in zip([0, -1, 1], summaries, strict=False))
           + f"; unsteered prefers the first answer in both orders on {summaries[0]['first_in_both_orders']:.0%}")
     assert all(0.0 <= s["p_matching"] <= 1.0 and s["answer_mass"] > 0.0 for s in summaries)

@@ -43,7 +43,7 @@ def test_one_batch_equals_separate_runs():
     steer = VectorSteering(SteeringSpec(vector, 1.0, [1, 2]))
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [2.0, -2.0]), config=CONFIG, batch_size=6)
     assert run.original == [r.steered for r in generate(lm, PROMPTS, None, config=CONFIG)]
-    for cond, m in zip(run.conditions, [2.0, -2.0]):
+    for cond, m in zip(run.conditions, [2.0, -2.0], strict=False):
         assert cond.label == f"x{m:g}" and cond.multiplier == m
         assert cond.texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(vector, m, [1, 2]), config=CONFIG)]
     assert run.conditions[0].texts != run.original  # the vector is strong enough to change greedy text

@@ -30,8 +30,6 @@ from steerlab.evaluation import (
 )
 from steerlab.evaluation.metrics import midranks
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | None = None) -> Path:
     """A randomly initialised 1-layer BERT classifier and a word-level tokenizer, saved as an HF folder."""
@@ -40,14 +38,14 @@ def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | No
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    words = "[PAD] [UNK] [CLS] [SEP] i love this it is wonderful terrible and hate the movie".split()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "love", "this", "it", "is", "wonderful", "terrible", "and", "hate", "the", "movie"]
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
                                         cls_token="[CLS]", sep_token="[SEP]")
     config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64, num_labels=len(labels),
-                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
                         problem_type=problem_type)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
@@ -98,7 +96,7 @@ def test_classifier_sentiment_shape_and_range(tmp_path: Path) -> None:
 
 
 def test_classifier_needs_config_json(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         LocalTextClassifier(tmp_path)
 
 
@@ -134,11 +132,11 @@ def test_default_toxicity_known_inputs() -> None:
     assert scorer.scores([]) == []
 
 
-def test_default_toxicity_agrees_with_perspective_on_rtp() -> None:
+def test_default_toxicity_agrees_with_perspective_on_rtp(shared_data) -> None:
     # experiments/toxicity_scorers/run.py measured 0.916 on these continuations; guard against a silent regression.
     texts, labels = [], []
     for name in ("rtp_challenging_toxic.jsonl", "rtp_nontoxic.jsonl"):
-        for line in (DATA / "toxicity" / name).read_text(encoding="utf-8").splitlines():
+        for line in (shared_data / "toxicity" / name).read_text(encoding="utf-8").splitlines():
             part = json.loads(line)["continuation"]
             if part.get("toxicity") is not None:
                 texts.append(part["text"])
@@ -150,7 +148,7 @@ def test_toxic_share_and_mean() -> None:
     assert toxic_share([0.1, 0.5, 0.9]) == pytest.approx(2 / 3)
     assert toxic_share([0.1, 0.5, 0.9], threshold=0.95) == 0.0
     assert mean_score([0.1, 0.5, 0.9]) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="toxic_share of no scores"):
         toxic_share([])
 
 
@@ -164,7 +162,7 @@ def test_refusal_known_inputs() -> None:
     assert not is_refusal("Sure, here is a recipe for pancakes.")
     assert not is_refusal("")
     assert refusal_rate(["I cannot", "Sure", "I am unable to comply", "Here you go"]) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="refusal_rate of no texts"):
         refusal_rate([])
 
 

@@ -8,15 +8,15 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import write_real_vectors
 
+from server_helpers import write_real_vectors
 from steerlab.generation import GenerationConfig, generate
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 from steerlab.steering import SteeringSpec
 from steerlab.vector import content_hash
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real_model
 
 PROMPT = "Tell me about your weekend."
 TOKENS = 20
@@ -90,7 +90,7 @@ def test_seeded_sampling_with_n_choices_equals_library_generate(served, smollm2)
     # The library gives prompt i the seed 11 + i; the server gives choice i the same.
     ref = generate(smollm2, [PROMPT, PROMPT], spec, generate_orig_output=True, config=config)
     texts = [c["message"]["content"] for c in body["choices"]]
-    got = list(zip(texts[:2], texts[2:]))
+    got = list(zip(texts[:2], texts[2:], strict=False))
     assert got == [(r.steered, r.original) for r in ref]
     assert got[0][0] != got[1][0]
     again = chat(client, steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10],
@@ -112,7 +112,7 @@ def test_completions_use_the_raw_prompt_like_generate_without_chat_template(serv
 
 def test_streamed_chunks_reassemble_to_the_full_response(served):
     client, _ = served
-    fields = dict(steering=[{"vector": "sentiment", "multiplier": 6}], include_original=True)
+    fields = {"steering": [{"vector": "sentiment", "multiplier": 6}], "include_original": True}
     full = chat(client, **fields).json()["choices"]
     texts, finish, events = {0: "", 1: ""}, {}, []
     with client.stream("POST", "/v1/chat/completions",
@@ -167,7 +167,7 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("fields, param, message", REFUSALS, ids=[r[1] + str(i) for i, r in enumerate(REFUSALS)])
+@pytest.mark.parametrize(("fields", "param", "message"), REFUSALS, ids=[r[1] + str(i) for i, r in enumerate(REFUSALS)])
 def test_bad_requests_get_a_400_that_says_which_field_and_why(served, fields, param, message):
     client, _ = served
     reply = chat(client, **fields)
@@ -178,7 +178,7 @@ def test_bad_requests_get_a_400_that_says_which_field_and_why(served, fields, pa
     assert error["message"].startswith(message), error["message"]
 
 
-@pytest.mark.parametrize("literal, shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")])
+@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")])
 def test_non_finite_multipliers_are_refused(served, literal, shown):
     client, _ = served
     raw = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, '

@@ -60,7 +60,7 @@ def test_a_conditional_item_serves_the_library_cast_and_steers_only_the_prompts_
     lm, registry, client, decided = served
     up, condition = registry.entries["up"].vector, registry.entries["long"].condition
     item = {"vector": "up", "multiplier": 2.0, "condition": "long"}
-    for prompt, selected in zip(PROMPTS, decided.tolist()):
+    for prompt, selected in zip(PROMPTS, decided.tolist(), strict=False):
         served_text = _text(_chat(client, prompt, [item]))
         cast = ConditionalSteering(SteeringSpec(up, 2.0), condition)
         assert served_text == generate(lm, [prompt], cast, config=CONFIG)[0].steered
@@ -116,7 +116,7 @@ def test_conditions_are_listed_as_conditions(served):
     assert listed["up"]["object"] == "steering_vector" and "condition" not in listed["up"]
 
 
-@pytest.mark.parametrize("item, param, message", [
+@pytest.mark.parametrize(("item", "param", "message"), [
     ({"vector": "long"}, "steering[0].vector",
      "steering[0].vector: 'long' is not a vector: it is a condition (kind 'condition'): give it as condition, "
      "beside the vector to apply"),

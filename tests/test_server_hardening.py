@@ -14,10 +14,10 @@ import httpx
 import pytest
 import safetensors.torch
 import torch
-from conftest import tiny_model
 from fastapi.testclient import TestClient
-from server_helpers import serve_in_thread
 
+from conftest import tiny_model
+from server_helpers import serve_in_thread
 from steerlab.evaluation.metric_registry import METRICS, Metric
 from steerlab.server.app import Limits, create_app
 from steerlab.server.registry import VectorRegistry
@@ -160,14 +160,12 @@ def test_the_default_limits_refuse_a_ten_megabyte_prompt(tiny):
 
 def test_without_a_token_the_server_warns_at_start(tiny, caplog):
     lm, registry = tiny
-    with caplog.at_level(logging.WARNING, logger="steerlab.server"):
-        with TestClient(create_app(lm, registry)):
-            pass
+    with caplog.at_level(logging.WARNING, logger="steerlab.server"), TestClient(create_app(lm, registry)):
+        pass
     assert any("serving without a token" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="steerlab.server"):
-        with TestClient(create_app(lm, registry, token="s3cret")):
-            pass
+    with caplog.at_level(logging.WARNING, logger="steerlab.server"), TestClient(create_app(lm, registry, token="s3cret")):
+        pass
     assert not any("without a token" in r.getMessage() for r in caplog.records)
 
 
@@ -211,7 +209,7 @@ STRICT = [
 ]
 
 
-@pytest.mark.parametrize("fields, param, message", STRICT, ids=[f"{r[1]}-{i}" for i, r in enumerate(STRICT)])
+@pytest.mark.parametrize(("fields", "param", "message"), STRICT, ids=[f"{r[1]}-{i}" for i, r in enumerate(STRICT)])
 def test_types_are_strict_and_values_checked(tiny, fields, param, message):
     lm, registry = tiny
     with TestClient(create_app(lm, registry)) as client:

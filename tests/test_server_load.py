@@ -15,12 +15,12 @@ import time
 import httpx
 import pytest
 import torch
-from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 
+from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real_model
 
 REQUESTS, CLIENTS, DISTINCT = 200, 16, 40
 PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about rainy days?",
@@ -93,7 +93,7 @@ def test_two_hundred_concurrent_requests_match_each_served_alone(smollm2, tmp_pa
                         path, body = pool[index]
                         reply = client.post(path, json=body)
                         got = outputs(reply.json()) if reply.status_code == 200 else f"HTTP {reply.status_code}"
-                    except Exception as exc:  # counted as an error below
+                    except Exception as exc:  # noqa: BLE001 - counted as an error below
                         got = f"{type(exc).__name__}: {exc}"
                     results.append((index, time.perf_counter() - start, got))
 

@@ -9,9 +9,9 @@ import math
 import openai
 import pytest
 import torch
+
 from conftest import tiny_model
 from server_helpers import serve_in_thread
-
 from steerlab.generation import RowPenalties
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
@@ -28,9 +28,9 @@ def client(tmp_path_factory):
     directions = {layer: torch.randn(lm.hidden_size, generator=gen) * 4 for layer in (1, 2)}
     SteeringVector(directions, VectorMeta.for_model(lm, "caa")).save(folder / "up.safetensors")
     app = create_app(lm, VectorRegistry.from_dir(lm, folder), max_tokens_limit=64)
-    with serve_in_thread(app) as (url, _):
-        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as api:
-            yield api, lm.name
+    with (serve_in_thread(app) as (url, _),
+          openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as api):
+        yield api, lm.name
 
 
 def chat(client, **fields):

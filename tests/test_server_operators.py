@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 from fastapi.testclient import TestClient
 
+from conftest import tiny_model
 from steerlab.generation import GenerationConfig, generate
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry

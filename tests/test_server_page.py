@@ -5,20 +5,19 @@ metric across multipliers. The screenshot is kept as test-artifacts/playground.p
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 
+from conftest import CHROMIUM
+from server_helpers import ARTIFACTS, serve_in_thread, write_real_vectors
 from steerlab.conditional import Condition
 from steerlab.server.app import create_app
 from steerlab.server.registry import VectorRegistry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox: CI runs as root. No background traffic: the test machine has no network.
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -26,7 +25,6 @@ WAIT_MS = 240_000
 
 
 def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path):
-    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
     vectors = write_real_vectors(smollm2, tmp_path)
     Condition(vectors["sentiment"].directions[9], 9, 0.05).save(tmp_path / "upbeat.safetensors", smollm2)
     app = create_app(smollm2, VectorRegistry.from_dir(smollm2, tmp_path))

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import torch
-from conftest import tiny_model
 from fastapi.testclient import TestClient
-from server_helpers import serve_in_thread
 
+from conftest import tiny_model
+from server_helpers import serve_in_thread
 from steerlab.server.app import create_app
 from steerlab.server.batcher import RowPlan, batch_steering
 from steerlab.server.registry import ResolvedSteering, VectorRegistry
@@ -54,7 +54,7 @@ def test_requests_without_the_token_are_refused(tiny):
 
 
 def test_batch_steering_gives_each_row_its_own_multiplier_and_zero_elsewhere(tiny):
-    lm, registry = tiny
+    _lm, registry = tiny
     up = registry.entries["up"].vector
     a = ResolvedSteering("up", up, ((1, 1.0),), 3.0, "all")
     b = ResolvedSteering("up", up, ((1, 1.0), (2, 1.0)), -2.0, "all")
@@ -72,19 +72,18 @@ def test_concurrent_mixed_requests_match_each_request_served_alone(tiny):
         steering = [] if i % 4 == 0 else [{"vector": "up" if i % 2 else "down", "multiplier": float(i % 5) - 2}]
         if i % 3 == 0:
             steering.append({"vector": "up", "multiplier": 1.5, "layers": [2], "positions": "generated"})
-        fields = dict(steering=steering, include_original=i % 2 == 0, max_tokens=6 + i % 7)
+        fields = {"steering": steering, "include_original": i % 2 == 0, "max_tokens": 6 + i % 7}
         if i % 5 == 0:
             fields.update(temperature=0.9, seed=i, n=2)
         requests.append(body(f"prompt number {i}", **fields))
     app = create_app(lm, registry, max_batch=16, batch_window_ms=200)
-    with serve_in_thread(app) as (url, _):
-        with httpx.Client(base_url=url, timeout=60) as client:
-            alone = [client.post("/v1/chat/completions", json=r).json() for r in requests]
-            batches_before = app.state.batcher.batches
-            with ThreadPoolExecutor(12) as pool:
-                together = list(pool.map(lambda r: httpx.post(url + "/v1/chat/completions", json=r, timeout=60).json(),
-                                         requests))
-            batches = app.state.batcher.batches - batches_before
+    with serve_in_thread(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        alone = [client.post("/v1/chat/completions", json=r).json() for r in requests]
+        batches_before = app.state.batcher.batches
+        with ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(lambda r: httpx.post(url + "/v1/chat/completions", json=r, timeout=60).json(),
+                                     requests))
+        batches = app.state.batcher.batches - batches_before
     outputs = lambda reply: [(c["message"]["content"], c.get("original")) for c in reply["choices"]]  # noqa: E731
     assert [outputs(r) for r in together] == [outputs(r) for r in alone]
     assert batches < len(requests)  # they did share forward passes

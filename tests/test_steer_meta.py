@@ -106,7 +106,7 @@ def test_an_old_condition_file_loads_as_a_condition_everywhere(tmp_path):
     assert again.meta.kind == "condition" and again.meta.method == "condition"
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(("changes", "message"), [
     ({"recommended": {"layer": 1, "up": {"layer": 9, "multiplier": 1.0}}},
      "metadata field 'recommended.up.layer': 9 is not a layer of a 4-layer model"),
     ({"recommended": {"up": {"layer": 1}}}, "metadata field 'recommended.up': a pick needs a layer and a multiplier"),

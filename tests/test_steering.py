@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_model import tiny_model
 from steerlab.generation import GenerationConfig, encode_prompts, generate, generate_ids
 from steerlab.steering import SteeringError, SteeringSpec, VectorSteering, steer
 from steerlab.vector import SteeringVector, VectorMeta
+from tiny_model import tiny_model
 
 PROMPTS = ["Hi.", "Tell me a long story about a cat.", "Why?"]
 
@@ -91,7 +91,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_llama):
     config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95)
     rows = encode_prompts(lm, PROMPTS)
     together = generate_ids(lm, rows, None, config=config, row_seeds=[7, 8, 9])
-    alone = [generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9])]
+    alone = [generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9], strict=False)]
     assert together == alone
     assert generate_ids(lm, rows[:1], None, config=config, row_seeds=[10]) != alone[:1]
 
@@ -129,9 +129,8 @@ def test_hooks_are_removed_after_normal_exit_and_after_an_error(tiny_llama):
             during = lm.model(ids).logits
         assert torch.equal(lm.model(ids).logits, before)
         assert not torch.equal(during, before)
-        with pytest.raises(RuntimeError, match="boom"):
-            with steer(lm, random_vector(lm), multiplier=3.0):
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), steer(lm, random_vector(lm), multiplier=3.0):
+            raise RuntimeError("boom")
         assert torch.equal(lm.model(ids).logits, before)
         handle = steer(lm, random_vector(lm), multiplier=3.0)
         handle.remove()

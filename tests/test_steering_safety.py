@@ -16,7 +16,6 @@ from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_model
 
 
-
 def vector_for(lm, value: float = 1.0, layers=(1, 2)) -> SteeringVector:
     gen = torch.Generator().manual_seed(3)
     directions = {layer: torch.randn(lm.hidden_size, generator=gen) * 6 for layer in layers}

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.strength import (NORM_SOURCE_KEY, StrengthError, multiplier_for, neutral_texts, residual_norms,
-                               strength_of, with_neutral_norms)
+from steerlab.strength import (
+    NORM_SOURCE_KEY,
+    StrengthError,
+    multiplier_for,
+    neutral_texts,
+    residual_norms,
+    strength_of,
+    with_neutral_norms,
+)
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
 
@@ -14,7 +21,7 @@ from tiny_model import tiny_lm
 @torch.inference_mode()
 def _reference_norms(lm, texts, layers):
     """Mean token norm per layer from output_hidden_states, one unpadded text at a time, first token left out."""
-    totals, count = {layer: 0.0 for layer in layers}, 0
+    totals, count = dict.fromkeys(layers, 0.0), 0
     for text in texts:
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
         hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states

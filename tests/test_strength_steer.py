@@ -9,9 +9,9 @@ import torch
 from steerlab.cli import main
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate, token_kl
 from steerlab.generation import GenerationConfig, generate
+from steerlab.meta import CalibrationRecord, Recommendation
 from steerlab.server.registry import VectorRegistry
 from steerlab.server.schemas import SteeringItem
-from steerlab.meta import CalibrationRecord, Recommendation
 from steerlab.steering import DEFAULT_STRENGTH, SteeringError, SteeringSpec, steer
 from steerlab.strength import multiplier_for, neutral_texts, with_neutral_norms
 from steerlab.vector import SteeringVector, VectorMeta
@@ -53,7 +53,7 @@ def test_strength_and_multiplier_are_exclusive_and_a_strength_needs_residual_nor
     with pytest.raises(SteeringError, match="give multiplier \\(raw\\) or strength \\(norm-relative\\), not both"):
         SteeringSpec(vector, 2.0, [1], strength=0.1)
     bare = SteeringVector(dict(vector.directions), VectorMeta.for_model(lm, "caa"))
-    with pytest.raises(SteeringError, match="no residual norm for layer 1.*with_neutral_norms"):
+    with pytest.raises(SteeringError, match=r"no residual norm for layer 1.*with_neutral_norms"):
         steer(lm, bare, strength=0.1, layers=[1])
     with pytest.raises(SteeringError, match="strength must be a finite number"):
         SteeringSpec(vector, layers=[1], strength=float("nan")).row_multipliers(1)
@@ -100,14 +100,14 @@ def test_generate_command_takes_a_strength_and_prints_both_units(tmp_path, capsy
     _vector(lm).save(path)
     args = ["generate", "--model", str(tmp_path / "tiny"), "--vector", str(path), "--layers", "1,2", "--prompt", "Hi",
             "--max-new-tokens", "3"]
-    assert main(args + ["--strength", "0.2"]) == 0
+    assert main([*args, "--strength", "0.2"]) == 0
     out = capsys.readouterr().out
     vector = SteeringVector.load(path)
     m1 = multiplier_for(vector, 1, 0.2)
     assert f"layer 1: multiplier {m1:+.4g} = strength +0.2" in out and "layer 2: multiplier" in out
-    assert main(args + ["--strength", "0.9"]) == 0
+    assert main([*args, "--strength", "0.9"]) == 0
     assert "strength +0.9 (over half the layer's residual norm: expect degraded text)" in capsys.readouterr().out
-    assert main(args + ["--strength", "0.2", "--multiplier", "3"]) == 1
+    assert main([*args, "--strength", "0.2", "--multiplier", "3"]) == 1
     assert "give --multiplier (raw) or --strength (norm-relative), not both" in capsys.readouterr().err
 
 

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from steerlab.meta import Recommendation
 from steerlab.cli import main
 from steerlab.evaluation.ab import Cell, score_ab
 from steerlab.evaluation.sweep import SweepConfig, SweepResult, generate_grid, recommend, save_sweep, sweep
+from steerlab.evaluation.tasks import get_task
 from steerlab.generation import GenerationConfig, generate
+from steerlab.meta import Recommendation
 from steerlab.steering import SteeringSpec
 from steerlab.strength import multiplier_for
-from steerlab.evaluation.tasks import get_task
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm, tiny_model
 
@@ -98,7 +98,7 @@ def test_generation_grid_matches_generating_each_cell_alone():
                             VectorMeta.for_model(lm, "caa"))
     cells = [Cell(), Cell(1, 2.0), Cell(2, -4.0), Cell(1, -1.0)]
     texts = generate_grid(lm, prompts, vector, cells, chat=True, max_new_tokens=6, batch_rows=5)
-    for cell, got in zip(cells, texts):
+    for cell, got in zip(cells, texts, strict=False):
         spec = SteeringSpec(vector, cell.multiplier, [cell.layer]) if cell.layer is not None else None
         alone = generate(lm, prompts, spec, config=GenerationConfig(max_new_tokens=6))
         assert got == [r.steered for r in alone]
@@ -138,13 +138,13 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
     assert "only --method caa supports" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_sentiment_sweep_on_smollm2_recommends_a_middle_layer_over_layer_0(smollm2, shared_data):
     # At 0.6 of the residual norm, steering layer 0 garbles the prompt's tokens; a middle layer turns the tone.
     task = get_task("sentiment", shared_data)
     config = SweepConfig(layers=[0, 6, 12], strengths=[0.6], limit=8, max_new_tokens=20, fluency_bound=0.3)
     result, vector = sweep(smollm2, task, config, data_dir=shared_data)
     assert result.recommended is not None and result.recommended.layer in (6, 12)
-    effect = {layer: row[0] for layer, row in zip(result.layers, result.effect)}
+    effect = {layer: row[0] for layer, row in zip(result.layers, result.effect, strict=False)}
     assert effect[result.recommended.layer] > effect[0] + 0.3
     assert vector.meta.recommended.multiplier == result.multipliers[result.layers.index(result.recommended.layer)][0]

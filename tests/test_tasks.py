@@ -11,7 +11,7 @@ from steerlab.data import DatasetError
 from steerlab.evaluation.tasks import TaskError, builtin_tasks, data_root, get_task
 
 
-@pytest.mark.parametrize("name,train", [("sycophancy", 950), ("hallucination", 950), ("refusal", 358)])
+@pytest.mark.parametrize(("name", "train"), [("sycophancy", 950), ("hallucination", 950), ("refusal", 358)])
 def test_caa_tasks_train_on_the_generate_set_and_test_on_held_out_questions(shared_data, name, train):
     task = get_task(name, shared_data)
     data = task.train_data(shared_data)
@@ -88,7 +88,7 @@ def test_a_user_generation_task_reads_prompts(tmp_path):
     assert (task.metric, task.chat, task.eval_items("test")) == ("sentiment", False, ["Once upon a time", "The weather"])
 
 
-@pytest.mark.parametrize("body,error,message", [
+@pytest.mark.parametrize(("body", "error", "message"), [
     ("name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\nmetrc: sentiment\n", ConfigError,
      r"mine\.yaml:5: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric"),
     ("name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n", TaskError, r"kind must be one of ab, generation; got 'chat'"),

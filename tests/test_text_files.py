@@ -42,7 +42,7 @@ def test_pair_files_in_other_encodings_are_refused_naming_the_file(tmp_path, enc
     assert str(caught.value).startswith(f"{path}:") and "\n" not in str(caught.value), caught.value
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ('{"prompt": "p", "positive": "a", "positive": "b", "negative": "c"}', "line 1: duplicate key 'positive'"),
     ('{"prompt": 3, "positive": "a", "negative": "c"}', "line 1: field 'prompt' must be a string"),
     ('{"prompt": "p", "positive": null, "negative": "c"}', "line 1: field 'positive' must be a non-empty string"),
@@ -61,7 +61,7 @@ def test_bad_pair_files_name_the_file_and_line(tmp_path, text, message):
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize("meta, message", [
+@pytest.mark.parametrize(("meta", "message"), [
     ({"method": "prompt", "instruction": 5}, "field 'steerlab.instruction': expected a string, got 5"),
     ({"method": "prompt", "instruction": "x", "placement": None}, "field 'steerlab.placement': expected a string, got null"),
     ({"method": "prompt", "instruction": "x", "task": ["a"]}, "field 'steerlab.task': expected a string"),
@@ -98,7 +98,7 @@ def test_a_yaml_number_in_any_notation_is_a_number(tmp_path):
     assert (config.lr, config.epsilon, config.init_var) == (5e-5, 1e-3, 1e-2)
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(("text", "message"), [
     ("lr: 1e-4\nlr: 2e-4\n", ":2:1: not valid YAML (duplicate key 'lr')"),
     ("lr: [1, 2\n", ":2:1: not valid YAML (while parsing a flow sequence: expected ',' or ']', but got '<stream end>')"),
     ("lr: .inf\n", ":1: key 'lr': expected a finite number, got inf"),

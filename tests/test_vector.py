@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tiny_model import tiny_model
 from steerlab.vector import (
     IncompatibleVectorError,
     ModelMismatchWarning,
@@ -19,6 +18,7 @@ from steerlab.vector import (
     VectorFileError,
     VectorMeta,
 )
+from tiny_model import tiny_model
 
 
 def make_vector(lm, task="sentiment", scale=1.0):

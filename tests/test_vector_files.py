@@ -70,7 +70,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("tensors, header, message", BAD, ids=[b[2][:40] for b in BAD])
+@pytest.mark.parametrize(("tensors", "header", "message"), BAD, ids=[b[2][:40] for b in BAD])
 def test_bad_vector_files_raise_a_vector_file_error_naming_the_file(tmp_path, tensors, header, message):
     path = write_raw(tmp_path / "v.safetensors", tensors, header)
     with pytest.raises(VectorFileError) as caught:
@@ -88,7 +88,7 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
     an error naming the file and the field; a missed check would hand a wrong type to the code that reads it."""
     default = meta().get(field)  # absent: a field written only when set (condition)
     for i, value in enumerate(WRONG_TYPES):
-        if isinstance(value, META_TYPES[field]) and not isinstance(value, bool) or (value is None and default is None):
+        if (isinstance(value, META_TYPES[field]) and not isinstance(value, bool)) or (value is None and default is None):
             continue
         path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(**{field: value}))
         with pytest.raises(VectorFileError) as caught:
@@ -96,7 +96,7 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
         assert str(caught.value).startswith(f"{path}: metadata field '{field}'") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("key, values", [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
+@pytest.mark.parametrize(("key", "values"), [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
                                          ("layer", [True, "x", [], {}, 2.5, 1e39, 9, -1])])
 def test_a_recommendation_of_the_wrong_type_or_range_is_refused(tmp_path, key, values):
     for i, value in enumerate(values):
@@ -111,7 +111,7 @@ def test_metadata_with_a_bom_and_unknown_fields_loads(tmp_path):
     assert SteeringVector.load(path).layers == [2]
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
@@ -164,7 +164,7 @@ def test_what_we_write_our_readers_accept(tmp_path):
     back = SteeringVector.load(path).meta
     assert (back.recommended.up.fluency, back.diagnostics["auroc"]) == (None, None)
     assert back.recommended == Recommendation(1, 2.0, up=Pick(1, 2.0, 2.0))
-    with pytest.raises(VectorFileError, match="tensor 'layer.1' has non-finite values"):
+    with pytest.raises(VectorFileError, match=r"tensor 'layer\.1' has non-finite values"):
         SteeringVector({1: ones(float("nan"))}, meta).save(tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()
 

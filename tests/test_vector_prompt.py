@@ -2,12 +2,10 @@
 
 import json
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_model import chat_ids, reference_means, tiny_lm
 
 from steerlab.config import ConfigError, build_config, load_config
 from steerlab.data import ContrastiveDataset, ContrastivePair, demo_dataset_path, load_pairs, pairs_from_texts
@@ -17,8 +15,8 @@ from steerlab.methods.prompt import PromptSteering
 from steerlab.methods.vector_prompt import VectorPromptConfig
 from steerlab.steering import SteeringSpec, steer
 from steerlab.vector import SteeringVector
+from tiny_model import chat_ids, reference_means, tiny_lm
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 INSTRUCTION = "Always be upbeat."
 PAIRS = ContrastiveDataset([
     ContrastivePair("How was the film?", "A delight.", "A bore."),
@@ -111,8 +109,8 @@ def test_save_load_apply_round_trip(lm, tmp_path):
     assert torch.equal(first, second) and not torch.allclose(first, plain)
 
 
-@pytest.mark.slow
-def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2():
+@pytest.mark.real_model
+def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2(shared_data):
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from steerlab.models import load_model
@@ -121,7 +119,7 @@ def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2():
     instruction = "Always answer in a very positive, cheerful way."
     pairs = load_pairs(demo_dataset_path()).subset(range(24))
     vector = vector_prompt.fit(lm, pairs, VectorPromptConfig(instruction=instruction))  # middle layer, 15
-    lines = (DATA / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
+    lines = (shared_data / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
     prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     cfg = GenerationConfig(max_new_tokens=24)
     by_prompt = generate(lm, prompts, PromptSteering(instruction), config=cfg, batch_size=len(prompts), generate_orig_output=True)

@@ -42,7 +42,7 @@ def test_resolve_by_name_and_hash_with_float32_coefficients(library):
     assert decode(encode(terms)) == terms
 
 
-@pytest.mark.parametrize("item,words", [
+@pytest.mark.parametrize(("item", "words"), [
     ({"vector": "sad"}, "not in .* available: cheerful, formal, happy"),
     ({"vector": "happy", "colour": 2}, "unknown field.*colour"),
     ({"vector": "happy", "strength": 2, "multiplier": 1}, "multiplier .* or strength .*, not both"),
@@ -62,7 +62,7 @@ def test_bad_items_are_refused_naming_the_field(library, item, words):
 DEEP = '{"vector": "happy", "layers": ' + "[" * 200 + "]" * 200 + "}"
 
 
-@pytest.mark.parametrize("raw,message", [
+@pytest.mark.parametrize(("raw", "message"), [
     ({"vector": "happy", "multiplier": 1, "layers": {"1": float("nan")}},
      "steerlab[0].layers['1'] must be a finite number, got nan"),
     ({"vector": "happy", "multiplier": 1, "layers": {"1": float("inf")}},
@@ -234,9 +234,9 @@ def test_compat_names_the_supported_range_and_pins_the_v1_runner():
     assert compat.pin_v1_runner(env) and env == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
     chosen = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
     assert not compat.pin_v1_runner(chosen) and chosen == {"VLLM_USE_V2_MODEL_RUNNER": "1"}  # the user's choice
-    with pytest.raises(compat.VLLMIncompatible, match=r"reads SimpleNamespace.num_reqs \(for input_batch.num_reqs\)"):
-        import types
+    import types
 
+    with pytest.raises(compat.VLLMIncompatible, match=r"reads SimpleNamespace.num_reqs \(for input_batch.num_reqs\)"):
         compat.attr(types.SimpleNamespace(input_batch=types.SimpleNamespace()), compat.RUNNER_NUM_REQS)
 
 

@@ -67,8 +67,8 @@ def tiny_config(arch: str, vocab_size: int):
     """A 4-block, width-32 config of each family, to show steerlab never depends on the family's names."""
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+    common = {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}
     if arch == "llama":
         return tf.LlamaConfig(num_key_value_heads=2, **sizes, **common)
     if arch == "qwen2":

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, write_results_section  # noqa: E402
-from steerlab.evaluation.ab import Cell, UNSTEERED, at_chance, load_ab_items, score_ab  # noqa: E402
+from steerlab.evaluation.ab import UNSTEERED, Cell, at_chance, load_ab_items, score_ab  # noqa: E402
 from steerlab.evaluation.fluency import weighted_ngram_entropy  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, build_sweep_vector, generate_grid, save_sweep, sweep  # noqa: E402
@@ -176,7 +176,7 @@ def run_sentiment(args) -> None:
             texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=args.max_new_tokens)
             result["test"][name] = [{"sign": s, "vader": sum(vader_scores(t)) / len(t),
                                      "fluency": sum(map(weighted_ngram_entropy, t)) / len(t), "example": t[0]}
-                                    for s, t in zip(signs, texts)]
+                                    for s, t in zip(signs, texts, strict=False)]
             result["test"][name + " prompts"] = len(prompts)
     result["seconds"] = time.perf_counter() - started
     save_json(path, result)
@@ -185,15 +185,15 @@ def run_sentiment(args) -> None:
 # ---- distil: out/ -> results.json and the figures -------------------------------------------------------
 
 def _cell(run: dict, layer: int, mult: float) -> dict:
-    for (l, m), summary in zip(run["cells"], run["test"]):
-        if l == layer and abs(m - mult) < 1e-6:
+    for (cell_layer, m), summary in zip(run["cells"], run["test"], strict=False):
+        if cell_layer == layer and abs(m - mult) < 1e-6:
             return summary
     raise KeyError((layer, mult))
 
 
 def _se(base: list[float], steered: list[float]) -> float:
     """Standard error of the mean per-question change in p(matching)."""
-    diffs = [b - a for a, b in zip(base, steered)]
+    diffs = [b - a for a, b in zip(base, steered, strict=False)]
     mean = sum(diffs) / len(diffs)
     return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
 
@@ -294,7 +294,7 @@ def unsteered_lines(record: dict) -> list[str]:
         chance = "**at chance**" if s["at_chance"] else ""
         lines.append(f"| {b} | {_f(s['p_matching'])} | {_f(s['p_matching_file_order'])} | {_f(s['accuracy'])} | "
                      f"{_f(s['first_answer_share'])} | {s['first_in_both']}/{n} | {s['second_in_both']}/{n} | {chance} |")
-    return lines + ["\n'At chance': accuracy within two binomial standard errors of 0.5 and debiased p(matching) "
+    return [*lines, "\n'At chance': accuracy within two binomial standard errors of 0.5 and debiased p(matching) "
                     "within 0.05 of 0.5.\n"]
 
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from common import save_json, write_results_section  # noqa: E402
 
 import steerlab  # noqa: E402
-from common import save_json, write_results_section  # noqa: E402
 from steerlab.evaluation.compare import prompting_verdict  # noqa: E402
 from steerlab.generation import GenerationConfig  # noqa: E402
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, uvicorn_in_thread, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, uvicorn_in_thread, write_results_section  # noqa: E402
 from steerlab.ablation import DirectionalAblation  # noqa: E402
 from steerlab.conditional import ConditionalSteering, fit_condition, last_token_scores  # noqa: E402
 from steerlab.evaluation.refusal import is_refusal  # noqa: E402
@@ -217,7 +217,7 @@ def step_server(lm, args) -> None:
                              "server_unsteered": sum(is_refusal(o) for _, o in served) / len(prompts),
                              "server_cast": sum(is_refusal(s) for s, _ in served) / len(prompts),
                              "library_cast": sum(is_refusal(r.steered) for r in library) / len(prompts),
-                             "same_text": sum(s == lib.steered for (s, _), lib in zip(served, library)),
+                             "same_text": sum(s == lib.steered for (s, _), lib in zip(served, library, strict=False)),
                              "server_seconds": t2 - t1, "library_seconds": t3 - t2,
                              "section4_cast": section4["cast"][name]["steered"],
                              "section4_unsteered": section4["generate"][name]["unsteered"]}
@@ -291,7 +291,7 @@ def generate_lines(g: dict, layer: object) -> list[str]:
         ex = g.get(key, {}).get("example")
         if ex:
             lines.append(f"- {key}: \"{ex['prompt']}\" -> unsteered: \"{ex['unsteered']}\" / steered: \"{ex['steered']}\"")
-    return lines + ["", "Time: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in g.items()) + " (steered and "
+    return [*lines, "", "Time: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in g.items()) + " (steered and "
                     "original rows in one batch).", ""]
 
 
@@ -310,7 +310,7 @@ def cast_lines(c: dict, g: dict) -> list[str]:
         if key in c:
             lines.append(f"| {key} | {_pct(c[key]['fired'])} | {_pct(g.get(key, {}).get('unsteered'))} | "
                          f"{_pct(c[key]['steered'])} | {anchor} |")
-    return lines + ["", "Time: fit " + f"{cond['seconds']:.0f} s, " + ", ".join(
+    return [*lines, "", "Time: fit " + f"{cond['seconds']:.0f} s, " + ", ".join(
         f"{k} {c[k]['seconds']:.0f} s" for k in ("harmful_test", "harmless_test", "advbench") if k in c) + ".", ""]
 
 
@@ -347,7 +347,7 @@ def server_section(out: dict) -> str:
         r = out[name]
         lines.append(f"| {name} | {_pct(r['fired'])} | {_pct(r['server_unsteered'])} | {_pct(r['server_cast'])} | "
                      f"{_pct(r['library_cast'])} | {_pct(r['section4_cast'])} | {r['same_text']}/{r['n']} |")
-    return "\n".join(lines + ["", "Time: fit " + f"{out['fit_seconds']:.0f} s; " + "; ".join(
+    return "\n".join([*lines, "", "Time: fit " + f"{out['fit_seconds']:.0f} s; " + "; ".join(
         f"{name} server {out[name]['server_seconds']:.0f} s (steered and original), library "
         f"{out[name]['library_seconds']:.0f} s (steered only)" for name in SETS[:2]) + ".",
         "", "Command: `python experiments/refusal/run.py measure server --threads 2` (rates and agreement: "

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from common import load_study_model, save_json, study_parser, write_results_section  # noqa: E402
 
-from common import load_study_model, study_parser, save_json, write_results_section  # noqa: E402
-from steerlab.evaluation.ab import Cell, UNSTEERED, at_chance, first_answer, letter_words, score_ab  # noqa: E402
+from steerlab.evaluation.ab import UNSTEERED, Cell, at_chance, first_answer, letter_words, score_ab  # noqa: E402
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate  # noqa: E402
 from steerlab.evaluation.fluency import distinct_n, repetition_rate  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
@@ -80,7 +80,7 @@ def run_sentiment(args) -> None:
     texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=args.test_tokens, batch_rows=64)
     scores = [vader_scores(t) for t in texts]
     arms = {}
-    for name, t, s in zip(["unsteered", *chosen], texts, scores):
+    for name, t, s in zip(["unsteered", *chosen], texts, scores, strict=False):
         arms[name] = {"positive_share": sum(x >= 0.05 for x in s) / len(s),
                       "negative_share": sum(x <= -0.05 for x in s) / len(s),
                       "mean_compound": sum(s) / len(s),
@@ -233,7 +233,7 @@ def distil_sentiment(data: dict) -> dict:
 
 def distil_refusal(data: dict) -> dict:
     sweep_ = data["sweep"]
-    cells = [(abs(e), e, iv) for row, ivs in zip(sweep_["effect"], sweep_["interval"]) for e, iv in zip(row, ivs)]
+    cells = [(abs(e), e, iv) for row, ivs in zip(sweep_["effect"], sweep_["interval"], strict=False) for e, iv in zip(row, ivs, strict=False)]
     _, effect, interval = max(cells)
     reliable = sum(1 for _, _, iv in cells if iv[0] > 0 or iv[1] < 0)
     kept = {k: sweep_[k] for k in ("verdict", "items", "base_score")}
@@ -399,7 +399,7 @@ def ab_section(data: dict) -> str:
               "is above it, so the verdicts are the ones the current rule gives."]
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     figures = [f"![{behaviour}](results/strength_ab_{behaviour}_qwen.png)" for behaviour in data]
-    return "\n".join(lines + ["", f"Time per behaviour (vectors, val sweep and test grid): {secs}.", "",
+    return "\n".join([*lines, "", f"Time per behaviour (vectors, val sweep and test grid): {secs}.", "",
                               "Validation sweep per layer (bands: paired bootstrap 95% intervals; the axis is fixed at "
                               "0-1 so noise looks as small as it is):\n", *figures, ""])
 

@@ -18,8 +18,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import DATA, save_json  # noqa: E402
+
 from steerlab.evaluation.metrics import auroc  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.toxicity import ProfanityCheckScorer  # noqa: E402
@@ -119,7 +120,7 @@ def measure(data: Path, threads: int) -> dict:
     texts, labels, parts = load_texts(data)
 
     def auroc_of(scores: list[float], part: str) -> float:
-        kept = [(s, y) for s, y, p in zip(scores, labels, parts) if p == part]
+        kept = [(s, y) for s, y, p in zip(scores, labels, parts, strict=False) if p == part]
         return auroc([s for s, _ in kept], [y for _, y in kept])
 
     rows, installs = [], []
@@ -135,7 +136,7 @@ def measure(data: Path, threads: int) -> dict:
                      "auroc_continuations": auroc_of(scores, "continuation"),
                      "flagged": sum(1 for x in scores if x >= 0.5), "seconds": seconds})
         print(f"{name}: AUROC {rows[-1]['auroc']:.4f} ({seconds:.1f} s)", file=sys.stderr)
-    counts = {part: {"texts": parts.count(part), "positives": sum(y for y, p in zip(labels, parts) if p == part)}
+    counts = {part: {"texts": parts.count(part), "positives": sum(y for y, p in zip(labels, parts, strict=False) if p == part)}
               for part in ("prompt", "continuation")}
     env = " ".join(f"{k}={os.environ[k]}" for k in ("LOCPATH", "PYTHONPATH") if k in os.environ)
     command = " ".join([env, "python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]).strip()

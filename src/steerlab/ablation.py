@@ -11,8 +11,9 @@ the hidden size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import cast
 
 import torch
 
@@ -26,7 +27,8 @@ def _out_features(module: torch.nn.Module) -> int | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or isinstance(module, torch.nn.Embedding):
         return None
-    return int(module.nf) if hasattr(module, "nf") else int(weight.shape[0])  # GPT-2's Conv1D stores [in, out]
+    nf = getattr(module, "nf", None)
+    return int(nf) if nf is not None else int(weight.shape[0])  # GPT-2's Conv1D stores [in, out]
 
 
 def stream_writers(lm: LoadedModel) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
@@ -76,7 +78,7 @@ class DirectionalAblation:
             raise ValueError("rows must name at least one row (or be None for every row)")
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "AblationHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> AblationHandle:
         self.vector.check_compatible(lm, [self.layer], task=task)
         dtype = next(lm.model.parameters()).dtype
         scale = self.rows
@@ -113,14 +115,14 @@ class AblationHandle(HookHandle):
         if not in_scope(self):
             return None
         if args:
-            return (self._ablated(args[0]),) + tuple(args[1:]), kwargs
+            return (self._ablated(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": self._ablated(kwargs["hidden_states"])}
 
     def _output_hook(self, module, args, output):
         if not in_scope(self):
             return None
         if isinstance(output, tuple):
-            return (self._ablated(output[0]),) + tuple(output[1:])
+            return (self._ablated(output[0]), *output[1:])
         return self._ablated(output)
 
 
@@ -150,13 +152,14 @@ def orthogonalize(lm: LoadedModel, vector: SteeringVector, layer: int | None = N
             u = unit(direction).to(module.weight)
             module.weight -= (module.weight @ u)[:, None] * u
     for _, proj in writers:
-        u = unit(direction).to(proj.weight)
+        weight, bias = cast(torch.Tensor, proj.weight), cast("torch.Tensor | None", getattr(proj, "bias", None))
+        u = unit(direction).to(weight)
         if hasattr(proj, "nf"):  # [in, out]
-            proj.weight -= (proj.weight @ u)[:, None] * u
+            weight -= (weight @ u)[:, None] * u
         else:  # [out, in]
-            proj.weight -= u[:, None] * (u @ proj.weight)[None, :]
-        if getattr(proj, "bias", None) is not None:
-            proj.bias -= (proj.bias @ u) * u
+            weight -= u[:, None] * (u @ weight)[None, :]
+        if bias is not None:
+            bias -= (bias @ u) * u
     _check_no_component(lm, direction)
     return lm
 
@@ -189,7 +192,7 @@ def export_orthogonalized(lm: LoadedModel, vector: SteeringVector, out: str | Pa
     orthogonalize(lm, vector, layer)
     model = lm.model
     if getattr(model, "hf_quantizer", None) is not None:  # loaded from GGUF: the weights are plain after loading
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # undeclared in PreTrainedModel, so typed as a submodule
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)

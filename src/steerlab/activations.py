@@ -7,10 +7,13 @@ reuse its KV cache for each side's answer tokens.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TypeVar
 
 import torch
+
 from .batching import DEFAULT_BATCH_TOKENS, TokenIds, pad, positions_from_mask, run_prefix, token_batches
 from .data import ContrastivePair, format_prompt
 from .models import LoadedModel, check_layers
@@ -109,7 +112,7 @@ def record_pair_activations(
     *,
     batch_size: int = 16,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> PairActivations:
     """Mean activation over each answer's tokens, for both sides of every pair, at `layers`."""
     items = []
@@ -127,7 +130,7 @@ def record_activations(
     *,
     batch_size: int = 16,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
     """For items (prefix ids, [suffix ids, ...]) return mean activations over each suffix: [n, k, n_layers, hidden].
 
@@ -154,6 +157,9 @@ def record_activations(
     return out
 
 
+R = TypeVar("R", bound="BlockReader")
+
+
 class BlockReader:
     """Forward hooks that hand chosen blocks' outputs to `read(layer, hidden)` and stop the forward after the
     deepest (no later blocks, no LM head). A context manager: the hooks are removed on exit, also on errors."""
@@ -161,7 +167,7 @@ class BlockReader:
     def __init__(self, lm: LoadedModel, layers: Sequence[int], read: Callable[[int, torch.Tensor], None]):
         self.lm, self.layers, self.read = lm, sorted(layers), read
 
-    def __enter__(self) -> "BlockReader":
+    def __enter__(self: R) -> R:
         last = self.layers[-1]
         self.handles = []
         try:
@@ -187,10 +193,8 @@ class BlockReader:
 
     def run(self, **kwargs) -> None:
         """One forward of the model, stopped after the deepest read block."""
-        try:
+        with contextlib.suppress(_StopForward):
             self.lm.model(**kwargs)
-        except _StopForward:
-            pass
 
 
 class _Reader(BlockReader):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -91,7 +91,7 @@ class PrefixCache:
     cache: DynamicCache
     mask: torch.Tensor  # [rows, prefix width]
 
-    def repeated(self, times: int, *, interleave: bool) -> "PrefixCache":
+    def repeated(self, times: int, *, interleave: bool) -> PrefixCache:
         """A copy with every row repeated: interleaved (row i -> i*times..) or tiled (the whole block `times` over).
 
         Always a new cache: a forward on it appends to it, and the prefix may serve several continuations.
@@ -102,8 +102,9 @@ class PrefixCache:
         for layer in self.cache.layers:
             # Copy each layer object whole: sliding-window layers keep state beside their tensors.
             layer = copy.copy(layer)
-            if isinstance(layer.keys, torch.Tensor) and layer.keys.numel():
-                layer.keys, layer.values = grow(layer.keys), grow(layer.values)
+            # (transformers types linear-attention layers in this union too; they have no keys and fail here loudly)
+            if isinstance(layer.keys, torch.Tensor) and layer.keys.numel():  # type: ignore[union-attr]
+                layer.keys, layer.values = grow(layer.keys), grow(layer.values)  # type: ignore[union-attr]
             cache.layers.append(layer)
         mask = self.mask.repeat_interleave(times, dim=0) if interleave else self.mask.repeat(times, 1)
         return PrefixCache(cache, mask)

@@ -13,17 +13,18 @@ threads or handles.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
 from .activations import record_activations
 from .batching import positions_from_mask
+from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .models import LoadedModel, check_layers
 from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope, unsteered
-from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .vector import SteeringVector, read_steer_file, write_steer_file
 
 COMPARISONS = (">=", "<=")
@@ -73,13 +74,18 @@ class Condition:
         checks; it is not a behaviour to steer with)."""
         return SteeringVector({self.layer: self.direction.float().cpu()}, self.file_meta(lm))
 
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for `steerlab vector info`: the file's metadata (its condition record included),
+        the layer and the direction's norm."""
+        return self.as_vector().describe()
+
     def save(self, path: str | os.PathLike, lm: LoadedModel | None = None, *, overwrite: bool = False) -> Path:
         """A condition file: safetensors with the direction as `layer.N` and a ConditionRecord in its metadata."""
         return write_steer_file(path, {f"layer.{self.layer}": self.direction.float().cpu()}, self.file_meta(lm),
                                 overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Condition":
+    def load(cls, path: str | os.PathLike) -> Condition:
         """Read a condition file (also one of the older layout: a vector of method "condition")."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "condition", "a condition")
@@ -127,7 +133,8 @@ def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.
         raise ValueError("fitting a condition needs prompts to steer and prompts to keep")
     scores = last_token_scores(lm, list(steer) + list(keep), {layer: directions[layer] for layer in layers})
     truth = torch.tensor([True] * len(steer) + [False] * len(keep))
-    best, per_layer = None, {}
+    best: tuple[float, Condition] | None = None
+    per_layer: dict[int, tuple[float, float, str]] = {}
     for layer in layers:
         values = scores[layer].sort().values
         thresholds = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
@@ -139,6 +146,7 @@ def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.
                     per_layer[layer] = (score, threshold, comparison)
                 if best is None or score > best[0]:
                     best = (score, cond)
+    assert best is not None  # layers is not empty
     condition = best[1]
     decided = condition.decide(scores[condition.layer])
     condition.fit = {"f1": best[0], "accuracy": float((decided == truth).float().mean()),
@@ -157,7 +165,7 @@ class ConditionalSteering:
         self.condition = condition
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "ConditionalHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> ConditionalHandle:
         check_layers(lm, [self.condition.layer])
         return ConditionalHandle(lm, self.condition, self.behaviour, row_scale, prompt_lengths, task)
 
@@ -209,7 +217,7 @@ class ConditionalHandle:
         self.decisions = self.condition.decide(self.scores)
         self.behaviour.scale_rows(self.decisions.float())
 
-    def __enter__(self) -> "ConditionalHandle":
+    def __enter__(self) -> ConditionalHandle:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,13 +12,16 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from .textio import MAX_DEPTH, read_text
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # configs are dataclasses
 MAX_NODES = 100_000  # a config or task file is small; anchors and aliases must not expand it past this
 
 
@@ -40,7 +43,7 @@ class _Loader(yaml.SafeLoader):
                 seen.add(key)
         return super().construct_mapping(node, deep)
 
-    def construct_yaml_timestamp(self, node: yaml.Node):
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode):
         # PyYAML assumes an explicit !!timestamp always matches its pattern, and fails with AttributeError.
         if not isinstance(node.value, str) or self.timestamp_regexp.match(node.value) is None:
             raise yaml.constructor.ConstructorError(None, None, "not a date or timestamp", node.start_mark)

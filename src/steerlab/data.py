@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .textio import decode, loads
 
@@ -47,7 +48,7 @@ class ContrastiveDataset:
         return {"name": self.name, "sha256": self.sha256, "pairs": len(self.pairs),
                 "kinds": sorted({p.kind for p in self.pairs})}
 
-    def subset(self, indices: Iterable[int], name_suffix: str = "") -> "ContrastiveDataset":
+    def subset(self, indices: Iterable[int], name_suffix: str = "") -> ContrastiveDataset:
         return ContrastiveDataset([self.pairs[i] for i in indices], self.name + name_suffix, self.sha256)
 
 
@@ -67,7 +68,7 @@ def pairs_from_texts(positive: Sequence[str], negative: Sequence[str], prompt: s
         )
     if not positive:
         raise DatasetError(f"{name}: no pairs; give at least one positive and one negative text")
-    pairs = [ContrastivePair(prompt, p, n, "text") for p, n in zip(positive, negative)]
+    pairs = [ContrastivePair(prompt, p, n, "text") for p, n in zip(positive, negative, strict=False)]
     digest = hashlib.sha256(json.dumps([prompt, list(positive), list(negative)]).encode()).hexdigest()
     return ContrastiveDataset(pairs, name, digest)
 

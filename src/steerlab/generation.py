@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, overload
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TopPLogitsWarper
+from transformers import (
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TopPLogitsWarper,
+)
 
 from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
-from .steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
+from .steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
 from .vector import SteeringVector
-
 
 # Engines other than HF behind `generate(engine=NAME)`: name -> factory(lm) returning an object with the same
 # `.generate`. The vLLM bridge sits above this module (steerlab.interop.vllm), so steerlab/__init__ registers it.
@@ -107,6 +114,10 @@ class StepLogprobs(LogitsProcessor):
         return scores
 
 
+@overload
+def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec | Steer]) -> Steer: ...
+@overload
+def as_steer(steering: None) -> None: ...
 def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[SteeringSpec | Steer] | None) -> Steer | None:
     """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer).
 
@@ -121,6 +132,7 @@ def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[Steering
         return CombinedSteering([as_steer(s) for s in steering])
     if isinstance(steering, (SteeringSpec, list, tuple)):
         return VectorSteering(steering)
+    assert not isinstance(steering, Sequence), "a list or tuple of specs and steers"
     return steering
 
 
@@ -143,7 +155,7 @@ def generate(
     use_chat_template: bool | None = None,
     system: str | None = None,
     task: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     engine: str | object = "hf",
 ) -> list[GenerationResult]:
     """Generate for every prompt with steering on, and (generate_orig_output) with it off, in one batch.
@@ -188,7 +200,7 @@ def generate(
 
 def _generate_prompted(lm: LoadedModel, prompts: Sequence[str], steer, *, generate_orig_output: bool,
                        config: GenerationConfig, batch_size: int, use_chat_template: bool | None, system: str | None,
-                       progress: Callable[[int], None] | None) -> list[GenerationResult]:
+                       progress: Callable[[int], object] | None) -> list[GenerationResult]:
     """Rows with the prompt steer's instruction and, when asked, the truly unprompted originals, in one batch."""
     chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
     texts = [steer.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
@@ -227,6 +239,12 @@ def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | 
     return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def _generator(lm: LoadedModel) -> GenerationMixin:
+    if not isinstance(lm.model, GenerationMixin):
+        raise TypeError(f"{lm.name} ({type(lm.model).__name__}) cannot generate: load it as a causal LM")
+    return lm.model
+
+
 @torch.inference_mode()
 def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
                     row_scale: torch.Tensor | None = None, config: GenerationConfig, task: str | None = None,
@@ -240,10 +258,10 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     StepLogprobs) run in order on each step's logits, before sampling.
     """
     tok = lm.tokenizer
-    input_ids, mask = pad(rows, tok.pad_token_id, left=True)
+    input_ids, mask = pad([list(r) for r in rows], tok.pad_token_id, left=True)
     width = input_ids.shape[1]
-    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                  pad_token_id=tok.pad_token_id, repetition_penalty=config.repetition_penalty)
+    kwargs = {"max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample,
+                  "pad_token_id": tok.pad_token_id, "repetition_penalty": config.repetition_penalty}
     if config.do_sample and row_seeds is None:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
         if config.seed is not None:
@@ -260,7 +278,7 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     device = lm.device
     handle = steer.attach(lm, row_scale=row_scale, prompt_lengths=mask.sum(1), task=task) if steer else None
     try:
-        out = lm.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out = _generator(lm).generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
     finally:
         if handle is not None:
             handle.remove()

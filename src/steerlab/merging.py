@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -14,7 +15,8 @@ def merge_linear(vectors: Sequence[SteeringVector], weights: Sequence[float], *,
     """Weighted sum per layer: the plain way to mix concepts (weights may be negative to subtract)."""
     kept = _checked_layers(vectors, layers)
     weights = _checked_weights(vectors, weights)
-    directions = {layer: sum(w * v.directions[layer] for w, v in zip(weights, vectors)) for layer in kept}
+    directions = {layer: torch.as_tensor(sum(w * v.directions[layer] for w, v in zip(weights, vectors, strict=False)))
+                  for layer in kept}
     return SteeringVector(directions, _merged_meta(vectors, kept, "merge-linear", {"weights": weights}))
 
 

@@ -131,7 +131,7 @@ class Pick:
         return _compact(self)
 
     @classmethod
-    def from_json(cls, raw: Any, where: str) -> "Pick":
+    def from_json(cls, raw: Any, where: str) -> Pick:
         if not isinstance(raw, dict):
             raise _fail(where, "an object", raw)
         layer, multiplier = _int(raw, "layer", where), _num(raw, "multiplier", where, float32=True)
@@ -171,7 +171,7 @@ class CalibrationRecord:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_json(cls, raw: Any, where: str) -> "CalibrationRecord":
+    def from_json(cls, raw: Any, where: str) -> CalibrationRecord:
         if not isinstance(raw, dict):
             raise _fail(where, "an object", raw)
         layers = raw.get("layers", [])
@@ -182,7 +182,7 @@ class CalibrationRecord:
         else:
             raise _fail(f"{where}.layers", "an object of layer lists", layers)
         up, down = _num(raw, "up", where), _num(raw, "down", where)
-        if up is not None and up <= 0 or down is not None and down >= 0:
+        if (up is not None and up <= 0) or (down is not None and down >= 0):
             raise VectorFileError(f"{where}': the 'up' strength must be positive and the 'down' one negative")
         prompts = _int(raw, "prompts", where)
         return cls(up, down, layers, _num(raw, "kl_budget", where) or 0.0, _num(raw, "fluency_bound", where) or 0.0,
@@ -211,7 +211,7 @@ class Recommendation:
         return _compact(self)
 
     @classmethod
-    def from_json(cls, raw: Any, where: str, num_layers: int | None = None) -> "Recommendation":
+    def from_json(cls, raw: Any, where: str, num_layers: int | None = None) -> Recommendation:
         if not isinstance(raw, dict):
             raise _fail(where, "an object", raw)
         raw = dict(raw)
@@ -243,7 +243,7 @@ class ConditionRecord:
         return {"layer": self.layer, "threshold": self.threshold, "comparison": self.comparison, "fit": self.fit}
 
     @classmethod
-    def from_json(cls, raw: Any, where: str) -> "ConditionRecord":
+    def from_json(cls, raw: Any, where: str) -> ConditionRecord:
         if not isinstance(raw, dict):
             raise _fail(where, "an object", raw)
         layer, threshold = _int(raw, "layer", where), _num(raw, "threshold", where)
@@ -282,7 +282,7 @@ class VectorMeta:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def for_model(cls, lm: "LoadedModel", method: str, **kwargs: Any) -> "VectorMeta":
+    def for_model(cls, lm: LoadedModel, method: str, **kwargs: Any) -> VectorMeta:
         return cls(model_name=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers, method=method,
                    model_fingerprint=lm.fingerprint, model_type=str(getattr(lm.model.config, "model_type", "")),
                    **kwargs)
@@ -296,12 +296,12 @@ class VectorMeta:
             out["condition"] = self.condition.to_json()
         return out
 
-    def with_recommended(self, **changes: Any) -> "VectorMeta":
+    def with_recommended(self, **changes: Any) -> VectorMeta:
         """A copy whose recommendation has `changes` (the record is frozen; the metadata is not shared)."""
         return replace(self, recommended=replace(self.recommended, **changes))
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "VectorMeta":
+    def from_json(cls, text: str, source: str) -> VectorMeta:
         """Parse and check the metadata: every known field must have its type and a sensible value."""
         raw = loads(text, f"{source}: steerlab metadata", VectorFileError)
         if not isinstance(raw, dict):

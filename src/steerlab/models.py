@@ -8,9 +8,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # transformers is imported where a model loads, not when steerlab is imported
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ class LayerError(ValueError):
 class LoadedModel:
     """A causal LM with its tokenizer, the decoder blocks steerlab hooks, and an identity for safety checks."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str = ""
     use_chat_template: bool | None = None
     folder: Path | None = None  # the HF folder on disk it was loaded from (a GGUF's cached copy); other engines read it
@@ -58,7 +62,12 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self._embedding_weight().shape[1])
+
+    def _embedding_weight(self) -> torch.Tensor:
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
 
     @property
     def device(self) -> torch.device:
@@ -69,7 +78,7 @@ class LoadedModel:
         """A short hash of the input embeddings: tells two models of one shape apart whatever their names."""
         cached = getattr(self, "_fingerprint", None)
         if cached is None:
-            weight = self.model.get_input_embeddings().weight.detach()
+            weight = self._embedding_weight().detach()
             sample = weight[: min(64, weight.shape[0])].float().cpu().contiguous()
             cached = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
             self._fingerprint = cached
@@ -80,7 +89,7 @@ class LoadedModel:
         return default_layer(self.num_layers)
 
 
-def check_layers(lm: "LoadedModel", layers, what: str = "") -> list[int]:
+def check_layers(lm: LoadedModel, layers, what: str = "") -> list[int]:
     """The layers sorted and unique, each checked to be a decoder block of `lm` (layer i = output of block i)."""
     wanted = sorted({int(layer) for layer in layers})
     if not wanted:
@@ -145,7 +154,7 @@ def default_gguf_path() -> Path:
         raise ModelLoadError(
             f"the default model {DEFAULT_MODEL} is not installed; install it with: {INSTALL_HINT}"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall it with: {INSTALL_HINT} --force-reinstall")
     return path
@@ -206,11 +215,11 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
     log.info("dequantizing %s (once; cached in %s)", gguf.name, folder)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # undeclared in PreTrainedModel, so typed as a submodule
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _save_folder_atomically(model, tokenizer, folder)
-    return model.to(dtype), tokenizer
+    return model.to(dtype), tokenizer  # type: ignore[arg-type]  # transformers' wrapper on .to hides its signature
 
 
 def _save_folder_atomically(model, tokenizer, folder: Path) -> None:

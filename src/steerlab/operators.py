@@ -10,7 +10,7 @@ for `add`, a target projection for `clamp`, an angle in degrees for `rotate`; `a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -13,7 +13,7 @@ themselves excluded; markers are matched as the tokens they encode to on their o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 ROLES = ("system", "user", "assistant")
 MARK = "zqxjk"
@@ -44,7 +44,7 @@ def template_segments(tokenizer, shape: Sequence[str]) -> list[list[int]]:
     messages = [{"role": role, "content": MARK} for role in shape]
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # templates raise on shapes they refuse (e.g. no system role)
+    except Exception as exc:  # noqa: BLE001 - templates raise on shapes they refuse (e.g. no system role)
         raise TemplateError(f"the chat template cannot render {list(shape)}: {exc}") from None
     spans, start = [], 0
     while (at := text.find(MARK, start)) >= 0:
@@ -54,7 +54,7 @@ def template_segments(tokenizer, shape: Sequence[str]) -> list[list[int]]:
         raise TemplateError(f"the chat template does not copy message contents verbatim ({len(spans)} of {len(shape)})")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     segments: list[list[int]] = [[] for _ in range(len(shape) + 1)]
-    for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+    for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=False):
         if any(begin <= a and b <= end for begin, end in spans):
             continue  # the marker's own tokens
         if any(a < end and b > begin for begin, end in spans):

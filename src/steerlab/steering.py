@@ -11,10 +11,11 @@ them: two threads sharing one model never see each other's steering.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -24,7 +25,7 @@ from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_fla
 from .strength import StrengthError, multiplier_for
 from .vector import SteeringVector
 
-POSITIONS = ("all", "prompt", "generated") + ROLES  # or "between:OPEN:CLOSE" (steerlab.positions)
+POSITIONS = ("all", "prompt", "generated", *ROLES)  # or "between:OPEN:CLOSE" (steerlab.positions)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Handles attached in the current thread or task; a hook registered by any other does nothing here.
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())
@@ -78,7 +79,7 @@ class SteeringSpec:
                 raise SteeringError("a norm-relative strength has one multiplier per layer; name the layer")
             strengths = _numbers(self.strength, "strength")
             try:
-                mult: float | list[float] = [multiplier_for(self.vector, layer, float(s)) for s in strengths]
+                mult: float | Sequence[float] = [multiplier_for(self.vector, layer, float(s)) for s in strengths]
             except StrengthError as exc:
                 raise SteeringError(str(exc)) from None
         else:
@@ -187,12 +188,12 @@ class Steer(Protocol):
     kind: str
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "Handle": ...
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> Handle: ...
 
 
 class Handle(Protocol):
     def remove(self) -> None: ...
-    def __enter__(self) -> "Handle": ...
+    def __enter__(self) -> Handle: ...
     def __exit__(self, *exc) -> None: ...
 
 
@@ -312,7 +313,7 @@ class SteeringHandle(HookHandle):
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
             positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(batch, cur)
             real = torch.full((batch,), cur) if self.prompt_lengths is None else None
-        if self.prompt_lengths is None:
+        if self.prompt_lengths is None and real is not None:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
             self.prompt_lengths = real.cpu()
         self._positions = positions
@@ -325,29 +326,33 @@ class SteeringHandle(HookHandle):
         real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.ndim == 2 else torch.ones_like(ids, dtype=torch.bool)
         if self._history is None or len(self._history) != ids.shape[0]:
             self._history = [[] for _ in range(ids.shape[0])]
-        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist())):
+        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist(), strict=False)):
             history = self._history[row]
-            for token, pos, keep in zip(row_ids, row_pos, row_real):
+            for token, pos, keep in zip(row_ids, row_pos, row_real, strict=False):
                 if keep:
                     del history[pos:]  # a forward without a cache sends the whole sequence again
                     history.append(token)
 
     def _token_mask(self, kind: str, batch: int, device) -> torch.Tensor:
         """[rows, tokens] selection of the current forward's tokens for a role or a window."""
-        positions = self._positions
+        positions, history = self._positions, self._history
+        assert positions is not None and history is not None and self.prompt_lengths is not None, "tracked first"
         lengths = fit_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
         if kind in ROLES and self._roles is None:
             tok = self.lm.tokenizer
             try:
-                self._roles = [prompt_roles(tok, self._history[r][: lengths[r]], self._templates) for r in range(batch)]
+                self._roles = [prompt_roles(tok, history[r][: lengths[r]], self._templates) for r in range(batch)]
             except ValueError as exc:
                 raise SteeringError(str(exc)) from None
         if kind.startswith("between:") and kind not in self._markers:
-            open_text, close_text = parse_window(kind)
+            window = parse_window(kind)
+            assert window is not None  # positions were checked when the spec was made
+            open_text, close_text = window
             self._markers[kind] = (marker_ids(self.lm.tokenizer, open_text), marker_ids(self.lm.tokenizer, close_text))
         out = torch.zeros(positions.shape, dtype=torch.bool)
         for r in range(batch):
             if kind in ROLES:
+                assert self._roles is not None
                 labels = self._roles[r]
                 for c, pos in enumerate(positions[r].tolist()):
                     if kind == "assistant" and pos >= lengths[r] - 1:
@@ -355,7 +360,7 @@ class SteeringHandle(HookHandle):
                     elif 0 <= pos < len(labels):
                         out[r, c] = labels[pos] == kind
             else:
-                flags = window_flags(self._history[r], *self._markers[kind])
+                flags = window_flags(history[r], *self._markers[kind])
                 for c, pos in enumerate(positions[r].tolist()):
                     out[r, c] = 0 <= pos < len(flags) and flags[pos]
         return out.to(device)
@@ -369,7 +374,7 @@ class SteeringHandle(HookHandle):
             for term in group:
                 steered = self._apply(term, steered)
             if isinstance(output, tuple):
-                return (steered,) + tuple(output[1:])
+                return (steered, *output[1:])
             return steered
 
         return hook
@@ -465,7 +470,7 @@ class CombinedSteering:
                                     "combined with others (it is not applied by hooks); use it on its own")
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "CombinedHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> CombinedHandle:
         return CombinedHandle(self.parts, lm, row_scale, prompt_lengths, task)
 
 

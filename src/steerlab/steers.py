@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Union
 
 from .conditional import Condition
 from .methods.lm_steer import LMSteer
@@ -23,7 +23,7 @@ from .methods.prompt import METADATA_KEY as PROMPT_KEY
 from .methods.prompt import PromptSteering
 from .vector import SteeringVector, VectorFileError, read_steer_meta
 
-AnySteer = Union[SteeringVector, Condition, LMSteer, PromptSteering]
+AnySteer = SteeringVector | Condition | LMSteer | PromptSteering
 READERS: dict[str, Callable[[Path], AnySteer]] = {
     "vector": SteeringVector.load,
     "condition": Condition.load,

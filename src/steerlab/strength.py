@@ -10,9 +10,9 @@ prompts unless told otherwise) and stored in the vector's metadata, so any later
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
-from typing import Sequence
 
 import torch
 

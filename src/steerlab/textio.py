@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 MAX_DEPTH = 64  # far deeper than any steerlab file; deeper input is refused before anything recurses on it
 
@@ -83,7 +83,7 @@ def check_depth(value: Any, source: str, error: type[Exception], limit: int = MA
             stack.extend((child, depth + 1) for child in children)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A finite int or float, and not a bool."""
     if isinstance(value, bool):
         return False

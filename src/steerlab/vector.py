@@ -72,7 +72,7 @@ class SteeringVector:
         return {layer: float(t.norm()) for layer, t in self.directions.items()}
 
     # ---- arithmetic -------------------------------------------------------------------------------
-    def _combine(self, other: "SteeringVector", sign: float) -> "SteeringVector":
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if not same_model(self.meta, other.meta):
@@ -86,24 +86,24 @@ class SteeringVector:
                        fit_stats={}, task=self.meta.task if self.meta.task == other.meta.task else "")
         return SteeringVector(out, meta)
 
-    def __add__(self, other: "SteeringVector") -> "SteeringVector":
+    def __add__(self, other: SteeringVector) -> SteeringVector:
         return self._combine(other, 1.0)
 
-    def __sub__(self, other: "SteeringVector") -> "SteeringVector":
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self._combine(other, -1.0)
 
-    def __mul__(self, scalar: float) -> "SteeringVector":
+    def __mul__(self, scalar: float) -> SteeringVector:
         if not isinstance(scalar, (int, float)):
             return NotImplemented
         return SteeringVector({k: v * float(scalar) for k, v in self.directions.items()}, replace(self.meta))
 
     __rmul__ = __mul__
 
-    def __neg__(self) -> "SteeringVector":
+    def __neg__(self) -> SteeringVector:
         return self * -1.0
 
     # ---- safety rails -----------------------------------------------------------------------------
-    def check_compatible(self, lm: "LoadedModel", layers: list[int] | None = None, task: str | None = None) -> None:
+    def check_compatible(self, lm: LoadedModel, layers: list[int] | None = None, task: str | None = None) -> None:
         """Refuse a model of another shape; warn for another model of this shape or another task."""
         m = self.meta
         check_hidden_size(m, lm, "vector")
@@ -126,7 +126,7 @@ class SteeringVector:
         return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SteeringVector":
+    def load(cls, path: str | os.PathLike) -> SteeringVector:
         """Read a vector written by :meth:`save`; safetensors holds only tensors, so nothing is executed."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "vector", "a steering vector")
@@ -175,7 +175,7 @@ def read_steer_meta(path: Path) -> VectorMeta:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for corrupt input
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt input
         raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
     if METADATA_KEY not in header:
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
@@ -190,8 +190,8 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for corrupt input
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt input
         raise VectorFileError(f"{path}: not a safetensors file ({exc})") from None
     if METADATA_KEY not in header:
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
@@ -213,7 +213,7 @@ def layer_index(key: str, prefix: str, path: Path | str) -> int:
     return int(index)
 
 
-def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:
+def check_hidden_size(m: VectorMeta, lm: LoadedModel, what: str) -> None:
     """Refuse a model of another hidden size (`what` names the artifact: "vector", "LM-Steer steer")."""
     if m.hidden_size != lm.hidden_size:
         raise IncompatibleVectorError(
@@ -223,7 +223,7 @@ def check_hidden_size(m: VectorMeta, lm: "LoadedModel", what: str) -> None:
         )
 
 
-def same_model(a: "VectorMeta | LoadedModel", b: "VectorMeta | LoadedModel") -> bool:
+def same_model(a: VectorMeta | LoadedModel, b: VectorMeta | LoadedModel) -> bool:
     """steerlab's one rule for "built on the same model": the same hidden size and, where both know their
     weights' fingerprint, the same fingerprint whatever the names; else the same name."""
     (name_a, print_a, size_a), (name_b, print_b, size_b) = _identity(a), _identity(b)
@@ -234,19 +234,19 @@ def same_model(a: "VectorMeta | LoadedModel", b: "VectorMeta | LoadedModel") -> 
     return name_a == name_b
 
 
-def describe_model(x: "VectorMeta | LoadedModel") -> str:
+def describe_model(x: VectorMeta | LoadedModel) -> str:
     """A model as error messages name it: name, hidden size and, where known, the weights' fingerprint."""
     name, fingerprint, size = _identity(x)
     return f"{name} (hidden size {size}" + (f", fingerprint {fingerprint})" if fingerprint else ")")
 
 
-def _identity(x: "VectorMeta | LoadedModel") -> tuple[str, str, int]:
+def _identity(x: VectorMeta | LoadedModel) -> tuple[str, str, int]:
     if isinstance(x, VectorMeta):
         return x.model_name, x.model_fingerprint, x.hidden_size
     return x.name, x.fingerprint, x.hidden_size
 
 
-def warn_if_other_model(m: VectorMeta, lm: "LoadedModel", task: str | None, what: str) -> None:
+def warn_if_other_model(m: VectorMeta, lm: LoadedModel, task: str | None, what: str) -> None:
     """Warn when applied to another model of the same shape, or for another task than it was built for."""
     if not same_model(m, lm):
         warnings.warn(

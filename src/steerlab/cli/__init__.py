@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..version import __version__
 from . import demo, evaluate, generate, interop, operators, serve, sweep, vector
@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     vector_parser = sub.add_parser("vector", help="build, inspect, check, convert and merge steers")
     vsub = vector_parser.add_subparsers(dest="vector_command", metavar="ACTION")
-    vector_parser.set_defaults(func=lambda a: vector_parser.print_help() or 2)
+
+    def vector_help(args: argparse.Namespace) -> int:
+        vector_parser.print_help()
+        return 2
+
+    vector_parser.set_defaults(func=vector_help)
     for group in GROUPS:
         group.register(sub, vsub)
     return parser

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Literal, overload
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class CLIError(Exception):
@@ -42,6 +46,10 @@ def add_out_args(p: argparse.ArgumentParser, what: str, required: bool = True) -
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+@overload
+def check_out_free(path: str | Path, overwrite: bool) -> Path: ...
+@overload
+def check_out_free(path: None, overwrite: bool) -> None: ...
 def check_out_free(path: str | Path | None, overwrite: bool) -> Path | None:
     """Refuse an existing --out before any model work, unless --overwrite."""
     if path is None:
@@ -83,6 +91,10 @@ def pairs_from_args(args, *, required: bool = True):
 LAYERS_HELP = "15, 12,15, 4-8, all, or with weights 12:0.5,15:1"
 
 
+@overload
+def parse_layers(text: str | None, *, weights: Literal[False], option: str = ...) -> list[int] | None: ...
+@overload
+def parse_layers(text: str | None, *, weights: bool = True, option: str = ...) -> list[int] | dict[int, float] | None: ...
 def parse_layers(text: str | None, *, weights: bool = True, option: str = "--layers") -> list[int] | dict[int, float] | None:
     """The one --layers grammar: '15', '12,15', '4-8', 'all' (None: every layer) -> a list; '12:0.5,15:1' -> {layer: weight}.
 
@@ -136,7 +148,7 @@ def load_cli_model(args):
     return load_model(args.model, use_chat_template=False if args.no_chat else None)
 
 
-def progress_bar(total: int, desc: str, unit: str = "item"):
+def progress_bar(total: int, desc: str, unit: str = "item") -> tqdm:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
@@ -146,7 +158,7 @@ class StageBars:
     """A progress(stage, done, total) callback that shows one bar per stage (with tqdm's time estimate)."""
 
     def __init__(self) -> None:
-        self.bars: dict[str, object] = {}
+        self.bars: dict[str, tqdm] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.bars:
@@ -159,7 +171,7 @@ class StageBars:
         for bar in self.bars.values():
             bar.close()
 
-    def __enter__(self) -> "StageBars":
+    def __enter__(self) -> StageBars:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,8 +8,17 @@ from datetime import datetime
 from pathlib import Path
 
 from ..operators import OPERATORS
-from .common import (CLIError, LAYERS_HELP, StageBars, add_model_args, check_at_least, command, load_cli_model,
-                     parse_layers, parse_numbers)
+from .common import (
+    LAYERS_HELP,
+    CLIError,
+    StageBars,
+    add_model_args,
+    check_at_least,
+    command,
+    load_cli_model,
+    parse_layers,
+    parse_numbers,
+)
 
 
 def register(sub, vsub) -> None:

@@ -6,8 +6,18 @@ import json
 import sys
 
 from ..operators import OPERATORS
-from .common import (CLIError, LAYERS_HELP, add_model_args, check_vector_layers, command, load_cli_model,
-                     one_line, parse_layers, progress_bar, read_prompts)
+from .common import (
+    LAYERS_HELP,
+    CLIError,
+    add_model_args,
+    check_vector_layers,
+    command,
+    load_cli_model,
+    one_line,
+    parse_layers,
+    progress_bar,
+    read_prompts,
+)
 
 
 def register(sub, vsub) -> None:
@@ -52,6 +62,7 @@ def register(sub, vsub) -> None:
 def cmd_generate(args) -> int:
     from ..conditional import Condition, ConditionalSteering
     from ..generation import GenerationConfig, generate
+    from ..methods.lm_steer import LMSteer
     from ..steering import SteeringSpec, VectorSteering, default_steering
     from ..steers import load_steer
     from ..vector import SteeringVector
@@ -66,12 +77,12 @@ def cmd_generate(args) -> int:
     layers = parse_layers(args.layers)
     if args.ablate_direction:
         steering = _ablation(args, steers, layers)
-    elif all(isinstance(s, SteeringVector) for s in steers):
-        check_vector_layers(steers, layers)
+    elif len(vectors := [s for s in steers if isinstance(s, SteeringVector)]) == len(steers):
+        check_vector_layers(vectors, layers)
         specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator,
                               strength=args.strength[i] if args.strength else None)
-                 for i, v in enumerate(steers)]
-        for path, spec in zip(args.vector, specs):
+                 for i, v in enumerate(vectors)]
+        for path, spec in zip(args.vector, specs, strict=False):
             line = strength_line(path, spec)
             if not (args.multiplier or args.strength):
                 line += f" (nothing given: {default_steering(spec.vector, layers, args.operator).source})"
@@ -93,7 +104,8 @@ def cmd_generate(args) -> int:
             raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
         if layers is not None:
             raise CLIError(f"a steer of kind '{kind}' has no layers to choose; drop --layers")
-        steering = steers[0] if kind == "prompt" else steers[0].with_multiplier(args.multiplier[0] if args.multiplier else 1.0)
+        only = steers[0]
+        steering = only.with_multiplier(args.multiplier[0] if args.multiplier else 1.0) if isinstance(only, LMSteer) else only
     try:
         config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -6,8 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-from .common import (CLIError, HelpFormatter, StageBars, add_model_args, check_at_least, load_cli_model, parse_layers,
-                     parse_numbers)
+from .common import (
+    CLIError,
+    HelpFormatter,
+    StageBars,
+    add_model_args,
+    check_at_least,
+    load_cli_model,
+    parse_layers,
+    parse_numbers,
+)
 
 EXAMPLES = (
     "steerlab sweep --task sentiment --layers 4,8,12,16,20 --strengths 0.1,0.2 --limit 20 --out sweeps/sentiment\n"
@@ -100,10 +108,10 @@ def print_grid(result, vector=None) -> None:
           f"fluency = {result.fluency_name} (unsteered {result.base_fluency:.3f}); "
           "* = 95% interval excludes 0, ! = outside the fluency bound")
     print(f"{'layer':>5}  " + "  ".join(f"{head[:8]} {v:>+6g}" for v in result.values))
-    for i, (layer, eff, flu) in enumerate(zip(result.layers, result.effect, result.fluency)):
+    for i, (layer, eff, flu) in enumerate(zip(result.layers, result.effect, result.fluency, strict=False)):
         marks = [("*" if lo > 0 or hi < 0 else " ") + (" " if ok else "!")
-                 for (lo, hi), ok in zip(result.interval[i], result.fluent[i])]
-        print(f"{layer:>5}  " + "  ".join(f"{e:+.3f}{m}({f:.2f})" for e, m, f in zip(eff, marks, flu)))
+                 for (lo, hi), ok in zip(result.interval[i], result.fluent[i], strict=False)]
+        print(f"{layer:>5}  " + "  ".join(f"{e:+.3f}{m}({f:.2f})" for e, m, f in zip(eff, marks, flu, strict=False)))
     if result.kind == "ab":
         print(_ab_words(result))
     for name, cell in result.directions.items():

@@ -7,8 +7,18 @@ import json
 import sys
 import time
 
-from .common import (CLIError, LAYERS_HELP, add_model_args, add_out_args, add_pair_args, check_out_free,
-                     command, load_cli_model, pairs_from_args, parse_layers, progress_bar)
+from .common import (
+    CLIError,
+    add_model_args,
+    add_out_args,
+    add_pair_args,
+    check_out_free,
+    command,
+    load_cli_model,
+    pairs_from_args,
+    parse_layers,
+    progress_bar,
+)
 
 
 def register(sub, vsub) -> None:

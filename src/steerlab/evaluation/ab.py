@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -71,7 +72,7 @@ def load_ab_items(path: str | Path, limit: int | None = None) -> list[Contrastiv
             fields = [r.get(k) for k in ("prompt", "correct", "incorrect")] if isinstance(r, dict) else [None]
             if not all(isinstance(f, str) and f.strip() for f in fields):
                 raise DatasetError(f"{path}: item {i}: needs 'prompt', 'correct' and 'incorrect' strings")
-            prompt, correct, incorrect = fields
+            prompt, correct, incorrect = cast(list[str], fields)  # checked just above
             pos, neg, prefix = split_ab_answers(correct, incorrect)
             pairs.append(ContrastivePair(prompt, pos, neg, "ab", prefix))
     else:
@@ -212,8 +213,8 @@ def _prepare(lm: LoadedModel, pair: ContrastivePair, positions: str) -> _Row:
     chat = bool(lm.use_chat_template)
     if chat:
         messages = [{"role": "user", "content": pair.prompt}]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        user_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        text = str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        user_text = str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
     else:
         text, user_text = pair.prompt, pair.prompt
     try:
@@ -246,7 +247,7 @@ def score_ab(lm: LoadedModel, pairs: Sequence[ContrastivePair],
              vectors: SteeringVector | Sequence[SteeringVector] | None = None,
              cells: Sequence[Cell] = (UNSTEERED,), *, swap: bool = True, positions: str = "answer",
              batch_rows: int = 64, task: str | None = None,
-             progress: Callable[[int], None] | None = None) -> ABGrid:
+             progress: Callable[[int], object] | None = None) -> ABGrid:
     """Score A/B items under every cell (both choice orders when `swap`), in batched passes of about `batch_rows` rows."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")

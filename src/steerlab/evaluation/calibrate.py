@@ -22,8 +22,9 @@ already reliable while fluency still holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ Calibration = CalibrationRecord  # what calibrate returns is what the vector's m
 
 
 def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], strengths: Sequence[float],
-             texts: Sequence[str], *, progress: Callable[[int], None] | None = None) -> list[float]:
+             texts: Sequence[str], *, progress: Callable[[int], object] | None = None) -> list[float]:
     """Mean per-token KL(steered || unsteered) in nats over `texts`' tokens, for each signed strength."""
     rows = [r for r in (lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts) if len(r) > 1]
     ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)
@@ -129,7 +130,7 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
     tick = stage_ticker(progress, "KL per strength", 2 * n)
     kls = {name: token_kl(lm, vector, layers[name], [sign * s for s in config.strengths], kl_texts, progress=tick)
            for name, sign in (("up", 1.0), ("down", -1.0))}
-    kl = {name: dict(zip(map(str, config.strengths), values)) for name, values in kls.items()}
+    kl = {name: dict(zip(map(str, config.strengths), values, strict=False)) for name, values in kls.items()}
     ids = encode_prompts(lm, gen_prompts)
     gen_config = GenerationConfig(max_new_tokens=config.max_new_tokens)
     base = _fluency(generate_ids(lm, ids, None, config=gen_config))

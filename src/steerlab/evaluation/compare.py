@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -88,7 +89,7 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
                     vector_norm=float(steer.directions[layer].norm()),
                     residual_norm=float(steer.meta.residual_norms[str(layer)]))))
         elif hasattr(steer, "attach"):
-            setting = "; ".join(["multiplier 1"] + overrides.get(name, []))
+            setting = "; ".join(["multiplier 1", *overrides.get(name, [])])
             fitted.append(Fitted(name, Arm(name, steer, 1.0), setting, seconds, params))
         else:
             raise TypeError(f"method {name} returned {type(steer).__name__}, which compare cannot apply")
@@ -114,7 +115,7 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
     o = scores["original"]
     lines.append(f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
                  f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
-    for fit, cond in zip(fitted, scores["conditions"]):
+    for fit, cond in zip(fitted, scores["conditions"], strict=False):
         c = cond["scores"]
         lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} "
                      f"({metric.change_words(cond['delta'])}) | "

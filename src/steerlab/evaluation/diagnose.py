@@ -25,8 +25,9 @@ or the last ones (right before the logits) rarely changes behaviour even when th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -90,7 +91,7 @@ class Diagnosis:
 
 def diagnose(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int] | None = None, *,
              holdout: float = 0.25, seed: int = 0, batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> tuple[Diagnosis, PairActivations]:
+             progress: Callable[[int], object] | None = None) -> tuple[Diagnosis, PairActivations]:
     """Record the pairs once at `layers` (default: all) and diagnose them; the activations come back for reuse."""
     layers = sorted(set(layers)) if layers else list(range(lm.num_layers))
     check_sizes(len(data), holdout)

@@ -1,4 +1,4 @@
-"""Fluency and diversity of generated text from its n-grams: weighted n-gram entropy, distinct-n, repetition.
+r"""Fluency and diversity of generated text from its n-grams: weighted n-gram entropy, distinct-n, repetition.
 
 Tokens are the lowercased runs of word characters plus each other non-space character on its own
 (`re.findall(r"\w+|[^\w\s]", text.lower())`): close to NLTK's word_tokenize, which EasyEdit uses,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -9,8 +9,8 @@ and vector-prompt in `compare`), and any extra summary (toxicity's share of toxi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .refusal import is_refusal

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def midranks(values: Sequence[float]) -> list[float]:
@@ -30,5 +30,5 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
     ranks = midranks(scores)
-    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=False) if y)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -35,24 +35,24 @@ class ContinuationLoss:
 
 def continuation_losses(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str], *,
                         batch_size: int = 8, use_chat_template: bool | None = None, system: str | None = None,
-                        progress: Callable[[int], None] | None = None) -> list[ContinuationLoss]:
+                        progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
     """NLL of each continuation given its prompt, batched; the prompt is encoded as generation encodes it."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one continuation per prompt")
     prefixes = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
     suffixes = [lm.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    return token_losses(lm, list(zip(prefixes, suffixes)), batch_size=batch_size, progress=progress)
+    return token_losses(lm, list(zip(prefixes, suffixes, strict=False)), batch_size=batch_size, progress=progress)
 
 
 @torch.inference_mode()
 def token_losses(lm: LoadedModel, items: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
-                 progress: Callable[[int], None] | None = None) -> list[ContinuationLoss]:
+                 progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
     """NLL of each (prefix ids, continuation ids) item's continuation tokens; prefixes must be non-empty."""
     out: list[ContinuationLoss | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        for i, loss in zip(idx, _batch_losses(lm, [items[i] for i in idx])):
+        for i, loss in zip(idx, _batch_losses(lm, [items[i] for i in idx]), strict=False):
             out[i] = loss
         if progress:
             progress(len(idx))
@@ -82,7 +82,7 @@ def _batch_losses(lm: LoadedModel, batch: Sequence[tuple[Sequence[int], Sequence
     targets = ids[:, width - span :]
     picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     nll = -(picked * scored).sum(-1)
-    return [ContinuationLoss(float(n), int(k)) for n, k in zip(nll, scored.sum(-1))]
+    return [ContinuationLoss(float(n), int(k)) for n, k in zip(nll, scored.sum(-1), strict=False)]
 
 
 def corpus_perplexity(losses: Sequence[ContinuationLoss]) -> float:

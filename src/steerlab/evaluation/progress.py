@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Progress = Callable[[str, int, int], None]
 
 
-def stage_ticker(progress: Progress | None, stage: str, total: int) -> Callable[[int], None] | None:
+def stage_ticker(progress: Progress | None, stage: str, total: int) -> Callable[[int], object] | None:
     """A per-step counter (tick(n) after n more items) that reports progress(stage, done, total)."""
     if progress is None:
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 # The phrases that paper counts as a refusal; matched anywhere in the text, case-insensitively.
 REFUSAL_PHRASES: tuple[str, ...] = (

@@ -13,18 +13,19 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..version import __version__
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..models import LoadedModel
 from ..steering import Steer
 from ..vector import TEMP_SUFFIX, current_umask, remove_stale_temporaries
+from ..version import __version__
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import get_metric
 from .perplexity import continuation_losses, corpus_perplexity
@@ -76,7 +77,7 @@ class _RowSteers:
         self.parts = parts
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "_Handles":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> _Handles:
         handles = _Handles()
         try:
             for steer, scale in self.parts:
@@ -96,7 +97,7 @@ class _Handles:
             handle.remove()
         self.items = []
 
-    def __enter__(self) -> "_Handles":
+    def __enter__(self) -> _Handles:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -105,7 +106,7 @@ class _Handles:
 
 def generate_arms(lm: LoadedModel, prompts: Sequence[str], arms: Sequence[Arm], *, config: GenerationConfig,
                   batch_size: int = 16, use_chat_template: bool | None = None, task: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> EvalRun:
+                  progress: Callable[[int], object] | None = None) -> EvalRun:
     """Generate every prompt unsteered and under every arm, all rows of a prompt chunk in one batched call.
 
     The original rows carry scale 0 for every steer, so they are the unsteered model in the same forward
@@ -153,7 +154,7 @@ def multiplier_arms(steer: Steer, multipliers: Sequence[float]) -> list[Arm]:
     return [Arm(f"x{m:g}", steer, float(m)) for m in multipliers]
 
 
-def prompt_arm(lm: LoadedModel, steering: "PromptSteering", prompts: Sequence[str], *,
+def prompt_arm(lm: LoadedModel, steering: PromptSteering, prompts: Sequence[str], *,
                use_chat_template: bool | None = None, label: str = "prompt") -> Arm:
     """Prompt steering as an arm: the prompts with the instruction, encoded as generation encodes prompts."""
     chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)

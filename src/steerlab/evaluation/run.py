@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import build_config
 from ..generation import GenerationConfig
@@ -24,9 +25,10 @@ from ..strength import with_neutral_norms
 from ..vector import SteeringVector
 from .compare import Fitted, compare_markdown, fit_methods
 from .metric_registry import get_metric
-from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
 from .progress import Progress, stage_ticker
+from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
 from .tasks import Task, get_task
+
 
 class EvaluationError(ValueError):
     """An evaluation was asked for in a way that cannot run; the message says what to give instead."""
@@ -84,7 +86,7 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
     prompts = task.eval_items(split, data_dir, limit)
     chat = bool(task.chat and lm.use_chat_template)
     info: dict[str, Any] = {}
-    if steer is None:
+    if method is not None:  # (exactly one of steer and method is given)
         steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
         source = source or f"fitted ({method})"
     if operator is not None and not isinstance(steer, SteeringVector):

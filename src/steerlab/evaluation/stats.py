@@ -9,8 +9,8 @@ when its 95% interval excludes zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ class Interval:
     fell: float  # share of items whose score went down (strictly) against unsteered
     rose: float
 
-    def signed(self, sign: float) -> "Interval":
+    def signed(self, sign: float) -> Interval:
         """The same interval for the change times `sign` (+1 or -1): the wanted direction becomes positive."""
         if sign >= 0:
             return self

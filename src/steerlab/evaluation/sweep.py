@@ -22,19 +22,19 @@ gets no default multiplier. Generation tasks count a cell fluent only when n-gra
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, TypeVar
 
 from ..activations import record_pair_activations
-from ..generation import GenerationConfig, encode_prompts, generate_ids
-from ..methods.caa import CAAConfig, vector_from_activations
 from ..data import ContrastiveDataset
+from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
+from ..methods.caa import CAAConfig, vector_from_activations
 from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SteeringSpec, VectorSteering
 from ..strength import multiplier_for, with_neutral_norms
-from .tasks import SPLITS, Task
 from ..vector import SteeringVector, write_atomic
 from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
@@ -42,11 +42,13 @@ from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
 from .stats import paired_interval
 from .sweep_plots import heatmap_png
+from .tasks import SPLITS, Task
 
 OUTPUT_FILES = ("vector.safetensors", "sweep.json", "effect.png", "fluency.png")
 NO_EFFECT = "no reliable effect"
 DIRECTIONS = (("up", 1.0), ("down", -1.0))
 MIN_EFFECT_SHARE = 0.02  # of the metric's span (metric_registry): the smallest effect worth recommending
+R = TypeVar("R")  # a grid cell: a score, an interval, a flag
 
 
 class SweepError(ValueError):
@@ -143,7 +145,7 @@ class SweepResult:
 
 
 def build_sweep_vector(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int], *, task: str,
-                       progress: Callable[[int], None] | None = None) -> SteeringVector:
+                       progress: Callable[[int], object] | None = None) -> SteeringVector:
     """A CAA vector at every given layer from one activation pass, with neutral-text residual norms."""
     acts = record_pair_activations(lm, data.pairs, layers, progress=progress)
     vector = vector_from_activations(lm, acts, data, task=task, config=CAAConfig(layers=list(layers)))
@@ -172,7 +174,7 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
 
     values = config.values
     mults = [[v if config.mode == "raw" else multiplier_for(vector, layer, v) for v in values] for layer in layers]
-    cells = [UNSTEERED] + [Cell(layer, m) for layer, row in zip(layers, mults) for m in row]
+    cells = [UNSTEERED] + [Cell(layer, m) for layer, row in zip(layers, mults, strict=False) for m in row]
     if task.kind == "ab":
         per_item, fluency, ok, groups, details = _score_ab(lm, task, items, vector, cells, config, progress)
         score_name, fluency_name = "p(matching), order-debiased", "p(A) + p(B)"
@@ -212,7 +214,7 @@ def stored_recommendation(result: SweepResult, before: Recommendation) -> Recomm
     return rec
 
 
-def _rows(flat: list[float], width: int) -> list[list[float]]:
+def _rows(flat: list[R], width: int) -> list[list[R]]:
     return [flat[i : i + width] for i in range(0, len(flat), width)]
 
 
@@ -244,7 +246,7 @@ def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
 
 def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVector, cells: Sequence[Cell], *,
                   chat: bool, max_new_tokens: int, batch_rows: int = 64, task: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[list[str]]:
+                  progress: Callable[[int], object] | None = None) -> list[list[str]]:
     """Greedy continuations of every prompt under every cell, many cells per generate call; [cells][prompts]."""
     ids = encode_prompts(lm, prompts, use_chat_template=chat)
     rows = [(c, p) for p in range(len(prompts)) for c in range(len(cells))]  # prompt-major: similar lengths per batch
@@ -253,11 +255,11 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         specs = []
-        for layer in sorted({cells[c].layer for c, _ in chunk if cells[c].layer is not None}):
+        for layer in sorted({layer for c, _ in chunk if (layer := cells[c].layer) is not None}):
             mults = [cells[c].multiplier if cells[c].layer == layer else 0.0 for c, _ in chunk]
             specs.append(SteeringSpec(vector, mults, [layer], "all"))
         out = generate_ids(lm, [ids[p] for _, p in chunk], VectorSteering(specs), config=config, task=task)
-        for (c, p), text in zip(chunk, out):
+        for (c, p), text in zip(chunk, out, strict=False):
             texts[c][p] = text
         if progress:
             progress(len(chunk))
@@ -276,9 +278,9 @@ def _score_generation(lm, task, prompts, vector, cells, config, progress):
     repetition = [mean([repetition_rate(x) for x in t]) for t in texts]
     keep = 1 - config.fluency_bound
     ok = [e >= keep * entropy[0] and d >= keep * distinct2[0] and r <= repetition[0] + config.fluency_bound
-          for e, d, r in zip(entropy, distinct2, repetition)]
+          for e, d, r in zip(entropy, distinct2, repetition, strict=False)]
     width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
-    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts)],
+    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts, strict=False)],
                "scores": [mean(x) for x in per_item],
                "distinct2": {"unsteered": round(distinct2[0], 4), "cells": _rows([round(d, 4) for d in distinct2[1:]], width)},
                "repetition": {"unsteered": round(repetition[0], 4), "cells": _rows([round(r, 4) for r in repetition[1:]], width)}}

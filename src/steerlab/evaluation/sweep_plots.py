@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
-
+from collections.abc import Sequence
 
 
 def _matplotlib() -> None:
@@ -70,8 +69,8 @@ def heatmap_png(matrix: Sequence[Sequence[float]], layers: Sequence[int], values
                 else:
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey",
                                            linewidth=0))
-    for row, col in mark or ():
-        ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
+    for mark_row, mark_col in mark or ():
+        ax.add_patch(Rectangle((mark_col - 0.5, mark_row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
     fig.colorbar(image, ax=ax, label=colour_label)
     return _png(fig)
 

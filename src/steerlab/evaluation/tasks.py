@@ -12,10 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 
 from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
@@ -276,6 +275,7 @@ def load_task_file(path: str | Path) -> Task:
     if not path.is_file():
         raise TaskError(f"{path}: no such task file")
     text = read_text(path, TaskError)
+    lines: dict[str, int]
     if path.suffix == ".json":
         raw, lines = loads(text, str(path), TaskError), {}
     else:

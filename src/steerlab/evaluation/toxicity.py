@@ -5,8 +5,8 @@ The default was chosen by experiments/toxicity_scorers/run.py against Perspectiv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from steerlab.evaluation.classifier import LocalTextClassifier
 
@@ -18,7 +18,7 @@ class ProfanityCheckScorer:
 
     def __init__(self) -> None:
         try:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # type: ignore[import-untyped]  # ships no stubs or py.typed
         except ImportError as err:
             raise ImportError("the default toxicity scorer needs: pip install alt-profanity-check==1.9.1") from err
         self._predict_prob = predict_prob

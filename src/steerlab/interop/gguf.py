@@ -102,7 +102,7 @@ def _open(path: Path) -> GGUFReader:
         raise VectorFileError(f"{path}: no such control-vector file")
     try:
         return GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, struct and numpy errors on non-GGUF input
+    except Exception as exc:  # noqa: BLE001 - the reader raises ValueError, struct and numpy errors on non-GGUF input
         raise VectorFileError(f"{path}: not a GGUF file ({exc})") from None
 
 

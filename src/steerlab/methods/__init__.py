@@ -6,9 +6,10 @@ and fit function; a new method is one module and one line here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import build_config
 from ..data import ContrastiveDataset, load_pairs
@@ -19,7 +20,7 @@ from . import caa, lm_steer, pca, prompt, vector_prompt
 @dataclass(frozen=True)
 class Method:
     name: str
-    config_cls: type
+    config_cls: type[Any]  # a config dataclass
     fit: Callable[..., Any]
     summary: str
     # What fit's `progress` counts, so a progress bar's total matches it: pairs unless the method says otherwise.
@@ -50,7 +51,7 @@ def get_method(name: str) -> Method:
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset | str | Path | None = None, method: str = "caa", *, task: str = "",
-        config: Any = None, progress: Callable[[int], None] | None = None, **values: Any) -> Any:
+        config: Any = None, progress: Callable[[int], object] | None = None, **values: Any) -> Any:
     """Fit a steer with any registered method: `steerlab.fit(lm, pairs, "caa", layers=[15])`.
 
     `data` is a dataset or a pairs file; the method's config is `config` (an instance) or built from the

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 from ..activations import PairActivations, record_pair_activations
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch
@@ -28,7 +28,7 @@ class CAAConfig:
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: CAAConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> SteeringVector:
+        progress: Callable[[int], object] | None = None) -> SteeringVector:
     """Build a CAA vector from contrastive pairs at the configured layers."""
     config = config or CAAConfig()
     layers = config.layers or [lm.default_layer()]

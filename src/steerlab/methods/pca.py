@@ -12,8 +12,9 @@ pairs. Directions are unit norm unless asked to scale them to the layer's residu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -59,7 +60,7 @@ class PCAConfig:
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: PCAConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> SteeringVector:
+        progress: Callable[[int], object] | None = None) -> SteeringVector:
     """Build a PCA vector (method "pca_diff" or "pca_center") from contrastive pairs at the configured layers."""
     config = config or PCAConfig()
     if config.mode == "pca_diff" and len(data) < 2:

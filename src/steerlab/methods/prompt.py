@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from ..version import __version__
 from ..data import format_prompt
 from ..models import LoadedModel
 from ..textio import loads, read_text
 from ..vector import VectorFileError, write_atomic
+from ..version import __version__
 
 PLACEMENTS = ("system", "prefix")
 METADATA_KEY = "steerlab"
@@ -90,7 +91,7 @@ class PromptSteering:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PromptSteering":
+    def load(cls, path: str | os.PathLike) -> PromptSteering:
         """Read a prompt steer written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
@@ -116,7 +117,7 @@ class PromptSteering:
 
 
 def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> PromptSteering:
+        progress: Callable[[int], object] | None = None) -> PromptSteering:
     """Make the prompt steer from the config; `data` is unused (a prompt needs no examples).
 
     Checks that the model's chat template takes a system message when placement is "system".
@@ -126,7 +127,7 @@ def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None
     if config.placement == "system" and lm.use_chat_template:
         try:
             format_prompt(lm.tokenizer, "hello", use_chat_template=True, system=config.instruction)
-        except Exception as exc:  # templates reject a system role in their own ways
+        except Exception as exc:  # noqa: BLE001 - templates reject a system role in their own ways
             raise ValueError(f"{lm.name}'s chat template does not take a system message ({exc}); "
                              "use placement: prefix") from None
     return PromptSteering(config.instruction, config.placement, task=task)

@@ -8,8 +8,9 @@ the answer, and applying it at multiplier 1 adds the instruction's own average s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 from ..activations import lead_text, record_activations, with_start_token
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch
@@ -44,7 +45,7 @@ class VectorPromptConfig:
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], None] | None = None) -> SteeringVector:
+        progress: Callable[[int], object] | None = None) -> SteeringVector:
     """Distil config.instruction into a vector (method "vector_prompt") over the pairs' prompts and answers.
 
     `progress` counts examples over both passes (without, then with the instruction): 2 x pairs in all.

@@ -15,23 +15,24 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..version import __version__
 from ..generation import encode_prompts
 from ..models import LoadedModel
+from ..version import __version__
 from . import metrics
-from .batcher import Batcher, Delta, Job, JobFailed, RowDone, RowPlan, Sampling, TokenLogprob
+from .batcher import Batcher, Delta, Job, JobFailed, JobQueue, RowDone, RowPlan, Sampling, TokenLogprob
 from .errors import ApiError, install_handlers
 from .guards import BearerAuth, BodyLimit, CatchAll, LoopbackHosts
-from .registry import VectorRegistry
+from .registry import ResolvedSteering, VectorRegistry
 from .schemas import ChatCompletionRequest, CompletionRequest, GenerationFields, ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Limits:
 
 
 def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None = None, max_batch: int = 16,
-               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: Batcher | None = None,
+               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: JobQueue | None = None,
                limits: Limits = Limits()) -> FastAPI:
     """Build the app; the batcher thread starts with the app and drains in-flight work on shutdown.
 
@@ -139,7 +140,7 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 class _Service:
     """Turns a validated request into batcher rows and the rows' events into OpenAI-shaped responses."""
 
-    def __init__(self, lm: LoadedModel, registry: VectorRegistry, batcher: Batcher, max_tokens_limit: int,
+    def __init__(self, lm: LoadedModel, registry: VectorRegistry, batcher: JobQueue, max_tokens_limit: int,
                  limits: Limits):
         self.lm, self.registry, self.batcher, self.max_tokens_limit = lm, registry, batcher, max_tokens_limit
         self.limits = limits
@@ -194,11 +195,15 @@ class _Service:
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         seeds = [seed + i if sampling.do_sample else None for i in range(body.n)]
         ids = tuple(prompt_ids)
-        common = dict(stop=body.stop_sequences, frequency_penalty=body.frequency_penalty,
-                      presence_penalty=body.presence_penalty, logprobs=body.top_logprobs_wanted)
-        rows = [RowPlan(ids, body.token_budget, steering, s, **common) for s in seeds]
+
+        def row(steer: tuple[ResolvedSteering, ...], seed: int | None) -> RowPlan:
+            return RowPlan(ids, body.token_budget, steer, seed, stop=body.stop_sequences,
+                           frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                           logprobs=body.top_logprobs_wanted)
+
+        rows = [row(steering, s) for s in seeds]
         if body.include_original:
-            rows += [RowPlan(ids, body.token_budget, (), s, **common) for s in seeds]
+            rows += [row((), s) for s in seeds]
         job = Job(rows, sampling, asyncio.get_running_loop())
         self.batcher.submit(job)
         shape = _Shape(body, chat, self.lm.name, len(prompt_ids), [s.describe() for s in steering])
@@ -223,7 +228,7 @@ async def _collect(job: Job) -> dict[int, RowDone]:
     return done
 
 
-async def _sse(job: Job, shape: "_Shape") -> AsyncIterator[str]:
+async def _sse(job: Job, shape: _Shape) -> AsyncIterator[str]:
     """Server-sent events: one chunk per token delta, a finish chunk per choice, then [DONE].
 
     A failure after the stream has begun cannot change the status code; it is sent as an error event,
@@ -247,7 +252,7 @@ async def _sse(job: Job, shape: "_Shape") -> AsyncIterator[str]:
         if shape.include_usage and len(finished) == len(job.rows):
             yield _event({**shape.head(chunk=True), "choices": [], "usage": shape.usage(finished)})
         yield "data: [DONE]\n\n"
-    except Exception as exc:  # noqa: BLE001 - reported to the client in-band; the stream must end cleanly
+    except Exception as exc:
         log.exception("streaming response failed")
         yield _event(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error").body())
         yield "data: [DONE]\n\n"
@@ -295,6 +300,7 @@ class _Shape:
 
     def chunk(self, row: int, delta: str | dict | None, finish_reason: str | None,
               logprobs: tuple[TokenLogprob, ...] | None = None) -> dict[str, Any]:
+        body: dict[str, Any]
         if self.chat:
             body = {"delta": delta if isinstance(delta, dict) else ({"content": delta} if delta else {})}
         else:

@@ -17,16 +17,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from transformers import StoppingCriteria
 
-from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
-from ..models import LoadedModel
 from ..ablation import DirectionalAblation
 from ..conditional import ConditionalSteering
-from ..steering import CombinedSteering, SteeringSpec, Steer, VectorSteering
+from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
+from ..models import LoadedModel
+from ..steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
 from .errors import ApiError
 from .registry import ResolvedSteering
 
@@ -57,7 +56,7 @@ class Sampling:
     top_p: float
 
     @classmethod
-    def of(cls, temperature: float, top_p: float) -> "Sampling":
+    def of(cls, temperature: float, top_p: float) -> Sampling:
         return cls(True, temperature, top_p) if temperature > 0 else cls(False, 0.0, 1.0)
 
 
@@ -91,7 +90,7 @@ class JobFailed:
     message: str
 
 
-Event = Union[Delta, RowDone, JobFailed]
+Event = Delta | RowDone | JobFailed
 
 
 @dataclass(eq=False)
@@ -114,11 +113,20 @@ class JobQueue:
     """The queue both engines' batchers share: jobs in, one worker thread running the subclass's `_work`, a drain
     on close."""
 
+    batches: int  # batches run (HF) or engine steps run (vLLM)
+
     def __init__(self, thread_name: str):
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=thread_name, daemon=True)
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running_rows(self) -> int:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
@@ -157,18 +165,22 @@ class Batcher(JobQueue):
         self.lm = lm
         self.max_batch = max_batch
         self.window = window_ms / 1000.0
-        self.running_rows = 0
+        self._running_rows = 0
         self.batches = 0
         eos = lm.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self._eos = set(eos) | ({lm.tokenizer.eos_token_id} if lm.tokenizer.eos_token_id is not None else set())
+
+    @property
+    def running_rows(self) -> int:
+        return self._running_rows
 
     def _work(self) -> None:
         while True:
             jobs = self._take()
             if not jobs:
                 return
-            self.running_rows = sum(len(j.rows) for j in jobs)
+            self._running_rows = sum(len(j.rows) for j in jobs)
             try:
                 self._run(jobs)
             except Exception as exc:  # reported to the affected requests; the worker keeps serving
@@ -176,7 +188,7 @@ class Batcher(JobQueue):
                 for job in jobs:
                     job.emit(JobFailed(f"generation failed: {type(exc).__name__}: {exc}"))
             finally:
-                self.running_rows = 0
+                self._running_rows = 0
                 self.batches += 1
 
     def _take(self) -> list[Job]:
@@ -199,7 +211,8 @@ class Batcher(JobQueue):
                     if ready >= self.max_batch or left <= 0:
                         break
                     self._cond.wait(left)
-                taken, rows = [], 0
+                taken: list[Job] = []
+                rows = 0
                 for job in list(self._pending):
                     if job.sampling != first.sampling or (taken and rows + len(job.rows) > self.max_batch):
                         continue
@@ -225,7 +238,8 @@ class Batcher(JobQueue):
         if recorder is not None:
             processors.append(recorder)
         generate_tokens(self.lm, [plan.prompt_ids for _, _, plan in plans], steer, config=config,
-                        row_seeds=seeds, stopping_criteria=[_Stepper(streams, self._eos, recorder)],
+                        row_seeds=seeds,  # type: ignore[arg-type]  # a sampled row always has a seed (app.py)
+                        stopping_criteria=[_Stepper(streams, self._eos, recorder)],
                         logits_processors=processors)
         for stream in streams:
             stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
@@ -248,7 +262,7 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         for item in plan.steering:
             base = (item.ablate_direction, item.condition_name or "", item.name, item.layers, item.positions,
                     item.operator)
-            key = base + (seen.get(base, 0),)
+            key = (*base, seen.get(base, 0))
             seen[base] = seen.get(base, 0) + 1
             mults[key] = item.multiplier
             items[key] = item
@@ -267,7 +281,9 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         specs = VectorSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
                                              layers=dict(items[key].layers), positions=items[key].positions,
                                              operator=items[key].operator) for key in keys])
-        parts.append(ConditionalSteering(specs, items[keys[0]].condition) if condition else specs)
+        gate = items[keys[0]].condition
+        assert not condition or gate is not None  # the registry resolves a condition's name to the condition
+        parts.append(ConditionalSteering(specs, gate) if condition and gate is not None else specs)
     return parts[0] if len(parts) == 1 else CombinedSteering(parts)
 
 
@@ -328,10 +344,10 @@ class _RowStream:
         self.job.emit(Delta(self.row, text, fresh))
 
     def _logprob(self, token: int, step: torch.Tensor) -> TokenLogprob:
-        top = ()
+        top: tuple[tuple[str, float], ...] = ()
         if self.top:
             values, ids = step.topk(self.top)
-            top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist()))
+            top = tuple((self._piece(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=False))
         return TokenLogprob(self._piece(token), float(step[token]), top)
 
     def _piece(self, token: int) -> str:
@@ -366,8 +382,8 @@ class _Stepper(StoppingCriteria):
         self.eos = eos
         self.recorder = recorder
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.Tensor:
         step = self.recorder.last if self.recorder is not None else None
-        for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist())):
+        for i, (stream, token) in enumerate(zip(self.streams, input_ids[:, -1].tolist(), strict=False)):
             stream.push(token, self.eos, step[i] if step is not None else None)
         return torch.tensor([s.done for s in self.streams], dtype=torch.bool, device=input_ids.device)

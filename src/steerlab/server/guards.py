@@ -24,7 +24,8 @@ class CatchAll:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         started = False
 
         async def tracked(message) -> None:
@@ -35,7 +36,7 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the client as a JSON error
+        except Exception as exc:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
                 error = ApiError(500, f"internal error ({type(exc).__name__}); the server logged the details",
@@ -61,8 +62,9 @@ class LoopbackHosts:
                 error = ApiError(403, f"Host '{host[:100]}' is not served: without a token this server answers only "
                                       "requests to localhost, 127.0.0.1 or ::1 (set a token to serve other names)",
                                  code="host_not_allowed")
-                return await error.response()(scope, receive, send)
-        return await self.app(scope, receive, send)
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _bound_to_loopback(scope) -> bool:
@@ -96,7 +98,8 @@ class BearerAuth:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or self.expected is None or _public(scope["path"]):
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not given:
             error = ApiError(401, "missing bearer token: send the header 'Authorization: Bearer <token>'",
@@ -104,7 +107,8 @@ class BearerAuth:
         elif not hmac.compare_digest(given, self.expected):
             error = ApiError(401, "invalid bearer token", code="invalid_token")
         else:
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         await error.response()(scope, receive, send)
 
 
@@ -125,10 +129,12 @@ class BodyLimit:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._too_large(scope, receive, send)
+            await self._too_large(scope, receive, send)
+            return
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -137,7 +143,8 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send)
+                return
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)

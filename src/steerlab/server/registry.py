@@ -8,9 +8,10 @@ folder is read by steerlab.steers.read_steer_folder, the reader the vLLM plugin 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -94,7 +95,7 @@ class VectorRegistry:
         self.entries = {name: _entry(lm, name, path, steer) for name, (path, steer) in sorted(steers.items())}
 
     @classmethod
-    def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> "VectorRegistry":
+    def from_dir(cls, lm: LoadedModel, folder: str | Path | None) -> VectorRegistry:
         """Load every steerlab vector and condition file in `folder` (not recursive); the file stem is its name.
 
         A file that cannot be read, or holds another kind of steer, is skipped with a warning that names it and
@@ -150,24 +151,26 @@ class VectorRegistry:
                 raise ApiError(400, f"{where}.layers: {exc}", param=f"{where}.layers", code="ablation_layer") from None
             return ResolvedSteering(item.vector, entry.vector, ((layer, 1.0),), 1.0, "all", "ablate",
                                     ablate_direction=True)
-        gate = {}
+        condition = None
         if item.condition is not None:
-            gate = dict(condition_name=item.condition,
-                        condition=self._usable(item.condition, f"{where}.condition", condition=True).condition)
+            condition = self._usable(item.condition, f"{where}.condition", condition=True).condition
         # The library's one rule (steering.default_steering) decides what an omitted multiplier/strength/layers means.
         spec = SteeringSpec(entry.vector, item.multiplier, item.layers, item.positions, item.operator,
                             strength=item.strength)
-        if spec.strength is not None:  # asked for, or the vector's default: each layer's multiplier
+        if (strength := spec.strength) is not None:  # asked for, or the vector's default: each layer's multiplier
+            assert isinstance(strength, (int, float))  # one item steers its rows alike
             try:
                 per_layer = spec.layer_multipliers()
             except SteeringError as exc:
                 raise ApiError(400, f"{where}.strength: {exc}", param=f"{where}.strength",
                                code="strength_unavailable") from None
             return ResolvedSteering(item.vector, entry.vector, tuple(per_layer.items()), 1.0, item.positions,
-                                    spec.operator_name(), float(spec.strength), **gate)
+                                    spec.operator_name(), float(strength), condition_name=item.condition,
+                                    condition=condition)
         multiplier = float(spec.row_multipliers()[0])
         return ResolvedSteering(item.vector, entry.vector, tuple(spec.layer_weights().items()), multiplier,
-                                item.positions, spec.operator_name(), **gate)
+                                item.positions, spec.operator_name(), condition_name=item.condition,
+                                condition=condition)
 
     def _usable(self, name: str, param: str, *, condition: bool) -> RegisteredVector:
         """The entry `name` for a vector field (condition=False) or a condition field, or the 400 that says why not."""

@@ -57,7 +57,7 @@ class SteeringItem(_Strict):
         return value if value is None else check_float32(value, info.field_name)
 
     @model_validator(mode="after")
-    def _one_strength(self) -> "SteeringItem":
+    def _one_strength(self) -> SteeringItem:
         if self.multiplier is not None and self.strength is not None:
             raise ValueError("give multiplier (raw) or strength (norm-relative), not both")
         if self.ablate_direction:
@@ -121,7 +121,7 @@ class GenerationFields(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "GenerationFields":
+    def _one_budget(self) -> GenerationFields:
         if (self.max_tokens is not None and self.max_completion_tokens is not None
                 and self.max_tokens != self.max_completion_tokens):
             raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
@@ -159,7 +159,7 @@ class ChatCompletionRequest(GenerationFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @model_validator(mode="after")
-    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self

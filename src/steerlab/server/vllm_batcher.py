@@ -76,7 +76,7 @@ class VLLMBatcher(JobQueue):
                 core.add_request(request_id, {"prompt_token_ids": list(plan.prompt_ids)}, params)
                 self._live[request_id] = (job, row, "")
                 added.append(request_id)
-        except Exception as exc:  # refused by vLLM's checks (the app's own checks ran before)
+        except Exception as exc:  # noqa: BLE001 - refused by vLLM's checks (the app's own checks ran before)
             if added:
                 core.abort_request(added)
             for request_id in added:
@@ -115,6 +115,7 @@ class VLLMBatcher(JobQueue):
         job, row, before = entry
         completion = out.outputs[0]
         text = self.lm.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one row of ids decodes to one text
         if out.finished:
             self._live.pop(out.request_id, None)
             if text[len(before):]:

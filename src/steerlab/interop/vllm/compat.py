@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict, overload
 
 # The vLLM releases this plugin was checked with (tests/vllm_engine run on the first; [low, high)).
 SUPPORTED = ((0, 32, 0), (0, 33, 0))
@@ -48,7 +48,7 @@ class VLLMIncompatible(RuntimeError):
 
 @dataclass(frozen=True)
 class Resolved:
-    cls: type
+    cls: Any  # a vLLM class, wrapped at run time (vLLM ships no type information)
     method: str | None
 
 
@@ -57,7 +57,7 @@ def version_tuple(text: str) -> tuple[int, int, int]:
     for piece in text.split("+")[0].split(".")[:3]:
         digits = "".join(ch for ch in piece if ch.isdigit()) or "0"
         parts.append(int(digits))
-    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+    return tuple(([*parts, 0, 0, 0])[:3])  # type: ignore[return-value]
 
 
 def check_version(version: str) -> None:
@@ -70,6 +70,10 @@ def check_version(version: str) -> None:
             "this environment to run vLLM without it")
 
 
+@overload
+def resolve(spec: tuple[str, str, str | None], *, optional: Literal[False] = False) -> Resolved: ...
+@overload
+def resolve(spec: tuple[str, str, str | None], *, optional: bool) -> Resolved | None: ...
 def resolve(spec: tuple[str, str, str | None], *, optional: bool = False) -> Resolved | None:
     """The class (and check the method) a spec names; None for an optional one this vLLM cannot import."""
     module_name, cls_name, method = spec
@@ -88,7 +92,15 @@ def resolve(spec: tuple[str, str, str | None], *, optional: bool = False) -> Res
     return Resolved(cls, method)
 
 
-def check() -> dict[str, Resolved | None]:
+class Internals(TypedDict):
+    input_processor: Resolved
+    v1_runner: Resolved
+    v1_warmup: Resolved
+    v2_runner: Resolved | None
+    validation_error: Resolved
+
+
+def check() -> Internals:
     """Import every internal the plugin wraps; the V2 runner is optional (it needs Triton's GPU backends)."""
     import vllm
 

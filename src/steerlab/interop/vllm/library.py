@@ -50,7 +50,7 @@ class SteerLibrary:
                                     "steerlab steer files (.safetensors vectors)")
 
     @classmethod
-    def from_env(cls) -> "SteerLibrary":
+    def from_env(cls) -> SteerLibrary:
         return cls(os.environ.get(STEERS_ENV) or None)
 
     def lookup(self, key: str) -> Entry:

@@ -123,6 +123,7 @@ def _runner(original):
         if not rows:
             return original(self, *args, **kwargs)
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        assert positions is not None, "vLLM's model forward takes positions"
         positions = positions[0] if positions.ndim == 2 else positions  # M-RoPE: text positions are row 0
         steering.hooks.begin(rows, positions.cpu())
         try:
@@ -171,7 +172,6 @@ class _RunnerState:
     """Per model runner: the hooks, the steer library, and each live request's decoded terms."""
 
     def __init__(self, runner):
-        config = runner.vllm_config.model_config
         self.library = SteerLibrary.from_env()
         text = compat.attr(runner.vllm_config, compat.CONFIG_TEXT)
         num_layers = int(text.num_hidden_layers)

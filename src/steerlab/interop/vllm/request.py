@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ...operators import OPERATORS
@@ -94,6 +94,7 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
     if entry.refusal:
         raise SteeringRequestError(f"{where}.vector: {entry.refusal}")
     vector = entry.vector
+    assert vector is not None and entry.sha256 is not None  # an entry without a refusal holds a vector
     if vector.meta.hidden_size != hidden_size:
         raise SteeringRequestError(
             f"{where}.vector: '{entry.name}' was built for {vector.meta.model_name} (hidden size "
@@ -156,9 +157,8 @@ def _layers(raw: Any, where: str) -> list[int] | dict[int, float] | None:
         else:
             return layers
     elif isinstance(raw, (list, tuple)) and raw and all(_layer_number(x) is not None and not isinstance(x, str)
-                                                         for x in raw):
-        if len(set(raw)) == len(raw):
-            return [int(x) for x in raw]
+                                                         for x in raw) and len(set(raw)) == len(raw):
+        return [int(x) for x in raw]
     raise SteeringRequestError(f"{where}.layers: give a non-empty list of distinct layer numbers or "
                                f"{{layer: weight}}, got {_short(raw)}")
 

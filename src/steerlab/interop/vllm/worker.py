@@ -22,8 +22,8 @@ return unsteered text.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,17 +38,17 @@ NAMES = {code: name for name, code in CODES.items()}
 SLOTS = 8  # items one request may apply at one layer (request.MAX_ITEMS keeps requests within it)
 # The op finds its worker by key, a constant in the compiled graph (vLLM caches graphs on disk, so never an
 # object id): one runner per process, key 0; tests that build several give their own keys.
-_WORKERS: dict[int, "WorkerSteering"] = {}
+_WORKERS: dict[int, WorkerSteering] = {}
 
 
 @torch.library.custom_op("steerlab::steer_block_", mutates_args=("hidden", "residual"))
-def steer_block_(hidden: torch.Tensor, residual: Optional[torch.Tensor], worker: int, layer: int) -> None:
+def steer_block_(hidden: torch.Tensor, residual: torch.Tensor | None, worker: int, layer: int) -> None:
     """Apply this step's plan for `layer` in place to a block's output (hidden [tokens, d], residual or None)."""
     _WORKERS[worker].apply_(hidden, residual, layer)
 
 
 @steer_block_.register_fake
-def _(hidden: torch.Tensor, residual: Optional[torch.Tensor], worker: int, layer: int) -> None:
+def _(hidden: torch.Tensor, residual: torch.Tensor | None, worker: int, layer: int) -> None:
     return None
 
 

@@ -10,12 +10,12 @@ applied as an LMSteer (artifact.py) through the same generation API as steering 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Callable, Sequence
 
 from ...data import ContrastiveDataset
-from ...models import LoadedModel
 from ...meta import Recommendation, VectorMeta
+from ...models import LoadedModel
 from .artifact import METHOD, LMSteer, LMSteerHandle, steered_hidden
 from .config import LMSteerConfig
 from .train import InsufficientMemoryError, LabelledTexts, TrainingSet, check_memory, encode_examples, train
@@ -25,7 +25,7 @@ __all__ = ["LMSteerConfig", "LMSteer", "LMSteerHandle", "LabelledTexts", "Insuff
 
 
 def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[ContrastiveDataset | LabelledTexts],
-        config: LMSteerConfig | None = None, *, task: str = "", progress: Callable[[int], None] | None = None,
+        config: LMSteerConfig | None = None, *, task: str = "", progress: Callable[[int], object] | None = None,
         report: Callable[[str], None] | None = None) -> LMSteer:
     """Train an LM-Steer: positive texts at value +1, negative texts at -1, base model frozen.
 
@@ -37,7 +37,7 @@ def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[Con
     """
     config = config or LMSteerConfig()
     report = report or (lambda message: print(message, file=sys.stderr))
-    sets = [TrainingSet.of(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+    sets = [TrainingSet.of(d) for d in ([data] if isinstance(data, (ContrastiveDataset, LabelledTexts)) else data)]
     if len(sets) != config.num_steers:
         raise ValueError(f"num_steers is {config.num_steers} but {len(sets)} training set(s) were given; "
                          "give one set per steer")

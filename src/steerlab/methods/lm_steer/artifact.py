@@ -8,17 +8,25 @@ value), one per batch row (0 = off, giving exactly the unsteered logits).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ...models import LoadedModel
 from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
 from ...textio import is_number
-from ...vector import (VectorFileError, VectorMeta, check_hidden_size, read_steer_file, warn_if_other_model,
-                      write_steer_file)
+from ...vector import (
+    VectorFileError,
+    VectorMeta,
+    check_hidden_size,
+    read_steer_file,
+    warn_if_other_model,
+    write_steer_file,
+)
 
 METHOD = "lm_steer"
 WHAT = "LM-Steer steer"
@@ -78,7 +86,7 @@ class LMSteer:
         return int(self.projector1.shape[2])
 
     def with_multiplier(self, multiplier: float | Sequence[float],
-                        steer_weights: Sequence[float] | None = None) -> "LMSteer":
+                        steer_weights: Sequence[float] | None = None) -> LMSteer:
         """The same steer at another multiplier (e.g. -1 for the negative side; a list gives one per row)."""
         return replace(self, multiplier=multiplier,
                        steer_weights=self.steer_weights if steer_weights is None else steer_weights)
@@ -100,7 +108,7 @@ class LMSteer:
         return rows[:, None] * weights[None, :]
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> "LMSteerHandle":
+               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> LMSteerHandle:
         """Hook the model's LM head; the steer acts at every position (as in the paper), so prompt_lengths is unused."""
         check_hidden_size(self.meta, lm, WHAT)
         warn_if_other_model(self.meta, lm, task, WHAT)
@@ -118,7 +126,7 @@ class LMSteer:
         return write_steer_file(path, tensors, self.meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LMSteer":
+    def load(cls, path: str | os.PathLike) -> LMSteer:
         """Read a steer written by :meth:`save` (multiplier 1; pick another with with_multiplier)."""
         path = Path(path)
         meta, tensors = read_steer_file(path, "lm_steer", "an LM-Steer file")
@@ -155,9 +163,9 @@ class LMSteerHandle:
         self._p1, self._p2, self._values, self._epsilon = projector1, projector2, values, epsilon
         self._off = bool((values == 0).all())
         enter_scope(self)
-        self._handle = head.register_forward_pre_hook(self._hook)
+        self._handle: RemovableHandle | None = head.register_forward_pre_hook(self._hook)
 
-    def __enter__(self) -> "LMSteerHandle":
+    def __enter__(self) -> LMSteerHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,4 +192,4 @@ class LMSteerHandle:
         steered = steered_hidden(flat, self._p1, self._p2, values, self._epsilon)
         # Rows at multiplier 0 keep their hidden state exactly (nothing multiplied by zero is added).
         on = (values != 0).any(-1)[:, None, None]
-        return (torch.where(on, steered, flat).reshape(shape),) + tuple(args[1:])
+        return (torch.where(on, steered, flat).reshape(shape), *args[1:])

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ...batching import pad
 from ...activations import lead_text
+from ...batching import pad
 from ...data import ContrastiveDataset, format_prompt
 from ...models import LoadedModel
 from .artifact import steered_hidden
@@ -58,7 +59,7 @@ class TrainingSet:
     description: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, data: ContrastiveDataset | LabelledTexts) -> "TrainingSet":
+    def of(cls, data: ContrastiveDataset | LabelledTexts) -> TrainingSet:
         if isinstance(data, ContrastiveDataset):
             # a prompt-less pair's texts follow the lead every prompt-less pair gets (activations.lead_text)
             items = [item for p in data.pairs for item in ((p.prompt, lead_text(p), p.positive, 1.0),
@@ -101,8 +102,8 @@ def encode_examples(lm: LoadedModel, sets: Sequence[TrainingSet], max_length: in
         for prompt, prefix, text, value in training_set.items:
             if (prompt, prefix) not in contexts:
                 if prompt:
-                    context = format_prompt(tok, prompt, use_chat_template=chat) + prefix
-                    contexts[prompt, prefix] = tok(context, add_special_tokens=not chat)["input_ids"]
+                    text_before = format_prompt(tok, prompt, use_chat_template=chat) + prefix
+                    contexts[prompt, prefix] = tok(text_before, add_special_tokens=not chat)["input_ids"]
                 else:
                     contexts[prompt, prefix] = tok(prefix, add_special_tokens=True)["input_ids"]
             context = list(contexts[prompt, prefix])
@@ -208,7 +209,7 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
 
 
 def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *,
-          progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+          progress: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on P1, P2 (random start, scaled by init_var) for config.steps batches; returns them and loss stats."""
     generator = torch.Generator().manual_seed(config.seed)
     shape = (config.num_steers, lm.hidden_size, config.rank)
@@ -218,18 +219,18 @@ def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *
     optimizer = torch.optim.Adam([p1, p2], lr=config.lr)
     losses = []
     with frozen(lm.model):
-        cache = None
+        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         if config.cache_hidden_states:
             order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))  # similar lengths pad less
             cache = {}
             for s in range(0, len(order), config.batch_size):
                 chunk = order[s : s + config.batch_size]
-                cache.update(zip(chunk, final_hidden_states(lm, [examples[i] for i in chunk])))
+                cache.update(zip(chunk, final_hidden_states(lm, [examples[i] for i in chunk]), strict=False))
         for batch in _batches(len(examples), config.batch_size, config.steps, generator):
             parts = [cache[i] for i in batch] if cache is not None else final_hidden_states(lm, [examples[i] for i in batch])
             values = torch.zeros(sum(len(t) for _, t in parts), config.num_steers)
             offset = 0
-            for i, (_, t) in zip(batch, parts):
+            for i, (_, t) in zip(batch, parts, strict=False):
                 values[offset : offset + len(t), examples[i].steer] = examples[i].value
                 offset += len(t)
             optimizer.zero_grad(set_to_none=True)
@@ -324,7 +325,7 @@ def check_memory(lm: LoadedModel, examples: Sequence[Example], config: LMSteerCo
 
     def fits(trial: LMSteerConfig) -> int | None:
         total = sum(memory_parts(lm, examples, trial).values())
-        return total if total <= available else None
+        return total if available is None or total <= available else None
 
     proposals = []
     for name, floor in (("batch_size", 1), ("max_length", 16), ("chunk_size", 64), ("rank", 1)):
