@@ -7,7 +7,7 @@ import torch
 
 from steerlab.conditional import Condition, ConditionalSteering, fit_condition, last_token_scores
 from steerlab.generation import GenerationConfig, generate_tokens
-from steerlab.steering import CombinedSteering, SteeringSpec, VectorSteering
+from steerlab.steering import CombinedSteering, SpecSteering, SteeringSpec
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import chat_ids, tiny_model
 
@@ -59,7 +59,7 @@ def test_cache_and_no_cache_agree_and_per_row_multipliers_still_apply():
     lm.model.generation_config.use_cache = True
     decided = condition.decide(scores)
     for i, mult in enumerate([1.0, -1.0, 0.5]):
-        own = generate_tokens(lm, [prompts[i]], VectorSteering(SteeringSpec(behaviour, mult, [0, 2])) if decided[i] else None, config=CONFIG)
+        own = generate_tokens(lm, [prompts[i]], SpecSteering(SteeringSpec(behaviour, mult, [0, 2])) if decided[i] else None, config=CONFIG)
         assert torch.equal(cached[i], own[0])
 
 
@@ -68,7 +68,7 @@ def test_the_decision_pass_is_unsteered_and_made_once_per_generation(beside):
     """Also with another steer on an earlier layer attached beside it (CombinedSteering, as the server batches)."""
     lm, behaviour, prompts, condition, scores = _setup()
     cast = _cast(behaviour, condition)
-    other = VectorSteering(SteeringSpec(behaviour, 5.0, [0]))
+    other = SpecSteering(SteeringSpec(behaviour, 5.0, [0]))
     steering = CombinedSteering([other, cast]) if beside else cast
     handle = steering.attach(lm)
     combined, handle = handle, handle.handles[1] if beside else handle

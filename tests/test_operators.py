@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from steerlab.operators import OPERATORS, add, get_operator
-from steerlab.steering import SteeringSpec, VectorSteering, steer
+from steerlab.steering import SpecSteering, SteeringSpec, steer
 from steerlab.vector import SteeringVector, VectorMeta
 
 
@@ -33,7 +33,7 @@ def _block_output(lm, layer: int, ids: torch.Tensor, spec=None) -> torch.Tensor:
             if spec is None:
                 lm.model(input_ids=ids)
             else:
-                with VectorSteering(spec).attach(lm):
+                with SpecSteering(spec).attach(lm):
                     lm.model(input_ids=ids)
     finally:
         hook.remove()
@@ -193,7 +193,7 @@ def test_the_file_states_the_default_operator_and_old_files_add(tiny_llama, tmp_
 
     assert project(out, loaded.directions[1]).abs().max() < 1e-4
     with pytest.raises(ValueError, match="operator must be one of"):
-        VectorSteering(SteeringSpec(vector, operator="scale"))
+        SpecSteering(SteeringSpec(vector, operator="scale"))
 
 
 @pytest.mark.parametrize("name", ["ablate", "clamp", "rotate"])
@@ -202,7 +202,7 @@ def test_each_operator_generates_the_same_with_and_without_cache(tiny_llama, nam
 
     lm = tiny_llama
     rows = [[5, 9, 12, 30, 41], [8, 3]]
-    steer = VectorSteering(SteeringSpec(_vector(lm, 3.0, layers=(1, 2)), [2.0, 45.0], operator=name,
+    steer = SpecSteering(SteeringSpec(_vector(lm, 3.0, layers=(1, 2)), [2.0, 45.0], operator=name,
                                         positions="generated"))
     config = GenerationConfig(max_new_tokens=6)
     cached = generate_tokens(lm, rows, steer, config=config)

@@ -8,7 +8,7 @@ import torch
 from steerlab.batching import pad
 from steerlab.generation import GenerationConfig, generate_tokens
 from steerlab.positions import prompt_roles, window_flags
-from steerlab.steering import SteeringError, SteeringSpec, VectorSteering
+from steerlab.steering import SpecSteering, SteeringError, SteeringSpec
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_model
 
@@ -51,7 +51,7 @@ def steered_positions(lm, rows, positions) -> torch.Tensor:
     outs = []
     for spec in (None, SteeringSpec(_vector(lm), 1.0, [1], positions=positions)):
         seen = {}
-        handle = VectorSteering(spec).attach(lm) if spec else None
+        handle = SpecSteering(spec).attach(lm) if spec else None
         hook = lm.layers[1].register_forward_hook(lambda m, a, o, seen=seen: seen.setdefault("h", o[0] if isinstance(o, tuple) else o))
         try:
             with torch.no_grad():
@@ -97,7 +97,7 @@ def test_windows_between_markers_in_prompt_and_generated_text_with_and_without_c
     assert changed[1, width - len(rows[1]) + rows[1].index(bracket) + 1:].all()  # open to the end
     assert not changed[2].any()
     config = GenerationConfig(max_new_tokens=10)
-    steer = VectorSteering(SteeringSpec(_vector(lm), 1.0, [1], positions="between:[:]"))
+    steer = SpecSteering(SteeringSpec(_vector(lm), 1.0, [1], positions="between:[:]"))
     cached = generate_tokens(lm, rows, steer, config=config)
     lm.model.generation_config.use_cache = False
     assert torch.equal(generate_tokens(lm, rows, steer, config=config), cached)
@@ -110,7 +110,7 @@ def test_windows_between_markers_in_prompt_and_generated_text_with_and_without_c
 def test_role_steering_generates_the_same_with_and_without_cache_and_alone(role):
     lm = tiny_model("llama")
     rows = [_encode(lm.tokenizer, m)[1]["input_ids"] for m in CONVERSATIONS]
-    steer = VectorSteering(SteeringSpec(_vector(lm), 1.0, [1], positions=role))
+    steer = SpecSteering(SteeringSpec(_vector(lm), 1.0, [1], positions=role))
     config = GenerationConfig(max_new_tokens=8)
     cached = generate_tokens(lm, rows, steer, config=config)
     assert not torch.equal(cached, generate_tokens(lm, rows, None, config=config))
@@ -124,7 +124,7 @@ def test_role_steering_generates_the_same_with_and_without_cache_and_alone(role)
 def test_bad_positions_and_untemplated_prompts_are_refused():
     lm = tiny_model("llama")
     with pytest.raises(SteeringError, match="between:OPEN:CLOSE"):
-        VectorSteering(SteeringSpec(_vector(lm), positions="between:<think>"))
+        SpecSteering(SteeringSpec(_vector(lm), positions="between:<think>"))
     with pytest.raises(SteeringError, match="chat template"):
         steered_positions(lm, [lm.tokenizer("no template here")["input_ids"]], "user")
 

@@ -22,7 +22,7 @@ from steerlab.evaluation.report import (
 from steerlab.evaluation.sentiment import vader_scores
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods.prompt import PromptSteering
-from steerlab.steering import SteeringSpec, VectorSteering
+from steerlab.steering import SpecSteering, SteeringSpec
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_lm
 
@@ -40,7 +40,7 @@ def test_one_batch_equals_separate_runs():
     """Original rows are the unsteered model and each multiplier's rows equal a run at that multiplier alone."""
     lm = tiny_lm()
     vector = random_vector(lm)
-    steer = VectorSteering(SteeringSpec(vector, 1.0, [1, 2]))
+    steer = SpecSteering(SteeringSpec(vector, 1.0, [1, 2]))
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [2.0, -2.0]), config=CONFIG, batch_size=6)
     assert run.original == [r.steered for r in generate(lm, PROMPTS, None, config=CONFIG)]
     for cond, m in zip(run.conditions, [2.0, -2.0], strict=False):
@@ -53,7 +53,7 @@ def test_prompt_and_vector_arms_share_a_batch():
     lm = tiny_lm()
     vector = random_vector(lm)
     steering = PromptSteering("Be kind.")
-    arms = [Arm("caa", VectorSteering(SteeringSpec(vector, 1.0, [1])), 3.0), prompt_arm(lm, steering, PROMPTS)]
+    arms = [Arm("caa", SpecSteering(SteeringSpec(vector, 1.0, [1])), 3.0), prompt_arm(lm, steering, PROMPTS)]
     run = generate_arms(lm, PROMPTS, arms, config=CONFIG, batch_size=12)
     alone = generate(lm, PROMPTS, steering, config=CONFIG, generate_orig_output=True)
     assert run.conditions[1].texts == [r.steered for r in alone]
@@ -65,7 +65,7 @@ def test_two_vectors_in_one_batch_equal_their_separate_runs():
     """Each steer is attached with its own per-row scale, so one vector's rows never see the other's."""
     lm = tiny_lm()
     a, b = random_vector(lm, seed=1), random_vector(lm, seed=2)
-    arms = [Arm("a", VectorSteering(SteeringSpec(a, 1.0, [1])), 2.0), Arm("b", VectorSteering(SteeringSpec(b, 1.0, [2])), -3.0)]
+    arms = [Arm("a", SpecSteering(SteeringSpec(a, 1.0, [1])), 2.0), Arm("b", SpecSteering(SteeringSpec(b, 1.0, [2])), -3.0)]
     run = generate_arms(lm, PROMPTS, arms, config=CONFIG, batch_size=12)
     assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(a, 2.0, [1]), config=CONFIG)]
     assert run.conditions[1].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(b, -3.0, [2]), config=CONFIG)]
@@ -75,7 +75,7 @@ def test_two_vectors_in_one_batch_equal_their_separate_runs():
 def test_sampled_rows_of_a_prompt_share_its_seed():
     """With sampling, multiplier 0 reproduces the original row exactly: the rows differ only by steering."""
     lm = tiny_lm()
-    steer = VectorSteering(SteeringSpec(random_vector(lm), 1.0, [1]))
+    steer = SpecSteering(SteeringSpec(random_vector(lm), 1.0, [1]))
     config = GenerationConfig(max_new_tokens=6, do_sample=True, seed=7)
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [0.0, 3.0]), config=config, batch_size=5)
     assert run.conditions[0].texts == run.original
@@ -83,7 +83,7 @@ def test_sampled_rows_of_a_prompt_share_its_seed():
 
 def test_scores_follow_their_definitions():
     lm = tiny_lm()
-    steer = VectorSteering(SteeringSpec(random_vector(lm), 1.0, [1, 2]))
+    steer = SpecSteering(SteeringSpec(random_vector(lm), 1.0, [1, 2]))
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [2.0]), config=CONFIG)
     # Known texts make the behaviour score checkable by hand.
     run.original = ["I love this, wonderful!", "great", "fine", "ok"]
@@ -99,7 +99,7 @@ def test_scores_follow_their_definitions():
 
 
 def make_report(lm) -> Report:
-    steer = VectorSteering(SteeringSpec(random_vector(lm), 1.0, [1]))
+    steer = SpecSteering(SteeringSpec(random_vector(lm), 1.0, [1]))
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [-2.0, 2.0]), config=CONFIG)
     settings = {"task": {"name": "mini", "metric": "sentiment", "direction": 1.0, "split": "test"},
                 "model": {"name": lm.name}, "steer": {"description": "caa vector at layer 1"},

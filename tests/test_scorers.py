@@ -28,7 +28,7 @@ from steerlab.evaluation import (
     vader_scores,
     weighted_ngram_entropy,
 )
-from steerlab.evaluation.metrics import midranks
+from steerlab.evaluation.auroc import midranks
 
 
 def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | None = None) -> Path:

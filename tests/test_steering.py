@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlab.generation import GenerationConfig, encode_prompts, generate, generate_ids
-from steerlab.steering import SteeringError, SteeringSpec, VectorSteering, steer
+from steerlab.steering import SpecSteering, SteeringError, SteeringSpec, steer
 from steerlab.vector import SteeringVector, VectorMeta
 from tiny_model import tiny_model
 
@@ -40,7 +40,7 @@ def greedy(lm, rows, steering, use_cache=True, new=12):
 def test_cache_and_padding_do_not_change_steered_tokens(arch, positions):
     lm = tiny_model(arch)
     rows = encode_prompts(lm, PROMPTS)
-    spec = VectorSteering(SteeringSpec(random_vector(lm), 1.0, positions=positions))
+    spec = SpecSteering(SteeringSpec(random_vector(lm), 1.0, positions=positions))
     cached = greedy(lm, rows, spec, use_cache=True)
     uncached = greedy(lm, rows, spec, use_cache=False)
     assert torch.equal(cached, uncached)
@@ -70,9 +70,9 @@ def test_per_row_multipliers_match_separate_runs(tiny_llama):
     lm = tiny_llama
     rows = encode_prompts(lm, PROMPTS)
     vector = random_vector(lm)
-    mixed = greedy(lm, rows, VectorSteering(SteeringSpec(vector, [2.0, 0.0, -1.0])))
+    mixed = greedy(lm, rows, SpecSteering(SteeringSpec(vector, [2.0, 0.0, -1.0])))
     for i, mult in enumerate([2.0, 0.0, -1.0]):
-        alone = greedy(lm, [rows[i]], VectorSteering(SteeringSpec(vector, mult)) if mult else None)
+        alone = greedy(lm, [rows[i]], SpecSteering(SteeringSpec(vector, mult)) if mult else None)
         assert torch.equal(mixed[i : i + 1], alone)
 
 

@@ -44,7 +44,7 @@ from steerlab.evaluation.tasks import data_root  # noqa: E402
 from steerlab.generation import GenerationConfig, encode_prompts, generate  # noqa: E402
 from steerlab.server.app import create_app  # noqa: E402
 from steerlab.server.registry import VectorRegistry  # noqa: E402
-from steerlab.steering import SteeringSpec, VectorSteering  # noqa: E402
+from steerlab.steering import SpecSteering, SteeringSpec  # noqa: E402
 from steerlab.vector import SteeringVector  # noqa: E402
 
 OUT = HERE / "out"
@@ -132,7 +132,7 @@ def step_generate(lm, args) -> None:
     config = GenerationConfig(max_new_tokens=args.tokens)
     sets = test_sets(args.n)
     arms = {"harmful_test": DirectionalAblation(vector, layer),
-            "harmless_test": VectorSteering(SteeringSpec(vector, 1.0, [layer], operator="add")),
+            "harmless_test": SpecSteering(SteeringSpec(vector, 1.0, [layer], operator="add")),
             "advbench": DirectionalAblation(vector, layer)}
     done = load_json(OUT / "generate.json")
     for name, steer in arms.items():

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import DATA, save_json  # noqa: E402
 
-from steerlab.evaluation.metrics import auroc  # noqa: E402
+from steerlab.evaluation.auroc import auroc  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.toxicity import ProfanityCheckScorer  # noqa: E402
 

@@ -11,7 +11,7 @@ from .evaluation.run import Comparison, EvaluationError, compare, evaluate
 from .generation import ENGINES, GenerationConfig, GenerationResult, generate
 from .methods import fit
 from .models import LoadedModel, ModelLoadError, load_model
-from .steering import CombinedSteering, SteeringError, SteeringHandle, SteeringSpec, VectorSteering, steer
+from .steering import CombinedSteering, SpecSteering, SteeringError, SteeringHandle, SteeringSpec, steer
 from .steers import load_steer
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta
 from .version import __version__
@@ -29,6 +29,6 @@ ENGINES["vllm"] = _vllm_engine
 __all__ = [
     "CombinedSteering", "Comparison", "Condition", "ConditionalSteering", "ContrastiveDataset", "DirectionalAblation", "ContrastivePair", "DatasetError", "EvaluationError", "GenerationConfig",
     "GenerationResult", "IncompatibleVectorError", "LoadedModel", "ModelLoadError", "SteeringError",
-    "SteeringHandle", "SteeringSpec", "SteeringVector", "VectorMeta", "VectorSteering", "__version__", "compare",
+    "SteeringHandle", "SteeringSpec", "SteeringVector", "VectorMeta", "SpecSteering", "__version__", "compare",
     "evaluate", "fit", "fit_condition", "generate", "load_model", "load_pairs", "load_steer", "pairs_from_texts", "steer",
 ]

@@ -19,7 +19,7 @@ import torch
 
 from .models import LoadedModel
 from .operators import ablate, unit
-from .steering import HookHandle, combine_rows, enter_scope, fit_rows, in_scope
+from .steering import HookHandle, broadcast_rows, enter_scope, in_scope, scaled_rows
 from .vector import SteeringVector
 
 
@@ -84,7 +84,7 @@ class DirectionalAblation:
         scale = self.rows
         if row_scale is not None:
             row_scale = torch.as_tensor(row_scale, dtype=torch.float32)
-            scale = row_scale if scale is None else combine_rows(scale, row_scale)
+            scale = row_scale if scale is None else scaled_rows(scale, row_scale)
         return AblationHandle(lm, self.direction.to(device=lm.device, dtype=dtype), scale)
 
 
@@ -108,7 +108,7 @@ class AblationHandle(HookHandle):
         out = ablate(hidden, self.direction, torch.ones(()))
         if self.rows is None:
             return out
-        rows = fit_rows(self.rows, hidden.shape[0], "row scales").to(hidden.device)
+        rows = broadcast_rows(self.rows, hidden.shape[0], "row scales").to(hidden.device)
         return torch.where(rows[:, None, None], out, hidden)
 
     def _input_hook(self, module, args, kwargs):

@@ -24,7 +24,7 @@ from .activations import record_activations
 from .batching import positions_from_mask
 from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .models import LoadedModel, check_layers
-from .steering import SteeringHandle, SteeringSpec, VectorSteering, enter_scope, in_scope, leave_scope, unsteered
+from .steering import SpecSteering, SteeringHandle, SteeringSpec, enter_scope, in_scope, leave_scope, unsteered
 from .vector import SteeringVector, read_steer_file, write_steer_file
 
 COMPARISONS = (">=", "<=")
@@ -160,8 +160,8 @@ class ConditionalSteering:
 
     kind = "conditional"
 
-    def __init__(self, behaviour: VectorSteering | SteeringSpec | Sequence[SteeringSpec], condition: Condition):
-        self.behaviour = behaviour if isinstance(behaviour, VectorSteering) else VectorSteering(behaviour)
+    def __init__(self, behaviour: SpecSteering | SteeringSpec | Sequence[SteeringSpec], condition: Condition):
+        self.behaviour = behaviour if isinstance(behaviour, SpecSteering) else SpecSteering(behaviour)
         self.condition = condition
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
@@ -173,7 +173,7 @@ class ConditionalSteering:
 class ConditionalHandle:
     """The decision hook and the behaviour's hooks; `decisions` holds the last prompt's per-row choice."""
 
-    def __init__(self, lm: LoadedModel, condition: Condition, behaviour: VectorSteering, row_scale, prompt_lengths, task):
+    def __init__(self, lm: LoadedModel, condition: Condition, behaviour: SpecSteering, row_scale, prompt_lengths, task):
         self.lm, self.condition = lm, condition
         self.decisions: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None

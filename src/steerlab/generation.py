@@ -19,7 +19,7 @@ from transformers import (
 from .batching import pad
 from .data import format_prompt
 from .models import LoadedModel
-from .steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
+from .steering import CombinedSteering, SpecSteering, Steer, SteeringSpec
 from .vector import SteeringVector
 
 # Engines other than HF behind `generate(engine=NAME)`: name -> factory(lm) returning an object with the same
@@ -122,16 +122,16 @@ def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[Steering
     """Accept a vector, a spec, a list of specs, or any steer with a `kind` (an LM-Steer, a prompt steer).
 
     A list that also holds steers (a ConditionalSteering, a DirectionalAblation, ...) becomes one
-    CombinedSteering of its items in order, each vector or spec a VectorSteering of its own.
+    CombinedSteering of its items in order, each vector or spec a SpecSteering of its own.
     """
     if steering is None:
         return None
     if isinstance(steering, SteeringVector):
-        return VectorSteering(SteeringSpec(steering))
+        return SpecSteering(SteeringSpec(steering))
     if isinstance(steering, (list, tuple)) and not all(isinstance(s, SteeringSpec) for s in steering):
         return CombinedSteering([as_steer(s) for s in steering])
     if isinstance(steering, (SteeringSpec, list, tuple)):
-        return VectorSteering(steering)
+        return SpecSteering(steering)
     assert not isinstance(steering, Sequence), "a list or tuple of specs and steers"
     return steering
 

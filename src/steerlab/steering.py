@@ -290,7 +290,7 @@ class SteeringHandle(HookHandle):
         """Multiply every term's per-row coefficients by `factor` [rows] (conditional steering turns rows off)."""
         for group in self._terms.values():
             for term in group:
-                term.rows = fit_rows(term.rows, factor.shape[0], "multipliers") * factor.to(term.rows)
+                term.rows = broadcast_rows(term.rows, factor.shape[0], "multipliers") * factor.to(term.rows)
                 term.constant = None
 
     def reset(self, prompt_lengths: torch.Tensor | None = None) -> None:
@@ -337,7 +337,7 @@ class SteeringHandle(HookHandle):
         """[rows, tokens] selection of the current forward's tokens for a role or a window."""
         positions, history = self._positions, self._history
         assert positions is not None and history is not None and self.prompt_lengths is not None, "tracked first"
-        lengths = fit_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
+        lengths = broadcast_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
         if kind in ROLES and self._roles is None:
             tok = self.lm.tokenizer
             try:
@@ -383,13 +383,13 @@ class SteeringHandle(HookHandle):
         if term.constant is not None:
             return hidden + term.constant
         batch = hidden.shape[0]
-        rows = fit_rows(term.rows, batch, "multipliers").to(hidden.device)
+        rows = broadcast_rows(term.rows, batch, "multipliers").to(hidden.device)
         coef = rows.to(hidden.dtype)[:, None, None]
         selected = (rows != 0)[:, None].expand(batch, hidden.shape[1])  # [rows, tokens]
         if term.positions != "all":
             if self._positions is None or self.prompt_lengths is None:
                 raise SteeringError("positions 'prompt'/'generated' need the model's top-level forward; call the model itself")
-            lengths = fit_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
+            lengths = broadcast_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
             positions = self._positions.to(hidden.device)
             if term.positions in ("prompt", "generated"):
                 selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
@@ -400,7 +400,7 @@ class SteeringHandle(HookHandle):
         return torch.where(selected.unsqueeze(-1), term.operator(hidden, term.direction, coef), hidden)
 
 
-def fit_rows(values: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+def broadcast_rows(values: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     """Match per-row values to the batch; a batch that repeats each row (n samples per prompt) repeats them."""
     if values.shape[0] == batch:
         return values
@@ -411,7 +411,7 @@ def fit_rows(values: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     raise SteeringError(f"{values.shape[0]} per-row {what} for a batch of {batch} rows; give one per row")
 
 
-class VectorSteering:
+class SpecSteering:
     """A set of vectors to apply together; `attach` validates them against the model and hooks it."""
 
     def __init__(self, specs: SteeringSpec | Sequence[SteeringSpec]):
@@ -440,7 +440,7 @@ class VectorSteering:
             for layer, weight in weights.items():
                 rows = spec.row_multipliers(layer)
                 if row_scale is not None:
-                    rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
+                    rows = scaled_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
                 wide = (rows.double() * weight).abs().max().item()
                 if not wide <= FLOAT32_MAX:
@@ -492,7 +492,7 @@ class CombinedHandle(HookHandle):
         return list(self._handles)
 
 
-def combine_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def scaled_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if rows.shape[0] == 1 or rows.shape[0] == scale.shape[0]:
         return rows * scale
     if scale.shape[0] % rows.shape[0] == 0:  # e.g. [steered rows, original rows] from one multiplier list
@@ -512,11 +512,11 @@ def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[Stee
     ...     model_output = lm.model.generate(...)
     """
     if isinstance(vector, SteeringVector):
-        steering = VectorSteering(SteeringSpec(vector, multiplier, layers, positions, operator, strength=strength))
+        steering = SpecSteering(SteeringSpec(vector, multiplier, layers, positions, operator, strength=strength))
     else:
         if (multiplier is not None or strength is not None or layers is not None or positions != "all"
                 or operator is not None):
             raise SteeringError("give multiplier or strength, layers, positions and operator inside each SteeringSpec, "
                                 "not beside them")
-        steering = VectorSteering(vector)
+        steering = SpecSteering(vector)
     return steering.attach(lm, prompt_lengths=prompt_lengths, task=task)

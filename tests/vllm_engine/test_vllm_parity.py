@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from steerlab.generation import GenerationConfig, encode_prompts, generate_tokens
-from steerlab.steering import SteeringSpec, VectorSteering
+from steerlab.steering import SpecSteering, SteeringSpec
 
 pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
@@ -34,7 +34,7 @@ def hf(lm, rows, spec: SteeringSpec | None) -> list[list[int]]:
     out = []
     torch.set_num_threads(1)
     for ids in rows:
-        tokens = generate_tokens(lm, [ids], VectorSteering(spec) if spec else None, config=CONFIG)[0].tolist()
+        tokens = generate_tokens(lm, [ids], SpecSteering(spec) if spec else None, config=CONFIG)[0].tolist()
         cut = next((i + 1 for i, t in enumerate(tokens) if t in _eos(lm)), len(tokens))
         out.append(tokens[:cut])
     return out

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import demo, evaluate, generate, interop, operators, serve, sweep, vector
+from . import condition, demo, evaluate, generate, interop, orthogonalize, serve, sweep, vector
 from .common import CLIError
 
-GROUPS = (vector, operators, interop, generate, evaluate, sweep, serve, demo)
+GROUPS = (vector, orthogonalize, condition, interop, generate, evaluate, sweep, serve, demo)
 
 __all__ = ["CLIError", "build_parser", "main"]
 

@@ -63,7 +63,7 @@ def cmd_generate(args) -> int:
     from ..conditional import Condition, ConditionalSteering
     from ..generation import GenerationConfig, generate
     from ..methods.lm_steer import LMSteer
-    from ..steering import SteeringSpec, VectorSteering, default_steering
+    from ..steering import SpecSteering, SteeringSpec, default_steering
     from ..steers import load_steer
     from ..vector import SteeringVector
 
@@ -87,7 +87,7 @@ def cmd_generate(args) -> int:
             if not (args.multiplier or args.strength):
                 line += f" (nothing given: {default_steering(spec.vector, layers, args.operator).source})"
             print(line, file=sys.stderr if args.json else sys.stdout)
-        steering = VectorSteering(specs) if specs else None  # checks positions and operator before the model loads
+        steering = SpecSteering(specs) if specs else None  # checks positions and operator before the model loads
         if args.condition:
             if steering is None:
                 raise CLIError("--condition needs a --vector to apply where the condition holds")

@@ -29,7 +29,7 @@ from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import SpecSteering, SteeringSpec
 from ..textio import loads, read_text
 from ..vector import SteeringVector
 
@@ -278,7 +278,7 @@ def score_ab(lm: LoadedModel, pairs: Sequence[ContrastivePair],
         prefix = _run_prefix(lm, chunk)
         for c0 in range(0, n_cells, per_pass):
             group = cells[c0 : c0 + per_pass]
-            steer = VectorSteering(_specs(vectors, group, len(chunk)))
+            steer = SpecSteering(_specs(vectors, group, len(chunk)))
             probs = _run_suffix(lm, chunk, prefix, len(group), steer, task)  # [cells in group, rows, 2]
             m, n = probs[..., 0], probs[..., 1]
             total = (m + n).clamp(min=1e-30)
@@ -301,7 +301,7 @@ def _run_prefix(lm: LoadedModel, chunk: list[_Row]) -> PrefixCache | None:
     return run_prefix(lm, [r.prefix for r in chunk], logits_to_keep=1)
 
 
-def _run_suffix(lm: LoadedModel, chunk: list[_Row], prefix: PrefixCache | None, n_cells: int, steer: VectorSteering,
+def _run_suffix(lm: LoadedModel, chunk: list[_Row], prefix: PrefixCache | None, n_cells: int, steer: SpecSteering,
                 task: str | None) -> torch.Tensor:
     """Steered forward of the answer tokens for every (cell, row); returns p(matching), p(other): [cells, rows, 2]."""
     suffixes = [r.suffix for r in chunk] * n_cells

@@ -32,7 +32,7 @@ from ..batching import pad, positions_from_mask
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import CalibrationRecord
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering, default_layers
+from ..steering import SpecSteering, SteeringSpec, default_layers
 from ..strength import neutral_texts
 from ..vector import SteeringVector
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
@@ -84,7 +84,7 @@ def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], str
         out = []
         for s in strengths:
             spec = SteeringSpec(vector, layers=list(layers), strength=float(s))
-            with VectorSteering(spec).attach(lm):
+            with SpecSteering(spec).attach(lm):
                 steered = torch.log_softmax(lm.model(**inputs).logits.float(), -1)[keep.to(lm.device)]
             out.append(float((steered.exp() * (steered - base)).sum(-1).mean()))
             if progress:
@@ -146,7 +146,7 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
         for k in range(within - 1, -1, -1):
             s = config.strengths[k]
             spec = SteeringSpec(vector, layers=layers[name], strength=sign * s)
-            got = _fluency(generate_ids(lm, ids, VectorSteering(spec), config=gen_config))
+            got = _fluency(generate_ids(lm, ids, SpecSteering(spec), config=gen_config))
             measures[name] = dict(got, strength=sign * s)
             if fluent(got, base, config.fluency_bound):
                 chosen[name] = sign * s

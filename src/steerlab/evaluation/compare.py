@@ -18,7 +18,7 @@ import yaml
 
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector
 from .metric_registry import get_metric
@@ -79,7 +79,7 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
         elif isinstance(steer, SteeringVector):
             # Residual norms measured on the same neutral text for every vector, as `steerlab sweep` measures them.
             steer = with_neutral_norms(lm, steer)
-            applied = VectorSteering(SteeringSpec(steer, 1.0, [layer]))
+            applied = SpecSteering(SteeringSpec(steer, 1.0, [layer]))
             for strength in strengths:
                 multiplier = multiplier_for(steer, layer, strength)
                 label = name if len(strengths) == 1 else f"{name}@{strength:g}"

@@ -34,7 +34,7 @@ import torch
 from ..activations import PairActivations, record_pair_activations
 from ..data import ContrastiveDataset
 from ..models import LoadedModel
-from .metrics import auroc
+from .auroc import auroc
 
 USABLE_AUROC = 0.8
 WEAK_AUROC = 0.65

@@ -20,7 +20,7 @@ from ..ablation import DirectionalAblation
 from ..activations import record_activations
 from ..batching import pad, positions_from_mask
 from ..models import LoadedModel
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import SpecSteering, SteeringSpec
 from ..vector import SteeringVector, VectorMeta
 from .refusal import REFUSAL_PHRASES
 
@@ -91,7 +91,7 @@ def select_layer(lm: LoadedModel, vector: SteeringVector, harmful_val: Sequence[
     ablated, added = {}, {}
     for i, layer in enumerate(candidates):
         ablated[layer] = float(refusal_scores(lm, harmful_val, DirectionalAblation(vector, layer)).mean())
-        added[layer] = float(refusal_scores(lm, harmless_val, VectorSteering(SteeringSpec(vector, 1.0, [layer],
+        added[layer] = float(refusal_scores(lm, harmless_val, SpecSteering(SteeringSpec(vector, 1.0, [layer],
                                                                                           operator="add"))).mean())
         if progress:
             progress(i + 1, len(candidates))

@@ -20,7 +20,7 @@ from ..generation import GenerationConfig
 from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
 from ..models import LoadedModel
-from ..steering import DEFAULT_STRENGTH, SteeringSpec, VectorSteering, default_steering
+from ..steering import DEFAULT_STRENGTH, SpecSteering, SteeringSpec, default_steering
 from ..strength import with_neutral_norms
 from ..vector import SteeringVector
 from .compare import Fitted, compare_markdown, fit_methods
@@ -93,13 +93,13 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
         raise EvaluationError(f"an operator applies to vectors; this steer is of kind '{steer.kind}'")
     if isinstance(steer, SteeringVector):
         spec, values = _vector_arms(lm, steer, layers, multipliers, strengths, info, operator)
-        VectorSteering(spec)  # refuses an unknown operator before anything runs
+        SpecSteering(spec)  # refuses an unknown operator before anything runs
         shown: Any = values
         if spec.strength is None:
-            arms = multiplier_arms(VectorSteering(spec), values)
+            arms = multiplier_arms(SpecSteering(spec), values)
             unit = f"multipliers {', '.join(f'{m:g}' for m in values)}"
         else:  # strength 1 per layer, scaled per arm: each layer gets its own multiplier for strength s
-            arms = [Arm(f"s{s:g}", VectorSteering(spec), float(s)) for s in values]
+            arms = [Arm(f"s{s:g}", SpecSteering(spec), float(s)) for s in values]
             per_layer = spec.layer_multipliers()
             unit = "; ".join(f"strength {s:g} = " + ", ".join(f"layer {k} x{m * s:.4g}" for k, m in per_layer.items())
                              for s in values)

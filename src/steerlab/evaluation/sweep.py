@@ -33,7 +33,7 @@ from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
 from ..methods.caa import CAAConfig, vector_from_activations
 from ..models import LayerError, LoadedModel, check_layers
-from ..steering import SteeringSpec, VectorSteering
+from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector, write_atomic
 from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
@@ -258,7 +258,7 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
         for layer in sorted({layer for c, _ in chunk if (layer := cells[c].layer) is not None}):
             mults = [cells[c].multiplier if cells[c].layer == layer else 0.0 for c, _ in chunk]
             specs.append(SteeringSpec(vector, mults, [layer], "all"))
-        out = generate_ids(lm, [ids[p] for _, p in chunk], VectorSteering(specs), config=config, task=task)
+        out = generate_ids(lm, [ids[p] for _, p in chunk], SpecSteering(specs), config=config, task=task)
         for (c, p), text in zip(chunk, out, strict=False):
             texts[c][p] = text
         if progress:

@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from ..generation import encode_prompts
 from ..models import LoadedModel
 from ..version import __version__
-from . import metrics
+from . import playground_metrics
 from .batcher import Batcher, Delta, Job, JobFailed, JobQueue, RowDone, RowPlan, Sampling, TokenLogprob
 from .errors import ApiError, install_handlers
 from .guards import BearerAuth, BodyLimit, CatchAll, LoopbackHosts
@@ -103,13 +103,13 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 
     @app.get("/v1/metrics")
     async def metric_list() -> dict[str, Any]:
-        return {"object": "list", "data": metrics.describe()}
+        return {"object": "list", "data": playground_metrics.describe()}
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        metric = metrics.get(body.metric)
+        metric = playground_metrics.get(body.metric)
         if metric is None or metric.scores is None:
-            raise ApiError(400, f"metric: unknown metric '{body.metric}'; available: {', '.join(metrics.names())}",
+            raise ApiError(400, f"metric: unknown metric '{body.metric}'; available: {', '.join(playground_metrics.names())}",
                            param="metric", code="metric_not_found")
         for i, text in enumerate(body.texts):
             if len(text) > limits.max_text_chars:

@@ -25,7 +25,7 @@ from ..ablation import DirectionalAblation
 from ..conditional import ConditionalSteering
 from ..generation import GenerationConfig, RowPenalties, StepLogprobs, generate_tokens
 from ..models import LoadedModel
-from ..steering import CombinedSteering, Steer, SteeringSpec, VectorSteering
+from ..steering import CombinedSteering, SpecSteering, Steer, SteeringSpec
 from .errors import ApiError
 from .registry import ResolvedSteering
 
@@ -278,7 +278,7 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
             parts += [DirectionalAblation(items[key].vector, items[key].layers[0][0], rows=[key in row for row in per_row])
                       for key in keys]
             continue
-        specs = VectorSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
+        specs = SpecSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
                                              layers=dict(items[key].layers), positions=items[key].positions,
                                              operator=items[key].operator) for key in keys])
         gate = items[keys[0]].condition

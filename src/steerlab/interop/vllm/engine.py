@@ -17,7 +17,7 @@ from typing import Any
 
 from ...generation import GenerationConfig, GenerationResult, encode_prompts
 from ...models import LoadedModel
-from ...steering import SteeringError, SteeringSpec, VectorSteering
+from ...steering import SpecSteering, SteeringError, SteeringSpec
 from ...vector import SteeringVector, content_hash
 from .library import STEERS_ENV, lm_steer_refusal
 from .request import KEY, POSITIONS
@@ -83,10 +83,10 @@ class VLLMEngine:
             vector.save(path, overwrite=True)
         return sha
 
-    def items(self, steering: SteeringVector | SteeringSpec | Sequence[SteeringSpec] | VectorSteering,
+    def items(self, steering: SteeringVector | SteeringSpec | Sequence[SteeringSpec] | SpecSteering,
               n_rows: int) -> list[list[dict[str, Any]]]:
         """Per-row request items for in-memory steering (per-row multipliers become per-row items)."""
-        specs = steering.specs if isinstance(steering, VectorSteering) else (
+        specs = steering.specs if isinstance(steering, SpecSteering) else (
             [SteeringSpec(steering)] if isinstance(steering, SteeringVector) else
             [steering] if isinstance(steering, SteeringSpec) else list(steering))
         rows: list[list[dict[str, Any]]] = [[] for _ in range(n_rows)]
@@ -168,7 +168,7 @@ class VLLMEngine:
 
 def _specs(steering: Any) -> list[SteeringSpec]:
     """The specs vLLM can apply, or a SteeringError that names what it cannot (and that engine="hf" can)."""
-    if isinstance(steering, VectorSteering):
+    if isinstance(steering, SpecSteering):
         specs = list(steering.specs)
     elif isinstance(steering, SteeringVector):
         specs = [SteeringSpec(steering)]
@@ -178,7 +178,7 @@ def _specs(steering: Any) -> list[SteeringSpec]:
         specs = [spec for part in steering for spec in _specs(part)]
     else:
         kind = getattr(steering, "kind", type(steering).__name__)
-        raise SteeringError(f"engine='vllm' applies vectors (SteeringSpec, VectorSteering); a steer of kind '{kind}' "
+        raise SteeringError(f"engine='vllm' applies vectors (SteeringSpec, SpecSteering); a steer of kind '{kind}' "
                             "needs engine='hf'")
     for spec in specs:
         if spec.positions not in POSITIONS:

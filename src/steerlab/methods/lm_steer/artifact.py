@@ -17,7 +17,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from ...models import LoadedModel
-from ...steering import SteeringError, combine_rows, enter_scope, fit_rows, in_scope, leave_scope
+from ...steering import SteeringError, broadcast_rows, enter_scope, in_scope, leave_scope, scaled_rows
 from ...textio import is_number
 from ...vector import (
     VectorFileError,
@@ -104,7 +104,7 @@ class LMSteer:
         if not (torch.isfinite(rows).all() and torch.isfinite(weights).all()):
             raise SteeringError(f"LM-Steer multipliers must be finite, got multiplier={value}, steer_weights={self.steer_weights}")
         if row_scale is not None:
-            rows = combine_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
+            rows = scaled_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
         return rows[:, None] * weights[None, :]
 
     def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
@@ -185,7 +185,7 @@ class LMSteerHandle:
         if self._off or not in_scope(self):
             return None
         hidden = args[0]
-        rows = fit_rows(torch.arange(self._values.shape[0]), hidden.shape[0], "LM-Steer multipliers")
+        rows = broadcast_rows(torch.arange(self._values.shape[0]), hidden.shape[0], "LM-Steer multipliers")
         values = self._values[rows.to(self._values.device)]
         shape = hidden.shape
         flat = hidden.reshape(shape[0], -1, shape[-1])

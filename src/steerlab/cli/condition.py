@@ -1,24 +1,11 @@
-"""`steerlab vector orthogonalize | condition`: bake directional ablation into weights; fit a CAST condition."""
+"""`steerlab vector condition`: fit a CAST condition, which prompts a steer should apply to."""
 
 from __future__ import annotations
-
-import shutil
 
 from .common import CLIError, add_model_args, add_out_args, check_out_free, command, load_cli_model, prompt_lines
 
 
 def register(sub, vsub) -> None:
-    p = command(vsub, "orthogonalize", "Save a model whose weights never write a vector's direction (ablation baked in).",
-                "steerlab vector orthogonalize --vector refusal.safetensors --out qwen-ortho/",
-                "Fold directional ablation of one direction at every layer into the weights (embeddings and each "
-                "attention and MLP output projection) and save a save_pretrained folder; its outputs equal "
-                "`steerlab generate --ablate-direction`.")
-    p.add_argument("--vector", required=True, help="vector file holding the direction")
-    p.add_argument("--layer", type=int, help="which layer's direction (default: the vector's recommended, else its only one)")
-    add_out_args(p, "output folder (save_pretrained)")
-    add_model_args(p)
-    p.set_defaults(func=cmd_orthogonalize)
-
     p = command(vsub, "condition", "Fit a CAST condition: which prompts a steer should apply to.",
                 "steerlab vector condition --vector refusal.safetensors --steer-prompts harmful.txt "
                 "--keep-prompts harmless.txt --out harmful.condition.safetensors",
@@ -38,24 +25,6 @@ def _prompts(option: str, path: str) -> list[str]:
     if not lines:
         raise CLIError(f"{option} {path}: no prompts")
     return lines
-
-
-def cmd_orthogonalize(args) -> int:
-    from ..ablation import ablation_direction, export_orthogonalized
-    from ..vector import SteeringVector
-
-    out = check_out_free(args.out, args.overwrite)
-    vector = SteeringVector.load(args.vector)
-    try:
-        _, layer = ablation_direction(vector, args.layer)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    lm = load_cli_model(args)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    export_orthogonalized(lm, vector, out, layer)
-    print(f"orthogonalised against layer {layer}'s direction -> {out}")
-    return 0
 
 
 def cmd_condition(args) -> int:
