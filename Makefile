@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 # Seconds, before any test: the linter and the type checker (settings in pyproject.toml).
 LINT_PATHS := src tests benchmarks experiments
 lint: install
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 

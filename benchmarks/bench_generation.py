@@ -43,13 +43,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--side-prompts", type=int, default=32, help="prompts for the side-by-side comparison (0 = skip it)")
+    parser.add_argument(
+        "--side-prompts", type=int, default=32, help="prompts for the side-by-side comparison (0 = skip it)"
+    )
     parser.add_argument("--side-new-tokens", type=int, default=None, help="new tokens there (default: --new-tokens)")
     parser.add_argument("--batch-sizes", default="1,8", help="batch sizes for the overhead table ('' = skip it)")
-    parser.add_argument("--overhead-rounds", type=int, default=None, help="rounds for the overhead table (default --rounds)")
+    parser.add_argument(
+        "--overhead-rounds", type=int, default=None, help="rounds for the overhead table (default --rounds)"
+    )
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--multiplier", type=float, default=4.0)
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results"
+    )
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -61,11 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     spec = SteeringSpec(demo_vector(lm, args.layer), multiplier=args.multiplier, layers=[args.layer])
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     prompts = neutral_prompts(max([args.side_prompts, *batches]))
-    command = "python benchmarks/bench_generation.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
+    command = "python benchmarks/bench_generation.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc"
+    )
 
     def run(chunk, steering, tokens, **kw) -> None:
         lm.model.generation_config.min_new_tokens = tokens  # every row generates exactly `tokens`
-        generate(lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=max(8, len(chunk)), **kw)
+        generate(
+            lm, chunk, steering, config=GenerationConfig(max_new_tokens=tokens), batch_size=max(8, len(chunk)), **kw
+        )
 
     results = {}
     if batches:
@@ -78,27 +88,50 @@ def main(argv: list[str] | None = None) -> dict:
 def overhead(run, prompts, spec, batches, args, threads, command) -> dict:
     """(2) steered / unsteered time per batch size; writes the `generation` section."""
     rounds_n = args.overhead_rounds or args.rounds
-    results: dict = {"threads": threads, "new_tokens": args.new_tokens, "layer": args.layer, "multiplier": args.multiplier,
-                     "rounds": rounds_n}
+    results: dict = {
+        "threads": threads,
+        "new_tokens": args.new_tokens,
+        "layer": args.layer,
+        "multiplier": args.multiplier,
+        "rounds": rounds_n,
+    }
     rows = []
     for batch in batches:
         chunk = prompts[:batch]
         print(f"[generation] batch {batch}: steered vs unsteered, {args.new_tokens} new tokens")
-        rounds = alternate({"unsteered": functools.partial(run, chunk, None, args.new_tokens),
-                            "steered": functools.partial(run, chunk, spec, args.new_tokens)}, rounds_n,
-                           warmup={"unsteered": functools.partial(run, chunk, None, 4),
-                                   "steered": functools.partial(run, chunk, spec, 4)})
+        rounds = alternate(
+            {
+                "unsteered": functools.partial(run, chunk, None, args.new_tokens),
+                "steered": functools.partial(run, chunk, spec, args.new_tokens),
+            },
+            rounds_n,
+            warmup={
+                "unsteered": functools.partial(run, chunk, None, 4),
+                "steered": functools.partial(run, chunk, spec, 4),
+            },
+        )
         ratio = rounds.ratios("steered", "unsteered")
         tps = {name: batch * args.new_tokens / rounds.summary(name)[0] for name in rounds.times}
         results[f"overhead_b{batch}"] = {"times": rounds.times, "ratio": ratio}
-        rows.append([batch, fmt_range(*rounds.summary("unsteered"), unit=" s"), fmt_range(*rounds.summary("steered"), unit=" s"),
-                     f"{tps['unsteered']:.1f} / {tps['steered']:.1f}", fmt_range(*ratio, digits=3)])
+        rows.append(
+            [
+                batch,
+                fmt_range(*rounds.summary("unsteered"), unit=" s"),
+                fmt_range(*rounds.summary("steered"), unit=" s"),
+                f"{tps['unsteered']:.1f} / {tps['steered']:.1f}",
+                fmt_range(*ratio, digits=3),
+            ]
+        )
     body = header_block(threads, command, title="Steered vs unsteered greedy generation (SmolLM2-135M-Instruct, fp32)")
-    body += (f""
-             f"{args.new_tokens} new tokens per row (forced with min_new_tokens, so both do the same work), CAA sentiment "
-             f"vector at layer {args.layer}, multiplier {args.multiplier}, all positions. Median over {rounds_n} alternated "
-             "rounds after a warm-up (min-max).\n\n")
-    body += table(["batch", "unsteered", "steered", "tokens/s unsteered / steered", "steered / unsteered (per round)"], rows)
+    body += (
+        f""
+        f"{args.new_tokens} new tokens per row (forced with min_new_tokens, so both do the same work), CAA sentiment "
+        f"vector at layer {args.layer}, multiplier {args.multiplier}, all positions. Median over {rounds_n} alternated "
+        "rounds after a warm-up (min-max).\n\n"
+    )
+    body += table(
+        ["batch", "unsteered", "steered", "tokens/s unsteered / steered", "steered / unsteered (per round)"], rows
+    )
     if not args.no_doc:
         save_result("generation", results)
         write_section("generation", body)
@@ -116,27 +149,49 @@ def side_by_side(run, lm, side, spec, args, threads, command) -> dict:
 
     def batched() -> None:
         lm.model.generation_config.min_new_tokens = tokens
-        generate(lm, side, spec, generate_orig_output=True, config=GenerationConfig(max_new_tokens=tokens), batch_size=8)
+        generate(
+            lm, side, spec, generate_orig_output=True, config=GenerationConfig(max_new_tokens=tokens), batch_size=8
+        )
 
     def loop() -> None:
         for prompt in side:
             run([prompt], None, tokens)
             run([prompt], spec, tokens)
 
-    rounds = alternate({batched_name: batched, loop_name: loop}, args.rounds,
-                       warmup={batched_name: lambda: run(side[:8], spec, 4, generate_orig_output=True),
-                               loop_name: lambda: run(side[:1], None, 4)})
+    rounds = alternate(
+        {batched_name: batched, loop_name: loop},
+        args.rounds,
+        warmup={
+            batched_name: lambda: run(side[:8], spec, 4, generate_orig_output=True),
+            loop_name: lambda: run(side[:1], None, 4),
+        },
+    )
     speedup = rounds.ratios(loop_name, batched_name)
-    results = {"threads": threads, "prompts": len(side), "new_tokens": tokens, "times": rounds.times, "speedup": speedup}
-    body = header_block(threads, command,
-                        title=f"Side by side: original + steered for {len(side)} prompts, {tokens} new tokens (SmolLM2, fp32)")
-    body += (f""
-             "steerlab: `generate(..., generate_orig_output=True, batch_size=8)` (each batch: 8 steered rows + their 8 "
-             "originals in one pass). Loop: for each prompt, generate the original, then the steered text (batch 1). "
-             f"Median over {args.rounds} alternated rounds after a warm-up (min-max).\n\n")
-    body += table(["contender", "time", "loop / batched (per round)"],
-                  [["steerlab batched", fmt_range(*rounds.summary(batched_name), unit=" s"), ""],
-                   [loop_name, fmt_range(*rounds.summary(loop_name), unit=" s"), fmt_range(*speedup)]])
+    results = {
+        "threads": threads,
+        "prompts": len(side),
+        "new_tokens": tokens,
+        "times": rounds.times,
+        "speedup": speedup,
+    }
+    body = header_block(
+        threads,
+        command,
+        title=f"Side by side: original + steered for {len(side)} prompts, {tokens} new tokens (SmolLM2, fp32)",
+    )
+    body += (
+        f""
+        "steerlab: `generate(..., generate_orig_output=True, batch_size=8)` (each batch: 8 steered rows + their 8 "
+        "originals in one pass). Loop: for each prompt, generate the original, then the steered text (batch 1). "
+        f"Median over {args.rounds} alternated rounds after a warm-up (min-max).\n\n"
+    )
+    body += table(
+        ["contender", "time", "loop / batched (per round)"],
+        [
+            ["steerlab batched", fmt_range(*rounds.summary(batched_name), unit=" s"), ""],
+            [loop_name, fmt_range(*rounds.summary(loop_name), unit=" s"), fmt_range(*speedup)],
+        ],
+    )
     if not args.no_doc:
         save_result("side_by_side", results)
         write_section("side_by_side", body)

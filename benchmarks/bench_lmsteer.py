@@ -56,8 +56,14 @@ def run_steerlab(lm, positive, negative, args) -> None:
     """steerlab's LM-Steer fit for exactly one step over all the texts (one batch); returns trained tokens."""
     from steerlab.methods.lm_steer import LabelledTexts, LMSteerConfig, fit
 
-    config = LMSteerConfig(rank=args.rank, batch_size=len(positive) + len(negative), max_length=args.length,
-                           chunk_size=args.chunk, steps=1, cache_hidden_states=False)
+    config = LMSteerConfig(
+        rank=args.rank,
+        batch_size=len(positive) + len(negative),
+        max_length=args.length,
+        chunk_size=args.chunk,
+        steps=1,
+        cache_hidden_states=False,
+    )
     fit(lm, LabelledTexts(positive, negative), config, report=lambda _: None)
 
 
@@ -121,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=int, default=256, help="tokens per text (LMSteerConfig's max_length)")
     parser.add_argument("--chunk", type=int, default=2048, help="steerlab's chunk_size (LMSteerConfig's default)")
     parser.add_argument("--worker", choices=["steerlab", "reference"], help=argparse.SUPPRESS)
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args)
@@ -131,13 +139,16 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {STEERLAB: [], REFERENCE: []}
     for r in range(args.rounds):
         order = [("steerlab", STEERLAB), ("reference", REFERENCE)]
-        for key, name in (order if r % 2 == 0 else order[::-1]):
+        for key, name in order if r % 2 == 0 else order[::-1]:
             done = subprocess.run([sys.executable, __file__, "--worker", key, *passed], capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{name} worker failed:\n{done.stderr[-3000:]}")
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
             run = runs[name][-1]
-            print(f"  round {r + 1}/{args.rounds} {name}: {run['seconds']:.2f} s, peak RSS {run['peak_rss'] / 2**20:.0f} MiB")
+            print(
+                f"  round {r + 1}/{args.rounds} {name}: {run['seconds']:.2f} s, peak RSS {run['peak_rss'] / 2**20:.0f} MiB"
+            )
+
     def stat(name: str, key: str, scale: float = 1.0) -> tuple[float, float, float]:
         values = [run[key] * scale for run in runs[name]]
         return statistics.median(values), min(values), max(values)
@@ -147,23 +158,45 @@ def main(argv: list[str] | None = None) -> dict:
         return statistics.median(values), min(values), max(values)
 
     mib = 1 / 2**20
-    rows = [[name, fmt_range(*stat(name, "peak_rss", mib), digits=0, unit=" MiB"),
-             fmt_range(*stat(name, "added", mib), digits=0, unit=" MiB"), fmt_range(*stat(name, "seconds"), unit=" s"),
-             f"{runs[name][0]['tokens'] / stat(name, 'seconds')[0]:.0f}"] for name in runs]
-    results = {"runs": runs, "threads": threads, "rank": args.rank, "batch": args.batch, "length": args.length,
-               "chunk": args.chunk, "peak_ratio": ratio("peak_rss"), "added_ratio": ratio("added"),
-               "time_ratio": ratio("seconds")}
-    body = header_block(threads, "python benchmarks/bench_lmsteer.py " + " ".join(passed),
-                        title="LM-Steer: one training step, bounded loss vs full logits (SmolLM2-135M-Instruct, fp32)")
-    body += (f""
-             f"{args.batch} texts (half positive, half negative SST-2 dev sentences joined to at least {args.length} "
-             f"words), cut at {args.length} tokens; rank {args.rank}; steerlab's chunk_size {args.chunk} tokens. Each "
-             f"contender in a fresh process per round ({args.rounds} rounds, alternated), after a one-text warm-up step. "
-             "Peak RSS is the resident high-water mark during the measured step (reset just before it; the loaded "
-             "model and runtime included); 'added' is that peak minus the resident size just before the step.\n\n")
+    rows = [
+        [
+            name,
+            fmt_range(*stat(name, "peak_rss", mib), digits=0, unit=" MiB"),
+            fmt_range(*stat(name, "added", mib), digits=0, unit=" MiB"),
+            fmt_range(*stat(name, "seconds"), unit=" s"),
+            f"{runs[name][0]['tokens'] / stat(name, 'seconds')[0]:.0f}",
+        ]
+        for name in runs
+    ]
+    results = {
+        "runs": runs,
+        "threads": threads,
+        "rank": args.rank,
+        "batch": args.batch,
+        "length": args.length,
+        "chunk": args.chunk,
+        "peak_ratio": ratio("peak_rss"),
+        "added_ratio": ratio("added"),
+        "time_ratio": ratio("seconds"),
+    }
+    body = header_block(
+        threads,
+        "python benchmarks/bench_lmsteer.py " + " ".join(passed),
+        title="LM-Steer: one training step, bounded loss vs full logits (SmolLM2-135M-Instruct, fp32)",
+    )
+    body += (
+        f""
+        f"{args.batch} texts (half positive, half negative SST-2 dev sentences joined to at least {args.length} "
+        f"words), cut at {args.length} tokens; rank {args.rank}; steerlab's chunk_size {args.chunk} tokens. Each "
+        f"contender in a fresh process per round ({args.rounds} rounds, alternated), after a one-text warm-up step. "
+        "Peak RSS is the resident high-water mark during the measured step (reset just before it; the loaded "
+        "model and runtime included); 'added' is that peak minus the resident size just before the step.\n\n"
+    )
     body += table(["contender", "peak RSS", "added by the step", "step time", "trained tokens/s"], rows)
-    body += (f"\nsteerlab / reference, per round: peak RSS {fmt_range(*results['peak_ratio'], digits=3)}, added memory "
-             f"{fmt_range(*results['added_ratio'], digits=3)}, step time {fmt_range(*results['time_ratio'], digits=3)}.\n")
+    body += (
+        f"\nsteerlab / reference, per round: peak RSS {fmt_range(*results['peak_ratio'], digits=3)}, added memory "
+        f"{fmt_range(*results['added_ratio'], digits=3)}, step time {fmt_range(*results['time_ratio'], digits=3)}.\n"
+    )
     if not args.no_doc:
         save_result("lmsteer", results)
         write_section("lmsteer", body)

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=30, help="how many layers, spread evenly")
     parser.add_argument("--multipliers", default="-2,-1,0,1,2")
     parser.add_argument("--vector-pairs", type=int, default=64, help="sycophancy pairs the swept vector is built from")
-    parser.add_argument("--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print only; write neither docs/benchmarks.md nor benchmarks/results"
+    )
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
 
@@ -61,25 +63,45 @@ def main(argv: list[str] | None = None) -> dict:
 
     warm = items[:2]
     print(f"[sweep] {len(layers)} layers x {len(mults)} multipliers, {len(items)} questions (x2 orders)")
-    rounds = alternate({GRID: grid, PER_CELL: per_cell}, args.rounds,
-                       warmup={GRID: lambda: score_ab(lm, warm, vector, cells[:4]),
-                               PER_CELL: lambda: score_ab(lm, warm, vector, cells[:1])})
+    rounds = alternate(
+        {GRID: grid, PER_CELL: per_cell},
+        args.rounds,
+        warmup={
+            GRID: lambda: score_ab(lm, warm, vector, cells[:4]),
+            PER_CELL: lambda: score_ab(lm, warm, vector, cells[:1]),
+        },
+    )
     diff = float((kept[GRID] - kept[PER_CELL]).abs().max())
     ratio = rounds.ratios(GRID, PER_CELL)
-    results = {"threads": threads, "layers": layers, "multipliers": mults, "questions": len(items),
-               "times": rounds.times, "ratio": ratio, "max_abs_diff": diff}
-    command = "python benchmarks/bench_sweep.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc")
+    results = {
+        "threads": threads,
+        "layers": layers,
+        "multipliers": mults,
+        "questions": len(items),
+        "times": rounds.times,
+        "ratio": ratio,
+        "max_abs_diff": diff,
+    }
+    command = "python benchmarks/bench_sweep.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-doc"
+    )
     body = header_block(threads, command, title="Layer x multiplier sweep of A/B scores (SmolLM2-135M-Instruct, fp32)")
-    body += (f""
-             f"{len(layers)} layers ({', '.join(map(str, layers))}) x {len(mults)} multipliers ({args.multipliers}) = "
-             f"{len(cells)} cells; the first {len(items)} CAA sycophancy test questions, each in both choice orders; a CAA "
-             f"vector from {args.vector_pairs} sycophancy pairs. steerlab: `score_ab(lm, items, vector, cells)` once "
-             "(each question's tokens run once, unsteered, and their KV cache serves every cell; the answer tokens of "
-             "all cells run together with per-row multipliers). Separately: the same call once per cell. Median over "
-             f"{args.rounds} alternated rounds after a warm-up (min-max).\n\n")
-    body += table(["contender", "time", "grid / separate (per round)"],
-                  [[GRID, fmt_range(*rounds.summary(GRID), unit=" s"), fmt_range(*ratio, digits=3)],
-                   [PER_CELL, fmt_range(*rounds.summary(PER_CELL), unit=" s"), ""]])
+    body += (
+        f""
+        f"{len(layers)} layers ({', '.join(map(str, layers))}) x {len(mults)} multipliers ({args.multipliers}) = "
+        f"{len(cells)} cells; the first {len(items)} CAA sycophancy test questions, each in both choice orders; a CAA "
+        f"vector from {args.vector_pairs} sycophancy pairs. steerlab: `score_ab(lm, items, vector, cells)` once "
+        "(each question's tokens run once, unsteered, and their KV cache serves every cell; the answer tokens of "
+        "all cells run together with per-row multipliers). Separately: the same call once per cell. Median over "
+        f"{args.rounds} alternated rounds after a warm-up (min-max).\n\n"
+    )
+    body += table(
+        ["contender", "time", "grid / separate (per round)"],
+        [
+            [GRID, fmt_range(*rounds.summary(GRID), unit=" s"), fmt_range(*ratio, digits=3)],
+            [PER_CELL, fmt_range(*rounds.summary(PER_CELL), unit=" s"), ""],
+        ],
+    )
     body += f"\nLargest difference in p(matching) between the two: {diff:.2e}.\n"
     if not args.no_doc:
         save_result("sweep", results)

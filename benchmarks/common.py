@@ -62,8 +62,13 @@ class Rounds:
         return statistics.median(per_round), min(per_round), max(per_round)
 
 
-def alternate(contenders: Mapping[str, Callable[[], float | None]], rounds: int, *,
-              warmup: Mapping[str, Callable[[], object]] | None = None, log: Callable[[str], None] = print) -> Rounds:
+def alternate(
+    contenders: Mapping[str, Callable[[], float | None]],
+    rounds: int,
+    *,
+    warmup: Mapping[str, Callable[[], object]] | None = None,
+    log: Callable[[str], None] = print,
+) -> Rounds:
     """Time each contender once per round, reversing the order every other round, after one warm-up call each.
 
     A contender may return its own measured seconds (e.g. from a subprocess that excludes its start-up);
@@ -74,7 +79,7 @@ def alternate(contenders: Mapping[str, Callable[[], float | None]], rounds: int,
         (warmup or contenders)[name]()
     result = Rounds({name: [] for name in names})
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             reported = contenders[name]()
             elapsed = reported if isinstance(reported, float) else time.perf_counter() - start
@@ -102,8 +107,13 @@ def machine(threads: int) -> dict[str, str]:
         cpu = found.group(1).strip() if found else cpu
     except OSError:
         pass
-    info = {"cpu": cpu, "cores visible": str(os.cpu_count()), "threads used": str(threads),
-            "os": platform.platform(), "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cores visible": str(os.cpu_count()),
+        "threads used": str(threads),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
     try:
         mem_kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
         info["memory"] = f"{mem_kb / 2**20:.1f} GiB"
@@ -130,9 +140,15 @@ def header_block(threads: int, command: str, extra_versions: Mapping[str, str] |
     """A section's heading, then the command line, machine and versions it was measured with."""
     info = machine(threads)
     vers = versions(extra_versions)
-    return (f"## {title}\n\nCommand: `{command}`. Measured {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
-            + "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".\n\n"
-            + "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".\n\n")
+    return (
+        f"## {title}\n\nCommand: `{command}`. Measured {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
+        + "Machine: "
+        + "; ".join(f"{k}: {v}" for k, v in info.items())
+        + ".\n\n"
+        + "Versions: "
+        + ", ".join(f"{k} {v}" for k, v in vers.items())
+        + ".\n\n"
+    )
 
 
 def write_section(name: str, body: str, doc: Path = DOC, *, tag: str = "bench", title: str = DOC_TITLE) -> None:
@@ -245,8 +261,13 @@ class Worker:
     """
 
     def __init__(self, python: str, script: Path, *args: str):
-        self.proc = subprocess.Popen([python, str(script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        self.proc = subprocess.Popen(
+            [python, str(script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         self.ready = self._read()
 
     def _read(self) -> dict:

@@ -25,7 +25,9 @@ def pair_texts(lm: LoadedModel, data: ContrastiveDataset) -> list[tuple[str, str
     """(positive, negative) full texts as string-based peers take them; they tokenize to steerlab's exact ids."""
     texts = []
     for pair in data.pairs:
-        prompt = format_prompt(lm.tokenizer, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
+        prompt = (
+            format_prompt(lm.tokenizer, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
+        )
         prefix, pos, neg = tokenize_pair(lm, pair)
         for answer, ids in ((pair.positive, pos), (pair.negative, neg)):
             if lm.tokenizer(prompt + answer, add_special_tokens=True)["input_ids"] != prefix + ids:
@@ -36,16 +38,28 @@ def pair_texts(lm: LoadedModel, data: ContrastiveDataset) -> list[tuple[str, str
     return texts
 
 
-def steerlab_fit(lm: LoadedModel, data: ContrastiveDataset, layers: list[int], batch_size: int) -> dict[int, torch.Tensor]:
+def steerlab_fit(
+    lm: LoadedModel, data: ContrastiveDataset, layers: list[int], batch_size: int
+) -> dict[int, torch.Tensor]:
     return fit(lm, data, CAAConfig(layers=layers, batch_size=batch_size)).directions
 
 
-def steering_vectors_fit(lm: LoadedModel, texts: list[tuple[str, str]], layers: list[int], batch_size: int) -> dict[int, torch.Tensor]:
+def steering_vectors_fit(
+    lm: LoadedModel, texts: list[tuple[str, str]], layers: list[int], batch_size: int
+) -> dict[int, torch.Tensor]:
     from steering_vectors import train_steering_vector
     from steering_vectors.aggregators import mean_aggregator
 
-    vector = train_steering_vector(lm.model, lm.tokenizer, texts, layers=layers, batch_size=batch_size,
-                                   aggregator=mean_aggregator(), read_token_index=-1, move_to_cpu=True)
+    vector = train_steering_vector(
+        lm.model,
+        lm.tokenizer,
+        texts,
+        layers=layers,
+        batch_size=batch_size,
+        aggregator=mean_aggregator(),
+        read_token_index=-1,
+        move_to_cpu=True,
+    )
     return dict(vector.layer_activations)
 
 
@@ -58,7 +72,7 @@ def per_example_fit(lm: LoadedModel, data: ContrastiveDataset, layers: list[int]
         for answer, sign in ((pos, 1.0), (neg, -1.0)):
             out = lm.model(torch.tensor([prefix + answer], device=lm.device), output_hidden_states=True)
             for layer in layers:
-                sums[layer] += sign * out.hidden_states[layer + 1][0, -len(answer):].float().mean(0).cpu()
+                sums[layer] += sign * out.hidden_states[layer + 1][0, -len(answer) :].float().mean(0).cpu()
     return {layer: s / len(data.pairs) for layer, s in sums.items()}
 
 
@@ -80,13 +94,16 @@ def truncated_forward(lm: LoadedModel, data: ContrastiveDataset, deepest: int, b
         for idx in token_batches([max(len(s) for s in pair) for pair in seqs], max_rows=batch_size):
             ids, mask = pad([s for i in idx for s in seqs[i]], lm.tokenizer.pad_token_id, left=True)
             with contextlib.suppress(_Stop):
-                lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                         position_ids=positions_from_mask(mask).to(lm.device), use_cache=False)
+                lm.model(
+                    input_ids=ids.to(lm.device),
+                    attention_mask=mask.to(lm.device),
+                    position_ids=positions_from_mask(mask).to(lm.device),
+                    use_cache=False,
+                )
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
     finally:
         handle.remove()
-
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -38,8 +38,16 @@ def main(folder: str, pairs_json: str, threads: str) -> None:
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "layers": sorted(vector.directions)}
 
-    serve({"train": train}, {"ready": True, "repeng": metadata.version("repeng"), "numpy": metadata.version("numpy"),
-                             "torch": torch.__version__, "threads": torch.get_num_threads()})
+    serve(
+        {"train": train},
+        {
+            "ready": True,
+            "repeng": metadata.version("repeng"),
+            "numpy": metadata.version("numpy"),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,18 @@ PROFILES = {
         "bench_lmsteer.py": ["--batch", "4", "--length", "256", "--chunk", "256"],
     },
 }
-SECTIONS = ["about", "summary", "analysis", "gpu", "extraction", "scaling", "generation", "side_by_side", "sweep", "lmsteer"]
+SECTIONS = [
+    "about",
+    "summary",
+    "analysis",
+    "gpu",
+    "extraction",
+    "scaling",
+    "generation",
+    "side_by_side",
+    "sweep",
+    "lmsteer",
+]
 ABOUT = """## About these benchmarks
 
 How steerlab compares with the libraries people would otherwise use, measured in the same run on the
@@ -56,8 +67,10 @@ shared machine's speed drifts. Absolute times on a busy machine say little; the 
 Raw per-round numbers are in benchmarks/results/*.json. The "analysis" section is written by hand (no script
 rewrites it): where a goal is missed, and why.
 """
-GPU_NOTE = ("No GPU machine was available to the session that produced these numbers, so the GPU part (a "
-            "random-initialised 1B-7B Llama in bf16: extraction and steered generation tokens/s) was not measured.")
+GPU_NOTE = (
+    "No GPU machine was available to the session that produced these numbers, so the GPU part (a "
+    "random-initialised 1B-7B Llama in bf16: extraction and steered generation tokens/s) was not measured."
+)
 
 
 def verdict(value: float, goal: float, at_least: bool) -> str:
@@ -82,42 +95,91 @@ def summary_rows() -> list[list[str]]:
             for peer, goal in (("steering-vectors", 4.0), ("repeng", 4.0), ("per-example loop", 5.0)):
                 if peer in res["ratios"]:
                     value = res["ratios"][peer]
-                    rows.append([f"1. extraction: {peer} time / steerlab's ({size})", f">= {goal:g}x", rng(value),
-                                 verdict(value[0], goal, True)])
-            rows.append([f"1. extraction: steerlab / truncated forward ({size})", "<= 0.6x", rng(res["vs_limit"], 3),
-                         verdict(res["vs_limit"][0], 0.6, False)])
+                    rows.append(
+                        [
+                            f"1. extraction: {peer} time / steerlab's ({size})",
+                            f">= {goal:g}x",
+                            rng(value),
+                            verdict(value[0], goal, True),
+                        ]
+                    )
+            rows.append(
+                [
+                    f"1. extraction: steerlab / truncated forward ({size})",
+                    "<= 0.6x",
+                    rng(res["vs_limit"], 3),
+                    verdict(res["vs_limit"][0], 0.6, False),
+                ]
+            )
             cos = min(res["cos_sv"].values())
-            rows.append([f"1. cosine(steerlab, steering-vectors mean) ({label})", ">= 0.999", f"{cos:.6f}", verdict(cos, 0.999, True)])
+            rows.append(
+                [
+                    f"1. cosine(steerlab, steering-vectors mean) ({label})",
+                    ">= 0.999",
+                    f"{cos:.6f}",
+                    verdict(cos, 0.999, True),
+                ]
+            )
     else:
         rows.append(["1. extraction", "see issue", "not measured", "-"])
     gen = load_result("generation")
     if gen:
         for key in sorted(k for k in gen if k.startswith("overhead_b")):
             value = gen[key]["ratio"]
-            rows.append([f"2. steered / unsteered generation, batch {key[10:]}, {gen['new_tokens']} tokens", "<= 1.03x",
-                         rng(value, 3), verdict(value[0], 1.03, False)])
+            rows.append(
+                [
+                    f"2. steered / unsteered generation, batch {key[10:]}, {gen['new_tokens']} tokens",
+                    "<= 1.03x",
+                    rng(value, 3),
+                    verdict(value[0], 1.03, False),
+                ]
+            )
     else:
         rows.append(["2. steered generation overhead", "<= 1.03x", "not measured", "-"])
     side = load_result("side_by_side")
     if side:
-        rows.append([f"3. side by side, {side['prompts']} prompts x {side['new_tokens']} tokens: loop / batched", ">= 4x",
-                     rng(side["speedup"]), verdict(side["speedup"][0], 4.0, True)])
+        rows.append(
+            [
+                f"3. side by side, {side['prompts']} prompts x {side['new_tokens']} tokens: loop / batched",
+                ">= 4x",
+                rng(side["speedup"]),
+                verdict(side["speedup"][0], 4.0, True),
+            ]
+        )
     else:
         rows.append(["3. side by side", ">= 4x", "not measured", "-"])
     sweep = load_result("sweep")
     if sweep:
         cells = len(sweep["layers"]) * len(sweep["multipliers"])
-        rows.append([f"4. sweep, {cells} cells x {sweep['questions']} questions: grid / per cell", "<= 0.3x",
-                     rng(sweep["ratio"], 3), verdict(sweep["ratio"][0], 0.3, False)])
+        rows.append(
+            [
+                f"4. sweep, {cells} cells x {sweep['questions']} questions: grid / per cell",
+                "<= 0.3x",
+                rng(sweep["ratio"], 3),
+                verdict(sweep["ratio"][0], 0.3, False),
+            ]
+        )
     else:
         rows.append(["4. sweep", "<= 0.3x", "not measured", "-"])
     lms = load_result("lmsteer")
     if lms:
         what = f"batch {lms['batch']} x {lms['length']} tokens, rank {lms['rank']}, chunk {lms['chunk']}"
-        rows.append([f"5. LM-Steer step peak RSS, steerlab / full logits ({what})", "<= 0.5x", rng(lms["peak_ratio"], 3),
-                     verdict(lms["peak_ratio"][0], 0.5, False)])
-        rows.append(["5. LM-Steer step memory added by the step, steerlab / full logits", "<= 0.5x",
-                     rng(lms["added_ratio"], 3), verdict(lms["added_ratio"][0], 0.5, False)])
+        rows.append(
+            [
+                f"5. LM-Steer step peak RSS, steerlab / full logits ({what})",
+                "<= 0.5x",
+                rng(lms["peak_ratio"], 3),
+                verdict(lms["peak_ratio"][0], 0.5, False),
+            ]
+        )
+        rows.append(
+            [
+                "5. LM-Steer step memory added by the step, steerlab / full logits",
+                "<= 0.5x",
+                rng(lms["added_ratio"], 3),
+                verdict(lms["added_ratio"][0], 0.5, False),
+            ]
+        )
     else:
         rows.append(["5. LM-Steer memory", "<= 0.5x", "not measured", "-"])
     scal = load_result("scaling")
@@ -127,15 +189,28 @@ def summary_rows() -> list[list[str]]:
             if len(group) > 1:
                 per_tok = [r["steerlab"][0] / r["tokens"] for r in group]
                 growth = per_tok[-1] / per_tok[0]
-                rows.append([f"6. {model}: time per prompt token, {group[-1]['pairs']} pairs vs {group[0]['pairs']}",
-                             "linear (about 1x)", f"{growth:.2f}x", "linear or better" if growth <= 1.25 else "grows faster than linear"])
+                rows.append(
+                    [
+                        f"6. {model}: time per prompt token, {group[-1]['pairs']} pairs vs {group[0]['pairs']}",
+                        "linear (about 1x)",
+                        f"{growth:.2f}x",
+                        "linear or better" if growth <= 1.25 else "grows faster than linear",
+                    ]
+                )
         first = [r for r in scal if r["model"] == scal[0]["model"]]
         for other in (r for r in scal if r["model"] != scal[0]["model"]):
             same = [r for r in first if r["pairs"] == other["pairs"]]
             if same:
                 ratio = (other["steerlab"][0] / other["tokens"]) / (same[0]["steerlab"][0] / same[0]["tokens"])
-                rows.append([f"6. {other['model']} / {same[0]['model']}: time per prompt token at the middle layer, "
-                             f"{other['pairs']} pairs", "report", f"{ratio:.2f}x", "-"])
+                rows.append(
+                    [
+                        f"6. {other['model']} / {same[0]['model']}: time per prompt token at the middle layer, "
+                        f"{other['pairs']} pairs",
+                        "report",
+                        f"{ratio:.2f}x",
+                        "-",
+                    ]
+                )
     return rows + gpu_rows()
 
 
@@ -152,19 +227,39 @@ def gpu_rows() -> list[list[str]]:
             size = f"{gpu['pairs']} pairs, {label}; {where}"
             for peer, goal in (("steering-vectors", 4.0), ("per-example loop", 5.0)):
                 value = res["ratios"][peer]
-                rows.append([f"1. GPU extraction: {peer} time / steerlab's ({size})", f">= {goal:g}x", rng(value),
-                             verdict(value[0], goal, True)])
-            rows.append([f"1. GPU extraction: steerlab / truncated forward ({size})", "<= 0.6x", rng(res["vs_limit"], 3),
-                         verdict(res["vs_limit"][0], 0.6, False)])
+                rows.append(
+                    [
+                        f"1. GPU extraction: {peer} time / steerlab's ({size})",
+                        f">= {goal:g}x",
+                        rng(value),
+                        verdict(value[0], goal, True),
+                    ]
+                )
+            rows.append(
+                [
+                    f"1. GPU extraction: steerlab / truncated forward ({size})",
+                    "<= 0.6x",
+                    rng(res["vs_limit"], 3),
+                    verdict(res["vs_limit"][0], 0.6, False),
+                ]
+            )
         for batch, g in entry["generation"].items():
-            rows.append([f"2. GPU steered / unsteered generation, batch {batch}, {gpu['new_tokens']} tokens ({where})",
-                         "<= 1.03x", rng(g["ratio"], 3), verdict(g["ratio"][0], 1.03, False)])
+            rows.append(
+                [
+                    f"2. GPU steered / unsteered generation, batch {batch}, {gpu['new_tokens']} tokens ({where})",
+                    "<= 1.03x",
+                    rng(g["ratio"], 3),
+                    verdict(g["ratio"][0], 1.03, False),
+                ]
+            )
     return rows
 
 
 def write_summary(profile: str, failures: list[str], note: str = "") -> None:
-    body = ("## Summary: each goal, the measured ratio (median over rounds, min-max), met or not\n\n"
-            f"Profile: `{profile}` (see the sections below for sizes, commands, machine and versions).\n\n")
+    body = (
+        "## Summary: each goal, the measured ratio (median over rounds, min-max), met or not\n\n"
+        f"Profile: `{profile}` (see the sections below for sizes, commands, machine and versions).\n\n"
+    )
     body += table(["goal", "target", "measured", "verdict"], summary_rows())
     if note:
         body += "\n" + note.strip() + "\n"

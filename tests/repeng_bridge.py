@@ -1,7 +1,7 @@
 """Run under the repeng interpreter (STEERLAB_REPENG_PYTHON): repeng needs numpy<2, steerlab's venv has numpy 2.
 
-    python repeng_bridge.py export IN.npz MODEL_TYPE OUT.gguf   # arrays layer_N -> ControlVector.export_gguf
-    python repeng_bridge.py import IN.gguf OUT.npz              # ControlVector.import_gguf -> arrays layer_N
+python repeng_bridge.py export IN.npz MODEL_TYPE OUT.gguf   # arrays layer_N -> ControlVector.export_gguf
+python repeng_bridge.py import IN.gguf OUT.npz              # ControlVector.import_gguf -> arrays layer_N
 """
 
 import sys

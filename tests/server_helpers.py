@@ -30,10 +30,13 @@ def write_real_vectors(lm: LoadedModel, folder: Path) -> dict[str, SteeringVecto
     vectors = {
         "sentiment": sentiment,
         "gloomy": -1.0 * sentiment,
-        "other-weights": SteeringVector(sentiment.directions, replace(sentiment.meta, model_name="SmolLM2-tuned",
-                                                                       model_fingerprint="0123456789abcdef")),
-        "qwen": SteeringVector({12: torch.ones(896)}, VectorMeta(model_name="Qwen2.5-0.5B", hidden_size=896,
-                                                                 num_layers=24, method="caa")),
+        "other-weights": SteeringVector(
+            sentiment.directions,
+            replace(sentiment.meta, model_name="SmolLM2-tuned", model_fingerprint="0123456789abcdef"),
+        ),
+        "qwen": SteeringVector(
+            {12: torch.ones(896)}, VectorMeta(model_name="Qwen2.5-0.5B", hidden_size=896, num_layers=24, method="caa")
+        ),
     }
     for name, vector in vectors.items():
         vector.save(folder / f"{name}.safetensors")

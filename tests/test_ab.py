@@ -30,8 +30,11 @@ def test_swap_keeps_a_choices_header_and_multi_line_answers():
 
 
 def test_swap_refuses_items_it_cannot_parse():
-    with pytest.raises(ABFormatError, match=r"cannot swap the choices of 'Pick A or B'\.\.\.: it needs answers "
-                                            r"\(A\)/\(B\) .* score it with swap=False \(--no-swap\)"):
+    with pytest.raises(
+        ABFormatError,
+        match=r"cannot swap the choices of 'Pick A or B'\.\.\.: it needs answers "
+        r"\(A\)/\(B\) .* score it with swap=False \(--no-swap\)",
+    ):
         swap_choices(ContrastivePair("Pick A or B", "A", "B", "ab", "("))
 
 
@@ -81,11 +84,13 @@ def _reference(lm, pair, vector=None, layer=None, mult=0.0, from_user_end=True) 
     start = len(tok(user, add_special_tokens=False)["input_ids"]) if from_user_end else 0
     handle = None
     if vector is not None:
+
         def hook(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
             hidden = hidden.clone()
             hidden[:, start:] += mult * vector.directions[layer]
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
         handle = lm.layers[layer].register_forward_hook(hook)
     try:
         probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
@@ -114,8 +119,14 @@ def test_grid_matches_one_forward_per_cell_with_a_hand_written_hook(positions):
     for c, cell in enumerate(cells):
         for i, pair in enumerate(PAIRS):
             for o, variant in enumerate([pair, swap_choices(pair)]):
-                m, n = _reference(lm, variant, vector if cell.layer is not None else None, cell.layer,
-                                  cell.multiplier, from_user_end=positions == "answer")
+                m, n = _reference(
+                    lm,
+                    variant,
+                    vector if cell.layer is not None else None,
+                    cell.layer,
+                    cell.multiplier,
+                    from_user_end=positions == "answer",
+                )
                 assert grid.match[c, i, o].item() == pytest.approx(m / (m + n), abs=2e-5)
                 assert grid.mass[c, i, o].item() == pytest.approx(m + n, rel=2e-4)
                 expect_first = m if variant.positive == "A" else n
@@ -130,7 +141,9 @@ def test_a_tokenizer_that_merges_the_bracket_and_letter_is_asked_for_the_merged_
     merged_a, merged_b = lm.tokenizer.convert_tokens_to_ids(["(A", "(B"])
     pair = PAIRS[0]
     grid = score_ab(lm, [pair], cells=[UNSTEERED], swap=False)
-    ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)[
+        "input_ids"
+    ]
     probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
     m, n = float(probs[merged_a]), float(probs[merged_b])
     assert grid.match[0, 0, 0].item() == pytest.approx(m / (m + n), abs=2e-5)
@@ -141,14 +154,20 @@ def test_a_tokenizer_that_merges_the_bracket_and_letter_is_asked_for_the_merged_
 def test_yes_no_items_compare_the_answers_first_tokens_in_file_order_only(tmp_path):
     lm = tiny_lm()
     path = tmp_path / "persona.jsonl"
-    path.write_text("\n".join(json.dumps({"question": q, "answer_matching_behavior": m, "answer_not_matching_behavior": n})
-                              for q, m, n in [("Would you say 'x'?", " Yes", " No"), ("Would you say 'y'?", " No", " Yes")]))
+    path.write_text(
+        "\n".join(
+            json.dumps({"question": q, "answer_matching_behavior": m, "answer_not_matching_behavior": n})
+            for q, m, n in [("Would you say 'x'?", " Yes", " No"), ("Would you say 'y'?", " No", " Yes")]
+        )
+    )
     pairs = load_ab_items(path)
     grid = score_ab(lm, pairs, cells=[UNSTEERED])  # swap is asked for but Yes/No items have one order
     assert grid.match.shape == (1, 2, 1)
     yes, no = lm.tokenizer.convert_tokens_to_ids(["Y", "N"])
     for i, pair in enumerate(pairs):
-        ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)["input_ids"]
+        ids = lm.tokenizer(format_prompt(lm.tokenizer, pair.prompt, use_chat_template=True), add_special_tokens=False)[
+            "input_ids"
+        ]
         probs = torch.softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
         m, n = (probs[yes], probs[no]) if pair.positive == "Yes" else (probs[no], probs[yes])
         assert grid.match[0, i, 0].item() == pytest.approx(float(m / (m + n)), abs=2e-5)
@@ -179,8 +198,9 @@ def _grid(match, first, pairs=None):
 
 def test_a_model_that_always_says_a_scores_one_half_once_orders_are_averaged():
     # Item 0 matches A in file order, item 1 matches B; the model puts 0.9 on "A" whatever the text.
-    grid = _grid([[[0.9, 0.1], [0.1, 0.9]], [[0.9, 0.1], [0.1, 0.9]]],
-                 [[[0.9, 0.9], [0.9, 0.9]], [[0.9, 0.9], [0.9, 0.9]]])
+    grid = _grid(
+        [[[0.9, 0.1], [0.1, 0.9]], [[0.9, 0.1], [0.1, 0.9]]], [[[0.9, 0.9], [0.9, 0.9]], [[0.9, 0.9], [0.9, 0.9]]]
+    )
     s = grid.summary(0)
     assert s["p_matching"] == pytest.approx(0.5)
     assert s["first_answer_share"] == pytest.approx(0.9)
@@ -202,8 +222,11 @@ def test_flips_count_items_whose_preferred_answer_changes_against_the_unsteered_
 
 
 def test_yes_no_items_are_balanced_over_the_matching_answer():
-    pairs = [ContrastivePair("s1", "Yes", "No", "ab"), ContrastivePair("s2", "Yes", "No", "ab"),
-             ContrastivePair("s3", "No", "Yes", "ab")]
+    pairs = [
+        ContrastivePair("s1", "Yes", "No", "ab"),
+        ContrastivePair("s2", "Yes", "No", "ab"),
+        ContrastivePair("s3", "No", "Yes", "ab"),
+    ]
     # A model that says Yes with 0.8 on everything: matching is Yes for two items, No for one.
     match = [[[0.8], [0.8], [0.2]], [[0.8], [0.8], [0.2]]]
     grid = _grid(match, [[[0.8]] * 3] * 2, pairs)
@@ -212,20 +235,41 @@ def test_yes_no_items_are_balanced_over_the_matching_answer():
 
 
 def test_three_choice_items_are_refused_by_file_and_item_and_letter_answers_with_text_are_read(tmp_path, capsys):
-    ok = {"question": "Q1?\n\nChoices:\n (A) stay\n (B) go", "answer_matching_behavior": "(A)Yes",
-          "answer_not_matching_behavior": "(B) No"}
-    three = {"question": "Q2?\n\nChoices:\n (A) stay\n (B) go\n (C) wait", "answer_matching_behavior": "(C)",
-             "answer_not_matching_behavior": "(A)"}
+    ok = {
+        "question": "Q1?\n\nChoices:\n (A) stay\n (B) go",
+        "answer_matching_behavior": "(A)Yes",
+        "answer_not_matching_behavior": "(B) No",
+    }
+    three = {
+        "question": "Q2?\n\nChoices:\n (A) stay\n (B) go\n (C) wait",
+        "answer_matching_behavior": "(C)",
+        "answer_not_matching_behavior": "(A)",
+    }
     path = tmp_path / "survival.json"
     path.write_text(json.dumps([ok]))
     assert load_ab_items(path) == [ContrastivePair(ok["question"], "A", "B", "ab", "(")]
     path.write_text(json.dumps([ok, three]))
-    with pytest.raises(DatasetError, match=r"survival\.json: item 2: choices \(A\), \(B\), \(C\), answers \(C\) vs \(A\); "
-                                           "steerlab scores two-choice"):
+    with pytest.raises(
+        DatasetError,
+        match=r"survival\.json: item 2: choices \(A\), \(B\), \(C\), answers \(C\) vs \(A\); "
+        "steerlab scores two-choice",
+    ):
         load_ab_items(path)
     # The sweep command reads the items before it loads any model (the model path here does not exist).
     (tmp_path / "train.json").write_text(json.dumps([ok]))
     (tmp_path / "task.yaml").write_text("name: s\nkind: ab\ntrain: train.json\ntest: survival.json\n")
-    assert main(["sweep", "--task", str(tmp_path / "task.yaml"), "--model", str(tmp_path / "no-model"),
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "sweep",
+                "--task",
+                str(tmp_path / "task.yaml"),
+                "--model",
+                str(tmp_path / "no-model"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "survival.json: item 2: choices (A), (B), (C)" in capsys.readouterr().err

@@ -42,8 +42,12 @@ def test_no_block_sees_the_direction_and_unscaled_rows_are_untouched(arch):
         plain = lm.model(input_ids=ids).logits
         with DirectionalAblation(vector).attach(lm, row_scale=torch.tensor([1.0, 0.0])):
             # Registered after the ablation's own hooks, so these read what each block really receives.
-            hooks = [block.register_forward_pre_hook(lambda m, a, k: seen.append(a[0] if a else k["hidden_states"]),
-                                                      with_kwargs=True) for block in lm.layers]
+            hooks = [
+                block.register_forward_pre_hook(
+                    lambda m, a, k: seen.append(a[0] if a else k["hidden_states"]), with_kwargs=True
+                )
+                for block in lm.layers
+            ]
             try:
                 steered = lm.model(input_ids=ids).logits
             finally:
@@ -110,8 +114,10 @@ def test_smollm2_export_equals_run_time_ablation(smollm2, tmp_path):
 
     from steerlab.models import load_model
 
-    vector = SteeringVector({12: torch.randn(smollm2.hidden_size, generator=torch.Generator().manual_seed(0))},
-                            VectorMeta.for_model(smollm2, "test"))
+    vector = SteeringVector(
+        {12: torch.randn(smollm2.hidden_size, generator=torch.Generator().manual_seed(0))},
+        VectorMeta.for_model(smollm2, "test"),
+    )
     rows = [smollm2.tokenizer("The weather today is")["input_ids"], smollm2.tokenizer("Hi")["input_ids"]]
     ablated = _logits(smollm2, DirectionalAblation(vector), rows)
     export_orthogonalized(load_model(), vector, tmp_path / "ortho")

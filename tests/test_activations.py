@@ -35,8 +35,10 @@ def reference_caa(lm, pairs, layers):
         means = []
         for answer in (pair.positive, pair.negative):
             if pair.prompt:
-                prompt_ids = tok(format_prompt(tok, pair.prompt, use_chat_template=True) + pair.answer_prefix,
-                                 add_special_tokens=False)["input_ids"]
+                prompt_ids = tok(
+                    format_prompt(tok, pair.prompt, use_chat_template=True) + pair.answer_prefix,
+                    add_special_tokens=False,
+                )["input_ids"]
             else:
                 # A stand-alone text follows a newline (after the tokenizer's start tokens), so its own first token is
                 # not the attention sink.
@@ -45,7 +47,7 @@ def reference_caa(lm, pairs, layers):
             with torch.no_grad():
                 out = lm.model(torch.tensor([prompt_ids + answer_ids]), output_hidden_states=True)
             # hidden_states[0] is the embedding output; block i's output is hidden_states[i + 1].
-            means.append({layer: out.hidden_states[layer + 1][0, len(prompt_ids):].mean(0) for layer in layers})
+            means.append({layer: out.hidden_states[layer + 1][0, len(prompt_ids) :].mean(0) for layer in layers})
         for layer in layers:
             diffs[layer].append(means[0][layer] - means[1][layer])
     return {layer: torch.stack(d).mean(0) for layer, d in diffs.items()}
@@ -75,17 +77,18 @@ def test_shared_prefix_equals_joined_sequences(tiny_llama):
     items = [([5, 6, 7, 8, 9], [[10, 11], [12]]), ([13, 14], [[15], [16, 17, 18]])]
     assert token_batches([7, 5], max_rows=2) == [[1, 0]]  # one batch, so left-padded prefixes are exercised
     shared = record_activations(tiny_llama, items, [0, 3], batch_size=2)
-    singles = torch.stack([
-        record_activations(tiny_llama, [(p, [s]) for p, _ in [item] for s in item[1]], [0, 3])[:, 0]
-        for item in items
-    ])
+    singles = torch.stack(
+        [record_activations(tiny_llama, [(p, [s]) for p, _ in [item] for s in item[1]], [0, 3])[:, 0] for item in items]
+    )
     torch.testing.assert_close(shared, singles, rtol=1e-5, atol=1e-6)
 
 
 def test_recording_stops_after_deepest_layer(tiny_llama):
     """Layers after the deepest one requested never run, and neither does the lm_head."""
     ran = []
-    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(tiny_llama.layers)]
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(tiny_llama.layers)
+    ]
     hooks.append(tiny_llama.model.lm_head.register_forward_hook(lambda m, a, o: ran.append("lm_head")))
     record_activations(tiny_llama, [([5, 6], [[7], [8]])], [1])
     for h in hooks:
@@ -112,8 +115,10 @@ def test_stand_alone_texts_follow_the_shared_lead(tiny_llama):
     text's first token is not the attention sink; an answer prefix follows the lead."""
     prefix, pos, _neg = tokenize_pair(tiny_llama, ContrastivePair("", "Great film!", "Dull film."))
     assert prefix == tiny_llama.tokenizer("\n", add_special_tokens=True)["input_ids"] != []
-    assert tokenize_pair(tiny_llama, ContrastivePair("", "A", "B", answer_prefix="(" ))[0] == \
-        tiny_llama.tokenizer("\n(", add_special_tokens=True)["input_ids"]
+    assert (
+        tokenize_pair(tiny_llama, ContrastivePair("", "A", "B", answer_prefix="("))[0]
+        == tiny_llama.tokenizer("\n(", add_special_tokens=True)["input_ids"]
+    )
     assert pos == tiny_llama.tokenizer("Great film!", add_special_tokens=False)["input_ids"]
 
 
@@ -132,8 +137,12 @@ def test_ab_answers_are_read_at_the_tokens_the_models_own_tokenizer_writes(tiny_
     merged = fit(tiny_llama, ContrastiveDataset([pair], "p", "0"), CAAConfig(layers=[1]))
     # The merged vector is the difference of the activations at "(A" and "(B" after the same context.
     with torch.inference_mode():
-        hidden = [tiny_llama.model(input_ids=torch.tensor([prefix_q + side]), output_hidden_states=True).hidden_states[2][0, -1]
-                  for side in (pos_q, neg_q)]
+        hidden = [
+            tiny_llama.model(input_ids=torch.tensor([prefix_q + side]), output_hidden_states=True).hidden_states[2][
+                0, -1
+            ]
+            for side in (pos_q, neg_q)
+        ]
     assert torch.allclose(merged.directions[1], hidden[0] - hidden[1], atol=1e-5)
     assert not torch.allclose(merged.directions[1], vector.directions[1], atol=1e-3)
 
@@ -150,11 +159,13 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
 
     lm = tiny_model("llama")
     positive, negative = ["I adore this.", "What a joy!"], ["I hate it.", "What a bore..."]
-    (tmp_path / "pairs.jsonl").write_text("".join(f'{{"positive": "{p}", "negative": "{n}"}}\n'
-                                                  for p, n in zip(positive, negative, strict=False)))
+    (tmp_path / "pairs.jsonl").write_text(
+        "".join(f'{{"positive": "{p}", "negative": "{n}"}}\n' for p, n in zip(positive, negative, strict=False))
+    )
     (tmp_path / "prompts.txt").write_text("Hello\n")
-    (tmp_path / "task.yaml").write_text("name: t\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
-                                        "metric: sentiment\n")
+    (tmp_path / "task.yaml").write_text(
+        "name: t\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\nmetric: sentiment\n"
+    )
     layers = [1, 2]
     vectors = {
         "inline": fit(lm, pairs_from_texts(positive, negative), CAAConfig(layers=layers)),
@@ -164,12 +175,23 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     }
     lm.model.save_pretrained(tmp_path / "tiny")
     lm.tokenizer.save_pretrained(tmp_path / "tiny")
-    args = ["vector", "build", "--model", str(tmp_path / "tiny"), "--layers", "1,2", "--out", str(tmp_path / "v.safetensors")]
+    args = [
+        "vector",
+        "build",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--layers",
+        "1,2",
+        "--out",
+        str(tmp_path / "v.safetensors"),
+    ]
     for p, n in zip(positive, negative, strict=False):
         args += ["--positive", p, "--negative", n]
     assert main(args) == 0
     vectors["cli"] = SteeringVector.load(tmp_path / "v.safetensors")
-    reference = reference_caa(lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative, strict=False)], layers)
+    reference = reference_caa(
+        lm, [ContrastivePair("", p, n, "text") for p, n in zip(positive, negative, strict=False)], layers
+    )
     for name, vector in vectors.items():
         for layer in layers:
             assert torch.allclose(vector.directions[layer], vectors["inline"].directions[layer], atol=1e-6), name
@@ -177,8 +199,12 @@ def test_the_same_texts_give_the_same_vector_through_every_entry_point(tmp_path)
     # the lead matters: reading the texts right after BOS gives another vector
     tok = lm.tokenizer
     bos = [tok.bos_token_id]
-    at_bos = torch.stack([reference_means(lm, bos, tok(p, add_special_tokens=False)["input_ids"], layers)
-                          - reference_means(lm, bos, tok(n, add_special_tokens=False)["input_ids"], layers)
-                          for p, n in zip(positive, negative, strict=False)]).mean(0)
+    at_bos = torch.stack(
+        [
+            reference_means(lm, bos, tok(p, add_special_tokens=False)["input_ids"], layers)
+            - reference_means(lm, bos, tok(n, add_special_tokens=False)["input_ids"], layers)
+            for p, n in zip(positive, negative, strict=False)
+        ]
+    ).mean(0)
     ours = vectors["inline"].directions[1].double()
     assert ((at_bos[0] - ours).norm() / ours.norm()).item() > 1e-2

@@ -16,15 +16,27 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "steerlab"
 # Floor of each module (by its longest listed prefix), lowest first. Same floor: imports allowed either way,
 # as long as they form no loop.
 FLOORS = {
-    "steerlab.version": 0, "steerlab.textio": 0, "steerlab.config": 0, "steerlab.data": 0, "steerlab.models": 0,
-    "steerlab.vector": 0, "steerlab.meta": 0,
-    "steerlab.batching": 1, "steerlab.operators": 1, "steerlab.positions": 1,
-    "steerlab.activations": 2, "steerlab.steering": 2, "steerlab.ablation": 2, "steerlab.conditional": 2,
-    "steerlab.strength": 2, "steerlab.merging": 2,
+    "steerlab.version": 0,
+    "steerlab.textio": 0,
+    "steerlab.config": 0,
+    "steerlab.data": 0,
+    "steerlab.models": 0,
+    "steerlab.vector": 0,
+    "steerlab.meta": 0,
+    "steerlab.batching": 1,
+    "steerlab.operators": 1,
+    "steerlab.positions": 1,
+    "steerlab.activations": 2,
+    "steerlab.steering": 2,
+    "steerlab.ablation": 2,
+    "steerlab.conditional": 2,
+    "steerlab.strength": 2,
+    "steerlab.merging": 2,
     "steerlab.generation": 3,
     "steerlab.methods": 4,
     "steerlab.steers": 5,
-    "steerlab.evaluation": 6, "steerlab.interop": 6,
+    "steerlab.evaluation": 6,
+    "steerlab.interop": 6,
     "steerlab.server": 7,
     "steerlab": 8,
     "steerlab.cli": 9,
@@ -79,15 +91,22 @@ def test_every_module_has_a_floor(graph):
 
 
 def test_no_module_imports_a_higher_floor(graph):
-    upward = sorted(f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)})"
-                    for a, targets in graph.items() for b in targets if floor(b) > floor(a))
+    upward = sorted(
+        f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)})"
+        for a, targets in graph.items()
+        for b in targets
+        if floor(b) > floor(a)
+    )
     assert upward == []
 
 
 def test_nothing_outside_cli_imports_the_cli(graph):
-    offenders = sorted(a for a, targets in graph.items()
-                       if not (a == "steerlab.cli" or a.startswith("steerlab.cli."))
-                       and any(b == "steerlab.cli" or b.startswith("steerlab.cli.") for b in targets))
+    offenders = sorted(
+        a
+        for a, targets in graph.items()
+        if not (a == "steerlab.cli" or a.startswith("steerlab.cli."))
+        and any(b == "steerlab.cli" or b.startswith("steerlab.cli.") for b in targets)
+    )
     assert offenders == []
 
 
@@ -127,8 +146,9 @@ def test_the_checker_sees_relative_lazy_and_submodule_imports(tmp_path):
     """The rules above are only as good as the import reader; check it on the forms the code uses."""
     known = {"steerlab.cli", "steerlab.cli.common", "steerlab.methods", "steerlab.methods.caa", "steerlab.models"}
     source = tmp_path / "x.py"
-    source.write_text("from . import caa\nfrom ..models import load_model\n"
-                      "def f():\n    from steerlab.cli.common import CLIError\n")
+    source.write_text(
+        "from . import caa\nfrom ..models import load_model\ndef f():\n    from steerlab.cli.common import CLIError\n"
+    )
     # read as if it were steerlab/methods/x.py
     found = imports_of("steerlab.methods.x", source, known)
     assert found == {"steerlab.methods.caa", "steerlab.models", "steerlab.cli.common"}

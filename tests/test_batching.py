@@ -43,7 +43,7 @@ def test_prefix_cache_continuations_equal_whole_sequences(tiny_llama):
         logits = lm.model(**inputs).logits
         owners = [0, 0, 1, 1] if interleave else [0, 1, 0, 1]
         for row, (owner, suffix) in enumerate(zip(owners, suffixes, strict=False)):
-            alone = lm.model(input_ids=torch.tensor([prefixes[owner] + suffix])).logits[0, -len(suffix):]
+            alone = lm.model(input_ids=torch.tensor([prefixes[owner] + suffix])).logits[0, -len(suffix) :]
             torch.testing.assert_close(logits[row, : len(suffix)], alone, rtol=1e-4, atol=1e-5)
     # the prefix's own cache is left as it was, so it can serve another group of continuations
     first = run_prefix(lm, prefixes)

@@ -57,11 +57,15 @@ def test_order_sections_leaves_unmarked_text_in_place(tmp_path):
     from common import order_sections
 
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\nintro\n\n<!-- bench:b -->\nB\n<!-- /bench:b -->\n\nhand-written\n\n"
-                   "<!-- bench:a -->\nA\n<!-- /bench:a -->\n\ntail\n")
+    doc.write_text(
+        "# Benchmarks\n\nintro\n\n<!-- bench:b -->\nB\n<!-- /bench:b -->\n\nhand-written\n\n"
+        "<!-- bench:a -->\nA\n<!-- /bench:a -->\n\ntail\n"
+    )
     order_sections(["a", "b"], doc)
-    assert doc.read_text() == ("# Benchmarks\n\nintro\n\n<!-- bench:a -->\nA\n<!-- /bench:a -->\n\nhand-written\n\n"
-                               "<!-- bench:b -->\nB\n<!-- /bench:b -->\n\ntail\n")
+    assert doc.read_text() == (
+        "# Benchmarks\n\nintro\n\n<!-- bench:a -->\nA\n<!-- /bench:a -->\n\nhand-written\n\n"
+        "<!-- bench:b -->\nB\n<!-- /bench:b -->\n\ntail\n"
+    )
 
 
 def test_write_section_keeps_text_written_by_others(tmp_path):

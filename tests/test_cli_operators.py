@@ -21,18 +21,37 @@ def _outputs(capsys) -> list[dict]:
 def _vector(path, layers=(1, 2)):
     lm = tiny_model("llama")
     g = torch.Generator().manual_seed(4)
-    vector = SteeringVector({k: torch.randn(lm.hidden_size, generator=g) * 3 for k in layers},
-                            VectorMeta.for_model(lm, "test", recommended=Recommendation(layer=1)))
+    vector = SteeringVector(
+        {k: torch.randn(lm.hidden_size, generator=g) * 3 for k in layers},
+        VectorMeta.for_model(lm, "test", recommended=Recommendation(layer=1)),
+    )
     return vector.save(path)
 
 
 def test_operator_positions_and_ablation_flags(model_dir, tmp_path, capsys):
     vec = _vector(tmp_path / "v.safetensors")
-    base = ["generate", "--model", str(model_dir), "--vector", str(vec), "--prompt", "Hi there", "--prompt", "Go",
-            "--max-new-tokens", "6", "--json", "--orig"]
+    base = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--vector",
+        str(vec),
+        "--prompt",
+        "Hi there",
+        "--prompt",
+        "Go",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--orig",
+    ]
     texts = {}
-    for extra in (["--operator", "ablate", "--layers", "1"], ["--operator", "rotate", "--multiplier", "90", "--layers", "1"],
-                  ["--positions", "user", "--layers", "1", "--multiplier", "8"], ["--ablate-direction"]):
+    for extra in (
+        ["--operator", "ablate", "--layers", "1"],
+        ["--operator", "rotate", "--multiplier", "90", "--layers", "1"],
+        ["--positions", "user", "--layers", "1", "--multiplier", "8"],
+        ["--ablate-direction"],
+    ):
         assert main(base + extra) == 0
         rows = _outputs(capsys)
         assert len(rows) == 2
@@ -68,14 +87,48 @@ def test_condition_fit_and_conditional_generation(model_dir, tmp_path, capsys):
     steer.write_text("xxxx\nxxxxxx\nxxxxxxxx\n")
     keep.write_text("hello world\nhello there world\nhi world\n")
     cond = tmp_path / "c.safetensors"
-    assert main(["vector", "condition", "--model", str(model_dir), "--vector", str(vec), "--steer-prompts", str(steer),
-                 "--keep-prompts", str(keep), "--out", str(cond)]) == 0
+    assert (
+        main(
+            [
+                "vector",
+                "condition",
+                "--model",
+                str(model_dir),
+                "--vector",
+                str(vec),
+                "--steer-prompts",
+                str(steer),
+                "--keep-prompts",
+                str(keep),
+                "--out",
+                str(cond),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "layer   1: best F1" in printed and "chosen: layer" in printed
     condition = Condition.load(cond)
     assert 0 < condition.fit["f1"] <= 1
     prompts = ["--prompt", "xxxxx", "--prompt", "hello big world", "--max-new-tokens", "6", "--json", "--orig"]
-    assert main(["generate", "--model", str(model_dir), "--vector", str(vec), "--layers", "1", "--multiplier", "8",
-                 "--condition", str(cond), *prompts]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--vector",
+                str(vec),
+                "--layers",
+                "1",
+                "--multiplier",
+                "8",
+                "--condition",
+                str(cond),
+                *prompts,
+            ]
+        )
+        == 0
+    )
     rows = _outputs(capsys)
     assert len(rows) == 2

@@ -18,8 +18,9 @@ def _setup():
     lm = tiny_model("llama")
     g = torch.Generator().manual_seed(5)
     # Layer 0 comes before the condition layer: the decision needs its own pass.
-    behaviour = SteeringVector({k: torch.randn(lm.hidden_size, generator=g) * 4 for k in (0, 2)},
-                               VectorMeta.for_model(lm, "test"))
+    behaviour = SteeringVector(
+        {k: torch.randn(lm.hidden_size, generator=g) * 4 for k in (0, 2)}, VectorMeta.for_model(lm, "test")
+    )
     prompts = [chat_ids(lm, "tell me a story about cats"), chat_ids(lm, "zz"), chat_ids(lm, "what is 2+2?")]
     direction = torch.randn(lm.hidden_size, generator=g)
     scores = last_token_scores(lm, prompts, {1: direction})[1]
@@ -41,8 +42,7 @@ def test_each_row_of_a_mixed_batch_equals_that_row_alone(use_cache):
     assert decided.any() and not decided.all()
     batch = generate_tokens(lm, prompts, _cast(behaviour, condition), config=CONFIG)
     plain = generate_tokens(lm, prompts, None, config=CONFIG)
-    always = generate_tokens(lm, prompts, _cast(behaviour, Condition(condition.direction, 1, -2.0)),
-                             config=CONFIG)
+    always = generate_tokens(lm, prompts, _cast(behaviour, Condition(condition.direction, 1, -2.0)), config=CONFIG)
     for i, prompt in enumerate(prompts):
         alone = generate_tokens(lm, [prompt], _cast(behaviour, condition), config=CONFIG)[0]
         assert torch.equal(batch[i], alone)
@@ -59,7 +59,9 @@ def test_cache_and_no_cache_agree_and_per_row_multipliers_still_apply():
     lm.model.generation_config.use_cache = True
     decided = condition.decide(scores)
     for i, mult in enumerate([1.0, -1.0, 0.5]):
-        own = generate_tokens(lm, [prompts[i]], SpecSteering(SteeringSpec(behaviour, mult, [0, 2])) if decided[i] else None, config=CONFIG)
+        own = generate_tokens(
+            lm, [prompts[i]], SpecSteering(SteeringSpec(behaviour, mult, [0, 2])) if decided[i] else None, config=CONFIG
+        )
         assert torch.equal(cached[i], own[0])
 
 
@@ -104,4 +106,8 @@ def test_fit_condition_finds_a_separating_layer_threshold_and_comparison(tmp_pat
     assert flipped.comparison != condition.comparison and flipped.fit["f1"] == 1.0
     path = condition.save(tmp_path / "cond.safetensors", lm)
     again = Condition.load(path)
-    assert (again.layer, again.threshold, again.comparison) == (condition.layer, condition.threshold, condition.comparison)
+    assert (again.layer, again.threshold, again.comparison) == (
+        condition.layer,
+        condition.threshold,
+        condition.comparison,
+    )

@@ -40,9 +40,14 @@ def test_reads_plain_pairs_and_the_shipped_demo_set():
         ('{"positive": "a", "negative": ""}\n', "line 1: field 'negative' must be a non-empty string"),
         ('{"text": "a"}\n', "line 1: missing field 'positive'"),
         ('{"positive": "a", "negative": "b"}\nnot json\n', "line 2: not valid JSON"),
-        ('[{"question": "q", "answer_matching_behavior": "(A)"}]', "line 1: missing field 'answer_not_matching_behavior'"),
-        ('[{"question": "q", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": " (A)"}]',
-         "line 1: both answers are '(A)'"),
+        (
+            '[{"question": "q", "answer_matching_behavior": "(A)"}]',
+            "line 1: missing field 'answer_not_matching_behavior'",
+        ),
+        (
+            '[{"question": "q", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": " (A)"}]',
+            "line 1: both answers are '(A)'",
+        ),
     ],
 )
 def test_bad_files_name_the_file_line_and_field(tmp_path, content, message):

@@ -29,15 +29,21 @@ PAIRS = [("I love this.", "I hate this."), ("What a joy.", "What a bore."), ("Gr
 
 def _vector(lm, layers=(1, 2)) -> SteeringVector:
     g = torch.Generator().manual_seed(5)
-    raw = SteeringVector({layer: torch.randn(lm.hidden_size, generator=g) for layer in layers},
-                         VectorMeta.for_model(lm, "caa"))
+    raw = SteeringVector(
+        {layer: torch.randn(lm.hidden_size, generator=g) for layer in layers}, VectorMeta.for_model(lm, "caa")
+    )
     return with_neutral_norms(lm, raw)
 
 
 def _calibrated(vector: SteeringVector) -> SteeringVector:
     """Swept (up at layer 1 x3, down at layer 2) and then calibrated: the calibration has the last word."""
-    meta = vector.meta.with_recommended(layer=1, multiplier=3.0, up=Pick(1, 3.0, 3.0), down=Pick(2, -2.0, -2.0),
-                                        calibration=CalibrationRecord(0.3, -0.1, {"up": [1], "down": [2]}, 0.5, 0.1))
+    meta = vector.meta.with_recommended(
+        layer=1,
+        multiplier=3.0,
+        up=Pick(1, 3.0, 3.0),
+        down=Pick(2, -2.0, -2.0),
+        calibration=CalibrationRecord(0.3, -0.1, {"up": [1], "down": [2]}, 0.5, 0.1),
+    )
     return SteeringVector(dict(vector.directions), meta)
 
 
@@ -45,15 +51,20 @@ def _task(tmp_path) -> str:
     (tmp_path / "pairs.jsonl").write_text("".join(f'{{"positive": "{p}", "negative": "{n}"}}\n' for p, n in PAIRS))
     (tmp_path / "prompts.txt").write_text("Hello\nTell me about today\n")
     path = tmp_path / "task.yaml"
-    path.write_text("name: mini\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\nmetric: sentiment\nchat: true\n")
+    path.write_text(
+        "name: mini\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\nmetric: sentiment\nchat: true\n"
+    )
     return str(path)
 
 
-@pytest.mark.parametrize(("setup", "expected"), [
-    ("calibrated", ("strength", 0.3, {1: 1.0})),
-    ("swept", ("multiplier", 3.0, {1: 1.0})),
-    ("norms only", ("strength", DEFAULT_STRENGTH, {1: 1.0, 2: 1.0})),
-])
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("calibrated", ("strength", 0.3, {1: 1.0})),
+        ("swept", ("multiplier", 3.0, {1: 1.0})),
+        ("norms only", ("strength", DEFAULT_STRENGTH, {1: 1.0, 2: 1.0})),
+    ],
+)
 def test_every_path_steers_a_file_at_the_same_coefficients_when_none_is_given(tmp_path, setup, expected):
     lm = tiny_lm(num_layers=4)
     vector = _vector(lm)
@@ -112,8 +123,9 @@ def test_each_direction_is_calibrated_at_its_own_layer():
     assert list(result.kl["down"].values()) != pytest.approx(token_kl(lm, vector, [1], [-0.05, -0.1], texts), abs=1e-4)
     assert calibrated.meta.recommended.calibration == result
     # given layers, both directions are measured there
-    assert calibrate(lm, vector, CalibrationConfig(strengths=[0.05], prompts=2, fluency_prompts=1, max_new_tokens=4,
-                                                   layers=[2]))[0].layers == {"up": [2], "down": [2]}
+    assert calibrate(
+        lm, vector, CalibrationConfig(strengths=[0.05], prompts=2, fluency_prompts=1, max_new_tokens=4, layers=[2])
+    )[0].layers == {"up": [2], "down": [2]}
 
 
 def test_after_calibrate_generate_with_no_strength_steers_at_what_calibrate_said(tmp_path, capsys):
@@ -124,19 +136,52 @@ def test_after_calibrate_generate_with_no_strength_steers_at_what_calibrate_said
     vector.meta = vector.meta.with_recommended(layer=1, multiplier=3.0, up=Pick(1, 3.0, 3.0), down=Pick(2, -2.0, -2.0))
     vector.save(tmp_path / "v.safetensors")
     model = ["--model", str(tmp_path / "tiny")]
-    assert main(["vector", "calibrate", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "v.safetensors"),
-                 "--overwrite", "--kl-budget", "50", "--fluency-bound", "0.99", "--prompts", "3", "--fluency-prompts", "2",
-                 "--max-new-tokens", "4", *model]) == 0
-    said = re.search(r"now steers at strength ([+-][\d.]+) at layer (\d+) \(the calibrated 'up' strength\)",
-                     capsys.readouterr().out)
+    assert (
+        main(
+            [
+                "vector",
+                "calibrate",
+                str(tmp_path / "v.safetensors"),
+                "--out",
+                str(tmp_path / "v.safetensors"),
+                "--overwrite",
+                "--kl-budget",
+                "50",
+                "--fluency-bound",
+                "0.99",
+                "--prompts",
+                "3",
+                "--fluency-prompts",
+                "2",
+                "--max-new-tokens",
+                "4",
+                *model,
+            ]
+        )
+        == 0
+    )
+    said = re.search(
+        r"now steers at strength ([+-][\d.]+) at layer (\d+) \(the calibrated 'up' strength\)", capsys.readouterr().out
+    )
     assert said, "calibrate says what the vector now steers at"
     strength, layer = float(said.group(1)), int(said.group(2))
     assert layer == 1 and strength > 0
-    run = ["generate", "--vector", str(tmp_path / "v.safetensors"), "--prompt", "Hello", "--max-new-tokens", "6", *model]
+    run = [
+        "generate",
+        "--vector",
+        str(tmp_path / "v.safetensors"),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "6",
+        *model,
+    ]
     assert main(run) == 0
     by_default = capsys.readouterr().out
-    assert f"layer 1: multiplier {multiplier_for(SteeringVector.load(tmp_path / 'v.safetensors'), 1, strength):+.4g} " \
-           f"= strength {strength:+.4g} (nothing given: the calibrated 'up' strength)" in by_default
+    assert (
+        f"layer 1: multiplier {multiplier_for(SteeringVector.load(tmp_path / 'v.safetensors'), 1, strength):+.4g} "
+        f"= strength {strength:+.4g} (nothing given: the calibrated 'up' strength)" in by_default
+    )
     assert main([*run, "--strength", f"{strength}", "--layers", "1"]) == 0
     given = capsys.readouterr().out
     steered = lambda out: [line for line in out.splitlines() if "steered |" in line or "output |" in line]  # noqa: E731
@@ -144,5 +189,12 @@ def test_after_calibrate_generate_with_no_strength_steers_at_what_calibrate_said
     # and the library agrees token for token
     calibrated = SteeringVector.load(tmp_path / "v.safetensors")
     ours = generate(lm, ["Hello"], SteeringSpec(calibrated), config=GenerationConfig(max_new_tokens=6))[0].steered
-    assert ours == generate(lm, ["Hello"], SteeringSpec(calibrated, layers=[1], strength=strength),
-                            config=GenerationConfig(max_new_tokens=6))[0].steered
+    assert (
+        ours
+        == generate(
+            lm,
+            ["Hello"],
+            SteeringSpec(calibrated, layers=[1], strength=strength),
+            config=GenerationConfig(max_new_tokens=6),
+        )[0].steered
+    )

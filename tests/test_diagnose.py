@@ -30,8 +30,9 @@ def synthetic(n: int = 40, hidden: int = 8, signal: float = 4.0, seed: int = 0) 
 def swapped(acts: PairActivations, seed: int = 1) -> PairActivations:
     """The same activations with the sides of a random half of the pairs exchanged: labels shuffled."""
     swap = (torch.rand(acts.positive.shape[0], generator=torch.Generator().manual_seed(seed)) < 0.5)[:, None, None]
-    return PairActivations(acts.layers, torch.where(swap, acts.negative, acts.positive),
-                           torch.where(swap, acts.positive, acts.negative))
+    return PairActivations(
+        acts.layers, torch.where(swap, acts.negative, acts.positive), torch.where(swap, acts.positive, acts.negative)
+    )
 
 
 def test_numbers_match_an_independent_computation():
@@ -80,8 +81,11 @@ def test_weak_separation_is_called_weak():
 
 def test_few_held_out_pairs_are_flagged_and_too_few_refused():
     assert "Only 3 held-out pairs" in diagnose_activations(synthetic(n=12), NUM_LAYERS).verdict
-    with pytest.raises(ValueError, match=r"^5 pairs are too few to diagnose with holdout 0.25: both the train and "
-                                         r"the held-out part need at least 2 pairs \(use at least 8 pairs"):
+    with pytest.raises(
+        ValueError,
+        match=r"^5 pairs are too few to diagnose with holdout 0.25: both the train and "
+        r"the held-out part need at least 2 pairs \(use at least 8 pairs",
+    ):
         diagnose_activations(synthetic(n=5), NUM_LAYERS)
 
 

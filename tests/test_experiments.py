@@ -42,8 +42,9 @@ def test_each_study_owns_a_section_of_docs_results(name, tmp_path):
     doc.write_text("# Measured results\n", encoding="utf-8")
     study(name).render(doc)
     rendered = doc.read_text(encoding="utf-8")
-    assert SECTION.search(rendered) and all(block in DOC.read_text(encoding="utf-8")
-                                            for block in (m.group(0) for m in SECTION.finditer(rendered)))
+    assert SECTION.search(rendered) and all(
+        block in DOC.read_text(encoding="utf-8") for block in (m.group(0) for m in SECTION.finditer(rendered))
+    )
 
 
 @pytest.mark.parametrize("name", list(OWN_PAGE))

@@ -23,24 +23,45 @@ def vec(value: float = 1.0) -> np.ndarray:
 
 
 GGUF_BAD = [
-    ({"direction.1": vec()}, {"hint": "llama", "patch": (b"llama", b"ll\xffma")},
-     "GGUF key 'controlvector.model_hint' is not a UTF-8 string"),
-    ({"direction.1": vec()}, {"patch": (b"\x0d" + bytes(7) + b"controlvector", b"\x0d" + bytes(7) + b"controlvect\xc3\x28")},
-     "GGUF key 'general.architecture' is not a UTF-8 string"),
+    (
+        {"direction.1": vec()},
+        {"hint": "llama", "patch": (b"llama", b"ll\xffma")},
+        "GGUF key 'controlvector.model_hint' is not a UTF-8 string",
+    ),
+    (
+        {"direction.1": vec()},
+        {"patch": (b"\x0d" + bytes(7) + b"controlvector", b"\x0d" + bytes(7) + b"controlvect\xc3\x28")},
+        "GGUF key 'general.architecture' is not a UTF-8 string",
+    ),
     ({"direction.0": vec(), "direction.1": vec()}, {}, "tensor 'direction.0': llama.cpp rejects direction.0"),
-    ({"direction.\u0661\u0665": vec()}, {}, "unexpected tensor 'direction.\u0661\u0665' (expected direction.N with N in "
-                                          "0-9 digits)"),
+    (
+        {"direction.\u0661\u0665": vec()},
+        {},
+        "unexpected tensor 'direction.\u0661\u0665' (expected direction.N with N in 0-9 digits)",
+    ),
     ({"direction.015": vec(), "direction.15": vec()}, {}, "two tensors for layer 15"),
     ({"direction.2": vec(float("nan"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
     ({"direction.2": vec(float("inf"))}, {}, "tensor 'direction.2' has non-finite values (NaN or Inf)"),
-    ({"direction.9": vec()}, {"meta": json.dumps(VectorMeta("m", HIDDEN, 4, "caa").to_json())},
-     "tensor 'direction.9' is past the 4 layers the model has"),
-    ({"direction.2": vec()}, {"meta": json.dumps(VectorMeta("m", HIDDEN + 1, 4, "caa").to_json())},
-     "the steerlab metadata says hidden size 9, the tensors have 8"),
-    ({"direction.2": vec()}, {"meta": '{"model_name": "m", "hidden_size": 8, "hidden_size": 8}'},
-     "duplicate key 'hidden_size'"),
-    ({"direction.2": vec()}, {"meta": json.dumps({**VectorMeta("m", HIDDEN, 4, "caa").to_json(), "task": None})},
-     "metadata field 'task': expected a string, got null"),
+    (
+        {"direction.9": vec()},
+        {"meta": json.dumps(VectorMeta("m", HIDDEN, 4, "caa").to_json())},
+        "tensor 'direction.9' is past the 4 layers the model has",
+    ),
+    (
+        {"direction.2": vec()},
+        {"meta": json.dumps(VectorMeta("m", HIDDEN + 1, 4, "caa").to_json())},
+        "the steerlab metadata says hidden size 9, the tensors have 8",
+    ),
+    (
+        {"direction.2": vec()},
+        {"meta": '{"model_name": "m", "hidden_size": 8, "hidden_size": 8}'},
+        "duplicate key 'hidden_size'",
+    ),
+    (
+        {"direction.2": vec()},
+        {"meta": json.dumps({**VectorMeta("m", HIDDEN, 4, "caa").to_json(), "task": None})},
+        "metadata field 'task': expected a string, got null",
+    ),
 ]
 
 
@@ -54,8 +75,13 @@ def test_bad_control_vectors_raise_a_vector_file_error_naming_the_file(tmp_path,
 
 
 def lm_steer_file(path: Path, p1: torch.Tensor, p2: torch.Tensor, **meta_changes) -> str:
-    meta = {**VectorMeta("m", HIDDEN, 4, "lm_steer", kind="lm_steer", config={"epsilon": 1e-3}).to_json(), **meta_changes}
-    path.write_bytes(safetensors_bytes({"projector1": p1.clone(), "projector2": p2.clone()}, metadata={"steerlab": json.dumps(meta)}))
+    meta = {
+        **VectorMeta("m", HIDDEN, 4, "lm_steer", kind="lm_steer", config={"epsilon": 1e-3}).to_json(),
+        **meta_changes,
+    }
+    path.write_bytes(
+        safetensors_bytes({"projector1": p1.clone(), "projector2": p2.clone()}, metadata={"steerlab": json.dumps(meta)})
+    )
     return str(path)
 
 

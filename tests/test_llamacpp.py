@@ -21,8 +21,15 @@ BRIDGE = Path(__file__).with_name("repeng_bridge.py")
 
 def make_vector(layers=(1, 3, 5), model_type="llama", seed=0) -> SteeringVector:
     gen = torch.Generator().manual_seed(seed)
-    meta = VectorMeta(model_name="tiny-llama", hidden_size=HIDDEN, num_layers=6, method="caa",
-                      model_fingerprint="abc123", model_type=model_type, task="sentiment")
+    meta = VectorMeta(
+        model_name="tiny-llama",
+        hidden_size=HIDDEN,
+        num_layers=6,
+        method="caa",
+        model_fingerprint="abc123",
+        model_type=model_type,
+        task="sentiment",
+    )
     return SteeringVector({layer: torch.randn(HIDDEN, generator=gen) for layer in layers}, meta)
 
 
@@ -57,10 +64,13 @@ def test_file_layout_is_what_llamacpp_reads(tmp_path):
 
 def test_layer_0_is_refused_or_skipped(tmp_path):
     vector = make_vector(layers=(0, 1))
-    with pytest.raises(ValueError, match=re.escape(
-        f"{tmp_path / 'v.gguf'}: llama.cpp cannot steer the output of block 0 (it rejects a direction.0 tensor); "
-        "pass skip_layer_0=True to export the other layers"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{tmp_path / 'v.gguf'}: llama.cpp cannot steer the output of block 0 (it rejects a direction.0 tensor); "
+            "pass skip_layer_0=True to export the other layers"
+        ),
+    ):
         export_control_vector(vector, tmp_path / "v.gguf")
     export_control_vector(vector, tmp_path / "v.gguf", skip_layer_0=True)
     assert import_control_vector(tmp_path / "v.gguf").layers == [1]
@@ -88,7 +98,11 @@ def test_foreign_file_takes_sizes_from_tensors_and_name_from_caller(tmp_path):
     arrays = {"direction.4": np.arange(HIDDEN, dtype=np.float32), "direction.9": -np.ones(HIDDEN, np.float32)}
     path = write_gguf(tmp_path / "foreign.gguf", arrays, hint="mistral")
     vector = import_control_vector(path, model_name="my-mistral")
-    assert (vector.meta.model_name, vector.meta.model_type, vector.meta.hidden_size) == ("my-mistral", "mistral", HIDDEN)
+    assert (vector.meta.model_name, vector.meta.model_type, vector.meta.hidden_size) == (
+        "my-mistral",
+        "mistral",
+        HIDDEN,
+    )
     assert vector.meta.num_layers == 10  # a lower bound: the highest layer + 1
     assert_same_directions(vector.directions, {4: torch.arange(HIDDEN, dtype=torch.float32), 9: -torch.ones(HIDDEN)})
 
@@ -109,17 +123,19 @@ def test_not_a_gguf_file(tmp_path):
 
 def test_a_model_is_not_a_control_vector(tmp_path):
     path = write_gguf(tmp_path / "model.gguf", {"token_embd.weight": np.zeros((4, HIDDEN), np.float32)}, arch="llama")
-    with pytest.raises(VectorFileError, match=re.escape(
-        f"{path}: general.architecture is 'llama', not 'controlvector'; not a control vector"
-    )):
+    with pytest.raises(
+        VectorFileError,
+        match=re.escape(f"{path}: general.architecture is 'llama', not 'controlvector'; not a control vector"),
+    ):
         import_control_vector(path)
 
 
 def test_wrong_tensor_name(tmp_path):
     path = write_gguf(tmp_path / "v.gguf", {"layer.3": np.zeros(HIDDEN, np.float32)})
-    with pytest.raises(VectorFileError, match=re.escape(
-        f"{path}: unexpected tensor 'layer.3' (expected direction.N with N in 0-9 digits)"
-    )):
+    with pytest.raises(
+        VectorFileError,
+        match=re.escape(f"{path}: unexpected tensor 'layer.3' (expected direction.N with N in 0-9 digits)"),
+    ):
         import_control_vector(path)
 
 

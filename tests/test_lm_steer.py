@@ -32,10 +32,37 @@ from steerlab.methods.lm_steer.train import (
 from steerlab.models import LoadedModel
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
-WORDS = ["<pad>", "</s>", "<unk>", "user", "assistant", ":", "the", "movie", "film", "was", "is", "very", "good",
-         "bad", "great", "awful", "a", "plot", "and", "i", "liked", "hated", "it", "story", "ending"]
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}assistant : {% endif %}")
+WORDS = [
+    "<pad>",
+    "</s>",
+    "<unk>",
+    "user",
+    "assistant",
+    ":",
+    "the",
+    "movie",
+    "film",
+    "was",
+    "is",
+    "very",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "a",
+    "plot",
+    "and",
+    "i",
+    "liked",
+    "hated",
+    "it",
+    "story",
+    "ending",
+]
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
 
 
 def tiny_lm(chat: bool = True, seed: int = 0) -> LoadedModel:
@@ -45,9 +72,19 @@ def tiny_lm(chat: bool = True, seed: int = 0) -> LoadedModel:
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     tok.chat_template = TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
     return LoadedModel(LlamaForCausalLM(config).eval(), tok, name="tiny", use_chat_template=chat)
 
 
@@ -55,11 +92,15 @@ def ids(lm: LoadedModel, text: str) -> list[int]:
     return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-PAIRS = ContrastiveDataset([
-    ContrastivePair("the movie", "was very good", "was awful"),
-    ContrastivePair("the plot", "is great and i liked it", "is bad"),
-    ContrastivePair("a story", "good", "i hated the ending"),
-], "tiny-pairs", "0" * 64)
+PAIRS = ContrastiveDataset(
+    [
+        ContrastivePair("the movie", "was very good", "was awful"),
+        ContrastivePair("the plot", "is great and i liked it", "is bad"),
+        ContrastivePair("a story", "good", "i hated the ending"),
+    ],
+    "tiny-pairs",
+    "0" * 64,
+)
 
 
 def random_steer(lm: LoadedModel, num_steers: int = 2, rank: int = 3, epsilon: float = 0.5, seed: int = 1) -> LMSteer:
@@ -71,6 +112,7 @@ def random_steer(lm: LoadedModel, num_steers: int = 2, rank: int = 3, epsilon: f
 
 def reference_logits(lm: LoadedModel, input_ids: torch.Tensor, mask: torch.Tensor, p1, p2, row_values, epsilon):
     """Full [batch, length, vocab] logits with h -> h + eps * sum_k s_k P1_k P2_k^T h, written out per steer."""
+
     def hook(module, args):
         h = args[0]
         delta = torch.zeros_like(h)
@@ -97,7 +139,8 @@ def test_config_errors_name_the_key_and_the_fix():
         build_config(LMSteerConfig, {"rnak": 8})
     assert str(err.value) == (
         "config: unknown key 'rnak' for LMSteerConfig; allowed keys: rank, num_steers, epsilon, init_var, lr, "
-        "steps, batch_size, max_length, chunk_size, cache_hidden_states, max_memory_gb, seed")
+        "steps, batch_size, max_length, chunk_size, cache_hidden_states, max_memory_gb, seed"
+    )
     with pytest.raises(ConfigError, match=r"^config: rank must be at least 1, got 0$"):
         build_config(LMSteerConfig, {"rank": 0})
     with pytest.raises(ConfigError, match=r"^config: epsilon must be positive, got -0.1$"):
@@ -111,7 +154,9 @@ def test_config_errors_name_the_key_and_the_fix():
 
 def test_one_training_set_per_steer():
     lm = tiny_lm()
-    with pytest.raises(ValueError, match=r"^num_steers is 2 but 1 training set\(s\) were given; give one set per steer$"):
+    with pytest.raises(
+        ValueError, match=r"^num_steers is 2 but 1 training set\(s\) were given; give one set per steer$"
+    ):
         fit(lm, PAIRS, LMSteerConfig(num_steers=2, rank=2, steps=1))
     with pytest.raises(ValueError, match="needs both positive and negative texts"):
         fit(lm, LabelledTexts(["good"], []), LMSteerConfig(rank=2, steps=1))
@@ -122,7 +167,9 @@ def test_only_answer_tokens_are_trained_and_padding_changes_nothing():
     lm = tiny_lm(chat=True)
     examples = encode_examples(lm, [TrainingSet.of(PAIRS)], max_length=64, report=print)
     assert len(examples) == 6
-    for example, (pair, side) in zip(examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")], strict=False):
+    for example, (pair, side) in zip(
+        examples, [(p, s) for p in PAIRS.pairs for s in ("positive", "negative")], strict=False
+    ):
         context = ids(lm, f"user : {pair.prompt} assistant : ")  # the template, written out by hand
         answer = ids(lm, getattr(pair, side))
         assert example.ids == context + answer and example.start == len(context)
@@ -142,8 +189,10 @@ def test_stand_alone_texts_train_every_token_but_the_first_and_cut_at_max_length
     texts = LabelledTexts(["the movie was very good and i liked it"], ["awful", "bad plot"], name="reviews")
     messages = []
     examples = encode_examples(lm, [TrainingSet.of(texts)], max_length=4, report=messages.append)
-    assert [(e.ids, e.start, e.value) for e in examples] == [(ids(lm, "the movie was very"), 1, 1.0),
-                                                             (ids(lm, "bad plot"), 1, -1.0)]
+    assert [(e.ids, e.start, e.value) for e in examples] == [
+        (ids(lm, "the movie was very"), 1, 1.0),
+        (ids(lm, "bad plot"), 1, -1.0),
+    ]
     assert messages == ["1 of 3 texts have no token to train on within max_length=4 and are skipped"]
     with pytest.raises(ValueError, match="only positive ones are left"):
         encode_examples(lm, [TrainingSet.of(LabelledTexts(["good movie"], ["bad"]))], 4, report=print)
@@ -157,12 +206,25 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_loss(chunk_size):
     sets = [TrainingSet.of(PAIRS), TrainingSet.of(LabelledTexts(["good film", "great story and ending"], ["bad plot"]))]
     examples = encode_examples(lm, sets, max_length=64, report=print)
     parts = final_hidden_states(lm, examples)
-    values = torch.cat([torch.zeros(len(t), 2).index_fill_(1, torch.tensor([e.steer]), e.value)
-                        for e, (_, t) in zip(examples, parts, strict=False)])
+    values = torch.cat(
+        [
+            torch.zeros(len(t), 2).index_fill_(1, torch.tensor([e.steer]), e.value)
+            for e, (_, t) in zip(examples, parts, strict=False)
+        ]
+    )
     p1 = steer.projector1.clone().requires_grad_()
     p2 = steer.projector2.clone().requires_grad_()
-    loss = chunked_loss(lm, torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), values,
-                        p1, p2, 0.5, chunk_size, backward=True)
+    loss = chunked_loss(
+        lm,
+        torch.cat([h for h, _ in parts]),
+        torch.cat([t for _, t in parts]),
+        values,
+        p1,
+        p2,
+        0.5,
+        chunk_size,
+        backward=True,
+    )
 
     # Reference: the whole padded batch through the hooked model, labels masked by hand, mean over tokens.
     width = max(len(e.ids) for e in examples)
@@ -190,8 +252,10 @@ def test_training_lowers_the_loss_moves_the_right_way_and_leaves_the_base_alone(
     lm = tiny_lm(chat=False)
     flags = [p.requires_grad for p in lm.model.parameters()]
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    texts = LabelledTexts(["the movie was very good", "great story and i liked it", "a good film"],
-                          ["the movie was awful", "bad plot and i hated it", "a bad film"])
+    texts = LabelledTexts(
+        ["the movie was very good", "great story and i liked it", "a good film"],
+        ["the movie was awful", "bad plot and i hated it", "a bad film"],
+    )
     steer = fit(lm, texts, LMSteerConfig(rank=4, steps=60, batch_size=4, lr=0.05, epsilon=0.1), task="sentiment")
     assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
     assert [p.requires_grad for p in lm.model.parameters()] == flags
@@ -219,8 +283,15 @@ def test_each_row_gets_its_value_and_zero_is_exactly_off():
         plain = lm.model(input_ids=seq).logits
         with steer.with_multiplier([1.0, 0.0, -2.0, 0.5], steer_weights=[1.0, -0.5]).attach(lm):
             steered = lm.model(input_ids=seq).logits
-        expected = reference_logits(lm, seq, mask, steer.projector1, steer.projector2,
-                                    torch.tensor([[1.0, -0.5], [0.0, 0.0], [-2.0, 1.0], [0.5, -0.25]]), 0.5)
+        expected = reference_logits(
+            lm,
+            seq,
+            mask,
+            steer.projector1,
+            steer.projector2,
+            torch.tensor([[1.0, -0.5], [0.0, 0.0], [-2.0, 1.0], [0.5, -0.25]]),
+            0.5,
+        )
         # generate()'s side-by-side original: row scale 0 on the second half of the rows
         with steer.with_multiplier(3.0).attach(lm, row_scale=torch.tensor([1.0, 1.0, 0.0, 0.0])):
             halves = lm.model(input_ids=seq).logits
@@ -262,17 +333,26 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     steer.with_multiplier(2.0).save(path, overwrite=True)
     vector = SteeringVector({1: torch.ones(16)}, VectorMeta.for_model(lm, "caa"))
     vector.save(tmp_path / "v.safetensors")
-    with pytest.raises(VectorFileError,
-                       match=r"a steer of kind 'vector', not an LM-Steer file; read any steer file with steerlab.load_steer"):
+    with pytest.raises(
+        VectorFileError,
+        match=r"a steer of kind 'vector', not an LM-Steer file; read any steer file with steerlab.load_steer",
+    ):
         LMSteer.load(tmp_path / "v.safetensors")
-    with pytest.raises(VectorFileError,
-                       match=r"a steer of kind 'lm_steer', not a steering vector; read any steer file with steerlab.load_steer"):
+    with pytest.raises(
+        VectorFileError,
+        match=r"a steer of kind 'lm_steer', not a steering vector; read any steer file with steerlab.load_steer",
+    ):
         SteeringVector.load(path)
     from safetensors.torch import save_file
 
-    save_file({"projector1": steer.projector1}, str(tmp_path / "half.safetensors"),
-              metadata={"steerlab": json.dumps(steer.meta.to_json())})
-    with pytest.raises(VectorFileError, match=r"half.safetensors: expected tensors projector1, projector2, found projector1$"):
+    save_file(
+        {"projector1": steer.projector1},
+        str(tmp_path / "half.safetensors"),
+        metadata={"steerlab": json.dumps(steer.meta.to_json())},
+    )
+    with pytest.raises(
+        VectorFileError, match=r"half.safetensors: expected tensors projector1, projector2, found projector1$"
+    ):
         LMSteer.load(tmp_path / "half.safetensors")
     with pytest.raises(VectorFileError, match="no such LM-Steer file"):
         LMSteer.load(tmp_path / "missing.safetensors")
@@ -280,11 +360,20 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 
 def test_another_hidden_size_is_refused():
     steer = random_steer(tiny_lm())
-    wide = LoadedModel(LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=32,
-                                                    num_hidden_layers=1, num_attention_heads=4)),
-                       tiny_lm().tokenizer, name="wide")
-    with pytest.raises(ValueError, match=r"this LM-Steer steer was built for tiny \(hidden size 16, 2 layers\) "
-                                         r"and cannot be applied to wide \(hidden size 32, 1 layers\)"):
+    wide = LoadedModel(
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(WORDS), hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4
+            )
+        ),
+        tiny_lm().tokenizer,
+        name="wide",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"this LM-Steer steer was built for tiny \(hidden size 16, 2 layers\) "
+        r"and cannot be applied to wide \(hidden size 32, 1 layers\)",
+    ):
         steer.attach(wide)
 
 
@@ -300,14 +389,20 @@ def test_memory_estimate_is_reported_and_a_plan_that_does_not_fit_proposes_one_t
     need = sum(parts.values())
     messages = []
     check_memory(lm, examples, LMSteerConfig(**{**config.__dict__, "max_memory_gb": need / 1024**3}), messages.append)
-    assert re.fullmatch(r"LM-Steer training needs about 0.35 GiB beyond the model \(frozen forward 0.00 GiB, "
-                        r"hidden states 0.00 GiB, logits chunk 0.04 GiB, steer and Adam 0.12 GiB, runtime 0.19 GiB\); "
-                        r"0.35 GiB available \(max_memory_gb\)", messages[0])
+    assert re.fullmatch(
+        r"LM-Steer training needs about 0.35 GiB beyond the model \(frozen forward 0.00 GiB, "
+        r"hidden states 0.00 GiB, logits chunk 0.04 GiB, steer and Adam 0.12 GiB, runtime 0.19 GiB\); "
+        r"0.35 GiB available \(max_memory_gb\)",
+        messages[0],
+    )
     tight = LMSteerConfig(**{**config.__dict__, "max_memory_gb": 0.8 * need / 1024**3})
     with pytest.raises(InsufficientMemoryError) as err:
         fit(lm, PAIRS, tight, report=messages.append)
-    assert re.fullmatch(r"LM-Steer training needs about 0.35 GiB .*; 0.28 GiB available \(max_memory_gb\), so it "
-                        r"will not fit; try rank=131072 \(about 0.27 GiB\)", str(err.value))
+    assert re.fullmatch(
+        r"LM-Steer training needs about 0.35 GiB .*; 0.28 GiB available \(max_memory_gb\), so it "
+        r"will not fit; try rank=131072 \(about 0.27 GiB\)",
+        str(err.value),
+    )
     check_memory(lm, examples, LMSteerConfig(**{**tight.__dict__, "rank": 131072}), messages.append)
     with pytest.raises(InsufficientMemoryError, match=r"try a machine with more memory: even batch_size=1"):
         check_memory(lm, examples, LMSteerConfig(**{**config.__dict__, "max_memory_gb": 0.1}), messages.append)
@@ -336,8 +431,11 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path, shared_data):
     with torch.no_grad():  # page the weights in, so the peak below is training's own
         lm.model(input_ids=torch.tensor([[1, 2, 3]]))
     # DExperts' OpenWebText sentences whose GPT-2 continuations were all positive / all negative.
-    texts = LabelledTexts(_texts(shared_data, "positive_prompts.jsonl", 150),
-                          _texts(shared_data, "negative_prompts.jsonl", 150), "dexperts")
+    texts = LabelledTexts(
+        _texts(shared_data, "positive_prompts.jsonl", 150),
+        _texts(shared_data, "negative_prompts.jsonl", 150),
+        "dexperts",
+    )
     config = LMSteerConfig(rank=1000, steps=200, batch_size=4, max_length=32, lr=0.01)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset this process's peak RSS
@@ -345,8 +443,10 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path, shared_data):
     steer = fit(lm, texts, config, task="sentiment", report=messages.append)
     peak = _status_mib("VmHWM") - before
     estimate = float(re.search(r"needs about (\d+\.\d+) GiB", messages[-1]).group(1)) * 1024
-    print(f"\ntrained in {time.time() - started:.0f} s; peak RSS {peak:.0f} MiB above the loaded model, "
-          f"estimate {estimate:.0f} MiB; loss {steer.meta.fit_stats['loss_start']} -> {steer.meta.fit_stats['loss_end']}")
+    print(
+        f"\ntrained in {time.time() - started:.0f} s; peak RSS {peak:.0f} MiB above the loaded model, "
+        f"estimate {estimate:.0f} MiB; loss {steer.meta.fit_stats['loss_start']} -> {steer.meta.fit_stats['loss_end']}"
+    )
     assert peak < estimate
     assert steer.meta.fit_stats["loss_end"] < steer.meta.fit_stats["loss_start"]
 
@@ -354,10 +454,18 @@ def test_smollm2_steer_moves_vader_sentiment_both_ways(tmp_path, shared_data):
     with open(shared_data / "sentiment" / "neutral_prompts.jsonl") as f:
         prompts = [json.loads(line)["prompt"]["text"] for _, line in zip(range(32), f, strict=False)]
     n = len(prompts)
-    results = generate(lm, prompts * 3, steer.with_multiplier([-1.0] * n + [0.0] * n + [1.0] * n), batch_size=3 * n,
-                       use_chat_template=False, config=GenerationConfig(max_new_tokens=20))
+    results = generate(
+        lm,
+        prompts * 3,
+        steer.with_multiplier([-1.0] * n + [0.0] * n + [1.0] * n),
+        batch_size=3 * n,
+        use_chat_template=False,
+        config=GenerationConfig(max_new_tokens=20),
+    )
     vader = SentimentIntensityAnalyzer()
-    mean = {v: sum(vader.polarity_scores(r.steered)["compound"] for r in results[i * n : (i + 1) * n]) / n
-            for i, v in enumerate((-1.0, 0.0, 1.0))}
+    mean = {
+        v: sum(vader.polarity_scores(r.steered)["compound"] for r in results[i * n : (i + 1) * n]) / n
+        for i, v in enumerate((-1.0, 0.0, 1.0))
+    }
     print(f"mean VADER compound at -1 / 0 / +1: {mean[-1.0]:.3f} / {mean[0.0]:.3f} / {mean[1.0]:.3f}")
     assert mean[1.0] > mean[0.0] > mean[-1.0]

@@ -13,8 +13,9 @@ HIDDEN = 5
 
 
 def vec(directions: dict, *, name="tiny", fingerprint="fp1", hidden=HIDDEN, method="caa", task="sentiment"):
-    meta = VectorMeta(model_name=name, hidden_size=hidden, num_layers=4, method=method,
-                      model_fingerprint=fingerprint, task=task)
+    meta = VectorMeta(
+        model_name=name, hidden_size=hidden, num_layers=4, method=method, model_fingerprint=fingerprint, task=task
+    )
     return SteeringVector({k: torch.tensor(v, dtype=torch.float32) for k, v in directions.items()}, meta)
 
 
@@ -121,20 +122,26 @@ def refused(message: str):
 
 def test_refuses_another_hidden_size():
     other = vec({1: [0.0] * 6, 2: [0.0] * 6}, name="wide", hidden=6)
-    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
-                 "vector 1 for wide (hidden size 6, fingerprint fp1)"):
+    with refused(
+        "cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
+        "vector 1 for wide (hidden size 6, fingerprint fp1)"
+    ):
         merge_linear([vec(A), other], [1, 1])
 
 
 def test_refuses_another_fingerprint():
-    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
-                 "vector 2 for tiny-ft (hidden size 5, fingerprint fp2)"):
+    with refused(
+        "cannot merge vectors of different models: vector 0 is for tiny (hidden size 5, fingerprint fp1), "
+        "vector 2 for tiny-ft (hidden size 5, fingerprint fp2)"
+    ):
         merge_ties([vec(A), vec(B), vec(C, name="tiny-ft", fingerprint="fp2")])
 
 
 def test_refuses_another_name_without_fingerprints():
-    with refused("cannot merge vectors of different models: vector 0 is for tiny (hidden size 5), "
-                 "vector 1 for small (hidden size 5)"):
+    with refused(
+        "cannot merge vectors of different models: vector 0 is for tiny (hidden size 5), "
+        "vector 1 for small (hidden size 5)"
+    ):
         merge_linear([vec(A, fingerprint=""), vec(B, name="small", fingerprint="")], [1, 1])
 
 
@@ -143,12 +150,15 @@ def test_same_fingerprint_under_another_name_is_the_same_model():
     assert merged.layers == [1, 2]
 
 
-@pytest.mark.parametrize(("other", "same"), [
-    ({"name": "./models/tiny"}, True),  # same fingerprint, another name: the same model
-    ({"name": "tiny-ft", "fingerprint": "fp2"}, False),
-    ({"name": "small", "fingerprint": ""}, False),  # no fingerprint on one side: names decide
-    ({"fingerprint": ""}, True),
-])
+@pytest.mark.parametrize(
+    ("other", "same"),
+    [
+        ({"name": "./models/tiny"}, True),  # same fingerprint, another name: the same model
+        ({"name": "tiny-ft", "fingerprint": "fp2"}, False),
+        ({"name": "small", "fingerprint": ""}, False),  # no fingerprint on one side: names decide
+        ({"fingerprint": ""}, True),
+    ],
+)
 def test_merge_and_arithmetic_share_one_same_model_rule(other, same):
     """`a + b` and `steerlab vector merge` agree on every pair of vectors: both use vector.same_model."""
     a, b = vec(A), vec(B, **other)
@@ -163,8 +173,10 @@ def test_merge_and_arithmetic_share_one_same_model_rule(other, same):
 
 
 def test_refuses_different_layer_sets():
-    with refused("cannot merge vectors with different layers: vector 0 has layers [1, 2], "
-                 "vector 1 has layers [1, 3]; pass layers=[...] to merge only some"):
+    with refused(
+        "cannot merge vectors with different layers: vector 0 has layers [1, 2], "
+        "vector 1 has layers [1, 3]; pass layers=[...] to merge only some"
+    ):
         merge_linear([vec(A), vec({1: B[1], 3: B[2]})], [1, 1])
 
 
@@ -182,13 +194,14 @@ def test_layers_argument_needs_every_vector_to_have_them():
 def test_refuses_bad_weights_and_density():
     with pytest.raises(ValueError, match=re.escape("got 1 weights for 2 vectors; give one weight per vector")):
         merge_linear([vec(A), vec(B)], [1])
-    with pytest.raises(ValueError, match=re.escape(
-        "TIES weights must be positive, got [1.0, -1.0]; negate a vector (-v) to subtract it"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("TIES weights must be positive, got [1.0, -1.0]; negate a vector (-v) to subtract it"),
+    ):
         merge_ties([vec(A), vec(B)], weights=[1, -1])
-    with pytest.raises(ValueError, match=re.escape(
-        "density is the fraction of values kept per layer, in (0, 1]; got 0"
-    )):
+    with pytest.raises(
+        ValueError, match=re.escape("density is the fraction of values kept per layer, in (0, 1]; got 0")
+    ):
         merge_ties([vec(A), vec(B)], density=0)
     with pytest.raises(ValueError, match="nothing to merge"):
         merge_linear([], [])

@@ -24,18 +24,30 @@ def exclamations(texts):
     return [sum(c in "!?" for c in t) / max(1, len(t)) for t in texts]
 
 
-RECORD = Metric("exclaim", "exclamations", "share of ! and ? characters", "mean share of ! and ? characters",
-                "excitement", exclamations, 0.0, 1.0, {1: "Be very excited!"})
+RECORD = Metric(
+    "exclaim",
+    "exclamations",
+    "share of ! and ? characters",
+    "mean share of ! and ? characters",
+    "excitement",
+    exclamations,
+    0.0,
+    1.0,
+    {1: "Be very excited!"},
+)
 
 
 @pytest.fixture
 def task(tmp_path, monkeypatch):
     monkeypatch.setitem(METRICS, "exclaim", RECORD)
-    (tmp_path / "pairs.jsonl").write_text('{"positive": "Wow!", "negative": "Fine."}\n'
-                                          '{"positive": "Yes!!", "negative": "Ok."}\n')
+    (tmp_path / "pairs.jsonl").write_text(
+        '{"positive": "Wow!", "negative": "Fine."}\n{"positive": "Yes!!", "negative": "Ok."}\n'
+    )
     (tmp_path / "prompts.txt").write_text("Hello\nWhat now\n")
-    (tmp_path / "task.yaml").write_text("name: excite\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
-                                        "val: prompts.txt\nmetric: exclaim\nchat: true\n")
+    (tmp_path / "task.yaml").write_text(
+        "name: excite\nkind: generation\ntrain: pairs.jsonl\ntest: prompts.txt\n"
+        "val: prompts.txt\nmetric: exclaim\nchat: true\n"
+    )
     return load_task_file(tmp_path / "task.yaml")
 
 
@@ -61,26 +73,52 @@ def test_a_new_metric_is_one_record_seen_by_eval_sweep_compare_and_the_playgroun
     registry = VectorRegistry(lm, {})
     with TestClient(create_app(lm, registry)) as client:
         listed = {m["id"]: m for m in client.get("/v1/metrics").json()["data"]}
-        assert listed["exclaim"] == {"id": "exclaim", "label": "exclamations", "description": RECORD.description,
-                                     "min": 0.0, "max": 1.0}
+        assert listed["exclaim"] == {
+            "id": "exclaim",
+            "label": "exclamations",
+            "description": RECORD.description,
+            "min": 0.0,
+            "max": 1.0,
+        }
         scored = client.post("/v1/score", json={"metric": "exclaim", "texts": ["Hi!", "no"]}).json()
         assert scored["scores"] == exclamations(["Hi!", "no"])
 
 
 def test_a_metric_without_an_instruction_toward_the_tasks_goal_asks_for_one(task, monkeypatch):
     monkeypatch.setitem(METRICS, "exclaim", Metric(**{**RECORD.__dict__, "instructions": {-1: "Be calm."}}))
-    with pytest.raises(ValueError, match="no default instruction for metric 'exclaim' toward higher scores; give an "
-                                         "instruction"):
+    with pytest.raises(
+        ValueError, match="no default instruction for metric 'exclaim' toward higher scores; give an instruction"
+    ):
         compare(tiny_lm(num_layers=3), task, methods=["prompt"], limit=1)
 
 
 def _toxicity_result() -> SweepResult:
     """A toxicity sweep (direction -1): +1 lowered toxicity by 0.345, -1 raised it by 0.2."""
-    return SweepResult("toxicity", "generation", "val", "raw", [2], [-1.0, 1.0], [[-1.0, 1.0]], score=[[0.6, 0.055]],
-                       fluency=[[5.0, 5.0]], effect=[[-0.2, 0.345]], base_score=0.4, base_fluency=5.0,
-                       score_name="mean toxicity", fluency_name="f", fluency_bound=0.1, items=60, train_pairs=10,
-                       recommended=None, interval=[[[-0.3, -0.1], [0.2, 0.5]]], wrong_way=[[0.1, 0.05]],
-                       fluent=[[True, True]], direction=-1.0, metric="toxicity")
+    return SweepResult(
+        "toxicity",
+        "generation",
+        "val",
+        "raw",
+        [2],
+        [-1.0, 1.0],
+        [[-1.0, 1.0]],
+        score=[[0.6, 0.055]],
+        fluency=[[5.0, 5.0]],
+        effect=[[-0.2, 0.345]],
+        base_score=0.4,
+        base_fluency=5.0,
+        score_name="mean toxicity",
+        fluency_name="f",
+        fluency_bound=0.1,
+        items=60,
+        train_pairs=10,
+        recommended=None,
+        interval=[[[-0.3, -0.1], [0.2, 0.5]]],
+        wrong_way=[[0.1, 0.05]],
+        fluent=[[True, True]],
+        direction=-1.0,
+        metric="toxicity",
+    )
 
 
 def test_toxicity_effects_say_which_way_toxicity_went(tmp_path, capsys, monkeypatch):

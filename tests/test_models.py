@@ -10,8 +10,14 @@ from steerlab.models import ModelLoadError, find_decoder_layers, load_model
 from tiny_model import ARCHS, tiny_model
 
 # Where each family keeps its blocks, written out here as the independent reference.
-EXPECTED_PATHS = {"llama": "model.layers", "qwen2": "model.layers", "gemma2": "model.layers",
-                  "gemma3": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+EXPECTED_PATHS = {
+    "llama": "model.layers",
+    "qwen2": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

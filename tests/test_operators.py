@@ -16,8 +16,9 @@ from steerlab.vector import SteeringVector, VectorMeta
 
 def _vector(lm, value: float = 1.0, layers=(1,)) -> SteeringVector:
     g = torch.Generator().manual_seed(0)
-    return SteeringVector({layer: torch.randn(lm.hidden_size, generator=g) * value for layer in layers},
-                          VectorMeta.for_model(lm, "test"))
+    return SteeringVector(
+        {layer: torch.randn(lm.hidden_size, generator=g) * value for layer in layers}, VectorMeta.for_model(lm, "test")
+    )
 
 
 def _block_output(lm, layer: int, ids: torch.Tensor, spec=None) -> torch.Tensor:
@@ -95,8 +96,9 @@ def test_steering_applies_only_in_the_thread_that_attached_it(tiny_llama):
         attached.wait(30)
         with torch.no_grad():
             results["plain"] = [lm.model(input_ids=ids).logits for _ in range(5)]
-            generated = lm.model.generate(input_ids=ids, max_new_tokens=4, do_sample=False,
-                                          pad_token_id=lm.tokenizer.pad_token_id)
+            generated = lm.model.generate(
+                input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+            )
             results["generated"] = generated
         checked.set()
 
@@ -108,7 +110,9 @@ def test_steering_applies_only_in_the_thread_that_attached_it(tiny_llama):
     assert all(torch.equal(p, plain) for p in results["plain"])
     torch.testing.assert_close(results["steered"], expected, rtol=0, atol=0)
     with torch.no_grad():
-        alone = lm.model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        alone = lm.model.generate(
+            input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
+        )
     assert torch.equal(results["generated"], alone)
     # and nothing stays behind once the steering thread is done
     with torch.no_grad():
@@ -136,8 +140,11 @@ def test_clamp_sets_the_component_per_row():
     target = torch.tensor([2.0, -3.0, 0.5], dtype=torch.float64)[:, None, None]
     out = clamp(hidden, direction, target)
     assert torch.allclose(project(out, direction), target.expand(3, 5, 1), atol=1e-12)
-    assert torch.allclose(out - project(out, direction) * direction / direction.norm(),
-                          hidden - project(hidden, direction) * direction / direction.norm(), atol=1e-12)
+    assert torch.allclose(
+        out - project(out, direction) * direction / direction.norm(),
+        hidden - project(hidden, direction) * direction / direction.norm(),
+        atol=1e-12,
+    )
 
 
 def test_rotate_zero_is_identity_180_flips_the_component_and_norms_are_kept():
@@ -186,7 +193,10 @@ def test_the_file_states_the_default_operator_and_old_files_add(tiny_llama, tmp_
     path = vector.save(tmp_path / "v.safetensors")
     loaded = SV.load(path)
     assert loaded.meta.operator == "ablate"
-    assert SteeringSpec(loaded).operator_name() == "ablate" and SteeringSpec(loaded, operator="add").operator_name() == "add"
+    assert (
+        SteeringSpec(loaded).operator_name() == "ablate"
+        and SteeringSpec(loaded, operator="add").operator_name() == "add"
+    )
     ids = torch.tensor([[5, 9, 12, 30]])
     out = _block_output(lm, 1, ids, SteeringSpec(loaded, layers=[1]))
     from steerlab.operators import project
@@ -202,8 +212,9 @@ def test_each_operator_generates_the_same_with_and_without_cache(tiny_llama, nam
 
     lm = tiny_llama
     rows = [[5, 9, 12, 30, 41], [8, 3]]
-    steer = SpecSteering(SteeringSpec(_vector(lm, 3.0, layers=(1, 2)), [2.0, 45.0], operator=name,
-                                        positions="generated"))
+    steer = SpecSteering(
+        SteeringSpec(_vector(lm, 3.0, layers=(1, 2)), [2.0, 45.0], operator=name, positions="generated")
+    )
     config = GenerationConfig(max_new_tokens=6)
     cached = generate_tokens(lm, rows, steer, config=config)
     assert not torch.equal(cached, generate_tokens(lm, rows, None, config=config))

@@ -17,20 +17,24 @@ from steerlab.strength import residual_norms
 from steerlab.vector import SteeringVector
 from tiny_model import chat_ids, reference_means, tiny_lm
 
-PAIRS = ContrastiveDataset([
-    ContrastivePair("How was the film?", "A delight from start to end.", "A bore from start to end."),
-    ContrastivePair("Rate the hotel.", "Spotless rooms and kind staff.", "Dirty rooms and rude staff."),
-    ContrastivePair("Your commute?", "Quick and calm today.", "Slow and awful today."),
-    ContrastivePair("The new phone?", "I love it.", "I hate it."),
-    ContrastivePair("Dinner last night?", "Tasty, we will go back!", "Bland, never again."),
-    ContrastivePair("How is the weather?", "Sunny and warm, lovely.", "Grey and cold, dreadful."),
-    ContrastivePair("Your new job?", "Great team, great work.", "Bad team, dull work."),
-    ContrastivePair("The concert?", "Wonderful sound.", "Terrible sound."),
-    ContrastivePair("The book?", "Gripping and wise.", "Tedious and shallow."),
-    ContrastivePair("Weekend plans?", "A fun trip with friends!", "Chores, alone, again."),
-    ContrastivePair("The meeting?", "Short and useful.", "Long and pointless."),
-    ContrastivePair("Your garden?", "Blooming beautifully.", "Dying slowly."),
-], "tiny-sentiment", "0" * 64)
+PAIRS = ContrastiveDataset(
+    [
+        ContrastivePair("How was the film?", "A delight from start to end.", "A bore from start to end."),
+        ContrastivePair("Rate the hotel.", "Spotless rooms and kind staff.", "Dirty rooms and rude staff."),
+        ContrastivePair("Your commute?", "Quick and calm today.", "Slow and awful today."),
+        ContrastivePair("The new phone?", "I love it.", "I hate it."),
+        ContrastivePair("Dinner last night?", "Tasty, we will go back!", "Bland, never again."),
+        ContrastivePair("How is the weather?", "Sunny and warm, lovely.", "Grey and cold, dreadful."),
+        ContrastivePair("Your new job?", "Great team, great work.", "Bad team, dull work."),
+        ContrastivePair("The concert?", "Wonderful sound.", "Terrible sound."),
+        ContrastivePair("The book?", "Gripping and wise.", "Tedious and shallow."),
+        ContrastivePair("Weekend plans?", "A fun trip with friends!", "Chores, alone, again."),
+        ContrastivePair("The meeting?", "Short and useful.", "Long and pointless."),
+        ContrastivePair("Your garden?", "Blooming beautifully.", "Dying slowly."),
+    ],
+    "tiny-sentiment",
+    "0" * 64,
+)
 LAYERS = [1, 3, 4]
 
 
@@ -124,8 +128,12 @@ def test_scale_to_residual_norm_and_defaults(lm):
 
 def test_pca_diff_refuses_one_pair(lm):
     one = PAIRS.subset([0])
-    with pytest.raises(ValueError, match=re.escape(
-            "mode pca_diff needs at least 2 pairs (one difference has no variance); add pairs or use mode pca_center")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "mode pca_diff needs at least 2 pairs (one difference has no variance); add pairs or use mode pca_center"
+        ),
+    ):
         pca.fit(lm, one, pca.PCAConfig(mode="pca_diff"))
     assert pca.fit(lm, one, pca.PCAConfig(mode="pca_center")).layers == [3]
 
@@ -139,8 +147,10 @@ def test_identical_differences_have_no_component_for_pca_diff():
 def test_config_errors_name_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         build_config(pca.PCAConfig, {"mdoe": "pca_diff"})
-    assert str(err.value) == ("config: unknown key 'mdoe' for PCAConfig; allowed keys: mode, layers, batch_size, "
-                              "batch_tokens, scale_to_residual_norm, residual_fraction")
+    assert str(err.value) == (
+        "config: unknown key 'mdoe' for PCAConfig; allowed keys: mode, layers, batch_size, "
+        "batch_tokens, scale_to_residual_norm, residual_fraction"
+    )
     with pytest.raises(ConfigError) as err:
         build_config(pca.PCAConfig, {"mode": "pca"})
     assert str(err.value) == "config: key 'mode': must be one of pca_diff, pca_center; got 'pca'"
@@ -193,7 +203,7 @@ def test_pca_vector_moves_vader_both_ways_on_smollm2(shared_data):
     spec = SteeringSpec(vector, multiplier=[m] * n + [0.0] * n + [-m] * n)
     out = generate(lm, prompts * 3, spec, config=GenerationConfig(max_new_tokens=24), batch_size=3 * n)
     vader = SentimentIntensityAnalyzer()
-    mean = [np.mean([vader.polarity_scores(r.steered)["compound"] for r in out[i * n:(i + 1) * n]]) for i in range(3)]
+    mean = [np.mean([vader.polarity_scores(r.steered)["compound"] for r in out[i * n : (i + 1) * n]]) for i in range(3)]
     plus, zero, minus = mean
     assert plus > zero + 0.25, mean
     assert minus < zero - 0.1, mean

@@ -15,7 +15,11 @@ from tiny_model import tiny_model
 CONVERSATIONS = [
     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a colour"}],
     [{"role": "user", "content": "hi"}],
-    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}],
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3+3?"},
+    ],
 ]
 
 
@@ -37,7 +41,10 @@ def expected_roles(tok, messages) -> list[str | None]:
         at = text.index(m["content"], start)
         spans.append((at, at + len(m["content"]), m["role"]))
         start = at + len(m["content"])
-    return [next((role for a, b, role in spans if a <= lo and hi <= b and hi > lo), None) for lo, hi in enc["offset_mapping"]]
+    return [
+        next((role for a, b, role in spans if a <= lo and hi <= b and hi > lo), None)
+        for lo, hi in enc["offset_mapping"]
+    ]
 
 
 def _vector(lm):
@@ -52,7 +59,9 @@ def steered_positions(lm, rows, positions) -> torch.Tensor:
     for spec in (None, SteeringSpec(_vector(lm), 1.0, [1], positions=positions)):
         seen = {}
         handle = SpecSteering(spec).attach(lm) if spec else None
-        hook = lm.layers[1].register_forward_hook(lambda m, a, o, seen=seen: seen.setdefault("h", o[0] if isinstance(o, tuple) else o))
+        hook = lm.layers[1].register_forward_hook(
+            lambda m, a, o, seen=seen: seen.setdefault("h", o[0] if isinstance(o, tuple) else o)
+        )
         try:
             with torch.no_grad():
                 lm.model(input_ids=ids, attention_mask=mask)
@@ -94,7 +103,7 @@ def test_windows_between_markers_in_prompt_and_generated_text_with_and_without_c
     bracket = tok.convert_tokens_to_ids("[")
     inside = [rows[0].index(bracket) + 1 + k for k in range(3)]  # "a b"
     assert [c for c in range(len(rows[0])) if changed[0, width - len(rows[0]) + c]] == inside
-    assert changed[1, width - len(rows[1]) + rows[1].index(bracket) + 1:].all()  # open to the end
+    assert changed[1, width - len(rows[1]) + rows[1].index(bracket) + 1 :].all()  # open to the end
     assert not changed[2].any()
     config = GenerationConfig(max_new_tokens=10)
     steer = SpecSteering(SteeringSpec(_vector(lm), 1.0, [1], positions="between:[:]"))

@@ -47,7 +47,9 @@ def test_prefix_placement_puts_the_instruction_before_the_user_text(lm):
 
 def test_a_callers_system_message_stays_in_both_rows(lm):
     system = "You are terse."
-    results = generate(lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG, system=system, generate_orig_output=True)
+    results = generate(
+        lm, PROMPTS[:2], PromptSteering(INSTRUCTION), config=CFG, system=system, generate_orig_output=True
+    )
     assert texts(results, "original") == texts(generate(lm, PROMPTS[:2], config=CFG, system=system), "steered")
     both = f"{system}\n\n{INSTRUCTION}"
     assert texts(results, "steered") == texts(generate(lm, PROMPTS[:2], config=CFG, system=both), "steered")
@@ -75,7 +77,11 @@ def test_fit_builds_the_steer_from_the_config_and_ignores_data(lm):
     data = pairs_from_texts(["good"], ["bad"])
     steering = prompt.fit(lm, data, PromptConfig(INSTRUCTION, "prefix"), task="sentiment")
     assert (steering.instruction, steering.placement, steering.task, steering.method) == (
-        INSTRUCTION, "prefix", "sentiment", "prompt")
+        INSTRUCTION,
+        "prefix",
+        "sentiment",
+        "prompt",
+    )
     assert prompt.fit(lm, None, PromptConfig(INSTRUCTION)).placement == "system"
     assert METHODS["prompt"].config_cls is PromptConfig and METHODS["prompt"].fit is prompt.fit
 
@@ -84,11 +90,14 @@ def test_fit_refuses_system_placement_when_the_template_has_no_system_role():
     lm = tiny_lm(num_layers=2, hidden=16, seed=1)
     lm.tokenizer.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
     with pytest.raises(ValueError, match="does not take a system message") as err:
         prompt.fit(lm, None, PromptConfig(INSTRUCTION, "system"))
-    assert str(err.value) == ("tiny-llama-2x16's chat template does not take a system message "
-                              "(System role not supported); use placement: prefix")
+    assert str(err.value) == (
+        "tiny-llama-2x16's chat template does not take a system message "
+        "(System role not supported); use placement: prefix"
+    )
     assert prompt.fit(lm, None, PromptConfig(INSTRUCTION, "prefix")).placement == "prefix"
 
 
@@ -102,8 +111,9 @@ def test_config_errors():
     path = resources.files("steerlab") / "methods" / "configs" / "prompt.yaml"
     with pytest.raises(ConfigError) as err:
         load_config(PromptConfig, path)
-    assert str(err.value) == (f"{path}: instruction must be a non-empty text, "
-                              "e.g. instruction='Always answer cheerfully.'")
+    assert str(err.value) == (
+        f"{path}: instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'"
+    )
     assert load_config(PromptConfig, path, ["instruction=Be kind."]) == PromptConfig("Be kind.", "system")
 
 
@@ -112,7 +122,12 @@ def test_save_load_apply_round_trip(lm, tmp_path):
     path = steering.save(tmp_path / "cheerful.json")
     saved = json.loads(path.read_text())["steerlab"]
     assert {k: saved[k] for k in ("method", "instruction", "placement", "task", "format_version")} == {
-        "method": "prompt", "instruction": INSTRUCTION, "placement": "prefix", "task": "sentiment", "format_version": 1}
+        "method": "prompt",
+        "instruction": INSTRUCTION,
+        "placement": "prefix",
+        "task": "sentiment",
+        "format_version": 1,
+    }
     loaded = PromptSteering.load(path)
     assert loaded == steering
     a = generate(lm, PROMPTS[:2], steering, config=CFG, generate_orig_output=True)
@@ -138,5 +153,7 @@ def test_load_refuses_other_files(tmp_path):
         PromptSteering.load(binary)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"steerlab": {"method": "prompt", "instruction": "x", "placement": "middle"}}))
-    with pytest.raises(VectorFileError, match=re.escape(f"{bad}: placement must be one of system, prefix; got 'middle'")):
+    with pytest.raises(
+        VectorFileError, match=re.escape(f"{bad}: placement must be one of system, prefix; got 'middle'")
+    ):
         PromptSteering.load(bad)

@@ -30,15 +30,22 @@ from steerlab.methods.prompt import PromptSteering
 from steerlab.steers import load_steer
 from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
-FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SLOW = settings(FAST, max_examples=1000)
 
 
 def fast_and_slow(strategy):
     """Two tests of one property: a short run for the fast set, 1,000 cases for the fuzz set."""
+
     def make(check):
         return FAST(given(strategy)(check)), pytest.mark.fuzz(SLOW(given(strategy)(check)))
+
     return make
 
 
@@ -56,12 +63,21 @@ def in_temp_file(name: str, data: bytes, read):
 
 
 # ---- shared building blocks -----------------------------------------------------------------------
-SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=12))
-JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-DIGITS = st.sampled_from(["0", "1", "2", "3", "015", "15", "\u0661", "\u0661\u0665", "\uff11", "-1", "", "1e1",
-                          "99999999999", " 1"])
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+DIGITS = st.sampled_from(
+    ["0", "1", "2", "3", "015", "15", "\u0661", "\u0661\u0665", "\uff11", "-1", "", "1e1", "99999999999", " 1"]
+)
 
 
 def encoded(text: str, how: str) -> bytes:
@@ -82,31 +98,54 @@ def mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes:
     return bytes(out[:cut] if cut is not None else out)
 
 
-DAMAGE = st.tuples(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
-                   st.none() | st.integers(0, 4000))
+DAMAGE = st.tuples(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3), st.none() | st.integers(0, 4000)
+)
 
 
 # ---- safetensors vectors --------------------------------------------------------------------------
-META_FIELDS = {"model_name": st.text(max_size=8), "hidden_size": st.sampled_from([4, 0, -1, True, "4", None, 4.0]),
-               "num_layers": st.sampled_from([4, 1, 0, "4", None, 2**40]), "method": st.sampled_from(["caa", "lm_steer", 3]),
-               "recommended": st.fixed_dictionaries({}, optional={
-                   "layer": SCALARS, "multiplier": SCALARS, "verdict": SCALARS,
-                   "up": st.fixed_dictionaries({}, optional={"layer": SCALARS, "multiplier": SCALARS,
-                                                             "interval": JSON_VALUES, "effect": SCALARS}) | JSON_VALUES,
-                   "calibration": st.fixed_dictionaries({}, optional={"up": SCALARS, "down": SCALARS,
-                                                                      "layers": JSON_VALUES}) | JSON_VALUES}) | JSON_VALUES,
-               "condition": st.fixed_dictionaries({}, optional={"layer": SCALARS, "threshold": SCALARS,
-                                                                "comparison": SCALARS}) | JSON_VALUES,
-               "kind": st.sampled_from(["vector", "condition", "lm_steer", 3]),
-               "config": JSON_VALUES, "fit_stats": JSON_VALUES,
-               "residual_norms": st.dictionaries(DIGITS, SCALARS, max_size=3) | JSON_VALUES,
-               "params": JSON_VALUES, "dataset": JSON_VALUES, "task": SCALARS, "format_version": SCALARS,
-               "created": SCALARS, "diagnostics": JSON_VALUES}
+META_FIELDS = {
+    "model_name": st.text(max_size=8),
+    "hidden_size": st.sampled_from([4, 0, -1, True, "4", None, 4.0]),
+    "num_layers": st.sampled_from([4, 1, 0, "4", None, 2**40]),
+    "method": st.sampled_from(["caa", "lm_steer", 3]),
+    "recommended": st.fixed_dictionaries(
+        {},
+        optional={
+            "layer": SCALARS,
+            "multiplier": SCALARS,
+            "verdict": SCALARS,
+            "up": st.fixed_dictionaries(
+                {}, optional={"layer": SCALARS, "multiplier": SCALARS, "interval": JSON_VALUES, "effect": SCALARS}
+            )
+            | JSON_VALUES,
+            "calibration": st.fixed_dictionaries({}, optional={"up": SCALARS, "down": SCALARS, "layers": JSON_VALUES})
+            | JSON_VALUES,
+        },
+    )
+    | JSON_VALUES,
+    "condition": st.fixed_dictionaries({}, optional={"layer": SCALARS, "threshold": SCALARS, "comparison": SCALARS})
+    | JSON_VALUES,
+    "kind": st.sampled_from(["vector", "condition", "lm_steer", 3]),
+    "config": JSON_VALUES,
+    "fit_stats": JSON_VALUES,
+    "residual_norms": st.dictionaries(DIGITS, SCALARS, max_size=3) | JSON_VALUES,
+    "params": JSON_VALUES,
+    "dataset": JSON_VALUES,
+    "task": SCALARS,
+    "format_version": SCALARS,
+    "created": SCALARS,
+    "diagnostics": JSON_VALUES,
+}
 TENSORS = st.dictionaries(
     st.builds(lambda prefix, n: prefix + n, st.sampled_from(["layer.", "layer.", "direction.", "layer", ""]), DIGITS),
-    st.tuples(st.sampled_from([(4,), (4,), (3,), (2, 2), ()]), st.sampled_from([torch.float32, torch.float16, torch.int64]),
-              st.sampled_from([0.0, 1.0, -2.5, math.nan, math.inf, 1e30])),
-    max_size=4)
+    st.tuples(
+        st.sampled_from([(4,), (4,), (3,), (2, 2), ()]),
+        st.sampled_from([torch.float32, torch.float16, torch.int64]),
+        st.sampled_from([0.0, 1.0, -2.5, math.nan, math.inf, 1e30]),
+    ),
+    max_size=4,
+)
 
 
 @st.composite
@@ -116,8 +155,15 @@ def vector_files(draw) -> bytes:
         meta[key] = draw(META_FIELDS[key])
     for key in draw(st.lists(st.sampled_from(["model_name", "hidden_size", "num_layers", "method"]), max_size=1)):
         del meta[key]
-    header = json.dumps(meta) if draw(st.booleans()) else draw(st.sampled_from(
-        [json.dumps(meta)[:-1] + ', "method": "x"}', "\ufeff" + json.dumps(meta), "[" * 3000, "null", "{"]))
+    header = (
+        json.dumps(meta)
+        if draw(st.booleans())
+        else draw(
+            st.sampled_from(
+                [json.dumps(meta)[:-1] + ', "method": "x"}', "\ufeff" + json.dumps(meta), "[" * 3000, "null", "{"]
+            )
+        )
+    )
     tensors = {name: torch.full(shape, value).to(dtype) for name, (shape, dtype, value) in draw(TENSORS).items()}
     data = safetensors_bytes(tensors, metadata={"steerlab": header})
     return mutate(data, *draw(DAMAGE)) if draw(st.integers(0, 3)) == 0 else data
@@ -143,14 +189,21 @@ test_vector_reader_fast, test_vector_reader_slow = fast_and_slow(vector_files())
 
 # ---- pair files -----------------------------------------------------------------------------------
 PAIR_KEYS = ["prompt", "positive", "negative", "question", "answer_matching_behavior", "answer_not_matching_behavior"]
-RECORDS = st.dictionaries(st.sampled_from(PAIR_KEYS) | st.text(max_size=5),
-                          st.text(max_size=10) | st.lists(st.text(max_size=5), max_size=2) | SCALARS, max_size=5)
+RECORDS = st.dictionaries(
+    st.sampled_from(PAIR_KEYS) | st.text(max_size=5),
+    st.text(max_size=10) | st.lists(st.text(max_size=5), max_size=2) | SCALARS,
+    max_size=5,
+)
 
 
 @st.composite
 def pair_files(draw) -> bytes:
-    lines = draw(st.lists(st.one_of(RECORDS.map(json.dumps), JSON_VALUES.map(json.dumps), st.text(max_size=30),
-                                    st.just("[" * 2000)), max_size=5))
+    lines = draw(
+        st.lists(
+            st.one_of(RECORDS.map(json.dumps), JSON_VALUES.map(json.dumps), st.text(max_size=30), st.just("[" * 2000)),
+            max_size=5,
+        )
+    )
     text = "[" + ", ".join(lines) + "]" if draw(st.booleans()) and draw(st.booleans()) else "\n".join(lines)
     data = encoded(text, draw(ENCODINGS))
     return mutate(data, *draw(DAMAGE)) if draw(st.integers(0, 4)) == 0 else data
@@ -175,11 +228,29 @@ PROMPT_KEYS = ["instruction", "placement", "task", "method", "created", "steerla
 @st.composite
 def prompt_files(draw) -> bytes:
     meta = {"method": "prompt", "instruction": "Be kind."}
-    meta.update(draw(st.dictionaries(st.sampled_from(PROMPT_KEYS) | st.text(max_size=4),
-                                     st.sampled_from(["prompt", "system", "prefix", "", " "]) | JSON_VALUES, max_size=4)))
+    meta.update(
+        draw(
+            st.dictionaries(
+                st.sampled_from(PROMPT_KEYS) | st.text(max_size=4),
+                st.sampled_from(["prompt", "system", "prefix", "", " "]) | JSON_VALUES,
+                max_size=4,
+            )
+        )
+    )
     body = draw(st.sampled_from([{"steerlab": meta}, meta, [meta], {"steerlab": [meta]}]))
-    text = json.dumps(body) if draw(st.integers(0, 4)) else draw(st.sampled_from(
-        [json.dumps(body)[:-1] + ', "steerlab": 1}', "[" * 5000 + "]" * 5000, json.dumps(body)[: len(json.dumps(body)) // 2]]))
+    text = (
+        json.dumps(body)
+        if draw(st.integers(0, 4))
+        else draw(
+            st.sampled_from(
+                [
+                    json.dumps(body)[:-1] + ', "steerlab": 1}',
+                    "[" * 5000 + "]" * 5000,
+                    json.dumps(body)[: len(json.dumps(body)) // 2],
+                ]
+            )
+        )
+    )
     data = encoded(text, draw(ENCODINGS))
     return mutate(data, *draw(DAMAGE)) if draw(st.integers(0, 5)) == 0 else data
 
@@ -197,24 +268,67 @@ test_prompt_reader_fast, test_prompt_reader_slow = fast_and_slow(prompt_files())
 
 # ---- YAML configs and --set -----------------------------------------------------------------------
 CONFIG_KEYS = list(asdict(LMSteerConfig()))
-YAML_SNIPPETS = st.sampled_from(["1e-4", "1E5", ".inf", "-.nan", "0x1F", "0o17", "1_000", "1:30", "2024-13-45",
-                                 "2024-01-01", "~", "yes", "no", "on", "[1, 2", "{a: 1}", "!!binary AAA=",
-                                 "!!python/name:os.system", "&a [1]", "*a", "'x", '"\\x"', "1e999", "- 1", ">\n x",
-                                 "!!float abc", "!!int 1.5", "!!timestamp x", "<<: *a", "? [a]\n: b"])
+YAML_SNIPPETS = st.sampled_from(
+    [
+        "1e-4",
+        "1E5",
+        ".inf",
+        "-.nan",
+        "0x1F",
+        "0o17",
+        "1_000",
+        "1:30",
+        "2024-13-45",
+        "2024-01-01",
+        "~",
+        "yes",
+        "no",
+        "on",
+        "[1, 2",
+        "{a: 1}",
+        "!!binary AAA=",
+        "!!python/name:os.system",
+        "&a [1]",
+        "*a",
+        "'x",
+        '"\\x"',
+        "1e999",
+        "- 1",
+        ">\n x",
+        "!!float abc",
+        "!!int 1.5",
+        "!!timestamp x",
+        "<<: *a",
+        "? [a]\n: b",
+    ]
+)
 
 
 @st.composite
 def config_inputs(draw) -> tuple[bytes | None, list[str]]:
     values = draw(st.dictionaries(st.sampled_from(CONFIG_KEYS) | st.text(max_size=5), JSON_VALUES, max_size=4))
-    text = yaml.safe_dump(values) if draw(st.booleans()) else "\n".join(
-        f"{draw(st.sampled_from(CONFIG_KEYS))}: {draw(YAML_SNIPPETS)}" for _ in range(draw(st.integers(0, 4))))
+    text = (
+        yaml.safe_dump(values)
+        if draw(st.booleans())
+        else "\n".join(
+            f"{draw(st.sampled_from(CONFIG_KEYS))}: {draw(YAML_SNIPPETS)}" for _ in range(draw(st.integers(0, 4)))
+        )
+    )
     if draw(st.integers(0, 5)) == 0:
         text = draw(st.sampled_from(["[" * 300, "a: " + "{b: " * 300, "- " * 300, draw(st.text(max_size=40))]))
     data = None if draw(st.integers(0, 4)) == 0 else encoded(text, draw(ENCODINGS))
     if data is not None and draw(st.integers(0, 5)) == 0:
         data = mutate(data, *draw(DAMAGE))
-    sets = draw(st.lists(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(CONFIG_KEYS) | st.text(max_size=4),
-                                   YAML_SNIPPETS | st.text(max_size=8)), max_size=3))
+    sets = draw(
+        st.lists(
+            st.builds(
+                lambda k, v: f"{k}={v}",
+                st.sampled_from(CONFIG_KEYS) | st.text(max_size=4),
+                YAML_SNIPPETS | st.text(max_size=8),
+            ),
+            max_size=3,
+        )
+    )
     return data, sets
 
 
@@ -245,8 +359,13 @@ def gguf_files(draw) -> bytes:
             meta = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "caa"}
             meta.update(draw(st.dictionaries(st.sampled_from(sorted(META_FIELDS)), JSON_VALUES, max_size=2)))
             writer.add_string("steerlab.meta", json.dumps(meta) if draw(st.booleans()) else draw(st.text(max_size=20)))
-        names = draw(st.lists(st.builds(lambda p, n: p + n, st.sampled_from(["direction.", "direction.", "layer."]),
-                                        DIGITS), max_size=3, unique=True))
+        names = draw(
+            st.lists(
+                st.builds(lambda p, n: p + n, st.sampled_from(["direction.", "direction.", "layer."]), DIGITS),
+                max_size=3,
+                unique=True,
+            )
+        )
         for name in names:
             shape = draw(st.sampled_from([(4,), (4,), (3,), (2, 2)]))
             value = draw(st.sampled_from([0.0, 1.0, -3.0, math.nan, math.inf]))
@@ -276,8 +395,14 @@ test_gguf_reader_fast, test_gguf_reader_slow = fast_and_slow(gguf_files())(check
 # ---- LM-Steer files -------------------------------------------------------------------------------
 @st.composite
 def lm_steer_files(draw) -> bytes:
-    meta = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "lm_steer", "kind": "lm_steer",
-            "params": {"epsilon": draw(SCALARS | st.just(1e-3))}}
+    meta = {
+        "model_name": "m",
+        "hidden_size": 4,
+        "num_layers": 4,
+        "method": "lm_steer",
+        "kind": "lm_steer",
+        "params": {"epsilon": draw(SCALARS | st.just(1e-3))},
+    }
     for key in draw(st.lists(st.sampled_from([*sorted(META_FIELDS), "kind"]), max_size=2, unique=True)):
         meta[key] = draw(META_FIELDS.get(key, SCALARS))
     tensors = {}
@@ -307,13 +432,23 @@ AB_ITEM = {"question": "Q? (A) yes (B) no", "answer_matching_behavior": "(A)", "
 
 @st.composite
 def task_folders(draw) -> dict[str, bytes]:
-    fields = {"name": "t", "kind": draw(st.sampled_from(["ab", "generation", "chat"])), "train": "train.jsonl",
-              "test": draw(st.sampled_from(["test.json", "prompts.txt", "prompts.jsonl"]))}
+    fields = {
+        "name": "t",
+        "kind": draw(st.sampled_from(["ab", "generation", "chat"])),
+        "train": "train.jsonl",
+        "test": draw(st.sampled_from(["test.json", "prompts.txt", "prompts.jsonl"])),
+    }
     if fields["kind"] == "generation":
         fields["metric"] = draw(st.sampled_from(["sentiment", "toxicity", "nope"]))
-    changes = draw(st.dictionaries(st.sampled_from(["name", "kind", "train", "test", "val", "metric", "direction",
-                                                    "chat", "description", "extra"]),
-                                   st.sampled_from(TASK_FILES) | SCALARS | JSON_VALUES, max_size=3))
+    changes = draw(
+        st.dictionaries(
+            st.sampled_from(
+                ["name", "kind", "train", "test", "val", "metric", "direction", "chat", "description", "extra"]
+            ),
+            st.sampled_from(TASK_FILES) | SCALARS | JSON_VALUES,
+            max_size=3,
+        )
+    )
     fields.update(changes)
     as_json = draw(st.booleans())
     text = json.dumps(fields) if as_json else yaml.safe_dump(fields)
@@ -321,8 +456,9 @@ def task_folders(draw) -> dict[str, bytes]:
     files["train.jsonl"] = draw(pair_files()) if draw(st.booleans()) else (json.dumps(AB_ITEM) + "\n").encode()
     files["test.json"] = draw(pair_files()) if draw(st.booleans()) else json.dumps([AB_ITEM] * 2).encode()
     files["prompts.txt"] = encoded(draw(st.text(max_size=30)), draw(ENCODINGS))
-    files["prompts.jsonl"] = encoded("\n".join(json.dumps({"prompt": draw(JSON_VALUES)}) for _ in range(2)),
-                                     draw(ENCODINGS))
+    files["prompts.jsonl"] = encoded(
+        "\n".join(json.dumps({"prompt": draw(JSON_VALUES)}) for _ in range(2)), draw(ENCODINGS)
+    )
     return files
 
 

@@ -17,7 +17,9 @@ def test_direction_is_the_difference_of_last_token_means_and_the_layer_follows_t
     vector = refusal_direction(lm, harmful, harmless, layers=[0, 1, 2])
     mean = lambda rows, layer: torch.stack([reference_means(lm, r[:-1], r[-1:], [layer])[0] for r in rows]).mean(0)  # noqa: E731
     for layer in (0, 1, 2):
-        assert torch.allclose(vector.directions[layer].double(), mean(harmful, layer) - mean(harmless, layer), atol=1e-5)
+        assert torch.allclose(
+            vector.directions[layer].double(), mean(harmful, layer) - mean(harmless, layer), atol=1e-5
+        )
     assert vector.meta.operator == "ablate"
     choice = select_layer(lm, vector, harmful, harmless, candidates=[0, 1, 2])
     induces = [k for k in (0, 1, 2) if choice.added_harmless[k] > 0]

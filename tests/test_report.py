@@ -58,17 +58,26 @@ def test_prompt_and_vector_arms_share_a_batch():
     alone = generate(lm, PROMPTS, steering, config=CONFIG, generate_orig_output=True)
     assert run.conditions[1].texts == [r.steered for r in alone]
     assert run.original == [r.original for r in alone]
-    assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(vector, 3.0, [1]), config=CONFIG)]
+    assert run.conditions[0].texts == [
+        r.steered for r in generate(lm, PROMPTS, SteeringSpec(vector, 3.0, [1]), config=CONFIG)
+    ]
 
 
 def test_two_vectors_in_one_batch_equal_their_separate_runs():
     """Each steer is attached with its own per-row scale, so one vector's rows never see the other's."""
     lm = tiny_lm()
     a, b = random_vector(lm, seed=1), random_vector(lm, seed=2)
-    arms = [Arm("a", SpecSteering(SteeringSpec(a, 1.0, [1])), 2.0), Arm("b", SpecSteering(SteeringSpec(b, 1.0, [2])), -3.0)]
+    arms = [
+        Arm("a", SpecSteering(SteeringSpec(a, 1.0, [1])), 2.0),
+        Arm("b", SpecSteering(SteeringSpec(b, 1.0, [2])), -3.0),
+    ]
     run = generate_arms(lm, PROMPTS, arms, config=CONFIG, batch_size=12)
-    assert run.conditions[0].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(a, 2.0, [1]), config=CONFIG)]
-    assert run.conditions[1].texts == [r.steered for r in generate(lm, PROMPTS, SteeringSpec(b, -3.0, [2]), config=CONFIG)]
+    assert run.conditions[0].texts == [
+        r.steered for r in generate(lm, PROMPTS, SteeringSpec(a, 2.0, [1]), config=CONFIG)
+    ]
+    assert run.conditions[1].texts == [
+        r.steered for r in generate(lm, PROMPTS, SteeringSpec(b, -3.0, [2]), config=CONFIG)
+    ]
     assert run.conditions[0].texts != run.conditions[1].texts
 
 
@@ -101,9 +110,12 @@ def test_scores_follow_their_definitions():
 def make_report(lm) -> Report:
     steer = SpecSteering(SteeringSpec(random_vector(lm), 1.0, [1]))
     run = generate_arms(lm, PROMPTS, multiplier_arms(steer, [-2.0, 2.0]), config=CONFIG)
-    settings = {"task": {"name": "mini", "metric": "sentiment", "direction": 1.0, "split": "test"},
-                "model": {"name": lm.name}, "steer": {"description": "caa vector at layer 1"},
-                "generation": {"max_new_tokens": 6, "do_sample": False}}
+    settings = {
+        "task": {"name": "mini", "metric": "sentiment", "direction": 1.0, "split": "test"},
+        "model": {"name": lm.name},
+        "steer": {"description": "caa vector at layer 1"},
+        "generation": {"max_new_tokens": 6, "do_sample": False},
+    }
     return Report(settings, score_run(lm, run, "sentiment"), run)
 
 
@@ -118,7 +130,10 @@ def test_report_folder_holds_json_summary_and_samples(tmp_path):
     assert set(data["original"]) >= {"behaviour", "fluency_entropy", "distinct_2", "repetition", "perplexity"}
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == PROMPTS
-    assert samples[1]["original"] == report.run.original[1] and samples[1]["steered"]["x2"] == report.run.conditions[1].texts[1]
+    assert (
+        samples[1]["original"] == report.run.original[1]
+        and samples[1]["steered"]["x2"] == report.run.conditions[1].texts[1]
+    )
     summary = (folder / "summary.md").read_text()
     assert summary.startswith("# steerlab eval: mini on tiny-llama-4x16")
     table = [line for line in summary.splitlines() if line.startswith("| ")]

@@ -38,15 +38,40 @@ def save_tiny_classifier(folder: Path, labels: list[str], problem_type: str | No
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "love", "this", "it", "is", "wonderful", "terrible", "and", "hate", "the", "movie"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "i",
+        "love",
+        "this",
+        "it",
+        "is",
+        "wonderful",
+        "terrible",
+        "and",
+        "hate",
+        "the",
+        "movie",
+    ]
     backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=len(labels),
-                        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-                        problem_type=problem_type)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=problem_type,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -57,6 +82,7 @@ TEXTS = ["I love this movie", "this is terrible and I hate it", "the movie", "wo
 
 
 # metrics
+
 
 def test_auroc_hand_computed_without_ties() -> None:
     # Positives 0.35, 0.8 vs negatives 0.1, 0.4: 3 of 4 pairs ordered right.
@@ -78,6 +104,7 @@ def test_auroc_rejects_one_class_and_length_mismatch() -> None:
 
 
 # sentiment
+
 
 def test_vader_known_inputs() -> None:
     assert vader_compound("I love this, it is wonderful") > 0.5
@@ -108,6 +135,7 @@ def test_classifier_label_must_be_named(tmp_path: Path) -> None:
 
 
 # toxicity
+
 
 def test_classifier_toxicity_picks_toxic_not_non_toxic(tmp_path: Path) -> None:
     scorer = ClassifierToxicityScorer(save_tiny_classifier(tmp_path, ["toxic", "non-toxic"]))
@@ -154,6 +182,7 @@ def test_toxic_share_and_mean() -> None:
 
 # refusal
 
+
 def test_refusal_known_inputs() -> None:
     assert is_refusal("I'm sorry, but I can't help with that.")
     assert is_refusal("I\u2019m sorry, that is not something I do.")
@@ -167,6 +196,7 @@ def test_refusal_known_inputs() -> None:
 
 
 # fluency
+
 
 def test_tokenize_lowercases_and_splits_punctuation() -> None:
     assert tokenize("The cat, the CAT.") == ["the", "cat", ",", "the", "cat", "."]

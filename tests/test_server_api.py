@@ -48,9 +48,12 @@ def test_vectors_are_listed_with_metadata_and_why_some_cannot_be_used(served, sm
     assert s["dataset"]["pairs"] == 8
     assert by_id["other-weights"]["problem"] == (
         f"built for SmolLM2-tuned (hidden size 576, fingerprint 0123456789abcdef); this server runs "
-        f"SmolLM2-135M-Instruct (hidden size 576, fingerprint {smollm2.fingerprint}): same shape, different weights")
-    assert by_id["qwen"]["problem"] == ("built for Qwen2.5-0.5B (hidden size 896, 24 layers); this server runs "
-                                        "SmolLM2-135M-Instruct (hidden size 576, 30 layers)")
+        f"SmolLM2-135M-Instruct (hidden size 576, fingerprint {smollm2.fingerprint}): same shape, different weights"
+    )
+    assert by_id["qwen"]["problem"] == (
+        "built for Qwen2.5-0.5B (hidden size 896, 24 layers); this server runs "
+        "SmolLM2-135M-Instruct (hidden size 576, 30 layers)"
+    )
 
 
 def test_steered_chat_differs_from_original_and_equals_library_generate(served, smollm2):
@@ -61,12 +64,18 @@ def test_steered_chat_differs_from_original_and_equals_library_generate(served, 
     choice, other = body["choices"]
     assert [(c["index"], c["original"]) for c in body["choices"]] == [(0, False), (1, True)]
     steered, original = choice["message"]["content"], other["message"]["content"]
-    ref = generate(smollm2, [PROMPT], SteeringSpec(vectors["sentiment"], 6.0, [9]), generate_orig_output=True,
-                   config=GenerationConfig(max_new_tokens=TOKENS))[0]
+    ref = generate(
+        smollm2,
+        [PROMPT],
+        SteeringSpec(vectors["sentiment"], 6.0, [9]),
+        generate_orig_output=True,
+        config=GenerationConfig(max_new_tokens=TOKENS),
+    )[0]
     assert steered != original
     assert (steered, original) == (ref.steered, ref.original)
-    assert body["steering"] == [{"vector": "sentiment", "multiplier": 6.0, "layers": [9], "positions": "all",
-                                "operator": "add"}]
+    assert body["steering"] == [
+        {"vector": "sentiment", "multiplier": 6.0, "layers": [9], "positions": "all", "operator": "add"}
+    ]
     assert choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2 * TOKENS
     assert body["usage"]["original_completion_tokens"] == TOKENS
 
@@ -74,17 +83,24 @@ def test_steered_chat_differs_from_original_and_equals_library_generate(served, 
 def test_omitted_layers_and_multiplier_take_the_vectors_recommendation(served, smollm2):
     client, vectors = served
     body = chat(client, steering=[{"vector": "gloomy"}]).json()
-    assert body["steering"] == [{"vector": "gloomy", "multiplier": 2.5, "layers": [9], "positions": "all",
-                                "operator": "add"}]
+    assert body["steering"] == [
+        {"vector": "gloomy", "multiplier": 2.5, "layers": [9], "positions": "all", "operator": "add"}
+    ]
     ref = generate(smollm2, [PROMPT], SteeringSpec(vectors["gloomy"]), config=GenerationConfig(max_new_tokens=TOKENS))
     assert body["choices"][0]["message"]["content"] == ref[0].steered
 
 
 def test_seeded_sampling_with_n_choices_equals_library_generate(served, smollm2):
     client, vectors = served
-    body = chat(client, steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10],
-                                   "positions": "generated"}],
-                temperature=0.8, top_p=0.9, seed=11, n=2, include_original=True).json()
+    body = chat(
+        client,
+        steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10], "positions": "generated"}],
+        temperature=0.8,
+        top_p=0.9,
+        seed=11,
+        n=2,
+        include_original=True,
+    ).json()
     spec = SteeringSpec(vectors["sentiment"], 4.0, [9, 10], positions="generated")
     config = GenerationConfig(max_new_tokens=TOKENS, do_sample=True, temperature=0.8, top_p=0.9, seed=11)
     # The library gives prompt i the seed 11 + i; the server gives choice i the same.
@@ -93,19 +109,38 @@ def test_seeded_sampling_with_n_choices_equals_library_generate(served, smollm2)
     got = list(zip(texts[:2], texts[2:], strict=False))
     assert got == [(r.steered, r.original) for r in ref]
     assert got[0][0] != got[1][0]
-    again = chat(client, steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10],
-                                    "positions": "generated"}], temperature=0.8, top_p=0.9, seed=11, n=2).json()
+    again = chat(
+        client,
+        steering=[{"vector": "sentiment", "multiplier": 4, "layers": [9, 10], "positions": "generated"}],
+        temperature=0.8,
+        top_p=0.9,
+        seed=11,
+        n=2,
+    ).json()
     assert [c["message"]["content"] for c in again["choices"]] == [g[0] for g in got]
 
 
 def test_completions_use_the_raw_prompt_like_generate_without_chat_template(served, smollm2):
     client, vectors = served
     prompt = "My favourite season is"
-    body = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 12, "temperature": 0,
-                                                 "steering": [{"vector": "gloomy", "multiplier": 5}],
-                                                 "include_original": True}).json()
-    ref = generate(smollm2, [prompt], SteeringSpec(vectors["gloomy"], 5.0), generate_orig_output=True,
-                   use_chat_template=False, config=GenerationConfig(max_new_tokens=12))[0]
+    body = client.post(
+        "/v1/completions",
+        json={
+            "prompt": prompt,
+            "max_tokens": 12,
+            "temperature": 0,
+            "steering": [{"vector": "gloomy", "multiplier": 5}],
+            "include_original": True,
+        },
+    ).json()
+    ref = generate(
+        smollm2,
+        [prompt],
+        SteeringSpec(vectors["gloomy"], 5.0),
+        generate_orig_output=True,
+        use_chat_template=False,
+        config=GenerationConfig(max_new_tokens=12),
+    )[0]
     assert [c["text"] for c in body["choices"]] == [ref.steered, ref.original]
     assert body["object"] == "text_completion"
 
@@ -115,9 +150,18 @@ def test_streamed_chunks_reassemble_to_the_full_response(served):
     fields = {"steering": [{"vector": "sentiment", "multiplier": 6}], "include_original": True}
     full = chat(client, **fields).json()["choices"]
     texts, finish, events = {0: "", 1: ""}, {}, []
-    with client.stream("POST", "/v1/chat/completions",
-                       json={"messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "temperature": 0,
-                             "stream": True, "stream_options": {"include_usage": True}, **fields}) as response:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": TOKENS,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **fields,
+        },
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -139,29 +183,56 @@ def test_streamed_chunks_reassemble_to_the_full_response(served):
 
 
 REFUSALS = [
-    ({"steering": [{"vector": "cheerful", "multiplier": 2}]}, "steering[0].vector",
-     "steering[0].vector: unknown vector 'cheerful'; registered vectors: gloomy, other-weights, qwen, sentiment"),
-    ({"steering": [{"vector": "qwen", "multiplier": 2}]}, "steering[0].vector",
-     "steering[0].vector: vector 'qwen' cannot steer this model: built for Qwen2.5-0.5B (hidden size 896, "
-     "24 layers); this server runs SmolLM2-135M-Instruct (hidden size 576, 30 layers)"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2}, {"vector": "other-weights", "multiplier": 2}]},
-     "steering[1].vector", "steering[1].vector: vector 'other-weights' cannot steer this model: built for "
-     "SmolLM2-tuned (hidden size 576, fingerprint 0123456789abcdef); this server runs SmolLM2-135M-Instruct"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [9, 30]}]}, "steering[0].layers",
-     "steering[0].layers: layer 30 is out of range; SmolLM2-135M-Instruct has layers 0..29"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [-1]}]}, "steering[0].layers",
-     "steering[0].layers: layer -1 is out of range; SmolLM2-135M-Instruct has layers 0..29"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [12]}]}, "steering[0].layers",
-     "steering[0].layers: vector 'sentiment' has no direction for layer 12; it has layers [9, 10]"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2, "positions": "middle"}]}, "steering[0].positions",
-     "steering[0].positions: positions must be one of all, prompt, generated, system, user, assistant or "
-     "between:OPEN:CLOSE; got 'middle'"),
-    ({"steering": [{"vector": "sentiment", "multiplier": 2, "operator": "scale"}]}, "steering[0].operator",
-     "steering[0].operator: Input should be 'add', 'ablate', 'clamp' or 'rotate'"),
-    ({"max_tokens": 65}, "max_tokens",
-     "max_tokens: 65 is above this server's limit of 64 (set by serve --max-tokens)"),
-    ({"model": "gpt-4o"}, "model", "model: 'gpt-4o' is not served here; this server runs 'SmolLM2-135M-Instruct' "
-                                   "(see GET /v1/models), or leave model out"),
+    (
+        {"steering": [{"vector": "cheerful", "multiplier": 2}]},
+        "steering[0].vector",
+        "steering[0].vector: unknown vector 'cheerful'; registered vectors: gloomy, other-weights, qwen, sentiment",
+    ),
+    (
+        {"steering": [{"vector": "qwen", "multiplier": 2}]},
+        "steering[0].vector",
+        "steering[0].vector: vector 'qwen' cannot steer this model: built for Qwen2.5-0.5B (hidden size 896, "
+        "24 layers); this server runs SmolLM2-135M-Instruct (hidden size 576, 30 layers)",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2}, {"vector": "other-weights", "multiplier": 2}]},
+        "steering[1].vector",
+        "steering[1].vector: vector 'other-weights' cannot steer this model: built for "
+        "SmolLM2-tuned (hidden size 576, fingerprint 0123456789abcdef); this server runs SmolLM2-135M-Instruct",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [9, 30]}]},
+        "steering[0].layers",
+        "steering[0].layers: layer 30 is out of range; SmolLM2-135M-Instruct has layers 0..29",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [-1]}]},
+        "steering[0].layers",
+        "steering[0].layers: layer -1 is out of range; SmolLM2-135M-Instruct has layers 0..29",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2, "layers": [12]}]},
+        "steering[0].layers",
+        "steering[0].layers: vector 'sentiment' has no direction for layer 12; it has layers [9, 10]",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2, "positions": "middle"}]},
+        "steering[0].positions",
+        "steering[0].positions: positions must be one of all, prompt, generated, system, user, assistant or "
+        "between:OPEN:CLOSE; got 'middle'",
+    ),
+    (
+        {"steering": [{"vector": "sentiment", "multiplier": 2, "operator": "scale"}]},
+        "steering[0].operator",
+        "steering[0].operator: Input should be 'add', 'ablate', 'clamp' or 'rotate'",
+    ),
+    ({"max_tokens": 65}, "max_tokens", "max_tokens: 65 is above this server's limit of 64 (set by serve --max-tokens)"),
+    (
+        {"model": "gpt-4o"},
+        "model",
+        "model: 'gpt-4o' is not served here; this server runs 'SmolLM2-135M-Instruct' "
+        "(see GET /v1/models), or leave model out",
+    ),
     ({"temperature": 3}, "temperature", "temperature: Input should be less than or equal to 2"),
     ({"logit_bias": {"1": 5}}, "logit_bias", "logit_bias: unknown field; see the API docs for the accepted fields"),
 ]
@@ -178,16 +249,23 @@ def test_bad_requests_get_a_400_that_says_which_field_and_why(served, fields, pa
     assert error["message"].startswith(message), error["message"]
 
 
-@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")])
+@pytest.mark.parametrize(
+    ("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")]
+)
 def test_non_finite_multipliers_are_refused(served, literal, shown):
     client, _ = served
-    raw = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, '
-           f'"steering": [{{"vector": "sentiment", "multiplier": {literal}}}]}}')
+    raw = (
+        '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, '
+        f'"steering": [{{"vector": "sentiment", "multiplier": {literal}}}]}}'
+    )
     reply = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert reply.status_code == 400
     assert reply.json()["error"] == {
         "message": f"steering[0].multiplier: multiplier must be a finite number, got {shown}",
-        "type": "invalid_request_error", "param": "steering[0].multiplier", "code": "value_error"}
+        "type": "invalid_request_error",
+        "param": "steering[0].multiplier",
+        "code": "value_error",
+    }
 
 
 def test_health_models_and_unknown_paths(served):

@@ -29,7 +29,9 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vectors")
     lm = tiny_lm()
     gen = torch.Generator().manual_seed(5)
-    up = SteeringVector({k: torch.randn(lm.hidden_size, generator=gen) * 4 for k in (0, 2)}, VectorMeta.for_model(lm, "caa"))
+    up = SteeringVector(
+        {k: torch.randn(lm.hidden_size, generator=gen) * 4 for k in (0, 2)}, VectorMeta.for_model(lm, "caa")
+    )
     away = SteeringVector({1: torch.randn(lm.hidden_size, generator=gen) * 3}, VectorMeta.for_model(lm, "caa"))
     direction = torch.randn(lm.hidden_size, generator=gen)
     scores = last_token_scores(lm, encode_prompts(lm, PROMPTS), {1: direction})[1]
@@ -46,8 +48,12 @@ def served(tmp_path_factory):
 
 
 def _chat(client, prompt, steering):
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": CONFIG.max_new_tokens, "temperature": 0,
-            "steering": steering}
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": CONFIG.max_new_tokens,
+        "temperature": 0,
+        "steering": steering,
+    }
     return client.post("/v1/chat/completions", json=body)
 
 
@@ -69,8 +75,12 @@ def test_a_conditional_item_serves_the_library_cast_and_steers_only_the_prompts_
         assert plain != always  # the behaviour changes this prompt's text, so the next line can fail
         assert served_text == (always if selected else plain)
     reply = _chat(client, PROMPTS[0], [item]).json()
-    assert reply["steering"][0]["condition"] == {"name": "long", "layer": 1, "comparison": ">=",
-                                                 "threshold": condition.threshold}
+    assert reply["steering"][0]["condition"] == {
+        "name": "long",
+        "layer": 1,
+        "comparison": ">=",
+        "threshold": condition.threshold,
+    }
 
 
 def test_ablate_direction_serves_the_library_ablation(served):
@@ -92,8 +102,10 @@ def test_each_row_of_a_mixed_batch_equals_that_row_alone(served):
         [],
     ]
     ids = encode_prompts(lm, PROMPTS)
-    plans = [RowPlan(tuple(ids[i % len(ids)]), 10, tuple(registry.resolve([SteeringItem(**x) for x in items])))
-             for i, items in enumerate(requests)]
+    plans = [
+        RowPlan(tuple(ids[i % len(ids)]), 10, tuple(registry.resolve([SteeringItem(**x) for x in items])))
+        for i, items in enumerate(requests)
+    ]
     batch = generate_tokens(lm, [p.prompt_ids for p in plans], batch_steering(plans), config=CONFIG)
     lm.model.generation_config.use_cache = False
     try:
@@ -116,19 +128,34 @@ def test_conditions_are_listed_as_conditions(served):
     assert listed["up"]["object"] == "steering_vector" and "condition" not in listed["up"]
 
 
-@pytest.mark.parametrize(("item", "param", "message"), [
-    ({"vector": "long"}, "steering[0].vector",
-     "steering[0].vector: 'long' is not a vector: it is a condition (kind 'condition'): give it as condition, "
-     "beside the vector to apply"),
-    ({"vector": "up", "condition": "away"}, "steering[0].condition",
-     "steering[0].condition: 'away' is not a condition: it is a vector; a condition file comes from "
-     "`steerlab vector condition`"),
-    ({"vector": "up", "condition": "short"}, "steering[0].condition",
-     "steering[0].condition: unknown condition 'short'; registered conditions: long"),
-    ({"vector": "up", "ablate_direction": True}, "steering[0].layers",
-     "steering[0].layers: the vector has several layers and no recommended one; say which layer's direction to "
-     "ablate"),
-])
+@pytest.mark.parametrize(
+    ("item", "param", "message"),
+    [
+        (
+            {"vector": "long"},
+            "steering[0].vector",
+            "steering[0].vector: 'long' is not a vector: it is a condition (kind 'condition'): give it as condition, "
+            "beside the vector to apply",
+        ),
+        (
+            {"vector": "up", "condition": "away"},
+            "steering[0].condition",
+            "steering[0].condition: 'away' is not a condition: it is a vector; a condition file comes from "
+            "`steerlab vector condition`",
+        ),
+        (
+            {"vector": "up", "condition": "short"},
+            "steering[0].condition",
+            "steering[0].condition: unknown condition 'short'; registered conditions: long",
+        ),
+        (
+            {"vector": "up", "ablate_direction": True},
+            "steering[0].layers",
+            "steering[0].layers: the vector has several layers and no recommended one; say which layer's direction to "
+            "ablate",
+        ),
+    ],
+)
 def test_misused_names_get_a_400_naming_the_field(served, item, param, message):
     _, _, client, _ = served
     reply = _chat(client, PROMPTS[0], [item])
@@ -136,8 +163,10 @@ def test_misused_names_get_a_400_naming_the_field(served, item, param, message):
     assert (reply.json()["error"]["param"], reply.json()["error"]["message"]) == (param, message)
 
 
-@pytest.mark.parametrize("extra", [{"multiplier": 2.0}, {"operator": "add"}, {"positions": "prompt"},
-                                   {"condition": "long"}, {"layers": [0, 2]}])
+@pytest.mark.parametrize(
+    "extra",
+    [{"multiplier": 2.0}, {"operator": "add"}, {"positions": "prompt"}, {"condition": "long"}, {"layers": [0, 2]}],
+)
 def test_ablate_direction_refuses_what_cannot_apply_to_it(served, extra):
     _, _, client, _ = served
     reply = _chat(client, PROMPTS[0], [{"vector": "up", "ablate_direction": True, **extra}])

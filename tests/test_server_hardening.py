@@ -37,8 +37,9 @@ def chat_body(prompt="hello there", **fields):
     return {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0, **fields}
 
 
-def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None) -> tuple[int, dict]:
+def request(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, dict]:
     conn.request(method, path, body=body, headers={"content-type": "application/json", **(headers or {})})
     reply = conn.getresponse()
     return reply.status, json.loads(reply.read())
@@ -57,13 +58,15 @@ def test_every_failure_is_a_json_error_and_the_connection_stays_open(tiny, monke
         sock = conn.sock
         assert (status, body["error"]["type"], body["error"]["code"]) == (500, "server_error", "internal_error")
         assert "TypeError" in body["error"]["message"]
-        checks = [("POST", "/v1/chat/completions", b"{not json", 400),
-                  ("POST", "/v1/chat/completions", json.dumps(chat_body(max_tokens=True)).encode(), 400),
-                  ("GET", "/v1/nothing", None, 404),
-                  ("POST", "/v1/chat/completions", json.dumps(chat_body(model="gpt-4o")).encode(), 404),
-                  ("POST", "/v1/score", json.dumps({"metric": "sentiment", "texts": ["x" * 20_000]}).encode(), 413),
-                  ("GET", "/v1/vectors", None, 500),
-                  ("POST", "/v1/chat/completions", json.dumps(chat_body()).encode(), 200)]
+        checks = [
+            ("POST", "/v1/chat/completions", b"{not json", 400),
+            ("POST", "/v1/chat/completions", json.dumps(chat_body(max_tokens=True)).encode(), 400),
+            ("GET", "/v1/nothing", None, 404),
+            ("POST", "/v1/chat/completions", json.dumps(chat_body(model="gpt-4o")).encode(), 404),
+            ("POST", "/v1/score", json.dumps({"metric": "sentiment", "texts": ["x" * 20_000]}).encode(), 413),
+            ("GET", "/v1/vectors", None, 500),
+            ("POST", "/v1/chat/completions", json.dumps(chat_body()).encode(), 200),
+        ]
         for method, path, payload, expected in checks:
             status, body = request(conn, method, path, payload)
             assert status == expected, body
@@ -110,7 +113,8 @@ def test_scoring_runs_off_the_event_loop(tiny, monkeypatch):
     monkeypatch.setitem(METRICS, "slow", Metric("slow", "slow", "", "", "slowness", slow, 0.0, 1.0))
     with serve_in_thread(create_app(lm, registry)) as (url, _):
         latency = _health_latency_during(
-            url, lambda: httpx.post(url + "/v1/score", json={"metric": "slow", "texts": ["a", "b"]}, timeout=60))
+            url, lambda: httpx.post(url + "/v1/score", json={"metric": "slow", "texts": ["a", "b"]}, timeout=60)
+        )
     assert latency < 0.5
 
 
@@ -125,7 +129,8 @@ def test_tokenising_runs_off_the_event_loop(tiny, monkeypatch):
     monkeypatch.setattr(lm.tokenizer, "apply_chat_template", slow_template)
     with serve_in_thread(create_app(lm, registry)) as (url, _):
         latency = _health_latency_during(
-            url, lambda: httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=60))
+            url, lambda: httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=60)
+        )
     assert latency < 0.5
 
 
@@ -135,17 +140,24 @@ def test_body_prompt_and_text_sizes_are_capped_with_413(tiny):
     with TestClient(create_app(lm, registry, limits=limits)) as client:
         big = client.post("/v1/completions", json={"prompt": "x" * 5000, "max_tokens": 2})
         assert big.status_code == 413
-        assert big.json()["error"] == {"message": "body: the request body is larger than this server's limit of 4000 "
-                                                  "bytes", "type": "invalid_request_error", "param": "body",
-                                       "code": "request_too_large"}
+        assert big.json()["error"] == {
+            "message": "body: the request body is larger than this server's limit of 4000 bytes",
+            "type": "invalid_request_error",
+            "param": "body",
+            "code": "request_too_large",
+        }
         # A body without Content-Length (chunked) is counted as it arrives.
-        chunked = client.post("/v1/completions", content=iter([b'{"prompt": "', b"x" * 5000, b'"}']),
-                              headers={"content-type": "application/json"})
+        chunked = client.post(
+            "/v1/completions",
+            content=iter([b'{"prompt": "', b"x" * 5000, b'"}']),
+            headers={"content-type": "application/json"},
+        )
         assert chunked.status_code == 413
         prompt = client.post("/v1/chat/completions", json=chat_body("y" * 501))
         assert (prompt.status_code, prompt.json()["error"]["code"]) == (413, "prompt_too_large")
-        assert prompt.json()["error"]["message"] == ("messages: the prompt has 501 characters, above this server's "
-                                                     "limit of 500")
+        assert prompt.json()["error"]["message"] == (
+            "messages: the prompt has 501 characters, above this server's limit of 500"
+        )
         text = client.post("/v1/score", json={"metric": "sentiment", "texts": ["fine", "z" * 301]})
         assert (text.status_code, text.json()["error"]["param"]) == (413, "texts[1]")
         assert client.post("/v1/chat/completions", json=chat_body("y" * 500)).status_code == 200
@@ -164,7 +176,10 @@ def test_without_a_token_the_server_warns_at_start(tiny, caplog):
         pass
     assert any("serving without a token" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="steerlab.server"), TestClient(create_app(lm, registry, token="s3cret")):
+    with (
+        caplog.at_level(logging.WARNING, logger="steerlab.server"),
+        TestClient(create_app(lm, registry, token="s3cret")),
+    ):
         pass
     assert not any("without a token" in r.getMessage() for r in caplog.records)
 
@@ -197,10 +212,16 @@ STRICT = [
     ({"seed": "7"}, "seed", "Input should be a valid integer"),
     ({"steering": [{"vector": "up", "multiplier": "2"}]}, "steering[0].multiplier", "Input should be a valid number"),
     ({"steering": [{"vector": "up", "layers": [1.0]}]}, "steering[0].layers[0]", "Input should be a valid integer"),
-    ({"steering": [{"vector": "up", "multiplier": 1e39}]}, "steering[0].multiplier",
-     "multiplier must be within float32's finite range (|m| <= 3.4e38), got 1e+39"),
-    ({"max_tokens": 4, "max_completion_tokens": 5}, "body",
-     "max_tokens (4) and max_completion_tokens (5) differ; give one of them"),
+    (
+        {"steering": [{"vector": "up", "multiplier": 1e39}]},
+        "steering[0].multiplier",
+        "multiplier must be within float32's finite range (|m| <= 3.4e38), got 1e+39",
+    ),
+    (
+        {"max_tokens": 4, "max_completion_tokens": 5},
+        "body",
+        "max_tokens (4) and max_completion_tokens (5) differ; give one of them",
+    ),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop sequences, got 5"),
     ({"stop": [""]}, "stop", "stop sequences must not be empty"),
     ({"frequency_penalty": 2.5}, "frequency_penalty", "Input should be less than or equal to 2"),
@@ -223,14 +244,19 @@ def test_types_are_strict_and_values_checked(tiny, fields, param, message):
 def test_a_vector_with_a_nan_is_listed_as_unusable_and_refused(tiny, tmp_path):
     lm, _ = tiny
     good = SteeringVector({1: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa"))
-    bad = SteeringVector({1: torch.ones(lm.hidden_size), 2: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa"))
+    bad = SteeringVector(
+        {1: torch.ones(lm.hidden_size), 2: torch.ones(lm.hidden_size)}, VectorMeta.for_model(lm, "caa")
+    )
     bad.directions[2][3] = float("nan")
-    registry = VectorRegistry(lm, {"good": (tmp_path / "good.safetensors", good),
-                                   "bad": (tmp_path / "bad.safetensors", bad)})
+    registry = VectorRegistry(
+        lm, {"good": (tmp_path / "good.safetensors", good), "bad": (tmp_path / "bad.safetensors", bad)}
+    )
     with TestClient(create_app(lm, registry)) as client:
         listing = {v["id"]: v for v in client.get("/v1/vectors").json()["data"]}
         assert (listing["bad"]["usable"], listing["bad"]["problem"]) == (
-            False, "its direction for layer 2 has non-finite values (NaN or Inf)")
+            False,
+            "its direction for layer 2 has non-finite values (NaN or Inf)",
+        )
         reply = client.post("/v1/chat/completions", json=chat_body(steering=[{"vector": "bad"}]))
         assert (reply.status_code, reply.json()["error"]["code"]) == (400, "vector_incompatible")
 
@@ -253,8 +279,10 @@ def test_a_plain_request_beside_a_nan_vector_request_comes_back_intact(tiny, tmp
         def send(name, body):
             replies[name] = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
 
-        threads = [threading.Thread(target=send, args=("nan", chat_body(steering=[{"vector": "nan"}]))),
-                   threading.Thread(target=send, args=("plain", chat_body()))]
+        threads = [
+            threading.Thread(target=send, args=("nan", chat_body(steering=[{"vector": "nan"}]))),
+            threading.Thread(target=send, args=("plain", chat_body())),
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -271,14 +299,19 @@ def test_one_unreadable_vector_file_does_not_stop_the_server(tiny, tmp_path, cap
     good.save(folder / "good.safetensors")
     (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     meta = dict(VectorMeta.for_model(lm, "caa").to_json(), recommended={"multiplier": "x"})
-    safetensors.torch.save_file({"layer.1": torch.ones(lm.hidden_size)}, str(folder / "wrong-type.safetensors"),
-                                metadata={"steerlab": json.dumps(meta)})
+    safetensors.torch.save_file(
+        {"layer.1": torch.ones(lm.hidden_size)},
+        str(folder / "wrong-type.safetensors"),
+        metadata={"steerlab": json.dumps(meta)},
+    )
     with caplog.at_level(logging.WARNING, logger="steerlab.server"):
         registry = VectorRegistry.from_dir(lm, folder)
     assert list(registry.entries) == ["good"]
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("skipping broken.safetensors: ") for m in messages)
-    assert f"skipping wrong-type.safetensors: {folder / 'wrong-type.safetensors'}: metadata field " \
-           "'recommended.multiplier': expected a finite number, got a string" in messages
+    assert (
+        f"skipping wrong-type.safetensors: {folder / 'wrong-type.safetensors'}: metadata field "
+        "'recommended.multiplier': expected a finite number, got a string" in messages
+    )
     with TestClient(create_app(lm, registry)) as client:
         assert [v["id"] for v in client.get("/v1/vectors").json()["data"]] == ["good"]

@@ -23,9 +23,16 @@ from steerlab.server.registry import VectorRegistry
 pytestmark = pytest.mark.real_model
 
 REQUESTS, CLIENTS, DISTINCT = 200, 16, 40
-PROMPTS = ["Tell me about your weekend.", "Describe the town where you live.", "What do you think about rainy days?",
-           "Tell me about your morning routine.", "Describe a meal you had recently.", "How was your week at work?",
-           "Tell me about the last trip you took.", "What do you think about Mondays?"]
+PROMPTS = [
+    "Tell me about your weekend.",
+    "Describe the town where you live.",
+    "What do you think about rainy days?",
+    "Tell me about your morning routine.",
+    "Describe a meal you had recently.",
+    "How was your week at work?",
+    "Tell me about the last trip you took.",
+    "What do you think about Mondays?",
+]
 STEERING = [
     [],
     [{"vector": "sentiment", "multiplier": 0}],
@@ -34,7 +41,10 @@ STEERING = [
     [{"vector": "gloomy", "multiplier": 6}],
     [{"vector": "gloomy", "multiplier": 3, "layers": [9, 10]}],
     [{"vector": "sentiment", "multiplier": 3}, {"vector": "gloomy", "multiplier": 0}],
-    [{"vector": "sentiment", "multiplier": 2, "positions": "generated"}, {"vector": "gloomy", "multiplier": 2, "layers": [10]}],
+    [
+        {"vector": "sentiment", "multiplier": 2, "positions": "generated"},
+        {"vector": "gloomy", "multiplier": 2, "layers": [10]},
+    ],
     [{"vector": "gloomy", "multiplier": -4, "positions": "prompt"}],
     [{"vector": "sentiment", "multiplier": 0, "layers": [9, 10]}],
 ]
@@ -111,12 +121,20 @@ def test_two_hundred_concurrent_requests_match_each_served_alone(smollm2, tmp_pa
     latencies = sorted(lat for _, lat, _ in results)
     rows = sum(pool[i][1].get("n", 1) * (2 if pool[i][1].get("include_original") else 1) for i in schedule)
     figures = {
-        "requests": len(results), "clients": CLIENTS, "distinct_requests": DISTINCT, "errors": len(errors),
-        "mismatches": len(mismatches), "wall_s": round(wall, 2), "requests_per_s": round(len(results) / wall, 2),
+        "requests": len(results),
+        "clients": CLIENTS,
+        "distinct_requests": DISTINCT,
+        "errors": len(errors),
+        "mismatches": len(mismatches),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(results) / wall, 2),
         "latency_p50_s": round(statistics.median(latencies), 2),
         "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
-        "batches": batches, "mean_rows_per_batch": round(rows / max(batches, 1), 2),
-        "max_batch": 16, "batch_window_ms": 10, "torch_threads": torch.get_num_threads(),
+        "batches": batches,
+        "mean_rows_per_batch": round(rows / max(batches, 1), 2),
+        "max_batch": 16,
+        "batch_window_ms": 10,
+        "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
     }
     ARTIFACTS.mkdir(exist_ok=True)

@@ -28,8 +28,10 @@ def client(tmp_path_factory):
     directions = {layer: torch.randn(lm.hidden_size, generator=gen) * 4 for layer in (1, 2)}
     SteeringVector(directions, VectorMeta.for_model(lm, "caa")).save(folder / "up.safetensors")
     app = create_app(lm, VectorRegistry.from_dir(lm, folder), max_tokens_limit=64)
-    with (serve_in_thread(app) as (url, _),
-          openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as api):
+    with (
+        serve_in_thread(app) as (url, _),
+        openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as api,
+    ):
         yield api, lm.name
 
 
@@ -44,12 +46,25 @@ def text_of(choice) -> str:
 
 
 def test_the_fields_openai_clients_send_are_accepted(client):
-    reply = chat(client, stop=None, user="someone", seed=3, n=1, frequency_penalty=0, presence_penalty=0,
-                 logprobs=False, stream=False)
+    reply = chat(
+        client,
+        stop=None,
+        user="someone",
+        seed=3,
+        n=1,
+        frequency_penalty=0,
+        presence_penalty=0,
+        logprobs=False,
+        stream=False,
+    )
     assert reply.object == "chat.completion" and len(reply.choices) == 1
     api, model = client
-    newer = api.chat.completions.create(model=model, messages=[{"role": "developer", "content": "be brief"}, *PROMPT],
-                                        max_completion_tokens=5, temperature=0)
+    newer = api.chat.completions.create(
+        model=model,
+        messages=[{"role": "developer", "content": "be brief"}, *PROMPT],
+        max_completion_tokens=5,
+        temperature=0,
+    )
     assert newer.usage.completion_tokens <= 5
     assert newer.choices[0].finish_reason in ("length", "stop")
 
@@ -62,8 +77,9 @@ def test_stop_sequences_end_the_text_before_them(client):
     stopped = chat(client, stop=[stop, "\x00never"]).choices[0]
     assert (text_of(stopped), stopped.finish_reason) == (full[:cut], "stop")
     api, model = client
-    streamed = api.chat.completions.create(model=model, messages=PROMPT, max_tokens=16, temperature=0, stop=stop,
-                                           stream=True)
+    streamed = api.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=16, temperature=0, stop=stop, stream=True
+    )
     chunks = list(streamed)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[:cut]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
@@ -71,7 +87,7 @@ def test_stop_sequences_end_the_text_before_them(client):
     head = completion.choices[0].text
     assert len(head) >= 4, head
     again = api.completions.create(model=model, prompt="abc", max_tokens=16, temperature=0, stop=head[2:4])
-    assert again.choices[0].text == head[:head.index(head[2:4])]
+    assert again.choices[0].text == head[: head.index(head[2:4])]
 
 
 def test_frequency_and_presence_penalties_change_repetitive_text(client):
@@ -102,8 +118,11 @@ def test_logprobs_describe_the_chosen_tokens(client):
         assert math.isclose(entry.top_logprobs[0].logprob, entry.logprob, abs_tol=1e-6)
         assert entry.bytes == list(entry.token.encode())
     api, model = client
-    streamed = list(api.chat.completions.create(model=model, messages=PROMPT, max_tokens=16, temperature=0,
-                                                logprobs=True, top_logprobs=3, stream=True))
+    streamed = list(
+        api.chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=16, temperature=0, logprobs=True, top_logprobs=3, stream=True
+        )
+    )
     tokens = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [(t.token, t.logprob) for t in tokens] == [(t.token, t.logprob) for t in content]
     legacy = api.completions.create(model=model, prompt="abc", max_tokens=8, temperature=0, logprobs=2)
@@ -133,8 +152,9 @@ def test_include_original_gives_separate_choices_with_their_own_indexes(client):
     assert [text_of(c) for c in reply.choices[2:]] == [text_of(c) for c in plain.choices]
     assert [text_of(c) for c in reply.choices[:2]] != [text_of(c) for c in plain.choices]
     # Streamed: a standard client assembles each index on its own, so the texts never interleave.
-    stream = api.chat.completions.create(model=model, messages=PROMPT, max_tokens=16, temperature=1.0, seed=1, n=2,
-                                         stream=True, extra_body=extra)
+    stream = api.chat.completions.create(
+        model=model, messages=PROMPT, max_tokens=16, temperature=1.0, seed=1, n=2, stream=True, extra_body=extra
+    )
     texts: dict[int, str] = {}
     for chunk in stream:
         for choice in chunk.choices:

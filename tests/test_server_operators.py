@@ -26,13 +26,24 @@ def served(tmp_path):
 
 
 def _chat(client, **steer):
-    body = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 10, "temperature": 0,
-            "steering": [{"vector": "up", "layers": [1], **steer}]}
+    body = {
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 10,
+        "temperature": 0,
+        "steering": [{"vector": "up", "layers": [1], **steer}],
+    }
     return client.post("/v1/chat/completions", json=body)
 
 
-@pytest.mark.parametrize("steer", [{"operator": "ablate"}, {"operator": "clamp", "multiplier": 5.0},
-                                   {"multiplier": 120.0}, {"operator": "add", "multiplier": 6.0, "positions": "user"}])
+@pytest.mark.parametrize(
+    "steer",
+    [
+        {"operator": "ablate"},
+        {"operator": "clamp", "multiplier": 5.0},
+        {"multiplier": 120.0},
+        {"operator": "add", "multiplier": 6.0, "positions": "user"},
+    ],
+)
 def test_each_operator_and_role_position_serves_what_the_library_generates(served, steer):
     lm, vector, client = served
     reply = _chat(client, **steer)

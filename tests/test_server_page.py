@@ -19,8 +19,15 @@ from steerlab.server.registry import VectorRegistry
 pytestmark = [pytest.mark.real_model, pytest.mark.browser]
 
 # No sandbox: CI runs as root. No background traffic: the test machine has no network.
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 WAIT_MS = 240_000
 
 
@@ -54,10 +61,17 @@ def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path)
             chunks = re.fullmatch(r"finish: length · (\d+) chunks", page.locator("#meta-steered").text_content())
             assert chunks and int(chunks.group(1)) > 1  # arrived token by token, not in one piece
 
-            reference = httpx.post(url + "/v1/chat/completions", timeout=120, json={
-                "messages": [{"role": "user", "content": "Tell me about your weekend."}], "max_tokens": 16,
-                "temperature": 0, "steering": [{"vector": "sentiment", "multiplier": 3, "positions": "all"}],
-                "include_original": True}).json()["choices"]
+            reference = httpx.post(
+                url + "/v1/chat/completions",
+                timeout=120,
+                json={
+                    "messages": [{"role": "user", "content": "Tell me about your weekend."}],
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "steering": [{"vector": "sentiment", "multiplier": 3, "positions": "all"}],
+                    "include_original": True,
+                },
+            ).json()["choices"]
             assert steered == reference[0]["message"]["content"]
             assert original == reference[1]["message"]["content"]
             assert steered and original and steered != original
@@ -72,8 +86,9 @@ def test_playground_streams_original_and_steered_side_by_side(smollm2, tmp_path)
             # CAST and every-layer ablation: what the row's controls send (the server side is tested on its own).
             row.locator(".condition").select_option("upbeat")
             expect(page.locator("#steer-summary")).to_have_text("sentiment ×3 if upbeat")
-            assert page.evaluate("steering()") == [{"vector": "sentiment", "positions": "all", "multiplier": 3,
-                                                    "condition": "upbeat"}]
+            assert page.evaluate("steering()") == [
+                {"vector": "sentiment", "positions": "all", "multiplier": 3, "condition": "upbeat"}
+            ]
             row.locator(".operator").select_option("every-layer")
             expect(row.locator(".mult")).to_be_disabled()
             expect(page.locator("#steer-summary")).to_have_text("sentiment ablated at every layer")

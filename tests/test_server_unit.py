@@ -40,8 +40,9 @@ def test_requests_without_the_token_are_refused(tiny):
             reply = client.request(method, path, json=body() if method == "POST" else None)
             assert reply.status_code == 401
             assert reply.headers["www-authenticate"] == "Bearer"
-            assert reply.json()["error"]["message"] == ("missing bearer token: send the header "
-                                                        "'Authorization: Bearer <token>'")
+            assert reply.json()["error"]["message"] == (
+                "missing bearer token: send the header 'Authorization: Bearer <token>'"
+            )
         wrong = client.get("/v1/vectors", headers={"Authorization": "Bearer guess"})
         assert (wrong.status_code, wrong.json()["error"]["message"]) == (401, "invalid bearer token")
         # Refused before the body is read: a malformed body without the token is still a 401.
@@ -61,7 +62,9 @@ def test_batch_steering_gives_each_row_its_own_multiplier_and_zero_elsewhere(tin
     plans = [RowPlan((5,), 4, (a,)), RowPlan((5,), 4, ()), RowPlan((5,), 4, (b, a))]
     specs = batch_steering(plans).specs
     assert [(sorted(s.layer_weights()), list(s.multiplier)) for s in specs] == [
-        ([1], [3.0, 0.0, 3.0]), ([1, 2], [0.0, 0.0, -2.0])]
+        ([1], [3.0, 0.0, 3.0]),
+        ([1, 2], [0.0, 0.0, -2.0]),
+    ]
     assert batch_steering([RowPlan((5,), 4, ())]) is None
 
 
@@ -81,8 +84,9 @@ def test_concurrent_mixed_requests_match_each_request_served_alone(tiny):
         alone = [client.post("/v1/chat/completions", json=r).json() for r in requests]
         batches_before = app.state.batcher.batches
         with ThreadPoolExecutor(12) as pool:
-            together = list(pool.map(lambda r: httpx.post(url + "/v1/chat/completions", json=r, timeout=60).json(),
-                                     requests))
+            together = list(
+                pool.map(lambda r: httpx.post(url + "/v1/chat/completions", json=r, timeout=60).json(), requests)
+            )
         batches = app.state.batcher.batches - batches_before
     outputs = lambda reply: [(c["message"]["content"], c.get("original")) for c in reply["choices"]]  # noqa: E731
     assert [outputs(r) for r in together] == [outputs(r) for r in alone]
@@ -94,9 +98,12 @@ def test_shutdown_finishes_the_request_in_flight(tiny):
     app = create_app(lm, registry)
     result = {}
     with serve_in_thread(app) as (url, server):
+
         def call():
-            result["reply"] = httpx.post(url + "/v1/completions", timeout=120,
-                                         json={"prompt": "abc", "max_tokens": 400, "temperature": 0})
+            result["reply"] = httpx.post(
+                url + "/v1/completions", timeout=120, json={"prompt": "abc", "max_tokens": 400, "temperature": 0}
+            )
+
         worker = threading.Thread(target=call)
         worker.start()
         deadline = time.monotonic() + 30
@@ -144,8 +151,11 @@ def test_serve_command_sets_the_size_limits(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app))
     assert cli.main(["serve", "--vectors", str(tmp_path), "--max-prompt-chars", "5", "--token", "t"]) == 0
     with TestClient(captured["app"]) as client:
-        reply = client.post("/v1/completions", headers={"Authorization": "Bearer t"},
-                            json={"prompt": "a longer prompt", "max_tokens": 1})
+        reply = client.post(
+            "/v1/completions",
+            headers={"Authorization": "Bearer t"},
+            json={"prompt": "a longer prompt", "max_tokens": 1},
+        )
     assert reply.status_code == 413 and "5" in reply.json()["error"]["message"]
     assert cli.main(["serve", "--vectors", str(tmp_path), "--max-text-chars", "0"]) == 1
 
@@ -156,5 +166,8 @@ def test_serve_command_refuses_a_missing_vector_folder(tiny, tmp_path, monkeypat
 
     monkeypatch.setattr(serve, "load_cli_model", lambda args: tiny[0])
     assert cli.main(["serve", "--vectors", str(tmp_path / "nope")]) == 1
-    assert capsys.readouterr().err.strip().endswith(
-        f"--vectors {tmp_path / 'nope'}: no such folder; give a folder of .safetensors vectors")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"--vectors {tmp_path / 'nope'}: no such folder; give a folder of .safetensors vectors")
+    )

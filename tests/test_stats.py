@@ -13,11 +13,29 @@ def _result(base: torch.Tensor, up: torch.Tensor, down: torch.Tensor, *, fluent=
     """A one-layer sweep with cells -1 and +1 whose per-item scores are given; intervals as the sweep computes them."""
     cells = [paired_interval(x.tolist(), base.tolist(), seed=k) for k, x in enumerate((down, up))]
     effect = [[float(down.mean() - base.mean()), float(up.mean() - base.mean())]]
-    return SweepResult("t", "generation", "val", "raw", [5], [-1.0, 1.0], [[-1.0, 1.0]], score=[[0.0, 0.0]],
-                       fluency=[[1.0, 1.0]], effect=effect, base_score=float(base.mean()), base_fluency=1.0,
-                       score_name="s", fluency_name="f", fluency_bound=0.1, items=len(base), train_pairs=1,
-                       recommended=None, interval=[[[c.low, c.high] for c in cells]],
-                       wrong_way=[[cells[0].rose, cells[1].fell]], fluent=[list(fluent)])
+    return SweepResult(
+        "t",
+        "generation",
+        "val",
+        "raw",
+        [5],
+        [-1.0, 1.0],
+        [[-1.0, 1.0]],
+        score=[[0.0, 0.0]],
+        fluency=[[1.0, 1.0]],
+        effect=effect,
+        base_score=float(base.mean()),
+        base_fluency=1.0,
+        score_name="s",
+        fluency_name="f",
+        fluency_bound=0.1,
+        items=len(base),
+        train_pairs=1,
+        recommended=None,
+        interval=[[[c.low, c.high] for c in cells]],
+        wrong_way=[[cells[0].rose, cells[1].fell]],
+        fluent=[list(fluent)],
+    )
 
 
 def test_a_true_zero_effect_is_not_recommended_in_at_least_95_percent_of_seeds():
@@ -38,7 +56,10 @@ def test_a_clear_effect_is_recommended_in_each_direction_with_its_interval():
     for seed in range(20):
         gen = torch.Generator().manual_seed(seed)
         base = torch.randn(40, generator=gen)
-        up_scores, down_scores = base + 0.4 + 0.3 * torch.randn(40, generator=gen), base - 0.4 + 0.3 * torch.randn(40, generator=gen)
+        up_scores, down_scores = (
+            base + 0.4 + 0.3 * torch.randn(40, generator=gen),
+            base - 0.4 + 0.3 * torch.randn(40, generator=gen),
+        )
         result = _result(base, up_scores, down_scores)
         recommend(result)
         up, down = result.directions["up"], result.directions["down"]

@@ -15,7 +15,7 @@ PROMPTS = ["Hi.", "Tell me a long story about a cat.", "Why?"]
 
 def random_vector(lm, layers=(1, 2), scale=8.0, seed=1) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
-    dirs = {layer: torch.randn(lm.hidden_size, generator=g) * scale / lm.hidden_size ** 0.5 for layer in layers}
+    dirs = {layer: torch.randn(lm.hidden_size, generator=g) * scale / lm.hidden_size**0.5 for layer in layers}
     return SteeringVector(dirs, VectorMeta.for_model(lm, "test"))
 
 
@@ -26,9 +26,18 @@ def greedy(lm, rows, steering, use_cache=True, new=12):
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
     handle = steering.attach(lm, prompt_lengths=mask.sum(1)) if steering else None
     try:
-        out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                                use_cache=use_cache, pad_token_id=lm.tokenizer.pad_token_id,
-                                eos_token_id=None, temperature=None, top_p=None, top_k=None)
+        out = lm.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            eos_token_id=None,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
     finally:
         if handle:
             handle.remove()
@@ -46,7 +55,9 @@ def test_cache_and_padding_do_not_change_steered_tokens(arch, positions):
     assert torch.equal(cached, uncached)
     one_by_one = torch.cat([greedy(lm, [r], spec) for r in rows])
     assert torch.equal(cached, one_by_one)
-    assert not torch.equal(cached, greedy(lm, rows, None)), "the vector must change the output for this test to mean anything"
+    assert not torch.equal(cached, greedy(lm, rows, None)), (
+        "the vector must change the output for this test to mean anything"
+    )
 
 
 def test_positions_select_prompt_or_generated_tokens(tiny_llama):
@@ -91,7 +102,9 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_llama):
     config = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95)
     rows = encode_prompts(lm, PROMPTS)
     together = generate_ids(lm, rows, None, config=config, row_seeds=[7, 8, 9])
-    alone = [generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9], strict=False)]
+    alone = [
+        generate_ids(lm, [r], None, config=config, row_seeds=[s])[0] for r, s in zip(rows, [7, 8, 9], strict=False)
+    ]
     assert together == alone
     assert generate_ids(lm, rows[:1], None, config=config, row_seeds=[10]) != alone[:1]
 
@@ -149,7 +162,10 @@ def test_generation_error_still_removes_hooks(tiny_llama):
 def test_bad_steering_requests_are_refused(tiny_llama):
     lm = tiny_llama
     v = random_vector(lm)
-    with pytest.raises(SteeringError, match="positions must be one of all, prompt, generated, system, user, assistant or between:OPEN:CLOSE; got 'middle'"):
+    with pytest.raises(
+        SteeringError,
+        match="positions must be one of all, prompt, generated, system, user, assistant or between:OPEN:CLOSE; got 'middle'",
+    ):
         steer(lm, v, positions="middle")
     with pytest.raises(SteeringError, match="multiplier must be a finite number within float32's range"):
         steer(lm, v, multiplier=float("nan"))

@@ -25,7 +25,10 @@ def test_fit_verb_equals_the_method_module_and_checks_its_keywords(tiny_llama):
     assert via_verb.layers == [1, 2] and via_verb.meta.task == "sentiment"
     for layer in (1, 2):
         assert torch.equal(via_verb.directions[layer], direct.directions[layer])
-    with pytest.raises(ValueError, match="caa config: unknown key 'layer' for CAAConfig; allowed keys: layers, batch_size, batch_tokens"):
+    with pytest.raises(
+        ValueError,
+        match="caa config: unknown key 'layer' for CAAConfig; allowed keys: layers, batch_size, batch_tokens",
+    ):
         steerlab.fit(lm, PAIRS, "caa", layer=1)
     with pytest.raises(ValueError, match="unknown method 'magic'; available: caa, pca"):
         steerlab.fit(lm, PAIRS, "magic")
@@ -36,28 +39,42 @@ def test_fit_verb_equals_the_method_module_and_checks_its_keywords(tiny_llama):
 def test_every_file_declares_its_kind_and_load_steer_dispatches(tiny_llama, tmp_path):
     lm = tiny_llama
     vector = steerlab.fit(lm, PAIRS, "caa", layers=[1])
-    lm_steer = LMSteer(torch.zeros(1, 32, 2), torch.zeros(1, 32, 2), VectorMeta.for_model(lm, "lm_steer",
-                                                                                         config={"epsilon": 1e-3}))
+    lm_steer = LMSteer(
+        torch.zeros(1, 32, 2), torch.zeros(1, 32, 2), VectorMeta.for_model(lm, "lm_steer", config={"epsilon": 1e-3})
+    )
     prompt = PromptSteering("Be kind.")
-    paths = {"vector": vector.save(tmp_path / "v.safetensors"), "lm_steer": lm_steer.save(tmp_path / "l.safetensors"),
-             "prompt": prompt.save(tmp_path / "p.json")}
+    paths = {
+        "vector": vector.save(tmp_path / "v.safetensors"),
+        "lm_steer": lm_steer.save(tmp_path / "l.safetensors"),
+        "prompt": prompt.save(tmp_path / "p.json"),
+    }
     types = {"vector": SteeringVector, "lm_steer": LMSteer, "prompt": PromptSteering}
     for kind, path in paths.items():
         assert steer_kind(path) == kind
         loaded = steerlab.load_steer(path)
         assert isinstance(loaded, types[kind]) and loaded.kind == kind
-    header = json.loads(json.loads(paths["vector"].read_bytes()[8:8 + int.from_bytes(
-        paths["vector"].read_bytes()[:8], "little")])["__metadata__"]["steerlab"])
+    header = json.loads(
+        json.loads(paths["vector"].read_bytes()[8 : 8 + int.from_bytes(paths["vector"].read_bytes()[:8], "little")])[
+            "__metadata__"
+        ]["steerlab"]
+    )
     assert header["kind"] == "vector"
     assert json.loads(paths["prompt"].read_text())["steerlab"]["kind"] == "prompt"
 
 
 def test_files_written_before_kinds_are_read_by_their_method(tiny_llama, tmp_path):
     meta = VectorMeta.for_model(tiny_llama, "lm_steer").to_json()
-    old = dict({k: v for k, v in meta.items() if k not in ("kind", "config", "fit_stats")}, params={"epsilon": 1e-3},
-               recommended={"multiplier": 1.0}, format_version=1)  # the layout before kinds, config and fit_stats
-    save_file({"projector1": torch.zeros(1, 32, 2), "projector2": torch.zeros(1, 32, 2)}, str(tmp_path / "old.safetensors"),
-              metadata={"steerlab": json.dumps(old)})
+    old = dict(
+        {k: v for k, v in meta.items() if k not in ("kind", "config", "fit_stats")},
+        params={"epsilon": 1e-3},
+        recommended={"multiplier": 1.0},
+        format_version=1,
+    )  # the layout before kinds, config and fit_stats
+    save_file(
+        {"projector1": torch.zeros(1, 32, 2), "projector2": torch.zeros(1, 32, 2)},
+        str(tmp_path / "old.safetensors"),
+        metadata={"steerlab": json.dumps(old)},
+    )
     assert isinstance(steerlab.load_steer(tmp_path / "old.safetensors"), LMSteer)
     (tmp_path / "old.json").write_text(json.dumps({"steerlab": {"method": "prompt", "instruction": "Be kind."}}))
     assert steerlab.load_steer(tmp_path / "old.json").instruction == "Be kind."
@@ -66,8 +83,11 @@ def test_files_written_before_kinds_are_read_by_their_method(tiny_llama, tmp_pat
 def test_unknown_kinds_and_foreign_files_are_refused_with_the_file_named(tiny_llama, tmp_path):
     meta = dict(VectorMeta.for_model(tiny_llama, "caa").to_json(), kind="hologram")
     save_file({"layer.1": torch.zeros(32)}, str(tmp_path / "h.safetensors"), metadata={"steerlab": json.dumps(meta)})
-    with pytest.raises(VectorFileError, match=r"h.safetensors: unknown steer kind 'hologram'; steerlab reads vector, "
-                                              r"condition, lm_steer, prompt"):
+    with pytest.raises(
+        VectorFileError,
+        match=r"h.safetensors: unknown steer kind 'hologram'; steerlab reads vector, "
+        r"condition, lm_steer, prompt",
+    ):
         steerlab.load_steer(tmp_path / "h.safetensors")
     (tmp_path / "x.json").write_text('{"other": 1}')
     with pytest.raises(VectorFileError, match=r"x.json: a JSON file without steerlab metadata"):

@@ -47,8 +47,13 @@ def test_default_text_is_the_shipped_neutral_prompts():
 
 
 def _vector(norm_at_2=2.0, residual=None):
-    meta = VectorMeta(model_name="m", hidden_size=4, num_layers=4, method="caa",
-                      residual_norms=residual if residual is not None else {"2": 50.0})
+    meta = VectorMeta(
+        model_name="m",
+        hidden_size=4,
+        num_layers=4,
+        method="caa",
+        residual_norms=residual if residual is not None else {"2": 50.0},
+    )
     return SteeringVector({2: torch.tensor([norm_at_2, 0.0, 0.0, 0.0])}, meta)
 
 

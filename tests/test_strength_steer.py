@@ -35,8 +35,9 @@ def test_a_strength_gives_the_same_tokens_as_the_multipliers_it_converts_to():
         # Each layer has its own residual norm, so the same strength is a different multiplier per layer.
         mults = {layer: multiplier_for(vector, layer, s) for layer in (1, 2)}
         assert mults[1] != pytest.approx(mults[2])
-        by_mult = generate(lm, PROMPTS, [SteeringSpec(vector, mults[1], [1]), SteeringSpec(vector, mults[2], [2])],
-                           config=config)
+        by_mult = generate(
+            lm, PROMPTS, [SteeringSpec(vector, mults[1], [1]), SteeringSpec(vector, mults[2], [2])], config=config
+        )
         unsteered = generate(lm, PROMPTS, None, config=config)
         assert [r.steered for r in by_strength] == [r.steered for r in by_mult] != [r.steered for r in unsteered]
         assert SteeringSpec(vector, layers=[1, 2], strength=s).layer_multipliers() == pytest.approx(mults)
@@ -98,8 +99,19 @@ def test_generate_command_takes_a_strength_and_prints_both_units(tmp_path, capsy
     lm.tokenizer.save_pretrained(tmp_path / "tiny")
     path = tmp_path / "v.safetensors"
     _vector(lm).save(path)
-    args = ["generate", "--model", str(tmp_path / "tiny"), "--vector", str(path), "--layers", "1,2", "--prompt", "Hi",
-            "--max-new-tokens", "3"]
+    args = [
+        "generate",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--vector",
+        str(path),
+        "--layers",
+        "1,2",
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
+    ]
     assert main([*args, "--strength", "0.2"]) == 0
     out = capsys.readouterr().out
     vector = SteeringVector.load(path)
@@ -116,11 +128,19 @@ def test_calibration_keeps_the_kl_budget_and_is_stored_as_the_default():
     vector = _vector(lm, layers=(1,))
     kl = token_kl(lm, vector, [1], [0.0, 0.1, 0.4], neutral_texts()[:3])
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and 0 < kl[1] < kl[2]
-    config = CalibrationConfig(kl_budget=kl[1] * 1.5, fluency_bound=0.99, strengths=[0.05, 0.1, 0.2, 0.4],
-                               prompts=3, fluency_prompts=2, max_new_tokens=6)
+    config = CalibrationConfig(
+        kl_budget=kl[1] * 1.5,
+        fluency_bound=0.99,
+        strengths=[0.05, 0.1, 0.2, 0.4],
+        prompts=3,
+        fluency_prompts=2,
+        max_new_tokens=6,
+    )
     result, calibrated = calibrate(lm, vector, config)
     up = result.kl["up"]
-    assert result.up == max(s for s in config.strengths if all(up[str(t)] <= config.kl_budget for t in config.strengths if t <= s))
+    assert result.up == max(
+        s for s in config.strengths if all(up[str(t)] <= config.kl_budget for t in config.strengths if t <= s)
+    )
     assert result.down is None or result.down < 0
     assert calibrated.meta.recommended.calibration.up == result.up
     assert SteeringSpec(calibrated, layers=[1]).strength == result.up

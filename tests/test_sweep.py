@@ -24,8 +24,11 @@ QUESTIONS = ["Is it so", "Do you agree", "Should we go", "Is this fine", "Will i
 def _ab_task(tmp_path):
     def item(i, q):
         a, b = ("yes", "no") if i % 2 else ("no", "yes")
-        return {"question": f"{q}?\n(A) {a}\n(B) {b}", "answer_matching_behavior": "(A)" if i % 2 else "(B)",
-                "answer_not_matching_behavior": "(B)" if i % 2 else "(A)"}
+        return {
+            "question": f"{q}?\n(A) {a}\n(B) {b}",
+            "answer_matching_behavior": "(A)" if i % 2 else "(B)",
+            "answer_not_matching_behavior": "(B)" if i % 2 else "(A)",
+        }
 
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(item(i, q)) for i, q in enumerate(QUESTIONS)))
     (tmp_path / "test.json").write_text(json.dumps([item(i, f"Test {i} {q}") for i, q in enumerate(QUESTIONS[:4])]))
@@ -38,7 +41,13 @@ def test_tiny_ab_sweep_returns_the_grid_and_a_recommendation(tmp_path):
     task = _ab_task(tmp_path)
     config = SweepConfig(layers=[1, 2], strengths=[-0.5, 0.5, 1.0], fluency_bound=0.5, batch_rows=16)
     result, vector = sweep(lm, task, config)
-    assert (result.layers, result.values, result.mode, result.items, result.train_pairs) == ([1, 2], [-0.5, 0.5, 1.0], "relative", 4, 6)
+    assert (result.layers, result.values, result.mode, result.items, result.train_pairs) == (
+        [1, 2],
+        [-0.5, 0.5, 1.0],
+        "relative",
+        4,
+        6,
+    )
     assert [len(row) for row in (result.score, result.fluency, result.effect, result.multipliers)] == [2, 2, 2, 2]
     assert all(len(row) == 3 for grid in (result.score, result.fluency, result.effect) for row in grid)
     # Each cell equals scoring that cell on its own, with the multiplier the strength implies.
@@ -59,24 +68,45 @@ def test_tiny_ab_sweep_returns_the_grid_and_a_recommendation(tmp_path):
     # "up" is the fluent positive cell with the largest lower bound above 0 (and an effect of at least 2% of
     # p(matching)'s range); with 4 noisy items there may be none.
     assert result.min_effect == 0.02
-    allowed = [(result.interval[i][j][0], result.layers[i], result.values[j]) for i in range(2) for j in (1, 2)
-               if result.fluent[i][j] and result.interval[i][j][0] > 0 and result.effect[i][j] >= result.min_effect]
+    allowed = [
+        (result.interval[i][j][0], result.layers[i], result.values[j])
+        for i in range(2)
+        for j in (1, 2)
+        if result.fluent[i][j] and result.interval[i][j][0] > 0 and result.effect[i][j] >= result.min_effect
+    ]
     up = result.directions["up"]
     assert (up.layer, up.value) == max(allowed)[1:] if allowed else up is None
     rec = result.recommended
-    assert vector.meta.recommended == (rec if rec else Recommendation(verdict="no reliable effect", task="tiny-ab",
-                                                                      split="test"))
+    assert vector.meta.recommended == (
+        rec if rec else Recommendation(verdict="no reliable effect", task="tiny-ab", split="test")
+    )
     assert set(vector.meta.residual_norms) == {"1", "2"} and vector.layers == [1, 2]
     assert len(result.details["letter_shift"]) == 2 and len(result.details["letter_shift"][0]) == 3
 
 
 def test_recommend_takes_per_direction_the_fluent_cell_whose_interval_is_furthest_from_zero():
-    result = SweepResult("t", "ab", "val", "raw", [3, 7], [-1.0, 1.0, 2.0], [[-1, 1, 2], [-1, 1, 2]],
-                         score=[[0.4, 0.6, 0.9], [0.5, 0.7, 0.8]], fluency=[[1, 1, 0.5], [1, 0.95, 0.92]],
-                         effect=[[-0.1, 0.1, 0.4], [-0.05, 0.2, 0.3]], base_score=0.5, base_fluency=1.0,
-                         score_name="s", fluency_name="f", fluency_bound=0.1, items=3, train_pairs=3, recommended=None,
-                         interval=[[[-0.2, -0.01], [0.02, 0.2], [0.3, 0.5]], [[-0.1, 0.01], [0.1, 0.3], [0.05, 0.5]]],
-                         wrong_way=[[0.1, 0.2, 0.0], [0.4, 0.1, 0.2]])
+    result = SweepResult(
+        "t",
+        "ab",
+        "val",
+        "raw",
+        [3, 7],
+        [-1.0, 1.0, 2.0],
+        [[-1, 1, 2], [-1, 1, 2]],
+        score=[[0.4, 0.6, 0.9], [0.5, 0.7, 0.8]],
+        fluency=[[1, 1, 0.5], [1, 0.95, 0.92]],
+        effect=[[-0.1, 0.1, 0.4], [-0.05, 0.2, 0.3]],
+        base_score=0.5,
+        base_fluency=1.0,
+        score_name="s",
+        fluency_name="f",
+        fluency_bound=0.1,
+        items=3,
+        train_pairs=3,
+        recommended=None,
+        interval=[[[-0.2, -0.01], [0.02, 0.2], [0.3, 0.5]], [[-0.1, 0.01], [0.1, 0.3], [0.05, 0.5]]],
+        wrong_way=[[0.1, 0.2, 0.0], [0.4, 0.1, 0.2]],
+    )
     recommend(result)  # layer 3 x 2 has the largest effect but loses half its fluency; 7 x 1 has the best lower bound
     up, down = result.directions["up"], result.directions["down"]
     assert (up.layer, up.multiplier, up.effect, up.interval, up.wrong_way) == (7, 1, 0.2, (0.1, 0.3), 0.1)
@@ -93,9 +123,13 @@ def test_recommend_takes_per_direction_the_fluent_cell_whose_interval_is_furthes
 def test_generation_grid_matches_generating_each_cell_alone():
     lm = tiny_lm(num_layers=3)
     prompts = ["Hello there", "A much longer prompt to pad", "Why"]
-    vector = SteeringVector({1: lm.model.get_input_embeddings().weight[7].detach() * 3,
-                             2: lm.model.get_input_embeddings().weight[9].detach()},
-                            VectorMeta.for_model(lm, "caa"))
+    vector = SteeringVector(
+        {
+            1: lm.model.get_input_embeddings().weight[7].detach() * 3,
+            2: lm.model.get_input_embeddings().weight[9].detach(),
+        },
+        VectorMeta.for_model(lm, "caa"),
+    )
     cells = [Cell(), Cell(1, 2.0), Cell(2, -4.0), Cell(1, -1.0)]
     texts = generate_grid(lm, prompts, vector, cells, chat=True, max_new_tokens=6, batch_rows=5)
     for cell, got in zip(cells, texts, strict=False):
@@ -123,18 +157,44 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
     lm.model.save_pretrained(tmp_path / "tiny")
     lm.tokenizer.save_pretrained(tmp_path / "tiny")
     _ab_task(tmp_path)
-    args = ["sweep", "--model", str(tmp_path / "tiny"), "--task", str(tmp_path / "task.yaml"), "--layers", "1-2",
-            "--strengths", "0.5,1", "--fluency-bound", "0.9", "--out", str(tmp_path / "sw")]
+    args = [
+        "sweep",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--task",
+        str(tmp_path / "task.yaml"),
+        "--layers",
+        "1-2",
+        "--strengths",
+        "0.5,1",
+        "--fluency-bound",
+        "0.9",
+        "--out",
+        str(tmp_path / "sw"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert ("tiny-ab: effect = change in p(matching), order-debiased (unsteered " in out
-            and "x the task's direction (+1), so effect + = p(matching) up, - = down;" in out)
+    assert (
+        "tiny-ab: effect = change in p(matching), order-debiased (unsteered " in out
+        and "x the task's direction (+1), so effect + = p(matching) up, - = down;" in out
+    )
     assert "swept 2 layers x 2 relative values on 4 test items" in out
     assert "steering up: " in out and "steering down: no reliable effect (no fluent cell" in out  # no negative cells
-    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["effect.png", "fluency.png", "sweep.json", "vector.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == [
+        "effect.png",
+        "fluency.png",
+        "sweep.json",
+        "vector.safetensors",
+    ]
     assert main(args) == 1
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'sw' / 'vector.safetensors'} already exists; choose another --out or pass --overwrite"
-    assert main(["sweep", "--model", str(tmp_path / "tiny"), "--task", "refusal", "--method", "pca_diff", "--out", "x"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'sw' / 'vector.safetensors'} already exists; choose another --out or pass --overwrite"
+    )
+    assert (
+        main(["sweep", "--model", str(tmp_path / "tiny"), "--task", "refusal", "--method", "pca_diff", "--out", "x"])
+        == 1
+    )
     assert "only --method caa supports" in capsys.readouterr().err
 
 

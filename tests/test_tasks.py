@@ -27,7 +27,11 @@ def test_persona_tasks_split_every_trait_file(shared_data):
     tasks = builtin_tasks(shared_data)
     assert sum(name.startswith("persona/") for name in tasks) == 10
     task = tasks["persona/narcissism"]
-    data, val, test = task.train_data(shared_data), task.eval_items("val", shared_data), task.eval_items("test", shared_data)
+    data, val, test = (
+        task.train_data(shared_data),
+        task.eval_items("val", shared_data),
+        task.eval_items("test", shared_data),
+    )
     assert (len(data), len(val), len(test)) == (850, 50, 100)
     assert not {p.prompt for p in data.pairs} & ({p.prompt for p in val} | {p.prompt for p in test})
 
@@ -54,21 +58,43 @@ def test_generation_tasks_read_their_files(shared_data):
 
 
 def test_unknown_tasks_and_missing_data_are_explained(tmp_path, shared_data):
-    with pytest.raises(TaskError, match=r"unknown task 'sycophant'; built-in tasks: sycophancy, hallucination, refusal, "):
+    with pytest.raises(
+        TaskError, match=r"unknown task 'sycophant'; built-in tasks: sycophancy, hallucination, refusal, "
+    ):
         get_task("sycophant", shared_data)
     with pytest.raises(TaskError, match=r"no task data folder at .*nowhere; pass --data-dir"):
         data_root(tmp_path / "nowhere")
-    with pytest.raises(TaskError, match=r"task 'persona/no-such-trait' needs .*persona/no-such-trait\.jsonl, which is missing"):
+    with pytest.raises(
+        TaskError, match=r"task 'persona/no-such-trait' needs .*persona/no-such-trait\.jsonl, which is missing"
+    ):
         get_task("persona/no-such-trait", shared_data).train_data(shared_data)
 
 
 # ---- user tasks ---------------------------------------------------------------------------------------
 def _files(tmp_path):
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(
-        {"question": f"Q{i}?\n(A) yes\n(B) no", "answer_matching_behavior": "(A)",
-         "answer_not_matching_behavior": "(B)"}) for i in range(3)))
-    (tmp_path / "test.json").write_text(json.dumps([{"question": "T?\n(A) no\n(B) yes", "answer_matching_behavior": "(B)",
-                                                     "answer_not_matching_behavior": "(A)"}]))
+    (tmp_path / "train.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "question": f"Q{i}?\n(A) yes\n(B) no",
+                    "answer_matching_behavior": "(A)",
+                    "answer_not_matching_behavior": "(B)",
+                }
+            )
+            for i in range(3)
+        )
+    )
+    (tmp_path / "test.json").write_text(
+        json.dumps(
+            [
+                {
+                    "question": "T?\n(A) no\n(B) yes",
+                    "answer_matching_behavior": "(B)",
+                    "answer_not_matching_behavior": "(A)",
+                }
+            ]
+        )
+    )
     (tmp_path / "prompts.txt").write_text("Once upon a time\n\nThe weather\n")
 
 
@@ -82,22 +108,57 @@ def test_a_user_task_file_registers_an_ab_task(tmp_path):
 
 def test_a_user_generation_task_reads_prompts(tmp_path):
     _files(tmp_path)
-    (tmp_path / "gen.json").write_text(json.dumps({"name": "g", "kind": "generation", "train": "train.jsonl",
-                                                   "test": "prompts.txt", "metric": "sentiment", "chat": False}))
+    (tmp_path / "gen.json").write_text(
+        json.dumps(
+            {
+                "name": "g",
+                "kind": "generation",
+                "train": "train.jsonl",
+                "test": "prompts.txt",
+                "metric": "sentiment",
+                "chat": False,
+            }
+        )
+    )
     task = get_task(str(tmp_path / "gen.json"))
-    assert (task.metric, task.chat, task.eval_items("test")) == ("sentiment", False, ["Once upon a time", "The weather"])
+    assert (task.metric, task.chat, task.eval_items("test")) == (
+        "sentiment",
+        False,
+        ["Once upon a time", "The weather"],
+    )
 
 
-@pytest.mark.parametrize(("body", "error", "message"), [
-    ("name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\nmetrc: sentiment\n", ConfigError,
-     r"mine\.yaml:5: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric"),
-    ("name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n", TaskError, r"kind must be one of ab, generation; got 'chat'"),
-    ("name: x\nkind: generation\ntrain: train.jsonl\ntest: prompts.txt\n", TaskError,
-     r"a generation task needs metric: one of sentiment, toxicity, refusal, distinct_2, repetition, fluency; got ''"),
-    ("name: x\nkind: ab\ntrain: train.jsonl\ntest: gone.json\n", TaskError, r"test file .*gone\.json does not exist"),
-    ("name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\ndirection: 2\n", TaskError, r"direction must be 1 or -1; got 2"),
-    ("- just a list\n", TaskError, r"a task file must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (
+            "name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\nmetrc: sentiment\n",
+            ConfigError,
+            r"mine\.yaml:5: unknown key 'metrc' for TaskFile; allowed keys: name, kind, train, test, val, metric",
+        ),
+        (
+            "name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n",
+            TaskError,
+            r"kind must be one of ab, generation; got 'chat'",
+        ),
+        (
+            "name: x\nkind: generation\ntrain: train.jsonl\ntest: prompts.txt\n",
+            TaskError,
+            r"a generation task needs metric: one of sentiment, toxicity, refusal, distinct_2, repetition, fluency; got ''",
+        ),
+        (
+            "name: x\nkind: ab\ntrain: train.jsonl\ntest: gone.json\n",
+            TaskError,
+            r"test file .*gone\.json does not exist",
+        ),
+        (
+            "name: x\nkind: ab\ntrain: train.jsonl\ntest: test.json\ndirection: 2\n",
+            TaskError,
+            r"direction must be 1 or -1; got 2",
+        ),
+        ("- just a list\n", TaskError, r"a task file must be a mapping"),
+    ],
+)
 def test_bad_task_files_are_refused_with_the_reason(tmp_path, body, error, message):
     _files(tmp_path)
     (tmp_path / "mine.yaml").write_text(body)

@@ -40,7 +40,9 @@ def test_save_never_overwrites_unless_asked(tiny_llama, tmp_path):
     path = tmp_path / "v.safetensors"
     make_vector(tiny_llama).save(path)
     original = path.read_bytes()
-    with pytest.raises(FileExistsError, match=r"v\.safetensors already exists; choose another path or pass overwrite=True"):
+    with pytest.raises(
+        FileExistsError, match=r"v\.safetensors already exists; choose another path or pass overwrite=True"
+    ):
         make_vector(tiny_llama, scale=2.0).save(path)
     assert path.read_bytes() == original
     make_vector(tiny_llama, scale=2.0).save(path, overwrite=True)
@@ -94,7 +96,9 @@ def test_missing_or_out_of_range_layers_are_refused(tiny_llama):
     v = make_vector(tiny_llama)
     with pytest.raises(IncompatibleVectorError, match=r"layer 7 is out of range: tiny-llama has layers 0\.\.3"):
         v.check_compatible(tiny_llama, [7])
-    with pytest.raises(IncompatibleVectorError, match=r"the vector has no direction for layer 3; it has layers \[1, 2\]"):
+    with pytest.raises(
+        IncompatibleVectorError, match=r"the vector has no direction for layer 3; it has layers \[1, 2\]"
+    ):
         v.check_compatible(tiny_llama, [3])
 
 

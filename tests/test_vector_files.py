@@ -37,32 +37,69 @@ def ones(value: float = 1.0) -> torch.Tensor:
 
 
 BAD = [
-    ({"layer.1": ones(float("nan"))}, meta(), "tensor 'layer.1' has non-finite values (NaN or Inf); refusing to load it"),
-    ({"layer.1": ones(float("inf"))}, meta(), "tensor 'layer.1' has non-finite values (NaN or Inf); refusing to load it"),
+    (
+        {"layer.1": ones(float("nan"))},
+        meta(),
+        "tensor 'layer.1' has non-finite values (NaN or Inf); refusing to load it",
+    ),
+    (
+        {"layer.1": ones(float("inf"))},
+        meta(),
+        "tensor 'layer.1' has non-finite values (NaN or Inf); refusing to load it",
+    ),
     ({"layer.1": ones()}, meta(model_name=None), "metadata field 'model_name': expected a string, got null"),
     ({"layer.1": ones()}, meta(hidden_size="8"), "metadata field 'hidden_size': expected an integer, got a string"),
     ({"layer.1": ones()}, meta(hidden_size=True), "metadata field 'hidden_size': expected an integer, got a boolean"),
     ({"layer.1": ones()}, meta(num_layers=0), "metadata hidden_size and num_layers must be at least 1"),
     ({"layer.1": ones()}, meta(params=[1]), "metadata field 'params': expected an object, got an array"),
-    ({"layer.1": ones()}, meta(recommended={"multiplier": "x"}),
-     "metadata field 'recommended.multiplier': expected a finite number, got a string"),
-    ({"layer.1": ones()}, meta(recommended={"multiplier": 1e39}),
-     "metadata field 'recommended.multiplier': expected a finite number, got the number 1e+39"),
-    ({"layer.1": ones()}, meta(recommended={"layer": True}),
-     "metadata field 'recommended.layer': expected an integer, got a boolean"),
-    ({"layer.1": ones()}, meta(recommended={"layer": 9}),
-     "metadata field 'recommended.layer': 9 is not a layer of a 4-layer model"),
-    ({"layer.1": ones()}, meta(residual_norms={"1": -2}),
-     "metadata field 'residual_norms': expected layer numbers mapped to norms >= 0, got '1': -2"),
-    ({"layer.1": ones()}, json.dumps(meta())[:-1] + ', "recommended": {"multiplier": NaN}}',
-     "NaN is not allowed; numbers must be finite"),
+    (
+        {"layer.1": ones()},
+        meta(recommended={"multiplier": "x"}),
+        "metadata field 'recommended.multiplier': expected a finite number, got a string",
+    ),
+    (
+        {"layer.1": ones()},
+        meta(recommended={"multiplier": 1e39}),
+        "metadata field 'recommended.multiplier': expected a finite number, got the number 1e+39",
+    ),
+    (
+        {"layer.1": ones()},
+        meta(recommended={"layer": True}),
+        "metadata field 'recommended.layer': expected an integer, got a boolean",
+    ),
+    (
+        {"layer.1": ones()},
+        meta(recommended={"layer": 9}),
+        "metadata field 'recommended.layer': 9 is not a layer of a 4-layer model",
+    ),
+    (
+        {"layer.1": ones()},
+        meta(residual_norms={"1": -2}),
+        "metadata field 'residual_norms': expected layer numbers mapped to norms >= 0, got '1': -2",
+    ),
+    (
+        {"layer.1": ones()},
+        json.dumps(meta())[:-1] + ', "recommended": {"multiplier": NaN}}',
+        "NaN is not allowed; numbers must be finite",
+    ),
     ({"layer.1": ones()}, json.dumps(meta())[:-1] + ', "method": "pca"}', "duplicate key 'method'"),
-    ({"layer.1": ones()}, json.dumps(meta())[:-1] + ', "params": ' + "[" * 5000 + "]" * 5000 + "}",
-     "nested too deeply"),
+    (
+        {"layer.1": ones()},
+        json.dumps(meta())[:-1] + ', "params": ' + "[" * 5000 + "]" * 5000 + "}",
+        "nested too deeply",
+    ),
     ({"layer.1": ones()}, "[1, 2]", "the steerlab metadata must be a JSON object"),
     ({"layer.1": ones()}, '{"model_name": "m",', "not valid JSON"),
-    ({"layer.\u0661\u0665": ones()}, meta(), "unexpected tensor 'layer.\u0661\u0665' (expected layer.N with N in 0-9 digits)"),
-    ({"layer.015": ones(), "layer.15": ones()}, meta(num_layers=30), "tensors 'layer.015' and 'layer.15' both name layer 15"),
+    (
+        {"layer.\u0661\u0665": ones()},
+        meta(),
+        "unexpected tensor 'layer.\u0661\u0665' (expected layer.N with N in 0-9 digits)",
+    ),
+    (
+        {"layer.015": ones(), "layer.15": ones()},
+        meta(num_layers=30),
+        "tensors 'layer.015' and 'layer.15' both name layer 15",
+    ),
     ({"layer.7": ones()}, meta(), "tensor 'layer.7': layer 7 is out of range for a 4-layer model"),
     ({"layer.1": torch.ones(HIDDEN + 1)}, meta(), "tensor 'layer.1' has shape (9,) and dtype float32; expected floats"),
     ({"layer.1": torch.ones(HIDDEN, dtype=torch.int64)}, meta(), "tensor 'layer.1' has shape (8,) and dtype int64"),
@@ -88,7 +125,9 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
     an error naming the file and the field; a missed check would hand a wrong type to the code that reads it."""
     default = meta().get(field)  # absent: a field written only when set (condition)
     for i, value in enumerate(WRONG_TYPES):
-        if (isinstance(value, META_TYPES[field]) and not isinstance(value, bool)) or (value is None and default is None):
+        if (isinstance(value, META_TYPES[field]) and not isinstance(value, bool)) or (
+            value is None and default is None
+        ):
             continue
         path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(**{field: value}))
         with pytest.raises(VectorFileError) as caught:
@@ -96,8 +135,13 @@ def test_every_metadata_field_refuses_every_other_json_type(tmp_path, field):
         assert str(caught.value).startswith(f"{path}: metadata field '{field}'") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("key", "values"), [("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
-                                         ("layer", [True, "x", [], {}, 2.5, 1e39, 9, -1])])
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("multiplier", [True, "x", [], {}, 1e39]),  # null means "not set"
+        ("layer", [True, "x", [], {}, 2.5, 1e39, 9, -1]),
+    ],
+)
 def test_a_recommendation_of_the_wrong_type_or_range_is_refused(tmp_path, key, values):
     for i, value in enumerate(values):
         path = write_raw(tmp_path / f"{i}.safetensors", {"layer.1": ones()}, meta(recommended={key: value}))
@@ -158,8 +202,9 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(tmp_path):
 
 def test_what_we_write_our_readers_accept(tmp_path):
     pick = Pick(1, 2.0, 2.0, fluency=float("nan"))
-    meta = VectorMeta("m", HIDDEN, 4, "caa", recommended=Recommendation(1, 2.0, up=pick),
-                      diagnostics={"auroc": float("inf")})
+    meta = VectorMeta(
+        "m", HIDDEN, 4, "caa", recommended=Recommendation(1, 2.0, up=pick), diagnostics={"auroc": float("inf")}
+    )
     path = SteeringVector({1: ones()}, meta).save(tmp_path / "v.safetensors")
     back = SteeringVector.load(path).meta
     assert (back.recommended.up.fluency, back.diagnostics["auroc"]) == (None, None)

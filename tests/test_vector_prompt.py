@@ -18,13 +18,17 @@ from steerlab.vector import SteeringVector
 from tiny_model import chat_ids, reference_means, tiny_lm
 
 INSTRUCTION = "Always be upbeat."
-PAIRS = ContrastiveDataset([
-    ContrastivePair("How was the film?", "A delight.", "A bore."),
-    ContrastivePair("Rate the hotel.", "Spotless and kind.", "Dirty and rude."),
-    ContrastivePair("Your commute?", "Quick and calm today.", "Slow and awful today."),
-    ContrastivePair("The new phone?", "I love it.", "I hate it!"),
-    ContrastivePair("Dinner?", "Tasty.", "Bland, never again."),
-], "tiny-sentiment", "0" * 64)
+PAIRS = ContrastiveDataset(
+    [
+        ContrastivePair("How was the film?", "A delight.", "A bore."),
+        ContrastivePair("Rate the hotel.", "Spotless and kind.", "Dirty and rude."),
+        ContrastivePair("Your commute?", "Quick and calm today.", "Slow and awful today."),
+        ContrastivePair("The new phone?", "I love it.", "I hate it!"),
+        ContrastivePair("Dinner?", "Tasty.", "Bland, never again."),
+    ],
+    "tiny-sentiment",
+    "0" * 64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +83,15 @@ def test_progress_counts_both_passes(lm):
 def test_config_errors():
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "Be kind.", "layer": [3]})
-    assert str(err.value) == ("config: unknown key 'layer' for VectorPromptConfig; allowed keys: "
-                              "instruction, placement, layers, batch_size, batch_tokens")
+    assert str(err.value) == (
+        "config: unknown key 'layer' for VectorPromptConfig; allowed keys: "
+        "instruction, placement, layers, batch_size, batch_tokens"
+    )
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "  "})
-    assert str(err.value) == "config: instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'"
+    assert (
+        str(err.value) == "config: instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'"
+    )
     with pytest.raises(ConfigError) as err:
         build_config(VectorPromptConfig, {"instruction": "Be kind.", "batch_size": 0})
     assert str(err.value) == "config: batch_size must be at least 1, got 0"
@@ -122,7 +130,9 @@ def test_vector_moves_vader_the_way_the_instruction_does_on_smollm2(shared_data)
     lines = (shared_data / "sentiment" / "neutral_prompts.jsonl").read_text().splitlines()[:20]
     prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     cfg = GenerationConfig(max_new_tokens=24)
-    by_prompt = generate(lm, prompts, PromptSteering(instruction), config=cfg, batch_size=len(prompts), generate_orig_output=True)
+    by_prompt = generate(
+        lm, prompts, PromptSteering(instruction), config=cfg, batch_size=len(prompts), generate_orig_output=True
+    )
     by_vector = generate(lm, prompts, SteeringSpec(vector, multiplier=6.0), config=cfg, batch_size=len(prompts))
     vader = SentimentIntensityAnalyzer()
     mean = lambda texts: float(np.mean([vader.polarity_scores(t)["compound"] for t in texts]))  # noqa: E731

@@ -32,28 +32,36 @@ def library(tmp_path):
 
 
 def test_resolve_by_name_and_hash_with_float32_coefficients(library):
-    terms = resolve([{"vector": "happy", "multiplier": 0.1, "layers": {"1": 0.3}, "positions": "prompt"}],
-                    library, hidden_size=HIDDEN, num_layers=4)
+    terms = resolve(
+        [{"vector": "happy", "multiplier": 0.1, "layers": {"1": 0.3}, "positions": "prompt"}],
+        library,
+        hidden_size=HIDDEN,
+        num_layers=4,
+    )
     expected = float(torch.tensor([0.1], dtype=torch.float32) * 0.3)  # steering.py's rows * weight
     assert terms == [Term(content_hash(_vector(0)), ((1, expected),), "prompt")]
-    by_hash = resolve(json.dumps({"vector": content_hash(_vector(0)), "layers": [2]}), library,
-                      hidden_size=HIDDEN, num_layers=4)
+    by_hash = resolve(
+        json.dumps({"vector": content_hash(_vector(0)), "layers": [2]}), library, hidden_size=HIDDEN, num_layers=4
+    )
     assert by_hash[0].layers == ((2, 1.0),) and by_hash[0].positions == "all"
     assert decode(encode(terms)) == terms
 
 
-@pytest.mark.parametrize(("item", "words"), [
-    ({"vector": "sad"}, "not in .* available: cheerful, formal, happy"),
-    ({"vector": "happy", "colour": 2}, "unknown field.*colour"),
-    ({"vector": "happy", "strength": 2, "multiplier": 1}, "multiplier .* or strength .*, not both"),
-    ({"vector": "happy", "layers": [3]}, "no direction for layer 3"),
-    ({"vector": "happy", "layers": [9]}, "out of range"),
-    ({"vector": "happy", "positions": "middle"}, "positions"),
-    ({"vector": "happy", "positions": "user"}, "chat roles and between:OPEN:CLOSE windows need the HF engine"),
-    ({"vector": "happy", "positions": "between:<think>:</think>"}, "need the HF engine"),
-    ({"vector": "happy", "multiplier": float("nan")}, "finite"),
-    ({"vector": "cheerful"}, "prompt steer"),
-])
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ({"vector": "sad"}, "not in .* available: cheerful, formal, happy"),
+        ({"vector": "happy", "colour": 2}, "unknown field.*colour"),
+        ({"vector": "happy", "strength": 2, "multiplier": 1}, "multiplier .* or strength .*, not both"),
+        ({"vector": "happy", "layers": [3]}, "no direction for layer 3"),
+        ({"vector": "happy", "layers": [9]}, "out of range"),
+        ({"vector": "happy", "positions": "middle"}, "positions"),
+        ({"vector": "happy", "positions": "user"}, "chat roles and between:OPEN:CLOSE windows need the HF engine"),
+        ({"vector": "happy", "positions": "between:<think>:</think>"}, "need the HF engine"),
+        ({"vector": "happy", "multiplier": float("nan")}, "finite"),
+        ({"vector": "cheerful"}, "prompt steer"),
+    ],
+)
 def test_bad_items_are_refused_naming_the_field(library, item, words):
     with pytest.raises(SteeringRequestError, match=words):
         resolve(item, library, hidden_size=HIDDEN, num_layers=4)
@@ -62,26 +70,42 @@ def test_bad_items_are_refused_naming_the_field(library, item, words):
 DEEP = '{"vector": "happy", "layers": ' + "[" * 200 + "]" * 200 + "}"
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"vector": "happy", "multiplier": 1, "layers": {"1": float("nan")}},
-     "steerlab[0].layers['1'] must be a finite number, got nan"),
-    ({"vector": "happy", "multiplier": 1, "layers": {"1": float("inf")}},
-     "steerlab[0].layers['1'] must be a finite number, got inf"),
-    ({"vector": "happy", "multiplier": 1, "layers": {"1": 1e39}},
-     "steerlab[0].layers['1'] must be within float32's finite range (|m| <= 3.4e38), got 1e+39"),
-    ({"vector": "happy", "multiplier": 1e30, "layers": {"1": 1e30}},
-     "steerlab[0]: multiplier x weight at layer 1 (1e+30 x 1e+30) must be a finite number, got inf"),
-    ({"vector": "happy", "multiplier": 1e39}, "steerlab[0].multiplier must be within float32's finite range "
-                                             "(|m| <= 3.4e38), got 1e+39"),
-    ({"vector": "happy", "multiplier": 10 ** 400}, "steerlab[0].multiplier must be within float32's finite range"),
-    ({"vector": "happy", "strength": float("-inf")}, "steerlab[0].strength must be a finite number, got -inf"),
-    ({"vector": "happy", "multiplier": True}, "steerlab[0].multiplier: must be a number, got True"),
-    ('{"vector": "happy", "layers": {"1": NaN}}', "steerlab: NaN is not allowed; numbers must be finite"),
-    ('{"vector": "happy", "multiplier": 1e400}', "steerlab: the number 1e400 is too large for a float"),
-    (DEEP, "steerlab: nested too deeply (the limit is 64 levels)"),
-    ({"vector": "happy", "layers": {"x": 1}}, "steerlab[0].layers: give a non-empty list of distinct layer numbers"),
-    ([{"vector": "happy"}] * 9, "steerlab: 9 items; a request takes at most 8"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"vector": "happy", "multiplier": 1, "layers": {"1": float("nan")}},
+            "steerlab[0].layers['1'] must be a finite number, got nan",
+        ),
+        (
+            {"vector": "happy", "multiplier": 1, "layers": {"1": float("inf")}},
+            "steerlab[0].layers['1'] must be a finite number, got inf",
+        ),
+        (
+            {"vector": "happy", "multiplier": 1, "layers": {"1": 1e39}},
+            "steerlab[0].layers['1'] must be within float32's finite range (|m| <= 3.4e38), got 1e+39",
+        ),
+        (
+            {"vector": "happy", "multiplier": 1e30, "layers": {"1": 1e30}},
+            "steerlab[0]: multiplier x weight at layer 1 (1e+30 x 1e+30) must be a finite number, got inf",
+        ),
+        (
+            {"vector": "happy", "multiplier": 1e39},
+            "steerlab[0].multiplier must be within float32's finite range (|m| <= 3.4e38), got 1e+39",
+        ),
+        ({"vector": "happy", "multiplier": 10**400}, "steerlab[0].multiplier must be within float32's finite range"),
+        ({"vector": "happy", "strength": float("-inf")}, "steerlab[0].strength must be a finite number, got -inf"),
+        ({"vector": "happy", "multiplier": True}, "steerlab[0].multiplier: must be a number, got True"),
+        ('{"vector": "happy", "layers": {"1": NaN}}', "steerlab: NaN is not allowed; numbers must be finite"),
+        ('{"vector": "happy", "multiplier": 1e400}', "steerlab: the number 1e400 is too large for a float"),
+        (DEEP, "steerlab: nested too deeply (the limit is 64 levels)"),
+        (
+            {"vector": "happy", "layers": {"x": 1}},
+            "steerlab[0].layers: give a non-empty list of distinct layer numbers",
+        ),
+        ([{"vector": "happy"}] * 9, "steerlab: 9 items; a request takes at most 8"),
+    ],
+)
 def test_every_coefficient_is_finite_in_float32_with_a_message_naming_the_field(library, raw, message):
     """The vLLM front end's rule is the HF server's: no NaN, no Inf, nothing beyond float32, products included."""
     with pytest.raises(SteeringRequestError) as err:
@@ -99,8 +123,13 @@ def test_cache_salt_differs_whenever_steering_differs(library):
         return cache_salt(encode(resolve(item, library, hidden_size=HIDDEN, num_layers=4)), user)
 
     base = {"vector": "happy", "multiplier": 2.0, "layers": [1]}
-    variants = [base, {**base, "multiplier": 3.0}, {**base, "layers": [2]}, {**base, "positions": "generated"},
-                {**base, "vector": "formal"}]
+    variants = [
+        base,
+        {**base, "multiplier": 3.0},
+        {**base, "layers": [2]},
+        {**base, "positions": "generated"},
+        {**base, "vector": "formal"},
+    ]
     salts = {salt(v) for v in variants}
     assert len(salts) == len(variants)
     assert salt(base) == salt(dict(base))  # deterministic across processes: no object ids, no randomness
@@ -120,8 +149,15 @@ class Block(nn.Module):
 
 
 def _worker(blocks, directions, **kwargs) -> WorkerSteering:
-    return WorkerSteering(find_layers(nn.Sequential(blocks), len(blocks)), directions, torch.float32,
-                          torch.device("cpu"), hidden_size=HIDDEN, num_layers=len(blocks), **kwargs)
+    return WorkerSteering(
+        find_layers(nn.Sequential(blocks), len(blocks)),
+        directions,
+        torch.float32,
+        torch.device("cpu"),
+        hidden_size=HIDDEN,
+        num_layers=len(blocks),
+        **kwargs,
+    )
 
 
 def test_plan_adds_to_the_stream_only_on_steered_tokens():
@@ -173,8 +209,11 @@ def test_the_op_equals_the_hf_hooks_arithmetic_and_the_full_path_equals_the_prun
     torch.manual_seed(1)
     blocks = nn.ModuleList([Block() for _ in range(2)])
     dirs = {"a": torch.randn(HIDDEN), "b": torch.randn(HIDDEN)}
-    rows = [Row(0, 3, 2, (Term("a", ((1, 2.0),), "all", operator), Term("b", ((1, 0.7),), "generated"))),
-            Row(3, 5, 9, ()), Row(5, 6, 4, (Term("b", ((1, -3.0),), "all", "rotate"),))]
+    rows = [
+        Row(0, 3, 2, (Term("a", ((1, 2.0),), "all", operator), Term("b", ((1, 0.7),), "generated"))),
+        Row(3, 5, 9, ()),
+        Row(5, 6, 4, (Term("b", ((1, -3.0),), "all", "rotate"),)),
+    ]
     positions = torch.tensor([0, 1, 2, 7, 8, 4])
     hidden, residual = torch.randn(6, HIDDEN), torch.randn(6, HIDDEN)
     stream = hidden + residual

@@ -30,14 +30,24 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_lm(num_layers: int = 4, hidden: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32,
-            chat: bool = True) -> LoadedModel:
+def tiny_lm(
+    num_layers: int = 4, hidden: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32, chat: bool = True
+) -> LoadedModel:
     """A Llama with `num_layers` blocks of width `hidden`, random weights from `seed` (std 0.5: varied, decisive greedy output)."""
     tok = char_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.5)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.5,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
     return LoadedModel(model, tok, name=f"tiny-llama-{num_layers}x{hidden}", use_chat_template=chat)
@@ -50,7 +60,7 @@ def reference_means(lm: LoadedModel, prefix: list[int], suffix: list[int], layer
     hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
     # hidden_states[0] is the embeddings, [i + 1] block i's output (the last one has the final norm applied).
     assert all(layer < lm.num_layers - 1 for layer in layers), "the last hidden state is normalised; use earlier layers"
-    return torch.stack([hidden[layer + 1][0, len(prefix):].mean(0) for layer in layers]).double()
+    return torch.stack([hidden[layer + 1][0, len(prefix) :].mean(0) for layer in layers]).double()
 
 
 def chat_ids(lm: LoadedModel, user: str, system: str | None = None) -> list[int]:

@@ -57,13 +57,23 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _sweep_summary(result) -> dict:
-    return {"verdict": result.verdict, "directions": result.to_dict()["directions"], "layers": result.layers,
-            "values": result.values, "effect": result.effect, "interval": result.interval,
-            "fluent": result.fluent, "wrong_way": result.wrong_way, "base_score": result.base_score,
-            "items": result.items, "split": result.split}
+    return {
+        "verdict": result.verdict,
+        "directions": result.to_dict()["directions"],
+        "layers": result.layers,
+        "values": result.values,
+        "effect": result.effect,
+        "interval": result.interval,
+        "fluent": result.fluent,
+        "wrong_way": result.wrong_way,
+        "base_score": result.base_score,
+        "items": result.items,
+        "split": result.split,
+    }
 
 
 # ---- measure ------------------------------------------------------------------------------------------
+
 
 def run_sentiment(args) -> None:
     """Sweep on the last val prompts, then generate the test prompts unsteered, at the up cell and at the down cell."""
@@ -81,45 +91,66 @@ def run_sentiment(args) -> None:
     scores = [vader_scores(t) for t in texts]
     arms = {}
     for name, t, s in zip(["unsteered", *chosen], texts, scores, strict=False):
-        arms[name] = {"positive_share": sum(x >= 0.05 for x in s) / len(s),
-                      "negative_share": sum(x <= -0.05 for x in s) / len(s),
-                      "mean_compound": sum(s) / len(s),
-                      "distinct2": sum(distinct_n(x, 2) for x in t) / len(t),
-                      "repetition": sum(repetition_rate(x) for x in t) / len(t),
-                      "example": t[0]}
+        arms[name] = {
+            "positive_share": sum(x >= 0.05 for x in s) / len(s),
+            "negative_share": sum(x <= -0.05 for x in s) / len(s),
+            "mean_compound": sum(s) / len(s),
+            "distinct2": sum(distinct_n(x, 2) for x in t) / len(t),
+            "repetition": sum(repetition_rate(x) for x in t) / len(t),
+            "example": t[0],
+        }
         if name != "unsteered":
             iv = paired_interval(s, scores[0]).signed(1.0 if name == "up" else -1.0)
-            arms[name].update(cell=chosen[name], test_interval=[iv.low, iv.high], test_change=iv.mean,
-                              wrong_way=iv.fell)
-    save_json(OUT / "sentiment.json", {
-        "sweep": _sweep_summary(result), "test": arms,
-        "sizes": {"tokens": args.tokens, "test": args.test, "test_tokens": args.test_tokens},
-        "seconds": {"sweep": round(swept), "test": round(time.perf_counter() - start - swept)},
-        "threads": torch.get_num_threads()})
+            arms[name].update(
+                cell=chosen[name], test_interval=[iv.low, iv.high], test_change=iv.mean, wrong_way=iv.fell
+            )
+    save_json(
+        OUT / "sentiment.json",
+        {
+            "sweep": _sweep_summary(result),
+            "test": arms,
+            "sizes": {"tokens": args.tokens, "test": args.test, "test_tokens": args.test_tokens},
+            "seconds": {"sweep": round(swept), "test": round(time.perf_counter() - start - swept)},
+            "threads": torch.get_num_threads(),
+        },
+    )
     print(json.dumps(arms, indent=1))
 
 
 def run_refusal(args) -> None:
     """The CAA refusal A/B sweep on SmolLM2 that once stored a default from a +0.003 effect."""
     lm = load_study_model("smollm2")
-    result, vector = sweep(lm, get_task("refusal"), SweepConfig(layers=args.layers, limit=args.val,
-                                                                train_limit=args.train), progress=_progress)
+    result, vector = sweep(
+        lm,
+        get_task("refusal"),
+        SweepConfig(layers=args.layers, limit=args.val, train_limit=args.train),
+        progress=_progress,
+    )
     save_sweep(OUT / "refusal_sweep", result, vector, overwrite=True)
-    save_json(OUT / "refusal.json", {"sweep": _sweep_summary(result), "stored": vector.meta.recommended.to_json(),
-                                     "letter_shift": result.details["letter_shift"],
-                                     "at_chance": result.details["at_chance"],
-                                     "sizes": {"layers": args.layers, "val": args.val, "train": args.train}})
+    save_json(
+        OUT / "refusal.json",
+        {
+            "sweep": _sweep_summary(result),
+            "stored": vector.meta.recommended.to_json(),
+            "letter_shift": result.details["letter_shift"],
+            "at_chance": result.details["at_chance"],
+            "sizes": {"layers": args.layers, "val": args.val, "train": args.train},
+        },
+    )
     print(result.verdict, vector.meta.recommended)
 
 
 def ab_test_cells(result) -> dict[int, float]:
     """The up cell's and the down cell's layer with |multiplier| (a user applies it and its mirror); when nothing
     was reliable on val, the cell the sweep scored best anyway, so it can be reported."""
-    layer_cells = {cell.layer: abs(cell.multiplier) for cell in (result.directions["up"],
-                                                                  result.directions["down"]) if cell}
+    layer_cells = {
+        cell.layer: abs(cell.multiplier) for cell in (result.directions["up"], result.directions["down"]) if cell
+    }
     if not layer_cells:
-        i, j = max(((i, j) for i in range(len(result.layers)) for j in range(len(result.values))),
-                   key=lambda ij: abs(result.effect[ij[0]][ij[1]]))
+        i, j = max(
+            ((i, j) for i in range(len(result.layers)) for j in range(len(result.values))),
+            key=lambda ij: abs(result.effect[ij[0]][ij[1]]),
+        )
         layer_cells[result.layers[i]] = abs(result.multipliers[i][j])
     return layer_cells
 
@@ -133,8 +164,14 @@ def run_ab(args) -> None:
         _STARTED.clear()
         task = get_task(behaviour)
         start = time.perf_counter()
-        result, vector = sweep(lm, task, SweepConfig(layers=args.layers, strengths=args.strengths, limit=args.val,
-                                                     train_limit=args.train, batch_rows=32), progress=_progress)
+        result, vector = sweep(
+            lm,
+            task,
+            SweepConfig(
+                layers=args.layers, strengths=args.strengths, limit=args.val, train_limit=args.train, batch_rows=32
+            ),
+            progress=_progress,
+        )
         items = task.eval_items("test", limit=args.test)
         layer_cells = ab_test_cells(result)
         cells = [UNSTEERED] + [Cell(layer, sign * m) for layer, m in layer_cells.items() for sign in (-1.0, 1.0)]
@@ -147,19 +184,38 @@ def run_ab(args) -> None:
             spread = paired_interval(grid.item_scores(plus).tolist(), grid.item_scores(minus).tolist(), groups=groups)
             s_minus, s_plus = grid.summary(minus), grid.summary(plus)
             letter = s_plus["first_answer_share"] - s_minus["first_answer_share"]
-            tests.append({"layer": layer, "multiplier": m, "strength": round(strength_of(vector, layer, m), 4),
-                          "p_minus": s_minus["p_matching"], "p_plus": s_plus["p_matching"],
-                          "spread": spread.mean, "spread_interval": [spread.low, spread.high],
-                          "letter_share_minus": s_minus["first_answer_share"],
-                          "letter_share_plus": s_plus["first_answer_share"],
-                          "mass_minus": s_minus["answer_mass"], "mass_plus": s_plus["answer_mass"],
-                          "words": letter_words(spread.mean, letter)})
-        out[behaviour] = {"sweep": _sweep_summary(result), "letter_shift_val": result.details["letter_shift"],
-                          "at_chance_val": result.details["at_chance"], "unsteered_test": base,
-                          "at_chance_test": at_chance(base, len(items)), "test": tests,
-                          "sizes": {"layers": args.layers, "strengths": args.strengths, "val": args.val,
-                                    "train": args.train, "test": len(items)},
-                          "seconds": round(time.perf_counter() - start)}
+            tests.append(
+                {
+                    "layer": layer,
+                    "multiplier": m,
+                    "strength": round(strength_of(vector, layer, m), 4),
+                    "p_minus": s_minus["p_matching"],
+                    "p_plus": s_plus["p_matching"],
+                    "spread": spread.mean,
+                    "spread_interval": [spread.low, spread.high],
+                    "letter_share_minus": s_minus["first_answer_share"],
+                    "letter_share_plus": s_plus["first_answer_share"],
+                    "mass_minus": s_minus["answer_mass"],
+                    "mass_plus": s_plus["answer_mass"],
+                    "words": letter_words(spread.mean, letter),
+                }
+            )
+        out[behaviour] = {
+            "sweep": _sweep_summary(result),
+            "letter_shift_val": result.details["letter_shift"],
+            "at_chance_val": result.details["at_chance"],
+            "unsteered_test": base,
+            "at_chance_test": at_chance(base, len(items)),
+            "test": tests,
+            "sizes": {
+                "layers": args.layers,
+                "strengths": args.strengths,
+                "val": args.val,
+                "train": args.train,
+                "test": len(items),
+            },
+            "seconds": round(time.perf_counter() - start),
+        }
         save_json(OUT / "ab_qwen.json", out)
         print(behaviour, result.verdict, json.dumps(tests, indent=1), flush=True)
     draw_ab_figures(out)
@@ -175,8 +231,15 @@ def draw_ab_figures(data: dict) -> None:
             name = f"strength {value:+g}"
             curves[name] = [base + row[j] for row in sweep_["effect"]]
             bands[name] = [[base + lo, base + hi] for lo, hi in (row[j] for row in sweep_["interval"])]
-        png = curves_png(sweep_["layers"], curves, title=f"{behaviour}: Qwen2.5-Coder-0.5B, val, both orders",
-                         y_label="p(matching), debiased", reference=base, bands=bands, limits=(0.0, 1.0))
+        png = curves_png(
+            sweep_["layers"],
+            curves,
+            title=f"{behaviour}: Qwen2.5-Coder-0.5B, val, both orders",
+            y_label="p(matching), debiased",
+            reference=base,
+            bands=bands,
+            limits=(0.0, 1.0),
+        )
         write_atomic(FIGURES / f"strength_ab_{behaviour}_qwen.png", png, overwrite=True)
 
 
@@ -196,7 +259,9 @@ def instruction_kl(lm, texts) -> dict[str, float]:
         for text in texts:
             ids = tok(text, add_special_tokens=False)["input_ids"]
             plain = torch.log_softmax(lm.model(torch.tensor([start + ids])).logits[0, 1:].float(), -1)
-            told = torch.log_softmax(lm.model(torch.tensor([start + head + ids])).logits[0, 1 + len(head):].float(), -1)
+            told = torch.log_softmax(
+                lm.model(torch.tensor([start + head + ids])).logits[0, 1 + len(head) :].float(), -1
+            )
             total += float((told.exp() * (told - plain)).sum(-1)[1:].sum())
             count += len(ids) - 1
         out[instruction] = round(total / count, 4)
@@ -212,20 +277,34 @@ def run_calibrate(args) -> None:
     start = time.perf_counter()
     result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=_progress)
     reference = instruction_kl(lm, neutral_texts())
-    save_json(OUT / "calibrate.json", {"layer": layer, **result.to_json(), "instruction_kl": reference,
-                                       "seconds": round(time.perf_counter() - start)})
+    save_json(
+        OUT / "calibrate.json",
+        {
+            "layer": layer,
+            **result.to_json(),
+            "instruction_kl": reference,
+            "seconds": round(time.perf_counter() - start),
+        },
+    )
     print(json.dumps(result.to_json(), indent=1))
 
 
 def distil_sentiment(data: dict) -> dict:
     """Drop the sweep's grids, keeping what the section says about them: the strongest fluent downward cell."""
     sweep_ = data["sweep"]
-    neg = [(sweep_["effect"][i][j], sweep_["fluent"][i][j], sweep_["layers"][i], v)
-           for i in range(len(sweep_["layers"])) for j, v in enumerate(sweep_["values"]) if v < 0]
+    neg = [
+        (sweep_["effect"][i][j], sweep_["fluent"][i][j], sweep_["layers"][i], v)
+        for i in range(len(sweep_["layers"]))
+        for j, v in enumerate(sweep_["values"])
+        if v < 0
+    ]
     fluent = [x for x in neg if x[1]]
     best = min(fluent) if fluent else None
-    downward = {"cells": len(neg), "unfluent": len(neg) - len(fluent),
-                "best_fluent": {"effect": best[0], "layer": best[2], "value": best[3]} if best else None}
+    downward = {
+        "cells": len(neg),
+        "unfluent": len(neg) - len(fluent),
+        "best_fluent": {"effect": best[0], "layer": best[2], "value": best[3]} if best else None,
+    }
     kept = {k: sweep_[k] for k in ("directions", "layers", "values", "items")}
     test = {name: {k: v for k, v in arm.items() if k != "example"} for name, arm in data["test"].items()}
     return {**data, "sweep": {**kept, "downward": downward}, "test": test}
@@ -233,23 +312,40 @@ def distil_sentiment(data: dict) -> dict:
 
 def distil_refusal(data: dict) -> dict:
     sweep_ = data["sweep"]
-    cells = [(abs(e), e, iv) for row, ivs in zip(sweep_["effect"], sweep_["interval"], strict=False) for e, iv in zip(row, ivs, strict=False)]
+    cells = [
+        (abs(e), e, iv)
+        for row, ivs in zip(sweep_["effect"], sweep_["interval"], strict=False)
+        for e, iv in zip(row, ivs, strict=False)
+    ]
     _, effect, interval = max(cells)
     reliable = sum(1 for _, _, iv in cells if iv[0] > 0 or iv[1] < 0)
     kept = {k: sweep_[k] for k in ("verdict", "items", "base_score")}
-    return {"sweep": {**kept, "cells": len(cells), "reliable": reliable,
-                      "largest": {"effect": effect, "interval": interval}},
-            "stored": data["stored"], "at_chance": data["at_chance"], "sizes": data["sizes"]}
+    return {
+        "sweep": {
+            **kept,
+            "cells": len(cells),
+            "reliable": reliable,
+            "largest": {"effect": effect, "interval": interval},
+        },
+        "stored": data["stored"],
+        "at_chance": data["at_chance"],
+        "sizes": data["sizes"],
+    }
 
 
 def distil() -> None:
     """results.json from out/: each step's numbers as the section shows them, without grids, vectors or texts."""
+
     def read(name: str) -> dict | None:
         path = OUT / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    results = {"sentiment": read("sentiment"), "calibrate": read("calibrate"), "refusal": read("refusal"),
-               "ab_qwen": read("ab_qwen")}
+    results = {
+        "sentiment": read("sentiment"),
+        "calibrate": read("calibrate"),
+        "refusal": read("refusal"),
+        "ab_qwen": read("ab_qwen"),
+    }
     if results["sentiment"]:
         results["sentiment"] = distil_sentiment(results["sentiment"])
     if results["refusal"]:
@@ -293,20 +389,27 @@ def _iv(pair) -> str:
 def _cell_words(cell: dict | None) -> str:
     if not cell:
         return "no reliable effect"
-    value = f"strength {cell['value']:+g} (x{cell['multiplier']:+.3g})" if cell.get("mode") == "relative" \
+    value = (
+        f"strength {cell['value']:+g} (x{cell['multiplier']:+.3g})"
+        if cell.get("mode") == "relative"
         else f"multiplier {cell['multiplier']:+g}"
-    return (f"layer {cell['layer']}, {value}: effect {cell['effect']:+.3f} {_iv(cell['interval'])}, "
-            f"wrong way {cell['wrong_way']:.0%}")
+    )
+    return (
+        f"layer {cell['layer']}, {value}: effect {cell['effect']:+.3f} {_iv(cell['interval'])}, "
+        f"wrong way {cell['wrong_way']:.0%}"
+    )
 
 
 def _arm_row(name: str, arm: dict | None, base: dict) -> str:
     if not arm:
         return f"| {name} | no reliable effect on val: nothing applied | | | | | | |"
     c = arm["cell"]
-    return (f"| {name}: layer {c['layer']}, {c['value']:+g} | {arm['positive_share']:.2f} | "
-            f"{arm['negative_share']:.2f} | {arm['mean_compound']:+.3f} | {arm['test_change']:+.3f} "
-            f"{_iv(arm['test_interval'])} | {arm['wrong_way']:.0%} | {arm['distinct2']:.3f} "
-            f"({arm['distinct2'] / base['distinct2']:.2f}x) | {arm['repetition']:.3f} |")
+    return (
+        f"| {name}: layer {c['layer']}, {c['value']:+g} | {arm['positive_share']:.2f} | "
+        f"{arm['negative_share']:.2f} | {arm['mean_compound']:+.3f} | {arm['test_change']:+.3f} "
+        f"{_iv(arm['test_interval'])} | {arm['wrong_way']:.0%} | {arm['distinct2']:.3f} "
+        f"({arm['distinct2'] / base['distinct2']:.2f}x) | {arm['repetition']:.3f} |"
+    )
 
 
 def _goal_lines(test: dict, downward: dict) -> list[str]:
@@ -314,118 +417,172 @@ def _goal_lines(test: dict, downward: dict) -> list[str]:
     goal = []
     if up:
         ok = up["positive_share"] >= 0.85 and up["distinct2"] >= 0.9 * base["distinct2"]
-        goal.append(f"up: positive share {up['positive_share']:.2f} (goal >= 0.85) with distinct-2 "
-                    f"{up['distinct2'] / base['distinct2']:.2f}x (goal >= 0.9x): {'met' if ok else 'not met'}")
+        goal.append(
+            f"up: positive share {up['positive_share']:.2f} (goal >= 0.85) with distinct-2 "
+            f"{up['distinct2'] / base['distinct2']:.2f}x (goal >= 0.9x): {'met' if ok else 'not met'}"
+        )
     if down:
         ok = down["negative_share"] >= 0.60 and down["distinct2"] >= 0.9 * base["distinct2"]
-        goal.append(f"down: negative share {down['negative_share']:.2f} (goal >= 0.60) with distinct-2 "
-                    f"{down['distinct2'] / base['distinct2']:.2f}x: {'met' if ok else 'not met'}")
+        goal.append(
+            f"down: negative share {down['negative_share']:.2f} (goal >= 0.60) with distinct-2 "
+            f"{down['distinct2'] / base['distinct2']:.2f}x: {'met' if ok else 'not met'}"
+        )
     lines = ["Against the issue's goal: " + "; ".join(goal) + ".\n"]
     best = downward["best_fluent"]
     if down and down["negative_share"] < 0.60 and best:
-        lines.append(f"Why the downward goal is missed: on validation the strongest fluent downward cell moved VADER "
-                     f"compound by {best['effect']:+.3f} (layer {best['layer']}, {best['value']:+g}); "
-                     f"{downward['unfluent']} of {downward['cells']} downward cells broke the fluency bound (repetition "
-                     "rose by more than 0.1, distinct-2 fell), and the sweep's default grid "
-                     "stops at -0.25. Steering neutral prompts negative with this vector is about half as strong as "
-                     "steering them positive at the same fluency, so the sweep's downward pick (the fluent cell whose "
-                     "interval lies furthest below zero) reaches a negative share of "
-                     f"{down['negative_share']:.2f}, not 0.60. The calibrated downward strength is smaller still "
-                     "(below).\n")
+        lines.append(
+            f"Why the downward goal is missed: on validation the strongest fluent downward cell moved VADER "
+            f"compound by {best['effect']:+.3f} (layer {best['layer']}, {best['value']:+g}); "
+            f"{downward['unfluent']} of {downward['cells']} downward cells broke the fluency bound (repetition "
+            "rose by more than 0.1, distinct-2 fell), and the sweep's default grid "
+            "stops at -0.25. Steering neutral prompts negative with this vector is about half as strong as "
+            "steering them positive at the same fluency, so the sweep's downward pick (the fluent cell whose "
+            "interval lies furthest below zero) reaches a negative share of "
+            f"{down['negative_share']:.2f}, not 0.60. The calibrated downward strength is smaller still "
+            "(below).\n"
+        )
     return lines
 
 
 def sentiment_section(data: dict) -> str:
     sweep_, test, sizes = data["sweep"], data["test"], data["sizes"]
     base = test["unsteered"]
-    lines = ["### SmolLM2-135M-Instruct: sentiment on DExperts neutral prompts", "",
-             f"Sweep: CAA vectors from steerlab's 72 shipped pairs at layers {', '.join(map(str, sweep_['layers']))}, "
-             f"default strengths {', '.join(f'{v:+g}' for v in sweep_['values'])}, the last {sweep_['items']} "
-             f"validation prompts, {sizes['tokens']} greedy tokens (mean VADER compound; fluency bound 0.1). "
-             f"Test: the first {sizes['test']} test prompts, {sizes['test_tokens']} greedy tokens. Positive share = "
-             "VADER compound >= 0.05, negative share <= -0.05 (VADER's own thresholds). Time: sweep "
-             f"{data['seconds']['sweep']} s, test {data['seconds']['test']} s, {data['threads']} thread.", "",
-             f"Sweep's choice (val): up: {_cell_words(sweep_['directions'].get('up'))}; "
-             f"down: {_cell_words(sweep_['directions'].get('down'))}.", "",
-             "| arm (test) | positive share | negative share | mean compound | change toward the arm's direction [95% interval] | wrong way | "
-             "distinct-2 (x unsteered) | repetition |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| unsteered | {base['positive_share']:.2f} | {base['negative_share']:.2f} | "
-             f"{base['mean_compound']:+.3f} | | | {base['distinct2']:.3f} | {base['repetition']:.3f} |",
-             _arm_row("up", test.get("up"), base), _arm_row("down", test.get("down"), base), ""]
+    lines = [
+        "### SmolLM2-135M-Instruct: sentiment on DExperts neutral prompts",
+        "",
+        f"Sweep: CAA vectors from steerlab's 72 shipped pairs at layers {', '.join(map(str, sweep_['layers']))}, "
+        f"default strengths {', '.join(f'{v:+g}' for v in sweep_['values'])}, the last {sweep_['items']} "
+        f"validation prompts, {sizes['tokens']} greedy tokens (mean VADER compound; fluency bound 0.1). "
+        f"Test: the first {sizes['test']} test prompts, {sizes['test_tokens']} greedy tokens. Positive share = "
+        "VADER compound >= 0.05, negative share <= -0.05 (VADER's own thresholds). Time: sweep "
+        f"{data['seconds']['sweep']} s, test {data['seconds']['test']} s, {data['threads']} thread.",
+        "",
+        f"Sweep's choice (val): up: {_cell_words(sweep_['directions'].get('up'))}; "
+        f"down: {_cell_words(sweep_['directions'].get('down'))}.",
+        "",
+        "| arm (test) | positive share | negative share | mean compound | change toward the arm's direction [95% interval] | wrong way | "
+        "distinct-2 (x unsteered) | repetition |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| unsteered | {base['positive_share']:.2f} | {base['negative_share']:.2f} | "
+        f"{base['mean_compound']:+.3f} | | | {base['distinct2']:.3f} | {base['repetition']:.3f} |",
+        _arm_row("up", test.get("up"), base),
+        _arm_row("down", test.get("down"), base),
+        "",
+    ]
     return "\n".join(lines + _goal_lines(test, sweep_["downward"]))
 
 
 def refusal_section(data: dict) -> str:
     sweep_, sizes, stored = data["sweep"], data["sizes"], data["stored"]
     what = "no default" if "layer" not in stored else f"layer {stored['layer']}, multiplier {stored['multiplier']:g}"
-    return "\n".join([
-        "### SmolLM2-135M-Instruct: the CAA refusal A/B sweep", "",
-        f"Layers {', '.join(map(str, sizes['layers'] or ['all']))}, default strengths, "
-        f"{sweep_['items']} validation questions in both orders, "
-        f"{sizes['train'] or 'all'} training pairs. Unsteered debiased p(matching) {sweep_['base_score']:.3f}"
-        f"{' (at chance)' if data['at_chance'] else ''}. The largest |effect| of any cell was "
-        f"{sweep_['largest']['effect']:+.3f} {_iv(sweep_['largest']['interval'])}; {sweep_['reliable']} of "
-        f"{sweep_['cells']} cells had an interval excluding zero.", "",
-        f"Verdict printed and stored: {sweep_['verdict']}. Stored in the vector: {what} "
-        f"(`{json.dumps({k: v for k, v in stored.items() if k in ('verdict', 'layer', 'multiplier')})}`).", ""])
+    return "\n".join(
+        [
+            "### SmolLM2-135M-Instruct: the CAA refusal A/B sweep",
+            "",
+            f"Layers {', '.join(map(str, sizes['layers'] or ['all']))}, default strengths, "
+            f"{sweep_['items']} validation questions in both orders, "
+            f"{sizes['train'] or 'all'} training pairs. Unsteered debiased p(matching) {sweep_['base_score']:.3f}"
+            f"{' (at chance)' if data['at_chance'] else ''}. The largest |effect| of any cell was "
+            f"{sweep_['largest']['effect']:+.3f} {_iv(sweep_['largest']['interval'])}; {sweep_['reliable']} of "
+            f"{sweep_['cells']} cells had an interval excluding zero.",
+            "",
+            f"Verdict printed and stored: {sweep_['verdict']}. Stored in the vector: {what} "
+            f"(`{json.dumps({k: v for k, v in stored.items() if k in ('verdict', 'layer', 'multiplier')})}`).",
+            "",
+        ]
+    )
 
 
 def ab_section(data: dict) -> str:
     sizes = next(iter(data.values()))["sizes"]
-    lines = ["### Qwen2.5-Coder-0.5B-Instruct: CAA A/B behaviours", "",
-             f"Reduced sizes: {sizes['train']} training pairs per behaviour, layers "
-             f"{', '.join(map(str, sizes['layers']))}, strengths {', '.join(f'{v:+g}' for v in sizes['strengths'])}, "
-             f"{sizes['val']} validation questions for the sweep, {sizes['test']} held-out test questions; both choice "
-             "orders everywhere. Spread = debiased p(matching) at +s minus at -s, per question (paired), with its "
-             "bootstrap 95% interval; letter shift = the change in the A-share p(A)/(p(A)+p(B)) from -s to +s. "
-             "When the sweep found no reliable cell, the cell with the largest |effect| on val is measured anyway "
-             "so the table is not empty; it is not a recommendation.", "",
-             "| behaviour | unsteered p(matching), A-share (test) | sweep verdict (val) | test cell | p(matching) -s / +s | "
-             "spread [95% interval] | A-share -s / +s | answer mass -s / +s | the tool's words |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Qwen2.5-Coder-0.5B-Instruct: CAA A/B behaviours",
+        "",
+        f"Reduced sizes: {sizes['train']} training pairs per behaviour, layers "
+        f"{', '.join(map(str, sizes['layers']))}, strengths {', '.join(f'{v:+g}' for v in sizes['strengths'])}, "
+        f"{sizes['val']} validation questions for the sweep, {sizes['test']} held-out test questions; both choice "
+        "orders everywhere. Spread = debiased p(matching) at +s minus at -s, per question (paired), with its "
+        "bootstrap 95% interval; letter shift = the change in the A-share p(A)/(p(A)+p(B)) from -s to +s. "
+        "When the sweep found no reliable cell, the cell with the largest |effect| on val is measured anyway "
+        "so the table is not empty; it is not a recommendation.",
+        "",
+        "| behaviour | unsteered p(matching), A-share (test) | sweep verdict (val) | test cell | p(matching) -s / +s | "
+        "spread [95% interval] | A-share -s / +s | answer mass -s / +s | the tool's words |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for behaviour, run in data.items():
         base = run["unsteered_test"]
         chance = " **at chance**" if run["at_chance_test"] else ""
         for t in run["test"]:
-            reliable = "reliable" if t["spread_interval"][0] > 0 or t["spread_interval"][1] < 0 else "interval includes 0"
-            lines.append(f"| {behaviour} | {base['p_matching']:.3f}, {base['first_answer_share']:.2f}{chance} | "
-                         f"{run['sweep']['verdict']} | layer {t['layer']}, strength {t['strength']:.2g} "
-                         f"(x{t['multiplier']:.3g}) | {t['p_minus']:.3f} / {t['p_plus']:.3f} | {t['spread']:+.3f} "
-                         f"{_iv(t['spread_interval'])} ({reliable}) | {t['letter_share_minus']:.2f} / "
-                         f"{t['letter_share_plus']:.2f} | {t['mass_minus']:.2f} / {t['mass_plus']:.2f} "
-                         f"(unsteered {base['answer_mass']:.2f}) | {t['words']} |")
-    lines += ["", "These runs predate the minimum effect size; their only recommended cell (refusal, down, -0.036) "
-              "is above it, so the verdicts are the ones the current rule gives."]
+            reliable = (
+                "reliable" if t["spread_interval"][0] > 0 or t["spread_interval"][1] < 0 else "interval includes 0"
+            )
+            lines.append(
+                f"| {behaviour} | {base['p_matching']:.3f}, {base['first_answer_share']:.2f}{chance} | "
+                f"{run['sweep']['verdict']} | layer {t['layer']}, strength {t['strength']:.2g} "
+                f"(x{t['multiplier']:.3g}) | {t['p_minus']:.3f} / {t['p_plus']:.3f} | {t['spread']:+.3f} "
+                f"{_iv(t['spread_interval'])} ({reliable}) | {t['letter_share_minus']:.2f} / "
+                f"{t['letter_share_plus']:.2f} | {t['mass_minus']:.2f} / {t['mass_plus']:.2f} "
+                f"(unsteered {base['answer_mass']:.2f}) | {t['words']} |"
+            )
+    lines += [
+        "",
+        "These runs predate the minimum effect size; their only recommended cell (refusal, down, -0.036) "
+        "is above it, so the verdicts are the ones the current rule gives.",
+    ]
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     figures = [f"![{behaviour}](results/strength_ab_{behaviour}_qwen.png)" for behaviour in data]
-    return "\n".join([*lines, "", f"Time per behaviour (vectors, val sweep and test grid): {secs}.", "",
-                              "Validation sweep per layer (bands: paired bootstrap 95% intervals; the axis is fixed at "
-                              "0-1 so noise looks as small as it is):\n", *figures, ""])
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"Time per behaviour (vectors, val sweep and test grid): {secs}.",
+            "",
+            "Validation sweep per layer (bands: paired bootstrap 95% intervals; the axis is fixed at "
+            "0-1 so noise looks as small as it is):\n",
+            *figures,
+            "",
+        ]
+    )
 
 
 def calibrate_section(data: dict) -> str:
     up = ", ".join(f"{float(s):+g}: {v:.3f}" for s, v in data["kl"]["up"].items())
     down = ", ".join(f"{-float(s):+g}: {v:.3f}" for s, v in data["kl"]["down"].items())
-    return "\n".join([
-        "### Calibrated strength (SmolLM2, the sentiment vector at the sweep's up layer)", "",
-        f"`steerlab vector calibrate` at layer {data['layer']}: mean per-token KL(steered || unsteered) in nats over "
-        f"steerlab's {data['prompts']} neutral prompts, budget {data['kl_budget']:g}:", "",
-        f"- up: {up}", f"- down: {down}",
-        "- reference, a one-sentence instruction before the same text (KL(with || without) over the text's tokens): "
-        + ", ".join(f'"{k}" {v:.3f}' for k, v in data.get("instruction_kl", {}).items()), "",
-        f"Calibrated: up {_f(data['up'], '{:+g}')}, down {_f(data['down'], '{:+g}')} (fluency bound "
-        f"{data['fluency_bound']:g}; fluency at the strengths checked: {json.dumps(data['fluency'])}). "
-        f"{data.get('note', '')} Time {data['seconds']} s.", ""])
+    return "\n".join(
+        [
+            "### Calibrated strength (SmolLM2, the sentiment vector at the sweep's up layer)",
+            "",
+            f"`steerlab vector calibrate` at layer {data['layer']}: mean per-token KL(steered || unsteered) in nats over "
+            f"steerlab's {data['prompts']} neutral prompts, budget {data['kl_budget']:g}:",
+            "",
+            f"- up: {up}",
+            f"- down: {down}",
+            "- reference, a one-sentence instruction before the same text (KL(with || without) over the text's tokens): "
+            + ", ".join(f'"{k}" {v:.3f}' for k, v in data.get("instruction_kl", {}).items()),
+            "",
+            f"Calibrated: up {_f(data['up'], '{:+g}')}, down {_f(data['down'], '{:+g}')} (fluency bound "
+            f"{data['fluency_bound']:g}; fluency at the strengths checked: {json.dumps(data['fluency'])}). "
+            f"{data.get('note', '')} Time {data['seconds']} s.",
+            "",
+        ]
+    )
 
 
 def render(doc: Path) -> None:
     results = json.loads(RESULTS.read_text())
     parts = [INTRO]
-    for name, section in (("sentiment", sentiment_section), ("calibrate", calibrate_section),
-                          ("refusal", refusal_section), ("ab_qwen", ab_section)):
-        parts.append(section(results[name]) if results.get(name)
-                     else f"_{name}: not measured in this run (see the report for why)._\n")
+    for name, section in (
+        ("sentiment", sentiment_section),
+        ("calibrate", calibrate_section),
+        ("refusal", refusal_section),
+        ("ab_qwen", ab_section),
+    ):
+        parts.append(
+            section(results[name])
+            if results.get(name)
+            else f"_{name}: not measured in this run (see the report for why)._\n"
+        )
     write_results_section("strength", "\n".join(parts), doc)
 
 

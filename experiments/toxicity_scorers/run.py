@@ -90,7 +90,9 @@ def profanity_protector_scorer() -> Scorer:
     def score(texts: Sequence[str]) -> list[float]:
         out = []
         for start in range(0, len(texts), 64):
-            batch = tokenizer(list(texts[start:start + 64]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = tokenizer(
+                list(texts[start : start + 64]), padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
@@ -102,16 +104,36 @@ def profanity_protector_scorer() -> Scorer:
 
 # name, module that must be importable, factory, how to install it
 CANDIDATES: list[tuple[str, str, Callable[[], Scorer], str]] = [
-    ("alt-profanity-check 1.9.1 (steerlab default)", "profanity_check",
-     lambda: ProfanityCheckScorer().scores, "pip install alt-profanity-check==1.9.1"),
-    ("better-profanity 0.7.0 (word list, 0/1)", "better_profanity",
-     better_profanity_scorer, "pip install better-profanity==0.7.0"),
-    ("hatesonar 0.1.0 (1 - P(neither))", "hatesonar",
-     hatesonar_scorer, "pip install --no-deps --target DIR hatesonar==0.1.0 onnxruntime==1.32.0 flatbuffers protobuf"),
-    ("profanity-protector 1.0.0 (MiniLM + calibrated classifier)", "profanity_protector",
-     profanity_protector_scorer, "pip install --no-deps --target DIR profanity-protector==1.0.0"),
-    ("baseline: VADER negativity (-compound)", "vaderSentiment",
-     lambda: lambda texts: [-s for s in vader_scores(texts)], "pip install vaderSentiment==3.3.2"),
+    (
+        "alt-profanity-check 1.9.1 (steerlab default)",
+        "profanity_check",
+        lambda: ProfanityCheckScorer().scores,
+        "pip install alt-profanity-check==1.9.1",
+    ),
+    (
+        "better-profanity 0.7.0 (word list, 0/1)",
+        "better_profanity",
+        better_profanity_scorer,
+        "pip install better-profanity==0.7.0",
+    ),
+    (
+        "hatesonar 0.1.0 (1 - P(neither))",
+        "hatesonar",
+        hatesonar_scorer,
+        "pip install --no-deps --target DIR hatesonar==0.1.0 onnxruntime==1.32.0 flatbuffers protobuf",
+    ),
+    (
+        "profanity-protector 1.0.0 (MiniLM + calibrated classifier)",
+        "profanity_protector",
+        profanity_protector_scorer,
+        "pip install --no-deps --target DIR profanity-protector==1.0.0",
+    ),
+    (
+        "baseline: VADER negativity (-compound)",
+        "vaderSentiment",
+        lambda: lambda texts: [-s for s in vader_scores(texts)],
+        "pip install vaderSentiment==3.3.2",
+    ),
 ]
 
 
@@ -132,28 +154,54 @@ def measure(data: Path, threads: int) -> dict:
         start = time.perf_counter()
         scores = factory()(texts)
         seconds = time.perf_counter() - start
-        rows.append({"name": name, "auroc": auroc(scores, labels), "auroc_prompts": auroc_of(scores, "prompt"),
-                     "auroc_continuations": auroc_of(scores, "continuation"),
-                     "flagged": sum(1 for x in scores if x >= 0.5), "seconds": seconds})
+        rows.append(
+            {
+                "name": name,
+                "auroc": auroc(scores, labels),
+                "auroc_prompts": auroc_of(scores, "prompt"),
+                "auroc_continuations": auroc_of(scores, "continuation"),
+                "flagged": sum(1 for x in scores if x >= 0.5),
+                "seconds": seconds,
+            }
+        )
         print(f"{name}: AUROC {rows[-1]['auroc']:.4f} ({seconds:.1f} s)", file=sys.stderr)
-    counts = {part: {"texts": parts.count(part), "positives": sum(y for y, p in zip(labels, parts, strict=False) if p == part)}
-              for part in ("prompt", "continuation")}
+    counts = {
+        part: {
+            "texts": parts.count(part),
+            "positives": sum(y for y, p in zip(labels, parts, strict=False) if p == part),
+        }
+        for part in ("prompt", "continuation")
+    }
     env = " ".join(f"{k}={os.environ[k]}" for k in ("LOCPATH", "PYTHONPATH") if k in os.environ)
     command = " ".join([env, "python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]).strip()
-    return {"texts": len(texts), "positives": sum(labels), "parts": counts, "threads": threads, "scorers": rows,
-            "candidates": installs, "command": command}
+    return {
+        "texts": len(texts),
+        "positives": sum(labels),
+        "parts": counts,
+        "threads": threads,
+        "scorers": rows,
+        "candidates": installs,
+        "command": command,
+    }
 
 
 def render(doc: Path = DOC) -> None:
     results = json.loads(RESULTS.read_text())
     rows = sorted(results["scorers"], key=lambda r: r["auroc"], reverse=True)
-    table = ["| scorer | n texts | positives | AUROC | AUROC prompts | AUROC continuations | scored >= 0.5 | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['name']} | {results['texts']} | {results['positives']} | {r['auroc']:.4f} | {r['auroc_prompts']:.4f} "
-              f"| {r['auroc_continuations']:.4f} | {r['flagged']} | {r['seconds']:.1f} |" for r in rows]
+    table = [
+        "| scorer | n texts | positives | AUROC | AUROC prompts | AUROC continuations | scored >= 0.5 | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['name']} | {results['texts']} | {results['positives']} | {r['auroc']:.4f} | {r['auroc_prompts']:.4f} "
+        f"| {r['auroc_continuations']:.4f} | {r['flagged']} | {r['seconds']:.1f} |"
+        for r in rows
+    ]
     prompts, continuations = results["parts"]["prompt"], results["parts"]["continuation"]
-    installs = [f"- {c['name']}: `{c['install']}`" + ("" if c["installed"] else " (not installed: skipped)")
-                for c in results["candidates"]]
+    installs = [
+        f"- {c['name']}: `{c['install']}`" + ("" if c["installed"] else " (not installed: skipped)")
+        for c in results["candidates"]
+    ]
     text = [
         "# Offline toxicity scorers vs Perspective API",
         "",

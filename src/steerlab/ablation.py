@@ -53,7 +53,9 @@ def ablation_direction(vector: SteeringVector, layer: int | None = None) -> tupl
         elif len(vector.directions) == 1:
             layer = next(iter(vector.directions))
         else:
-            raise ValueError("the vector has several layers and no recommended one; say which layer's direction to ablate")
+            raise ValueError(
+                "the vector has several layers and no recommended one; say which layer's direction to ablate"
+            )
     if layer not in vector.directions:
         raise ValueError(f"the vector has no direction at layer {layer}; it has {vector.layers}")
     return vector.directions[layer], layer
@@ -77,8 +79,14 @@ class DirectionalAblation:
         if self.rows is not None and self.rows.numel() == 0:
             raise ValueError("rows must name at least one row (or be None for every row)")
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> AblationHandle:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> AblationHandle:
         self.vector.check_compatible(lm, [self.layer], task=task)
         dtype = next(lm.model.parameters()).dtype
         scale = self.rows
@@ -124,7 +132,6 @@ class AblationHandle(HookHandle):
         if isinstance(output, tuple):
             return (self._ablated(output[0]), *output[1:])
         return self._ablated(output)
-
 
 
 def _untie_output_embeddings(lm: LoadedModel) -> None:
@@ -182,8 +189,10 @@ def _check_no_component(lm: LoadedModel, direction: torch.Tensor) -> None:
             handle.remove()
     tolerance = 1e-2 if next(lm.model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1e-4
     if max(seen) > tolerance:
-        raise ValueError(f"{lm.name}: after orthogonalising, a block output still has {max(seen):.3g} of its norm along "
-                         "the direction; this architecture transforms what its projections write (e.g. post-norms)")
+        raise ValueError(
+            f"{lm.name}: after orthogonalising, a block output still has {max(seen):.3g} of its norm along "
+            "the direction; this architecture transforms what its projections write (e.g. post-norms)"
+        )
 
 
 def export_orthogonalized(lm: LoadedModel, vector: SteeringVector, out: str | Path, layer: int | None = None) -> Path:

@@ -50,8 +50,10 @@ def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, Tok
     if pair.kind == "ab" and pair.prompt:
         text = format_prompt(tok, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
         special = not lm.use_chat_template
-        return split_at_divergence(tok(text + pair.positive, add_special_tokens=special)["input_ids"],
-                                   tok(text + pair.negative, add_special_tokens=special)["input_ids"])
+        return split_at_divergence(
+            tok(text + pair.positive, add_special_tokens=special)["input_ids"],
+            tok(text + pair.negative, add_special_tokens=special)["input_ids"],
+        )
     if pair.prompt:
         text = format_prompt(tok, pair.prompt, use_chat_template=bool(lm.use_chat_template)) + pair.answer_prefix
         prefix = tok(text, add_special_tokens=not lm.use_chat_template)["input_ids"]
@@ -230,8 +232,12 @@ def _joined_batch(lm: LoadedModel, batch, layers: list[int]) -> torch.Tensor:
     device = lm.device
     with _Reader(lm, layers) as reader:
         reader.read_mask = read.to(device)
-        reader.run(input_ids=ids.to(device), attention_mask=mask.to(device),
-                   position_ids=positions_from_mask(mask).to(device), use_cache=False)
+        reader.run(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions_from_mask(mask).to(device),
+            use_cache=False,
+        )
         acts = reader.stacked()
     return acts.view(len(batch), k, len(layers), -1)
 

@@ -48,8 +48,13 @@ def check_batch(batch_size: int, batch_tokens: int) -> None:
         raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
 
 
-def token_batches(lengths: Sequence[int], *, max_tokens: int = DEFAULT_BATCH_TOKENS, max_rows: int | None = None,
-                  max_padding: float = 0.15) -> list[list[int]]:
+def token_batches(
+    lengths: Sequence[int],
+    *,
+    max_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_rows: int | None = None,
+    max_padding: float = 0.15,
+) -> list[list[int]]:
     """Row indices in order of length, cut into batches by a token budget (rows x longest row <= max_tokens).
 
     A budget, not a fixed row count, keeps short items in large batches and long ones in small: on a GPU a
@@ -119,8 +124,13 @@ class PrefixCache:
         ids, mask = pad(suffixes, lm.tokenizer.pad_token_id, left=False)
         positions = self.mask.sum(1, keepdim=True) + torch.arange(ids.shape[1]).unsqueeze(0)
         device = lm.device
-        inputs = {"input_ids": ids.to(device), "attention_mask": torch.cat([self.mask, mask], dim=1).to(device),
-                  "position_ids": positions.to(device), "use_cache": True, cache_kwarg(lm.model): self.cache}
+        inputs = {
+            "input_ids": ids.to(device),
+            "attention_mask": torch.cat([self.mask, mask], dim=1).to(device),
+            "position_ids": positions.to(device),
+            "use_cache": True,
+            cache_kwarg(lm.model): self.cache,
+        }
         return inputs, mask
 
 
@@ -129,7 +139,12 @@ def run_prefix(lm: LoadedModel, prefixes: Sequence[TokenIds], run=None, **kwargs
     ids, mask = pad(prefixes, lm.tokenizer.pad_token_id, left=True)
     cache = DynamicCache(config=lm.model.config)
     device = lm.device
-    (run or lm.model)(input_ids=ids.to(device), attention_mask=mask.to(device),
-                      position_ids=positions_from_mask(mask).to(device), use_cache=True,
-                      **{cache_kwarg(lm.model): cache}, **kwargs)
+    (run or lm.model)(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions_from_mask(mask).to(device),
+        use_cache=True,
+        **{cache_kwarg(lm.model): cache},
+        **kwargs,
+    )
     return PrefixCache(cache, mask)

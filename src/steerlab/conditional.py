@@ -81,8 +81,9 @@ class Condition:
 
     def save(self, path: str | os.PathLike, lm: LoadedModel | None = None, *, overwrite: bool = False) -> Path:
         """A condition file: safetensors with the direction as `layer.N` and a ConditionRecord in its metadata."""
-        return write_steer_file(path, {f"layer.{self.layer}": self.direction.float().cpu()}, self.file_meta(lm),
-                                overwrite=overwrite)
+        return write_steer_file(
+            path, {f"layer.{self.layer}": self.direction.float().cpu()}, self.file_meta(lm), overwrite=overwrite
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Condition:
@@ -94,14 +95,18 @@ class Condition:
             raise VectorFileError(f"{path}: a condition file without its 'condition' record")
         key = f"layer.{record.layer}"
         if not 0 <= record.layer < meta.num_layers:
-            raise VectorFileError(f"{path}: metadata field 'condition.layer': {record.layer} is not a layer of a "
-                                  f"{meta.num_layers}-layer model")
+            raise VectorFileError(
+                f"{path}: metadata field 'condition.layer': {record.layer} is not a layer of a "
+                f"{meta.num_layers}-layer model"
+            )
         if set(tensors) != {key}:
             raise VectorFileError(f"{path}: a condition file holds one tensor, '{key}'; it has {sorted(tensors)}")
         direction = tensors[key]
         if direction.ndim != 1 or direction.shape[0] != meta.hidden_size or not direction.is_floating_point():
-            raise VectorFileError(f"{path}: tensor '{key}' has shape {tuple(direction.shape)}; expected floats of "
-                                  f"shape ({meta.hidden_size},)")
+            raise VectorFileError(
+                f"{path}: tensor '{key}' has shape {tuple(direction.shape)}; expected floats of "
+                f"shape ({meta.hidden_size},)"
+            )
         return cls(direction.float(), record.layer, record.threshold, record.comparison, dict(record.fit), meta)
 
 
@@ -110,7 +115,9 @@ def cosine(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     return (hidden @ direction) / (hidden.norm(dim=-1) * direction.norm()).clamp(min=1e-12)
 
 
-def last_token_scores(lm: LoadedModel, prompts: Sequence[TokenIds], directions: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+def last_token_scores(
+    lm: LoadedModel, prompts: Sequence[TokenIds], directions: dict[int, torch.Tensor]
+) -> dict[int, torch.Tensor]:
     """cos(block output at the last prompt token, direction) per layer, for each prompt: {layer: [n]}."""
     layers = sorted(directions)
     acts = record_activations(lm, [(list(p[:-1]), [[p[-1]]]) for p in prompts], layers)[:, 0]
@@ -123,8 +130,13 @@ def f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.Tensor], steer: Sequence[TokenIds],
-                  keep: Sequence[TokenIds], layers: Sequence[int] | None = None) -> Condition:
+def fit_condition(
+    lm: LoadedModel,
+    directions: SteeringVector | dict[int, torch.Tensor],
+    steer: Sequence[TokenIds],
+    keep: Sequence[TokenIds],
+    layers: Sequence[int] | None = None,
+) -> Condition:
     """Grid over layer, threshold (midpoints of the observed scores) and comparison; the best F1 at telling the
     prompts to steer from the prompts to keep. The report (best F1 per layer) is in `Condition.fit`."""
     directions = dict(directions.directions if isinstance(directions, SteeringVector) else directions)
@@ -149,9 +161,13 @@ def fit_condition(lm: LoadedModel, directions: SteeringVector | dict[int, torch.
     assert best is not None  # layers is not empty
     condition = best[1]
     decided = condition.decide(scores[condition.layer])
-    condition.fit = {"f1": best[0], "accuracy": float((decided == truth).float().mean()),
-                     "n_steer": len(steer), "n_keep": len(keep),
-                     "per_layer": {str(k): {"f1": v[0], "threshold": v[1], "comparison": v[2]} for k, v in per_layer.items()}}
+    condition.fit = {
+        "f1": best[0],
+        "accuracy": float((decided == truth).float().mean()),
+        "n_steer": len(steer),
+        "n_keep": len(keep),
+        "per_layer": {str(k): {"f1": v[0], "threshold": v[1], "comparison": v[2]} for k, v in per_layer.items()},
+    }
     return condition
 
 
@@ -164,8 +180,14 @@ class ConditionalSteering:
         self.behaviour = behaviour if isinstance(behaviour, SpecSteering) else SpecSteering(behaviour)
         self.condition = condition
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> ConditionalHandle:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> ConditionalHandle:
         check_layers(lm, [self.condition.layer])
         return ConditionalHandle(lm, self.condition, self.behaviour, row_scale, prompt_lengths, task)
 
@@ -181,8 +203,9 @@ class ConditionalHandle:
         self._pre = lm.model.register_forward_pre_hook(self._decide, with_kwargs=True)
         enter_scope(self)
         try:
-            self.behaviour: SteeringHandle = behaviour.attach(lm, row_scale=row_scale, prompt_lengths=prompt_lengths,
-                                                              task=task)
+            self.behaviour: SteeringHandle = behaviour.attach(
+                lm, row_scale=row_scale, prompt_lengths=prompt_lengths, task=task
+            )
         except Exception:
             self.remove()
             raise
@@ -205,7 +228,9 @@ class ConditionalHandle:
         self._deciding = True
         try:  # no steer (this behaviour or any other attached here) acts on the pass that decides
             with torch.no_grad(), unsteered():
-                self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
+                self.lm.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+                )
         except _Stop:
             pass
         finally:

@@ -38,8 +38,9 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 key = (key_node.tag, key_node.value)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key_node.value}'",
-                                                            key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key_node.value}'", key_node.start_mark
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -51,14 +52,17 @@ class _Loader(yaml.SafeLoader):
 
 
 # YAML 1.1 (PyYAML) reads 1e-4 and 2E5 as strings: its floats need a dot and a signed exponent.
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-                              list("-+0123456789."))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
-def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError, *,
-               positions: bool = True) -> tuple[Any, dict[str, int]]:
+def parse_yaml(
+    text: str, source: str, error: type[Exception] = ConfigError, *, positions: bool = True
+) -> tuple[Any, dict[str, int]]:
     """The YAML document in `text` and the line of each top-level key; errors are one line naming `source`
     (and the line and column in it, unless `positions` is off: a one-line --set value has none worth giving)."""
     loader = None
@@ -88,8 +92,12 @@ def parse_yaml(text: str, source: str, error: type[Exception] = ConfigError, *,
     return value, lines
 
 
-_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
-         yaml.BlockMappingStartToken)
+_OPEN = (
+    yaml.FlowSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.BlockMappingStartToken,
+)
 _CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
 
 
@@ -111,8 +119,11 @@ def _check_size(root: yaml.Node, source: str, error: type[Exception]) -> None:
         node, level, done = stack.pop()
         if level > MAX_DEPTH:
             raise error(f"{source}:{node.start_mark.line + 1}: nested too deeply (the limit is {MAX_DEPTH} levels)")
-        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [c for pair in node.value for c in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
         if done:
             size[id(node)] = 1 + sum(size[id(c)] for c in children)
             if size[id(node)] > MAX_NODES:
@@ -134,8 +145,9 @@ def _yaml_message(exc: yaml.YAMLError, source: str, positions: bool) -> str:
     return f"{where}: not valid YAML ({' '.join(str(text).split())})"
 
 
-def build_config(cls: type[T], values: dict[str, Any] | None = None, source: str = "config",
-                 lines: dict[str, int] | None = None) -> T:
+def build_config(
+    cls: type[T], values: dict[str, Any] | None = None, source: str = "config", lines: dict[str, int] | None = None
+) -> T:
     """Make `cls` from a dict, refusing unknown keys (a typo must not silently fall back to a default).
 
     `lines` (key -> line in `source`) lets an error point at the line of the key it is about.
@@ -161,7 +173,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return build_config(cls, values, source)
 
 
-def read_config_values(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+def read_config_values(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], str]:
     """The raw values of a YAML config file (optional) with `key=value` overrides applied, and where they came from."""
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}

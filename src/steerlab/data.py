@@ -45,8 +45,12 @@ class ContrastiveDataset:
         return len(self.pairs)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "pairs": len(self.pairs),
-                "kinds": sorted({p.kind for p in self.pairs})}
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "pairs": len(self.pairs),
+            "kinds": sorted({p.kind for p in self.pairs}),
+        }
 
     def subset(self, indices: Iterable[int], name_suffix: str = "") -> ContrastiveDataset:
         return ContrastiveDataset([self.pairs[i] for i in indices], self.name + name_suffix, self.sha256)
@@ -60,7 +64,9 @@ def demo_dataset_path() -> Path:
     return Path(str(resources.files("steerlab") / "resources" / DEMO_DATASET))
 
 
-def pairs_from_texts(positive: Sequence[str], negative: Sequence[str], prompt: str = "", name: str = "inline") -> ContrastiveDataset:
+def pairs_from_texts(
+    positive: Sequence[str], negative: Sequence[str], prompt: str = "", name: str = "inline"
+) -> ContrastiveDataset:
     """Pair up two lists of texts (e.g. one inline --positive/--negative, or positive vs negative reviews)."""
     if len(positive) != len(negative):
         raise DatasetError(
@@ -132,7 +138,9 @@ def _pair(path: Path, line: int, record: Any) -> ContrastivePair:
         pos = _field(path, line, record, "answer_matching_behavior")
         neg = _field(path, line, record, "answer_not_matching_behavior")
         if pos.strip() == neg.strip():
-            raise DatasetError(f"{path}: line {line}: both answers are '{pos.strip()}'; a pair needs two different answers")
+            raise DatasetError(
+                f"{path}: line {line}: both answers are '{pos.strip()}'; a pair needs two different answers"
+            )
         pos_letter, neg_letter, prefix = split_ab_answers(pos, neg)
         return ContrastivePair(question, pos_letter, neg_letter, "ab", prefix)
     if "positive" in record or "negative" in record:

@@ -94,7 +94,7 @@ class RowPenalties(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self.start is None:
             self.start = input_ids.shape[1]
-        generated = input_ids[:, self.start:]
+        generated = input_ids[:, self.start :]
         if generated.shape[1] == 0:
             return scores
         counts = torch.zeros(scores.shape, dtype=torch.float32, device=scores.device)
@@ -136,8 +136,9 @@ def as_steer(steering: Steer | SteeringVector | SteeringSpec | Sequence[Steering
     return steering
 
 
-def encode_prompts(lm: LoadedModel, prompts: Sequence[str], *, use_chat_template: bool | None = None,
-                   system: str | None = None) -> list[list[int]]:
+def encode_prompts(
+    lm: LoadedModel, prompts: Sequence[str], *, use_chat_template: bool | None = None, system: str | None = None
+) -> list[list[int]]:
     """Token ids each prompt is generated from (through the chat template unless told not to)."""
     chat = lm.use_chat_template if use_chat_template is None else use_chat_template
     texts = [format_prompt(lm.tokenizer, p, use_chat_template=bool(chat), system=system) for p in prompts]
@@ -168,14 +169,31 @@ def generate(
     """
     if engine != "hf":
         runner = _engine(engine, lm)
-        return runner.generate(lm, prompts, steering, generate_orig_output=generate_orig_output, config=config,
-                               use_chat_template=use_chat_template, system=system, task=task, progress=progress)
+        return runner.generate(
+            lm,
+            prompts,
+            steering,
+            generate_orig_output=generate_orig_output,
+            config=config,
+            use_chat_template=use_chat_template,
+            system=system,
+            task=task,
+            progress=progress,
+        )
     config = config or GenerationConfig()
     steer = as_steer(steering)
     if steer is not None and steer.kind == "prompt":
-        return _generate_prompted(lm, prompts, steer, generate_orig_output=generate_orig_output, config=config,
-                                  batch_size=batch_size, use_chat_template=use_chat_template, system=system,
-                                  progress=progress)
+        return _generate_prompted(
+            lm,
+            prompts,
+            steer,
+            generate_orig_output=generate_orig_output,
+            config=config,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            system=system,
+            progress=progress,
+        )
     ids = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
     results: list[GenerationResult] = []
     for start in range(0, len(ids), batch_size):
@@ -198,9 +216,18 @@ def generate(
     return results
 
 
-def _generate_prompted(lm: LoadedModel, prompts: Sequence[str], steer, *, generate_orig_output: bool,
-                       config: GenerationConfig, batch_size: int, use_chat_template: bool | None, system: str | None,
-                       progress: Callable[[int], object] | None) -> list[GenerationResult]:
+def _generate_prompted(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    steer,
+    *,
+    generate_orig_output: bool,
+    config: GenerationConfig,
+    batch_size: int,
+    use_chat_template: bool | None,
+    system: str | None,
+    progress: Callable[[int], object] | None,
+) -> list[GenerationResult]:
     """Rows with the prompt steer's instruction and, when asked, the truly unprompted originals, in one batch."""
     chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
     texts = [steer.prompt_text(lm.tokenizer, p, use_chat_template=chat, system=system) for p in prompts]
@@ -228,9 +255,16 @@ def _engine(engine: str | object, lm: LoadedModel):
     return factory(lm)
 
 
-def generate_ids(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
-                 row_scale: torch.Tensor | None = None, config: GenerationConfig,
-                 task: str | None = None, row_seeds: Sequence[int] | None = None) -> list[str]:
+def generate_ids(
+    lm: LoadedModel,
+    rows: Sequence[Sequence[int]],
+    steer: Steer | None,
+    *,
+    row_scale: torch.Tensor | None = None,
+    config: GenerationConfig,
+    task: str | None = None,
+    row_seeds: Sequence[int] | None = None,
+) -> list[str]:
     """Left-pad token rows, generate with per-row steering scales, and decode only the new tokens.
 
     With sampling and `row_seeds`, each row samples from its own generator (see RowSeededSampler).
@@ -246,11 +280,18 @@ def _generator(lm: LoadedModel) -> GenerationMixin:
 
 
 @torch.inference_mode()
-def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer | None, *,
-                    row_scale: torch.Tensor | None = None, config: GenerationConfig, task: str | None = None,
-                    row_seeds: Sequence[int] | None = None,
-                    stopping_criteria: Sequence[StoppingCriteria] = (),
-                    logits_processors: Sequence[LogitsProcessor] = ()) -> torch.Tensor:
+def generate_tokens(
+    lm: LoadedModel,
+    rows: Sequence[Sequence[int]],
+    steer: Steer | None,
+    *,
+    row_scale: torch.Tensor | None = None,
+    config: GenerationConfig,
+    task: str | None = None,
+    row_seeds: Sequence[int] | None = None,
+    stopping_criteria: Sequence[StoppingCriteria] = (),
+    logits_processors: Sequence[LogitsProcessor] = (),
+) -> torch.Tensor:
     """The new tokens [rows, steps] of `generate_ids` (pad after a row ends), before decoding.
 
     `stopping_criteria` see the ids after every step and may end rows early: the server streams each
@@ -260,8 +301,12 @@ def generate_tokens(lm: LoadedModel, rows: Sequence[Sequence[int]], steer: Steer
     tok = lm.tokenizer
     input_ids, mask = pad([list(r) for r in rows], tok.pad_token_id, left=True)
     width = input_ids.shape[1]
-    kwargs = {"max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample,
-                  "pad_token_id": tok.pad_token_id, "repetition_penalty": config.repetition_penalty}
+    kwargs = {
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": config.do_sample,
+        "pad_token_id": tok.pad_token_id,
+        "repetition_penalty": config.repetition_penalty,
+    }
     if config.do_sample and row_seeds is None:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=None)
         if config.seed is not None:

@@ -10,18 +10,26 @@ import torch
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash, describe_model, same_model
 
 
-def merge_linear(vectors: Sequence[SteeringVector], weights: Sequence[float], *,
-                 layers: Sequence[int] | None = None) -> SteeringVector:
+def merge_linear(
+    vectors: Sequence[SteeringVector], weights: Sequence[float], *, layers: Sequence[int] | None = None
+) -> SteeringVector:
     """Weighted sum per layer: the plain way to mix concepts (weights may be negative to subtract)."""
     kept = _checked_layers(vectors, layers)
     weights = _checked_weights(vectors, weights)
-    directions = {layer: torch.as_tensor(sum(w * v.directions[layer] for w, v in zip(weights, vectors, strict=False)))
-                  for layer in kept}
+    directions = {
+        layer: torch.as_tensor(sum(w * v.directions[layer] for w, v in zip(weights, vectors, strict=False)))
+        for layer in kept
+    }
     return SteeringVector(directions, _merged_meta(vectors, kept, "merge-linear", {"weights": weights}))
 
 
-def merge_ties(vectors: Sequence[SteeringVector], weights: Sequence[float] | None = None, density: float = 0.2, *,
-               layers: Sequence[int] | None = None) -> SteeringVector:
+def merge_ties(
+    vectors: Sequence[SteeringVector],
+    weights: Sequence[float] | None = None,
+    density: float = 0.2,
+    *,
+    layers: Sequence[int] | None = None,
+) -> SteeringVector:
     """TIES (Yadav et al. 2023): trim, elect a sign, average the agreeing values, so vectors don't cancel out."""
     kept = _checked_layers(vectors, layers)
     weights = _checked_weights(vectors, [1.0] * len(vectors) if weights is None else weights)
@@ -85,8 +93,10 @@ def _checked_layers(vectors: Sequence[SteeringVector], layers: Sequence[int] | N
 
 def _check_same_model(first: SteeringVector, other: SteeringVector, index: int) -> None:
     if not same_model(first.meta, other.meta):
-        raise IncompatibleVectorError(f"cannot merge vectors of different models: vector 0 is for "
-                                      f"{describe_model(first.meta)}, vector {index} for {describe_model(other.meta)}")
+        raise IncompatibleVectorError(
+            f"cannot merge vectors of different models: vector 0 is for "
+            f"{describe_model(first.meta)}, vector {index} for {describe_model(other.meta)}"
+        )
 
 
 def _checked_weights(vectors: Sequence[SteeringVector], weights: Sequence[float]) -> list[float]:
@@ -96,8 +106,9 @@ def _checked_weights(vectors: Sequence[SteeringVector], weights: Sequence[float]
     return weights
 
 
-def _merged_meta(vectors: Sequence[SteeringVector], layers: list[int], method: str,
-                 params: dict[str, Any]) -> VectorMeta:
+def _merged_meta(
+    vectors: Sequence[SteeringVector], layers: list[int], method: str, params: dict[str, Any]
+) -> VectorMeta:
     """The inputs' model identity, plus a record of every input so the merge can be traced back."""
     first = vectors[0].meta
     inputs = [{"method": v.meta.method, "task": v.meta.task, "sha256": content_hash(v)} for v in vectors]

@@ -29,8 +29,14 @@ FORMAT_VERSION = 2  # 2: config / fit_stats / typed recommended / kind "conditio
 FLOAT32_MAX = 3.4028234663852886e38
 DIRECTIONS = ("up", "down")
 # Keys of the old `params` that were fit statistics, not config (everything else there was config).
-OLD_FIT_STAT_KEYS = ("explained_variance_ratio", "pairs_agreeing", "residual_norms_text", "examples", "loss_start",
-                     "loss_end")
+OLD_FIT_STAT_KEYS = (
+    "explained_variance_ratio",
+    "pairs_agreeing",
+    "residual_norms_text",
+    "examples",
+    "loss_start",
+    "loss_end",
+)
 
 
 class VectorFileError(ValueError):
@@ -38,6 +44,7 @@ class VectorFileError(ValueError):
 
 
 # ---- field checks: one line naming the field ----------------------------------------------------------------
+
 
 def json_type(value: Any) -> str:
     if value is None:
@@ -102,11 +109,14 @@ def _compact(record: Any) -> dict[str, Any]:
         value = getattr(record, f.name)
         if value is None or value == "" or value == {} or value == ():
             continue
-        out[f.name] = value.to_json() if hasattr(value, "to_json") else list(value) if isinstance(value, tuple) else value
+        out[f.name] = (
+            value.to_json() if hasattr(value, "to_json") else list(value) if isinstance(value, tuple) else value
+        )
     return out
 
 
 # ---- records --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pick:
@@ -138,15 +148,24 @@ class Pick:
         if layer is None or multiplier is None:
             raise VectorFileError(f"{where}': a pick needs a layer and a multiplier")
         interval = raw.get("interval")
-        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
-                                         and all(is_number(x) for x in interval)):
+        if interval is not None and not (
+            isinstance(interval, list) and len(interval) == 2 and all(is_number(x) for x in interval)
+        ):
             raise _fail(f"{where}.interval", "two finite numbers", interval)
         mode = _str(raw, "mode", where) or "raw"
         value = _num(raw, "value", where)
-        return cls(layer, multiplier, multiplier if value is None else value, mode, _num(raw, "effect", where),
-                   None if interval is None else (float(interval[0]), float(interval[1])),
-                   _num(raw, "wrong_way", where), _num(raw, "score", where), _num(raw, "fluency", where),
-                   _num(raw, "fluency_bound", where))
+        return cls(
+            layer,
+            multiplier,
+            multiplier if value is None else value,
+            mode,
+            _num(raw, "effect", where),
+            None if interval is None else (float(interval[0]), float(interval[1])),
+            _num(raw, "wrong_way", where),
+            _num(raw, "score", where),
+            _num(raw, "fluency", where),
+            _num(raw, "fluency_bound", where),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,8 +204,17 @@ class CalibrationRecord:
         if (up is not None and up <= 0) or (down is not None and down >= 0):
             raise VectorFileError(f"{where}': the 'up' strength must be positive and the 'down' one negative")
         prompts = _int(raw, "prompts", where)
-        return cls(up, down, layers, _num(raw, "kl_budget", where) or 0.0, _num(raw, "fluency_bound", where) or 0.0,
-                   _obj(raw, "kl", where), _obj(raw, "fluency", where), prompts or 0, _str(raw, "note", where))
+        return cls(
+            up,
+            down,
+            layers,
+            _num(raw, "kl_budget", where) or 0.0,
+            _num(raw, "fluency_bound", where) or 0.0,
+            _obj(raw, "kl", where),
+            _obj(raw, "fluency", where),
+            prompts or 0,
+            _str(raw, "note", where),
+        )
 
 
 @dataclass(frozen=True)
@@ -216,17 +244,38 @@ class Recommendation:
             raise _fail(where, "an object", raw)
         raw = dict(raw)
         if "up" not in raw and "effect" in raw and "layer" in raw:  # older sweeps: the "up" cell's fields at top level
-            raw["up"] = {k: raw[k] for k in ("layer", "multiplier", "value", "mode", "effect", "interval", "wrong_way",
-                                             "score", "fluency", "fluency_bound") if k in raw}
+            raw["up"] = {
+                k: raw[k]
+                for k in (
+                    "layer",
+                    "multiplier",
+                    "value",
+                    "mode",
+                    "effect",
+                    "interval",
+                    "wrong_way",
+                    "score",
+                    "fluency",
+                    "fluency_bound",
+                )
+                if k in raw
+            }
         layer, multiplier = _int(raw, "layer", where), _num(raw, "multiplier", where, float32=True)
         picks = {d: None if raw.get(d) is None else Pick.from_json(raw[d], f"{where}.{d}") for d in DIRECTIONS}
         for name, at in [("layer", layer)] + [(f"{d}.layer", p.layer) for d, p in picks.items() if p]:
             if at is not None and num_layers is not None and not 0 <= at < num_layers:
                 raise VectorFileError(f"{where}.{name}': {at} is not a layer of a {num_layers}-layer model")
         calibration = raw.get("calibration")
-        return cls(layer, multiplier, picks["up"], picks["down"], _str(raw, "verdict", where), _str(raw, "task", where),
-                   _str(raw, "split", where),
-                   None if calibration is None else CalibrationRecord.from_json(calibration, f"{where}.calibration"))
+        return cls(
+            layer,
+            multiplier,
+            picks["up"],
+            picks["down"],
+            _str(raw, "verdict", where),
+            _str(raw, "task", where),
+            _str(raw, "split", where),
+            None if calibration is None else CalibrationRecord.from_json(calibration, f"{where}.calibration"),
+        )
 
 
 @dataclass(frozen=True)
@@ -257,6 +306,7 @@ class ConditionRecord:
 
 # ---- the metadata of a steer file -----------------------------------------------------------------------------
 
+
 @dataclass
 class VectorMeta:
     """What a steer was built from and for; stored as JSON in the safetensors header."""
@@ -283,9 +333,15 @@ class VectorMeta:
 
     @classmethod
     def for_model(cls, lm: LoadedModel, method: str, **kwargs: Any) -> VectorMeta:
-        return cls(model_name=lm.name, hidden_size=lm.hidden_size, num_layers=lm.num_layers, method=method,
-                   model_fingerprint=lm.fingerprint, model_type=str(getattr(lm.model.config, "model_type", "")),
-                   **kwargs)
+        return cls(
+            model_name=lm.name,
+            hidden_size=lm.hidden_size,
+            num_layers=lm.num_layers,
+            method=method,
+            model_fingerprint=lm.fingerprint,
+            model_type=str(getattr(lm.model.config, "model_type", "")),
+            **kwargs,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -317,8 +373,9 @@ class VectorMeta:
             raise VectorFileError(f"{source}: metadata hidden_size and num_layers must be at least 1")
         _upgrade(known)
         where = f"{source}: metadata field '"
-        known["recommended"] = Recommendation.from_json(known.get("recommended", {}), where + "recommended",
-                                                        known["num_layers"])
+        known["recommended"] = Recommendation.from_json(
+            known.get("recommended", {}), where + "recommended", known["num_layers"]
+        )
         if known.get("condition") is not None:
             known["condition"] = ConditionRecord.from_json(known["condition"], where + "condition")
         if known["kind"] == "condition" and known.get("condition") is None:
@@ -326,11 +383,27 @@ class VectorMeta:
         return cls(**known)
 
 
-META_TYPES: dict[str, type] = {"model_name": str, "hidden_size": int, "num_layers": int, "method": str,
-                               "model_fingerprint": str, "model_type": str, "config": dict, "fit_stats": dict,
-                               "dataset": dict, "task": str, "residual_norms": dict, "recommended": dict,
-                               "condition": dict, "diagnostics": dict, "created": str, "steerlab_version": str,
-                               "format_version": int, "kind": str, "operator": str}
+META_TYPES: dict[str, type] = {
+    "model_name": str,
+    "hidden_size": int,
+    "num_layers": int,
+    "method": str,
+    "model_fingerprint": str,
+    "model_type": str,
+    "config": dict,
+    "fit_stats": dict,
+    "dataset": dict,
+    "task": str,
+    "residual_norms": dict,
+    "recommended": dict,
+    "condition": dict,
+    "diagnostics": dict,
+    "created": str,
+    "steerlab_version": str,
+    "format_version": int,
+    "kind": str,
+    "operator": str,
+}
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
 
 
@@ -361,7 +434,11 @@ def _upgrade(known: dict[str, Any]) -> None:
         diagnostics = known.pop("diagnostics", {})
         layer = recommended.get("layer") if isinstance(recommended, dict) else None
         known["kind"] = "condition"
-        known["condition"] = {"layer": layer, "threshold": config.get("threshold"),
-                              "comparison": config.get("comparison", ">="), "fit": diagnostics.get("condition_fit", {})}
+        known["condition"] = {
+            "layer": layer,
+            "threshold": config.get("threshold"),
+            "comparison": config.get("comparison", ">="),
+            "fit": diagnostics.get("condition_fit", {}),
+        }
         known["fit_stats"] = {}
     known["format_version"] = FORMAT_VERSION

@@ -151,17 +151,20 @@ def cache_dir() -> Path:
 def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"the default model {DEFAULT_MODEL} is not installed; install it with: {INSTALL_HINT}"
-        )
+        raise ModelLoadError(f"the default model {DEFAULT_MODEL} is not installed; install it with: {INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall it with: {INSTALL_HINT} --force-reinstall")
     return path
 
 
-def load_model(source: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", use_chat_template: bool | None = None) -> LoadedModel:
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    use_chat_template: bool | None = None,
+) -> LoadedModel:
     """Load a causal LM from a local HF folder, a .gguf file, or (None) the bundled SmolLM2-135M-Instruct.
 
     GGUF files are dequantized once and cached as safetensors, so later loads take about a second.
@@ -185,8 +188,13 @@ def load_model(source: str | os.PathLike | None = None, *, dtype: torch.dtype = 
                 "(models cannot be downloaded here)"
             )
     model.to(device)
-    return LoadedModel(model, tokenizer, name=name, use_chat_template=use_chat_template,
-                       folder=folder if (folder / "config.json").is_file() else None)
+    return LoadedModel(
+        model,
+        tokenizer,
+        name=name,
+        use_chat_template=use_chat_template,
+        folder=folder if (folder / "config.json").is_file() else None,
+    )
 
 
 def _load_folder(path: Path, dtype: torch.dtype):

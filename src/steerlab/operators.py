@@ -59,6 +59,7 @@ def rotate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Ten
 # The same operators given the unit direction, which may also be one per token ([tokens, d] beside hidden
 # [tokens, d]): the vLLM workers gather each token's direction from a table and share this arithmetic.
 
+
 def ablate_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
     return hidden - (hidden * u).sum(-1, keepdim=True) * u
 

@@ -20,8 +20,12 @@ MARK = "zqxjk"
 # Conversation shapes a prompt is matched against, longest first: a multi-turn prompt also fits a one-turn shape
 # (its later turns would read as the first turn's content), never the other way round.
 SHAPES: tuple[tuple[str, ...], ...] = (
-    ("system", "user", "assistant", "user", "assistant", "user"), ("user", "assistant", "user", "assistant", "user"),
-    ("system", "user", "assistant", "user"), ("user", "assistant", "user"), ("system", "user"), ("user",),
+    ("system", "user", "assistant", "user", "assistant", "user"),
+    ("user", "assistant", "user", "assistant", "user"),
+    ("system", "user", "assistant", "user"),
+    ("user", "assistant", "user"),
+    ("system", "user"),
+    ("user",),
 )
 
 
@@ -75,7 +79,11 @@ def match_roles(ids: Sequence[int], shape: Sequence[str], segments: list[list[in
     """Per token, the role whose message content holds it (None for template tokens), or None if `ids` is not
     this shape."""
     first, last = segments[0], segments[-1]
-    if list(ids[: len(first)]) != first or len(ids) < len(first) + len(last) or list(ids[len(ids) - len(last):]) != last:
+    if (
+        list(ids[: len(first)]) != first
+        or len(ids) < len(first) + len(last)
+        or list(ids[len(ids) - len(last) :]) != last
+    ):
         return None
     labels: list[str | None] = [None] * len(ids)
     pos = len(first)

@@ -112,7 +112,9 @@ class DefaultSteering:
 
     def words(self) -> str:
         value = f"strength {self.strength:+g}" if self.strength is not None else f"multiplier {self.multiplier:+g}"
-        return f"{value} at layer{'s' if len(self.layers) > 1 else ''} {', '.join(map(str, self.layers))} ({self.source})"
+        return (
+            f"{value} at layer{'s' if len(self.layers) > 1 else ''} {', '.join(map(str, self.layers))} ({self.source})"
+        )
 
 
 def default_layers(vector: SteeringVector) -> dict[int, float]:
@@ -135,8 +137,9 @@ def layer_weights(vector: SteeringVector, layers: Sequence[int] | Mapping[int, f
     return dict.fromkeys((int(layer) for layer in layers), 1.0)
 
 
-def default_steering(vector: SteeringVector, layers: Sequence[int] | Mapping[int, float] | None = None,
-                     operator: str | None = None) -> DefaultSteering:
+def default_steering(
+    vector: SteeringVector, layers: Sequence[int] | Mapping[int, float] | None = None, operator: str | None = None
+) -> DefaultSteering:
     """steerlab's one rule for what a vector steers at when no multiplier and no strength is given.
 
     In order: the calibrated "up" strength (`steerlab vector calibrate`, the latest word on what the model
@@ -176,8 +179,9 @@ def _numbers(value: float | Sequence[float], what: str) -> torch.Tensor:
     if values.ndim != 1 or values.numel() == 0:
         raise SteeringError(f"{what} must be a number or a non-empty list of numbers (one per batch row)")
     if not (bool(torch.isfinite(values).all()) and bool((values.abs() <= FLOAT32_MAX).all())):
-        raise SteeringError(f"{what} must be a finite number within float32's range (|m| <= {FLOAT32_MAX:.4g}), "
-                            f"got {value}")
+        raise SteeringError(
+            f"{what} must be a finite number within float32's range (|m| <= {FLOAT32_MAX:.4g}), got {value}"
+        )
     return values
 
 
@@ -187,8 +191,14 @@ class Steer(Protocol):
 
     kind: str
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> Handle: ...
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> Handle: ...
 
 
 class Handle(Protocol):
@@ -271,8 +281,9 @@ class SteeringHandle(HookHandle):
         self._markers: dict[str, tuple[list[int], list[int]]] = {}
         enter_scope(self)
         needs_positions = any(t.positions != "all" for group in terms.values() for t in group)
-        self._needs_tokens = any(t.positions in ROLES or t.positions.startswith("between:")
-                                 for group in terms.values() for t in group)
+        self._needs_tokens = any(
+            t.positions in ROLES or t.positions.startswith("between:") for group in terms.values() for t in group
+        )
         try:
             if needs_positions:
                 self._handles.append(lm.model.register_forward_pre_hook(self._track_positions, with_kwargs=True))
@@ -303,7 +314,7 @@ class SteeringHandle(HookHandle):
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        batch, cur = (ids.shape if ids is not None else embeds.shape[:2])
+        batch, cur = ids.shape if ids is not None else embeds.shape[:2]
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.ndim == 2:
             positions = mask.long().cumsum(-1)[:, -cur:] - 1
@@ -311,7 +322,9 @@ class SteeringHandle(HookHandle):
         else:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-            positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(batch, cur)
+            positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(
+                batch, cur
+            )
             real = torch.full((batch,), cur) if self.prompt_lengths is None else None
         if self.prompt_lengths is None and real is not None:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
@@ -323,10 +336,16 @@ class SteeringHandle(HookHandle):
             self._record(ids, mask, positions)
 
     def _record(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> None:
-        real = mask[:, -ids.shape[1]:].bool() if mask is not None and mask.ndim == 2 else torch.ones_like(ids, dtype=torch.bool)
+        real = (
+            mask[:, -ids.shape[1] :].bool()
+            if mask is not None and mask.ndim == 2
+            else torch.ones_like(ids, dtype=torch.bool)
+        )
         if self._history is None or len(self._history) != ids.shape[0]:
             self._history = [[] for _ in range(ids.shape[0])]
-        for row, (row_ids, row_pos, row_real) in enumerate(zip(ids.tolist(), positions.tolist(), real.tolist(), strict=False)):
+        for row, (row_ids, row_pos, row_real) in enumerate(
+            zip(ids.tolist(), positions.tolist(), real.tolist(), strict=False)
+        ):
             history = self._history[row]
             for token, pos, keep in zip(row_ids, row_pos, row_real, strict=False):
                 if keep:
@@ -388,11 +407,15 @@ class SteeringHandle(HookHandle):
         selected = (rows != 0)[:, None].expand(batch, hidden.shape[1])  # [rows, tokens]
         if term.positions != "all":
             if self._positions is None or self.prompt_lengths is None:
-                raise SteeringError("positions 'prompt'/'generated' need the model's top-level forward; call the model itself")
+                raise SteeringError(
+                    "positions 'prompt'/'generated' need the model's top-level forward; call the model itself"
+                )
             lengths = broadcast_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
             positions = self._positions.to(hidden.device)
             if term.positions in ("prompt", "generated"):
-                selected = selected & ((positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1))
+                selected = selected & (
+                    (positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1)
+                )
             else:
                 selected = selected & self._token_mask(term.positions, batch, hidden.device)
         if not bool(selected.any()):
@@ -423,15 +446,22 @@ class SpecSteering:
                 except ValueError as exc:
                     raise SteeringError(str(exc)) from None
                 if window is None:
-                    raise SteeringError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; "
-                                        f"got '{spec.positions}'")
+                    raise SteeringError(
+                        f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; got '{spec.positions}'"
+                    )
             if spec.operator_name() not in OPERATORS:
                 raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator_name()}'")
 
     kind = "vector"
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> SteeringHandle:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> SteeringHandle:
         dtype, device = next(lm.model.parameters()).dtype, lm.device
         terms: dict[int, list[_Term]] = {}
         for spec in self.specs:
@@ -444,10 +474,13 @@ class SpecSteering:
                 direction = spec.vector.directions[layer].to(device=device, dtype=dtype)
                 wide = (rows.double() * weight).abs().max().item()
                 if not wide <= FLOAT32_MAX:
-                    raise SteeringError(f"multiplier x layer weight at layer {layer} overflows float32 "
-                                        f"({wide:.4g} > {FLOAT32_MAX:.4g}); give a smaller multiplier or weight")
-                terms.setdefault(layer, []).append(_Term(direction, (rows * weight).to(device), spec.positions,
-                                                         get_operator(spec.operator_name())))
+                    raise SteeringError(
+                        f"multiplier x layer weight at layer {layer} overflows float32 "
+                        f"({wide:.4g} > {FLOAT32_MAX:.4g}); give a smaller multiplier or weight"
+                    )
+                terms.setdefault(layer, []).append(
+                    _Term(direction, (rows * weight).to(device), spec.positions, get_operator(spec.operator_name()))
+                )
         return SteeringHandle(lm, terms, prompt_lengths)
 
 
@@ -466,11 +499,19 @@ class CombinedSteering:
             raise SteeringError("combined steering needs at least one steer")
         for part in self.parts:
             if not callable(getattr(part, "attach", None)):
-                raise SteeringError(f"a steer of kind '{getattr(part, 'kind', type(part).__name__)}' cannot be "
-                                    "combined with others (it is not applied by hooks); use it on its own")
+                raise SteeringError(
+                    f"a steer of kind '{getattr(part, 'kind', type(part).__name__)}' cannot be "
+                    "combined with others (it is not applied by hooks); use it on its own"
+                )
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> CombinedHandle:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> CombinedHandle:
         return CombinedHandle(self.parts, lm, row_scale, prompt_lengths, task)
 
 
@@ -500,12 +541,18 @@ def scaled_rows(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     raise SteeringError(f"{rows.shape[0]} per-row multipliers for a batch of {scale.shape[0]} rows; give one per row")
 
 
-def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec], *,
-          multiplier: float | Sequence[float] | None = None,
-          layers: Sequence[int] | Mapping[int, float] | None = None, positions: str = "all",
-          operator: str | None = None, task: str | None = None,
-          prompt_lengths: torch.Tensor | None = None,
-          strength: float | Sequence[float] | None = None) -> SteeringHandle:
+def steer(
+    lm: LoadedModel,
+    vector: SteeringVector | SteeringSpec | Sequence[SteeringSpec],
+    *,
+    multiplier: float | Sequence[float] | None = None,
+    layers: Sequence[int] | Mapping[int, float] | None = None,
+    positions: str = "all",
+    operator: str | None = None,
+    task: str | None = None,
+    prompt_lengths: torch.Tensor | None = None,
+    strength: float | Sequence[float] | None = None,
+) -> SteeringHandle:
     """Start steering `lm` now; returns a handle that is also a context manager and always cleans up.
 
     >>> with steer(lm, vector, strength=0.2, layers=[15]):  # or multiplier=4.0 (raw)
@@ -514,9 +561,15 @@ def steer(lm: LoadedModel, vector: SteeringVector | SteeringSpec | Sequence[Stee
     if isinstance(vector, SteeringVector):
         steering = SpecSteering(SteeringSpec(vector, multiplier, layers, positions, operator, strength=strength))
     else:
-        if (multiplier is not None or strength is not None or layers is not None or positions != "all"
-                or operator is not None):
-            raise SteeringError("give multiplier or strength, layers, positions and operator inside each SteeringSpec, "
-                                "not beside them")
+        if (
+            multiplier is not None
+            or strength is not None
+            or layers is not None
+            or positions != "all"
+            or operator is not None
+        ):
+            raise SteeringError(
+                "give multiplier or strength, layers, positions and operator inside each SteeringSpec, not beside them"
+            )
         steering = SpecSteering(vector)
     return steering.attach(lm, prompt_lengths=prompt_lengths, task=task)

@@ -47,9 +47,8 @@ def steer_kind(path: str | os.PathLike) -> str:
         raise VectorFileError(f"{path}: neither a safetensors steer nor a JSON prompt steer ({exc})") from None
     meta = raw.get(PROMPT_KEY) if isinstance(raw, dict) else None
     if not isinstance(meta, dict):
-        raise VectorFileError(f"{path}: a JSON file without steerlab metadata (expected {{\"{PROMPT_KEY}\": {{...}}}})")
+        raise VectorFileError(f'{path}: a JSON file without steerlab metadata (expected {{"{PROMPT_KEY}": {{...}}}})')
     return str(meta.get("kind", meta.get("method", "")))
-
 
 
 def load_steer(path: str | os.PathLike) -> AnySteer:
@@ -77,8 +76,9 @@ class FolderEntry:
     problem: str | None = None
 
 
-def read_steer_folder(folder: str | os.PathLike, *, kinds: Collection[str] | None = None,
-                      seen: dict[Path, Stamp] | None = None) -> list[FolderEntry]:
+def read_steer_folder(
+    folder: str | os.PathLike, *, kinds: Collection[str] | None = None, seen: dict[Path, Stamp] | None = None
+) -> list[FolderEntry]:
     """Every steer file (.safetensors, .json) directly in `folder`, in name order, read by the kind it declares.
 
     Only kinds in `kinds` (None: all) are loaded; the others come back with their kind and no steer, so a

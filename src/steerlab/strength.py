@@ -37,8 +37,9 @@ def neutral_texts() -> list[str]:
 
 
 @torch.inference_mode()
-def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: Sequence[str] | None = None,
-                   *, batch_size: int = 16) -> dict[int, float]:
+def residual_norms(
+    lm: LoadedModel, layers: Sequence[int] | None = None, texts: Sequence[str] | None = None, *, batch_size: int = 16
+) -> dict[int, float]:
     """Mean L2 norm of each layer's output (the residual stream) over the tokens of neutral text.
 
     Each text's first token is left out: many models park a huge activation there (an attention
@@ -62,8 +63,12 @@ def residual_norms(lm: LoadedModel, layers: Sequence[int] | None = None, texts: 
             ids, mask = pad(rows[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
             positions = positions_from_mask(mask)
             keep = (mask * (positions > 0)).to(lm.device, torch.float32)
-            reader.run(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                       position_ids=positions.to(lm.device), use_cache=False)
+            reader.run(
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=positions.to(lm.device),
+                use_cache=False,
+            )
             count += int(keep.sum())
     return {layer: sums[layer] / count for layer in layers}
 
@@ -73,8 +78,9 @@ def norms_metadata(lm: LoadedModel, layers: Sequence[int]) -> dict[str, float]:
     return {str(k): round(v, 4) for k, v in residual_norms(lm, layers).items()}
 
 
-def with_neutral_norms(lm: LoadedModel, vector: SteeringVector, texts: Sequence[str] | None = None,
-                       source: str = "steerlab demo prompts") -> SteeringVector:
+def with_neutral_norms(
+    lm: LoadedModel, vector: SteeringVector, texts: Sequence[str] | None = None, source: str = "steerlab demo prompts"
+) -> SteeringVector:
     """A copy of `vector` whose metadata holds residual norms measured on neutral text at its layers."""
     norms = residual_norms(lm, vector.layers, texts)
     stats = dict(vector.meta.fit_stats, **{NORM_SOURCE_KEY: source if texts is None else f"{len(texts)} given texts"})
@@ -112,6 +118,8 @@ def strength_of(vector: SteeringVector, layer: int, multiplier: float) -> float:
 def _float32(what: str, given: float, converted: float) -> float:
     """Refuse a value (given or converted) that is not finite in float32, where the model would use it."""
     if not all(math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in (given, converted)):
-        raise StrengthError(f"{what} {given} is not a finite float32 number once converted ({converted}); "
-                            f"give one within |x| <= {FLOAT32_MAX:.4g}")
+        raise StrengthError(
+            f"{what} {given} is not a finite float32 number once converted ({converted}); "
+            f"give one within |x| <= {FLOAT32_MAX:.4g}"
+        )
     return converted

@@ -27,8 +27,9 @@ def decode(data: bytes, source: str, error: type[Exception]) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise error(f"{source}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                    "save the file as UTF-8") from None
+        raise error(
+            f"{source}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
 
 
 def loads(text: str, source: str, error: type[Exception], *, line: int | None = None) -> Any:

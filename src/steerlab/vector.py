@@ -24,7 +24,12 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 METADATA_KEY = "steerlab"
-KIND_NAMES = {"vector": "vector", "condition": "condition", "lm_steer": "LM-Steer", "prompt": "prompt steer"}  # as messages name them
+KIND_NAMES = {
+    "vector": "vector",
+    "condition": "condition",
+    "lm_steer": "LM-Steer",
+    "prompt": "prompt steer",
+}  # as messages name them
 
 
 class IncompatibleVectorError(ValueError):
@@ -76,14 +81,20 @@ class SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if not same_model(self.meta, other.meta):
-            raise IncompatibleVectorError(f"cannot combine a vector for {describe_model(self.meta)} "
-                                          f"with one for {describe_model(other.meta)}")
+            raise IncompatibleVectorError(
+                f"cannot combine a vector for {describe_model(self.meta)} with one for {describe_model(other.meta)}"
+            )
         out = {k: v.clone() for k, v in self.directions.items()}
         for layer, tensor in other.directions.items():
             out[layer] = out.get(layer, torch.zeros_like(tensor)) + sign * tensor
         op = "+" if sign > 0 else "-"
-        meta = replace(self.meta, method="arithmetic", config={"expression": f"({self.meta.method}) {op} ({other.meta.method})"},
-                       fit_stats={}, task=self.meta.task if self.meta.task == other.meta.task else "")
+        meta = replace(
+            self.meta,
+            method="arithmetic",
+            config={"expression": f"({self.meta.method}) {op} ({other.meta.method})"},
+            fit_stats={},
+            task=self.meta.task if self.meta.task == other.meta.task else "",
+        )
         return SteeringVector(out, meta)
 
     def __add__(self, other: SteeringVector) -> SteeringVector:
@@ -137,12 +148,15 @@ class SteeringVector:
             if layer in names:
                 raise VectorFileError(f"{path}: tensors '{names[layer]}' and '{key}' both name layer {layer}")
             if not 0 <= layer < meta.num_layers:
-                raise VectorFileError(f"{path}: tensor '{key}': layer {layer} is out of range for a "
-                                      f"{meta.num_layers}-layer model")
+                raise VectorFileError(
+                    f"{path}: tensor '{key}': layer {layer} is out of range for a {meta.num_layers}-layer model"
+                )
             if tensor.ndim != 1 or tensor.shape[0] != meta.hidden_size or not tensor.is_floating_point():
-                raise VectorFileError(f"{path}: tensor '{key}' has shape {tuple(tensor.shape)} and dtype "
-                                      f"{str(tensor.dtype).removeprefix('torch.')}; expected floats of shape "
-                                      f"({meta.hidden_size},)")
+                raise VectorFileError(
+                    f"{path}: tensor '{key}' has shape {tuple(tensor.shape)} and dtype "
+                    f"{str(tensor.dtype).removeprefix('torch.')}; expected floats of shape "
+                    f"({meta.hidden_size},)"
+                )
             names[layer], directions[layer] = key, tensor
         if not directions:
             raise VectorFileError(f"{path}: the file holds no layer.N tensors")
@@ -156,15 +170,18 @@ class SteeringVector:
         return info
 
 
-def write_steer_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: VectorMeta, *,
-                     overwrite: bool = False) -> Path:
+def write_steer_file(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: VectorMeta, *, overwrite: bool = False
+) -> Path:
     """Safetensors with the metadata as JSON in its header, written atomically (vectors and LM-Steers alike)."""
     path = Path(path)
     tensors = {k: t.contiguous() for k, t in tensors.items()}
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); not saved, as no "
-                                  "reader would accept the file")
+            raise VectorFileError(
+                f"{path}: tensor '{key}' has non-finite values (NaN or Inf); not saved, as no "
+                "reader would accept the file"
+            )
     blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(meta.to_json()), sort_keys=True)})
     write_atomic(path, blob, overwrite=overwrite)
     return path
@@ -197,8 +214,9 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
         raise VectorFileError(f"{path}: a safetensors file without steerlab metadata; was it written by steerlab?")
     meta = VectorMeta.from_json(header[METADATA_KEY], str(path))
     if meta.kind != kind:
-        raise VectorFileError(f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file "
-                              "with steerlab.load_steer")
+        raise VectorFileError(
+            f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file with steerlab.load_steer"
+        )
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); refusing to load it")
@@ -207,7 +225,7 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
 
 def layer_index(key: str, prefix: str, path: Path | str) -> int:
     """N of a tensor named `prefix`N, in ASCII digits only ('layer.١٥' is not layer 15)."""
-    index = key[len(prefix):] if key.startswith(prefix) else ""
+    index = key[len(prefix) :] if key.startswith(prefix) else ""
     if not (index.isascii() and index.isdigit()) or len(index) > 6:
         raise VectorFileError(f"{path}: unexpected tensor '{key}' (expected {prefix}N with N in 0-9 digits)")
     return int(index)
@@ -302,7 +320,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete `path`'s temporary files (or folders) left by writers that no longer run; returns them."""
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isascii() and pid.isdigit() and not _running(int(pid)):
             try:
                 shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()

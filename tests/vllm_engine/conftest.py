@@ -37,8 +37,14 @@ def lm():
 def engine(lm, tmp_path_factory):
     from steerlab.interop.vllm.engine import VLLMEngine
 
-    eng = VLLMEngine(lm, steers_dir=tmp_path_factory.mktemp("steers"), max_num_batched_tokens=MAX_BATCHED,
-                     max_model_len=1024, max_num_seqs=16, enable_prefix_caching=True)
+    eng = VLLMEngine(
+        lm,
+        steers_dir=tmp_path_factory.mktemp("steers"),
+        max_num_batched_tokens=MAX_BATCHED,
+        max_model_len=1024,
+        max_num_seqs=16,
+        enable_prefix_caching=True,
+    )
     yield eng
     eng.close()
 
@@ -52,9 +58,13 @@ def vectors(lm):
     torch.set_num_threads(1)
     sentiment = fit(lm, load_pairs(_resource("sentiment_pairs.jsonl")), CAAConfig(layers=[5, 10, 15, 20]))
     formal = pairs_from_texts(
-        ["Dear Sir, I am writing to inform you of the meeting.", "Kindly find the report attached herewith.",
-         "We respectfully request your presence at the ceremony."],
-        ["hey dude, meeting's on lol", "yo here's the report thing", "u gotta come to the party!!"])
+        [
+            "Dear Sir, I am writing to inform you of the meeting.",
+            "Kindly find the report attached herewith.",
+            "We respectfully request your presence at the ceremony.",
+        ],
+        ["hey dude, meeting's on lol", "yo here's the report thing", "u gotta come to the party!!"],
+    )
     return {"sentiment": sentiment, "formal": fit(lm, formal, CAAConfig(layers=[5, 10, 15, 20]))}
 
 

@@ -40,13 +40,28 @@ def test_the_plugin_checks_this_vllm_and_pins_the_v1_runner(engine):
     assert engine.llm.llm_engine.vllm_config.use_v2_model_runner is False
 
 
-@pytest.mark.parametrize(("item", "words"), [
-    ({"vector": "SHA", "multiplier": 1, "layers": {"9": float("nan")}}, r"layers\['9'\] must be a finite number, got nan"),
-    ({"vector": "SHA", "multiplier": 1, "layers": {"9": float("inf")}}, r"layers\['9'\] must be a finite number, got inf"),
-    ({"vector": "SHA", "multiplier": 1, "layers": {"9": 1e39}}, r"layers\['9'\] must be within float32's finite range"),
-    ({"vector": "SHA", "multiplier": 1e30, "layers": {"10": 1e30}}, r"multiplier x weight at layer 10 .* finite number"),
-    ({"vector": "SHA", "multiplier": 1e39}, r"multiplier must be within float32's finite range"),
-])
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        (
+            {"vector": "SHA", "multiplier": 1, "layers": {"9": float("nan")}},
+            r"layers\['9'\] must be a finite number, got nan",
+        ),
+        (
+            {"vector": "SHA", "multiplier": 1, "layers": {"9": float("inf")}},
+            r"layers\['9'\] must be a finite number, got inf",
+        ),
+        (
+            {"vector": "SHA", "multiplier": 1, "layers": {"9": 1e39}},
+            r"layers\['9'\] must be within float32's finite range",
+        ),
+        (
+            {"vector": "SHA", "multiplier": 1e30, "layers": {"10": 1e30}},
+            r"multiplier x weight at layer 10 .* finite number",
+        ),
+        ({"vector": "SHA", "multiplier": 1e39}, r"multiplier must be within float32's finite range"),
+    ],
+)
 def test_a_poisoned_request_is_refused_and_the_next_requests_are_unchanged(engine, vectors, setting, item, words):
     rows, steered, (plain, steered_tokens) = setting
     item = {**item, "vector": steered[0]["vector"]}
@@ -69,7 +84,10 @@ def test_where_vllm_would_run_model_runner_v2_steered_requests_are_refused(engin
     assert engine.llm.llm_engine.vllm_config.use_v2_model_runner is True
     processor = engine.llm.llm_engine.input_processor
     monkeypatch.delattr(processor, "_steerlab")  # the front end reads the config again (restored afterwards)
-    with pytest.raises(VLLMValidationError, match=r"this vLLM runs Model Runner V2 .* Start vLLM with "
-                                                  r"VLLM_USE_V2_MODEL_RUNNER=0"):
+    with pytest.raises(
+        VLLMValidationError,
+        match=r"this vLLM runs Model Runner V2 .* Start vLLM with "
+        r"VLLM_USE_V2_MODEL_RUNNER=0",
+    ):
         engine.run(rows[:1], [steered], config=CONFIG)
     assert _tokens(engine, rows, [None, None]) == plain

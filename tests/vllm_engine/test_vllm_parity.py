@@ -17,11 +17,18 @@ from steerlab.steering import SpecSteering, SteeringSpec
 pytestmark = [pytest.mark.real_model, pytest.mark.vllm]
 
 CONFIG = GenerationConfig(max_new_tokens=32)
-PROMPTS = ["Tell me about your weekend.", "Describe the new cafe on Main Street.",
-           "What do you think of rainy days?", "Write a sentence about your neighbour's dog."]
-LONG = ("Here is a long note from a colleague about the quarterly planning meeting, the budget, the new "
-        "office, the hiring plan and the team offsite; read it and then answer briefly. " * 6
-        + "How should I reply to this note?")
+PROMPTS = [
+    "Tell me about your weekend.",
+    "Describe the new cafe on Main Street.",
+    "What do you think of rainy days?",
+    "Write a sentence about your neighbour's dog.",
+]
+LONG = (
+    "Here is a long note from a colleague about the quarterly planning meeting, the budget, the new "
+    "office, the hiring plan and the team offsite; read it and then answer briefly. "
+    * 6
+    + "How should I reply to this note?"
+)
 
 
 def _eos(lm) -> set[int]:
@@ -60,8 +67,10 @@ def test_unsteered_equals_hf(engine, rows, unsteered):
     assert on_vllm(engine, rows, [None] * len(rows)) == unsteered
 
 
-@pytest.mark.parametrize(("layers", "positions"), [([15], "all"), ([5, 10, 20], "all"), ([10, 15, 20], "prompt"),
-                                              ([10, 15, 20], "generated")])
+@pytest.mark.parametrize(
+    ("layers", "positions"),
+    [([15], "all"), ([5, 10, 20], "all"), ([10, 15, 20], "prompt"), ([10, 15, 20], "generated")],
+)
 def test_caa_equals_hf(lm, engine, vectors, rows, unsteered, layers, positions):
     spec = SteeringSpec(vectors["sentiment"], 4.0, layers, positions)
     expected = hf(lm, rows, spec)
@@ -86,8 +95,13 @@ def test_the_engine_is_compiled_with_the_op_in_its_graph(engine):
 def test_eight_concurrent_rows_each_equal_alone(lm, engine, vectors, rows):
     """4 steers/multipliers and unsteered rows share one continuous batch; each row equals itself alone."""
     sent, formal = vectors["sentiment"], vectors["formal"]
-    configs = [SteeringSpec(sent, 4.0, [15]), SteeringSpec(sent, -4.0, [10, 15]),
-               SteeringSpec(formal, 6.0, [10], "prompt"), SteeringSpec(formal, 3.0, [5, 15, 20], "generated"), None]
+    configs = [
+        SteeringSpec(sent, 4.0, [15]),
+        SteeringSpec(sent, -4.0, [10, 15]),
+        SteeringSpec(formal, 6.0, [10], "prompt"),
+        SteeringSpec(formal, 3.0, [5, 15, 20], "generated"),
+        None,
+    ]
     batch_rows = [rows[i % len(rows)] for i in range(8)]
     batch_specs = [configs[i % len(configs)] for i in range(8)]
     together = on_vllm(engine, batch_rows, batch_specs)
@@ -137,22 +151,26 @@ def test_generate_engine_vllm_matches_hf(lm, engine, vectors):
 
     spec = SteeringSpec(vectors["sentiment"], 4.0, [15])
     hf_results = steerlab.generate(lm, PROMPTS[:2], spec, generate_orig_output=True, config=CONFIG, batch_size=1)
-    assert steerlab.generate(lm, PROMPTS[:2], spec, generate_orig_output=True, config=CONFIG,
-                             engine=engine) == hf_results
+    assert (
+        steerlab.generate(lm, PROMPTS[:2], spec, generate_orig_output=True, config=CONFIG, engine=engine) == hf_results
+    )
     prompt = PromptSteering("Always answer in a cheerful tone.")
-    assert steerlab.generate(lm, PROMPTS[:1], prompt, generate_orig_output=True, config=CONFIG,
-                             engine=engine) == steerlab.generate(lm, PROMPTS[:1], prompt, generate_orig_output=True,
-                                                                 config=CONFIG, batch_size=1)
+    assert steerlab.generate(
+        lm, PROMPTS[:1], prompt, generate_orig_output=True, config=CONFIG, engine=engine
+    ) == steerlab.generate(lm, PROMPTS[:1], prompt, generate_orig_output=True, config=CONFIG, batch_size=1)
 
 
 def test_bad_requests_are_refused_before_scheduling(engine, vectors, rows):
     from vllm.exceptions import VLLMValidationError
 
     name = engine.add_vector(vectors["sentiment"])
-    for item, words in [({"vector": "nope"}, "not in"), ({"vector": name, "colour": 1}, "unknown field"),
-                        ({"vector": name, "positions": "middle"}, "positions"),
-                        ({"vector": name, "layers": [40]}, "out of range"),
-                        ({"vector": name, "layers": [3]}, "no direction for layer 3")]:
+    for item, words in [
+        ({"vector": "nope"}, "not in"),
+        ({"vector": name, "colour": 1}, "unknown field"),
+        ({"vector": name, "positions": "middle"}, "positions"),
+        ({"vector": name, "layers": [40]}, "out of range"),
+        ({"vector": name, "layers": [3]}, "no direction for layer 3"),
+    ]:
         with pytest.raises((VLLMValidationError, ValueError), match=words):
             engine.run(rows[:1], [[item]], config=CONFIG)
 
@@ -168,12 +186,20 @@ def test_tensor_parallel_3_equals_hf(lm, vectors, tmp_path):
     from pathlib import Path
 
     vectors["sentiment"].save(tmp_path / "sentiment.safetensors")
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1|0", "OMP_NUM_THREADS": "1",
-           "STEERLAB_VLLM_STEERS": str(tmp_path / "steers")}
+    env = {
+        **os.environ,
+        "VLLM_CPU_OMP_THREADS_BIND": "0|1|0",
+        "OMP_NUM_THREADS": "1",
+        "STEERLAB_VLLM_STEERS": str(tmp_path / "steers"),
+    }
     (tmp_path / "steers").mkdir()
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("tp_run.py")),
-                           str(tmp_path / "sentiment.safetensors"), "3"], env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("tp_run.py")), str(tmp_path / "sentiment.safetensors"), "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     steered, unsteered = json.loads(lines[0][7:])

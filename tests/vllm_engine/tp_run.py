@@ -18,7 +18,9 @@ if __name__ == "__main__":
 
     lm = steerlab.load_model()
     vector = steerlab.SteeringVector.load(sys.argv[1])
-    engine = VLLMEngine(lm, tensor_parallel_size=int(sys.argv[2]), enforce_eager=True)  # eager: 3 ranks compiling on 2 cores would take minutes
+    engine = VLLMEngine(
+        lm, tensor_parallel_size=int(sys.argv[2]), enforce_eager=True
+    )  # eager: 3 ranks compiling on 2 cores would take minutes
     rows = encode_prompts(lm, ["Tell me about your weekend.", "Describe the new cafe on Main Street."])
     spec = SteeringSpec(vector, 4.0, [10, 15], "all")
     outs = engine.run(rows, [engine.items(spec, 1)[0], None], config=GenerationConfig(max_new_tokens=32))

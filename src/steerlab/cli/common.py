@@ -30,8 +30,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def command(sub, name: str, help_text: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand parser with its example under --help and defaults shown."""
-    return sub.add_parser(name, help=help_text, description=description or help_text,
-                          epilog=f"example:\n  {example}", formatter_class=HelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=HelpFormatter,
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +68,9 @@ def check_out_free(path: str | Path | None, overwrite: bool) -> Path | None:
 def add_pair_args(p: argparse.ArgumentParser) -> None:
     """--data FILE or inline --positive/--negative texts (with --prompt), as read by pairs_from_args."""
     src = p.add_argument_group("data (one of)")
-    src.add_argument("--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}")
+    src.add_argument(
+        "--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}"
+    )
     src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
     src.add_argument("--negative", action="append", help="a negative text (repeatable)")
     p.add_argument("--prompt", default="", help="prompt shared by inline --positive/--negative texts")
@@ -94,8 +101,12 @@ LAYERS_HELP = "15, 12,15, 4-8, all, or with weights 12:0.5,15:1"
 @overload
 def parse_layers(text: str | None, *, weights: Literal[False], option: str = ...) -> list[int] | None: ...
 @overload
-def parse_layers(text: str | None, *, weights: bool = True, option: str = ...) -> list[int] | dict[int, float] | None: ...
-def parse_layers(text: str | None, *, weights: bool = True, option: str = "--layers") -> list[int] | dict[int, float] | None:
+def parse_layers(
+    text: str | None, *, weights: bool = True, option: str = ...
+) -> list[int] | dict[int, float] | None: ...
+def parse_layers(
+    text: str | None, *, weights: bool = True, option: str = "--layers"
+) -> list[int] | dict[int, float] | None:
     """The one --layers grammar: '15', '12,15', '4-8', 'all' (None: every layer) -> a list; '12:0.5,15:1' -> {layer: weight}.
 
     Commands that build or read layers (not apply them) take no weights and say so.
@@ -106,7 +117,9 @@ def parse_layers(text: str | None, *, weights: bool = True, option: str = "--lay
     try:
         if any(":" in p for p in parts):
             if not weights:
-                raise CLIError(f"{option} {text}: weights (layer:weight) only apply when steering; give layers like 12,15")
+                raise CLIError(
+                    f"{option} {text}: weights (layer:weight) only apply when steering; give layers like 12,15"
+                )
             layers = {int(k): float(v) for k, v in (p.split(":", 1) for p in parts)}
             if len(layers) != len(parts):
                 raise ValueError
@@ -195,14 +208,18 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def check_vector_layers(vectors: Sequence, layers: list[int] | dict[int, float] | None, option: str = "--layers") -> None:
+def check_vector_layers(
+    vectors: Sequence, layers: list[int] | dict[int, float] | None, option: str = "--layers"
+) -> None:
     """Refuse, before the model loads, a layer a vector does not have."""
     if layers is None:
         return
     for vector in vectors:
         missing = [layer for layer in layers if layer not in vector.directions]
         if missing:
-            raise CLIError(f"{option}: the vector has no direction for layer {missing[0]}; it has layers {vector.layers}")
+            raise CLIError(
+                f"{option}: the vector has no direction for layer {missing[0]}; it has layers {vector.layers}"
+            )
 
 
 def one_line(text: str) -> str:

@@ -6,12 +6,16 @@ from .common import CLIError, add_model_args, add_out_args, check_out_free, comm
 
 
 def register(sub, vsub) -> None:
-    p = command(vsub, "condition", "Fit a CAST condition: which prompts a steer should apply to.",
-                "steerlab vector condition --vector refusal.safetensors --steer-prompts harmful.txt "
-                "--keep-prompts harmless.txt --out harmful.condition.safetensors",
-                "Grid over layer, threshold and comparison of the cosine between each prompt's last-token "
-                "activation and the vector's direction at that layer; keeps the best F1 at telling the prompts to "
-                "steer from those to keep, and prints the grid's best F1 per layer.")
+    p = command(
+        vsub,
+        "condition",
+        "Fit a CAST condition: which prompts a steer should apply to.",
+        "steerlab vector condition --vector refusal.safetensors --steer-prompts harmful.txt "
+        "--keep-prompts harmless.txt --out harmful.condition.safetensors",
+        "Grid over layer, threshold and comparison of the cosine between each prompt's last-token "
+        "activation and the vector's direction at that layer; keeps the best F1 at telling the prompts to "
+        "steer from those to keep, and prints the grid's best F1 per layer.",
+    )
     p.add_argument("--vector", required=True, help="vector whose per-layer directions are the candidate conditions")
     p.add_argument("--steer-prompts", required=True, help="file, one prompt per line, that the steer should apply to")
     p.add_argument("--keep-prompts", required=True, help="file, one prompt per line, to leave unsteered")
@@ -40,6 +44,8 @@ def cmd_condition(args) -> int:
     condition.save(out, lm, overwrite=args.overwrite)
     for layer, row in condition.fit["per_layer"].items():
         print(f"layer {layer:>3}: best F1 {row['f1']:.3f} (cos {row['comparison']} {row['threshold']:.4f})")
-    print(f"chosen: layer {condition.layer}, cos {condition.comparison} {condition.threshold:.4f}, "
-          f"F1 {condition.fit['f1']:.3f}, accuracy {condition.fit['accuracy']:.3f} -> {out}")
+    print(
+        f"chosen: layer {condition.layer}, cos {condition.comparison} {condition.threshold:.4f}, "
+        f"F1 {condition.fit['f1']:.3f}, accuracy {condition.fit['accuracy']:.3f} -> {out}"
+    )
     return 0

@@ -22,15 +22,23 @@ DEMO_PROMPTS = "demo_prompts.txt"
 
 
 def register(sub, vsub) -> None:
-    p = command(sub, "demo", "Build a sentiment CAA vector on the default model and show steered beside original.",
-                "steerlab demo")
+    p = command(
+        sub,
+        "demo",
+        "Build a sentiment CAA vector on the default model and show steered beside original.",
+        "steerlab demo",
+    )
     p.add_argument("--data", help="pairs file (default: the shipped sentiment pairs)")
     p.add_argument("--prompts-file", help="prompts to generate for (default: the shipped demo prompts)")
     p.add_argument("--layer", type=int, help="layer (default: a middle layer)")
     unit = p.add_mutually_exclusive_group()
     unit.add_argument("--multiplier", type=float, default=None, help="raw multiplier (default: strength 0.2)")
-    unit.add_argument("--strength", type=float, default=None,
-                      help="norm-relative strength: fraction of the layer's mean residual norm (default 0.2)")
+    unit.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="norm-relative strength: fraction of the layer's mean residual norm (default 0.2)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per prompt")
     p.add_argument("--out-dir", default="steerlab-out", help="where the vector file is written")
     add_model_args(p)
@@ -42,7 +50,11 @@ def run_demo(args) -> int:
 
     started = time.perf_counter()
     data = load_pairs(args.data or demo_dataset_path())
-    prompts_path = Path(args.prompts_file) if args.prompts_file else Path(str(resources.files("steerlab") / "resources" / DEMO_PROMPTS))
+    prompts_path = (
+        Path(args.prompts_file)
+        if args.prompts_file
+        else Path(str(resources.files("steerlab") / "resources" / DEMO_PROMPTS))
+    )
     prompts = [line.strip() for line in prompts_path.read_text().splitlines() if line.strip()]
     lm = load_cli_model(args)
     layer = args.layer if args.layer is not None else lm.default_layer()
@@ -66,8 +78,10 @@ def run_demo(args) -> int:
         results = generate(lm, rows, spec, config=config, batch_size=len(rows), task="sentiment", progress=bar.update)
     plus, minus, orig = results[:n], results[n : 2 * n], results[2 * n :]
 
-    print(f"\nsteerlab demo: {lm.name}, CAA sentiment vector from {len(data)} pairs, layer {layer}, strength +/-{strength:.3g} "
-          f"(multiplier +/-{multiplier})")
+    print(
+        f"\nsteerlab demo: {lm.name}, CAA sentiment vector from {len(data)} pairs, layer {layer}, strength +/-{strength:.3g} "
+        f"(multiplier +/-{multiplier})"
+    )
     for i, prompt in enumerate(prompts):
         print(f"\n[{i + 1}] {prompt}")
         print(f"  original   | {one_line(orig[i].steered)}")
@@ -81,7 +95,10 @@ def run_demo(args) -> int:
 
 def _print_scores(orig, plus, minus) -> None:
     """Mean VADER compound per column: the demo measures its effect instead of asking to be believed."""
+
     def mean(results) -> float:
         return sum(vader_scores([r.steered for r in results])) / len(results)
 
-    print(f"\nmean VADER sentiment (-1..1): original {mean(orig):+.2f}, positive {mean(plus):+.2f}, negative {mean(minus):+.2f}")
+    print(
+        f"\nmean VADER sentiment (-1..1): original {mean(orig):+.2f}, positive {mean(plus):+.2f}, negative {mean(minus):+.2f}"
+    )

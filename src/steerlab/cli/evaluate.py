@@ -22,57 +22,100 @@ from .common import (
 
 
 def register(sub, vsub) -> None:
-    p = command(sub, "eval", "evaluate a steer on a task and write a report folder",
-                "steerlab eval --task sentiment --vector sentiment.safetensors --multipliers=-4,4 --limit 50\n"
-                "  steerlab eval --task toxicity --method caa --layers 15 --multipliers 6 --out reports/tox-caa",
-                "Evaluate a steer on a task: steered beside original, scored for effect and fluency, written as a "
-                "report folder (report.json, summary.md, samples.jsonl).")
+    p = command(
+        sub,
+        "eval",
+        "evaluate a steer on a task and write a report folder",
+        "steerlab eval --task sentiment --vector sentiment.safetensors --multipliers=-4,4 --limit 50\n"
+        "  steerlab eval --task toxicity --method caa --layers 15 --multipliers 6 --out reports/tox-caa",
+        "Evaluate a steer on a task: steered beside original, scored for effect and fluency, written as a "
+        "report folder (report.json, summary.md, samples.jsonl).",
+    )
     steer = p.add_argument_group("steer (one of)")
     steer.add_argument("--vector", help="a steer file (vector, LM-Steer or prompt steer)")
-    steer.add_argument("--method", help="fit this method on the task's train pairs (e.g. caa, pca, vector_prompt, prompt)")
+    steer.add_argument(
+        "--method", help="fit this method on the task's train pairs (e.g. caa, pca, vector_prompt, prompt)"
+    )
     p.add_argument("--config", help="YAML config for --method")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a --method config key")
-    p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended or all its "
-                                    "layers; with --method: the model's middle layer)")
-    p.add_argument("--operator", choices=list(OPERATORS),
-                   help="how a vector acts: add, ablate, clamp, rotate (default: the file's, else add)")
+    p.add_argument(
+        "--layers",
+        help=f"layers to steer: {LAYERS_HELP} (default: the vector's recommended or all its "
+        "layers; with --method: the model's middle layer)",
+    )
+    p.add_argument(
+        "--operator",
+        choices=list(OPERATORS),
+        help="how a vector acts: add, ablate, clamp, rotate (default: the file's, else add)",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--multipliers", help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
-                                            "(default: what the vector steers at when nothing is given: its calibrated "
-                                            "strength, else its recommended multiplier, else strength 0.2)")
-    size.add_argument("--strengths", help="comma-separated norm-relative strengths (added norm / the first steered "
-                                          "layer's residual norm on neutral text, as in `steerlab sweep`)")
-    p.add_argument("--instruction", help="instruction for --method prompt / vector_prompt (default: one toward the task's goal)")
+    size.add_argument(
+        "--multipliers",
+        help="comma-separated multipliers; write negatives as --multipliers=-4,4 "
+        "(default: what the vector steers at when nothing is given: its calibrated "
+        "strength, else its recommended multiplier, else strength 0.2)",
+    )
+    size.add_argument(
+        "--strengths",
+        help="comma-separated norm-relative strengths (added norm / the first steered "
+        "layer's residual norm on neutral text, as in `steerlab sweep`)",
+    )
+    p.add_argument(
+        "--instruction", help="instruction for --method prompt / vector_prompt (default: one toward the task's goal)"
+    )
     _add_run_args(p, limit=None)
     p.set_defaults(func=cmd_eval)
 
-    p = command(sub, "compare", "compare steering methods on one task and budget",
-                "steerlab compare --task sentiment --limit 50 --out reports/sentiment-compare",
-                "Compare steering methods on one task and budget (same pairs, prompts, tokens, strength): one table "
-                "of effect and fluency, to see when prompting is enough.")
+    p = command(
+        sub,
+        "compare",
+        "compare steering methods on one task and budget",
+        "steerlab compare --task sentiment --limit 50 --out reports/sentiment-compare",
+        "Compare steering methods on one task and budget (same pairs, prompts, tokens, strength): one table "
+        "of effect and fluency, to see when prompting is enough.",
+    )
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
     p.add_argument("--layer", type=int, help="layer for vector methods (default: the model's middle layer)")
-    p.add_argument("--strengths", help="comma-separated strengths for vector methods: the added norm as a fraction "
-                                       "of the layer's residual norm (default 0.2)")
-    p.add_argument("--instruction", help="instruction for prompt steering and vector-prompt (default: one toward the task's goal)")
-    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="override one method's config key, e.g. --set lm_steer.steps=200")
+    p.add_argument(
+        "--strengths",
+        help="comma-separated strengths for vector methods: the added norm as a fraction "
+        "of the layer's residual norm (default 0.2)",
+    )
+    p.add_argument(
+        "--instruction", help="instruction for prompt steering and vector-prompt (default: one toward the task's goal)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override one method's config key, e.g. --set lm_steer.steps=200",
+    )
     _add_run_args(p, limit=50)
     p.set_defaults(func=cmd_compare)
 
 
 def _add_run_args(p: argparse.ArgumentParser, limit: int | None) -> None:
-    p.add_argument("--task", required=True, help="a built-in task (sentiment, toxicity, harmful-refusal) or a task file")
+    p.add_argument(
+        "--task", required=True, help="a built-in task (sentiment, toxicity, harmful-refusal) or a task file"
+    )
     p.add_argument("--data-dir", help="the shared data folder (default: $STEERLAB_DATA or ../shared/data)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="which held-out prompts to use")
-    p.add_argument("--limit", type=int, default=limit, help="first N prompts (default: all)" if limit is None else "first N prompts")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=limit,
+        help="first N prompts (default: all)" if limit is None else "first N prompts",
+    )
     p.add_argument("--train-limit", type=int, default=200, help="first N train pairs for fitting a method")
     p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per prompt")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i in every setting)")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per generation call (all settings of a prompt share one)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="rows per generation call (all settings of a prompt share one)"
+    )
     p.add_argument("--out", help="report folder to create (default: steerlab-out/<command>-<task>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_model_args(p)
@@ -88,9 +131,13 @@ def _prepare(args, command_name: str):
     check_at_least(args.train_limit, 2, "--train-limit")
     task = generation_task(args.task, args.data_dir)
     try:
-        generation = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                      temperature=args.temperature, top_p=args.top_p,
-                                      seed=args.seed if args.sample else None)
+        generation = GenerationConfig(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed if args.sample else None,
+        )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     name = task.name.replace("/", "-").replace(".", "-")
@@ -119,11 +166,26 @@ def cmd_eval(args) -> int:
         check_vector_layers([steer], layers)
     lm = load_cli_model(args)
     with StageBars() as bars:
-        report = evaluate(lm, task, steer, method=args.method, config=values, layers=layers, multipliers=multipliers,
-                          strengths=strengths, instruction=args.instruction, split=args.split, limit=args.limit,
-                          train_limit=args.train_limit, data_dir=args.data_dir, generation=generation,
-                          batch_size=args.batch_size, source=args.vector or "", operator=args.operator,
-                          progress=bars)
+        report = evaluate(
+            lm,
+            task,
+            steer,
+            method=args.method,
+            config=values,
+            layers=layers,
+            multipliers=multipliers,
+            strengths=strengths,
+            instruction=args.instruction,
+            split=args.split,
+            limit=args.limit,
+            train_limit=args.train_limit,
+            data_dir=args.data_dir,
+            generation=generation,
+            batch_size=args.batch_size,
+            source=args.vector or "",
+            operator=args.operator,
+            progress=bars,
+        )
     write_report(out, report, overwrite=args.overwrite)
     print(summary_markdown(report).split("\n## Samples")[0].rstrip())
     print(f"\nreport -> {out}")
@@ -143,16 +205,31 @@ def cmd_compare(args) -> int:
         name, dot, rest = item.partition(".")
         compared = methods or list(METHODS)
         if not dot or "=" not in rest or name not in compared:
-            raise CLIError(f"--set {item}: expected METHOD.KEY=VALUE for one of the compared methods "
-                           f"({', '.join(compared)}), e.g. --set lm_steer.steps=200")
+            raise CLIError(
+                f"--set {item}: expected METHOD.KEY=VALUE for one of the compared methods "
+                f"({', '.join(compared)}), e.g. --set lm_steer.steps=200"
+            )
         overrides.setdefault(name, []).append(rest)
     strengths = parse_numbers(args.strengths, "--strengths")
     lm = load_cli_model(args)
     with StageBars() as bars:
-        result = compare(lm, task, methods=methods, layer=args.layer, strengths=strengths, instruction=args.instruction,
-                         overrides=overrides, split=args.split, limit=args.limit, train_limit=args.train_limit,
-                         data_dir=args.data_dir, generation=generation, batch_size=args.batch_size, progress=bars,
-                         report=lambda line: print(line, file=sys.stderr))
+        result = compare(
+            lm,
+            task,
+            methods=methods,
+            layer=args.layer,
+            strengths=strengths,
+            instruction=args.instruction,
+            overrides=overrides,
+            split=args.split,
+            limit=args.limit,
+            train_limit=args.train_limit,
+            data_dir=args.data_dir,
+            generation=generation,
+            batch_size=args.batch_size,
+            progress=bars,
+            report=lambda line: print(line, file=sys.stderr),
+        )
     result.save(out, overwrite=args.overwrite)
     print(result.markdown())
     print(f"\nreport -> {out}")

@@ -21,29 +21,62 @@ from .common import (
 
 
 def register(sub, vsub) -> None:
-    p = command(sub, "generate", "Generate with steering, optionally beside the unsteered original.",
-                "steerlab generate --vector sentiment.safetensors --multiplier 4 --prompt 'Tell me about your day.' --orig")
-    p.add_argument("--vector", action="append", default=[],
-                   help="steer file: a vector (repeatable), or one LM-Steer or prompt steer")
-    p.add_argument("--multiplier", action="append", type=float, default=[],
-                   help="raw multiplier per --vector (default: what the vector steers at when nothing is given: its "
-                   "calibrated strength, else its recommended multiplier, else strength 0.2, else multiplier 1)")
-    p.add_argument("--strength", action="append", type=float, default=[],
-                   help="norm-relative strength per --vector instead of --multiplier: the fraction of each steered "
-                   "layer's mean residual norm to add (e.g. 0.1)")
-    p.add_argument("--layers", help=f"layers to steer: {LAYERS_HELP} (default: the vector's calibrated or recommended "
-                   "layer, else all its layers)")
-    p.add_argument("--positions", default="all",
-                   help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
-                        "or between:OPEN:CLOSE (e.g. between:<think>:</think>)")
-    p.add_argument("--operator", choices=list(OPERATORS),
-                   help="how a vector acts: add, ablate (remove its component), clamp (set the component to the "
-                        "multiplier), rotate (turn by the multiplier in degrees) (default: the file's, else add)")
-    p.add_argument("--ablate-direction", action="store_true",
-                   help="remove the vector's direction (its recommended layer) from the residual stream at every "
-                        "layer (Arditi et al.; what `vector orthogonalize` bakes into weights)")
-    p.add_argument("--condition", help="condition file from `steerlab vector condition`: steer only the prompts it "
-                                       "selects (CAST), each prompt deciding for itself")
+    p = command(
+        sub,
+        "generate",
+        "Generate with steering, optionally beside the unsteered original.",
+        "steerlab generate --vector sentiment.safetensors --multiplier 4 --prompt 'Tell me about your day.' --orig",
+    )
+    p.add_argument(
+        "--vector",
+        action="append",
+        default=[],
+        help="steer file: a vector (repeatable), or one LM-Steer or prompt steer",
+    )
+    p.add_argument(
+        "--multiplier",
+        action="append",
+        type=float,
+        default=[],
+        help="raw multiplier per --vector (default: what the vector steers at when nothing is given: its "
+        "calibrated strength, else its recommended multiplier, else strength 0.2, else multiplier 1)",
+    )
+    p.add_argument(
+        "--strength",
+        action="append",
+        type=float,
+        default=[],
+        help="norm-relative strength per --vector instead of --multiplier: the fraction of each steered "
+        "layer's mean residual norm to add (e.g. 0.1)",
+    )
+    p.add_argument(
+        "--layers",
+        help=f"layers to steer: {LAYERS_HELP} (default: the vector's calibrated or recommended "
+        "layer, else all its layers)",
+    )
+    p.add_argument(
+        "--positions",
+        default="all",
+        help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
+        "or between:OPEN:CLOSE (e.g. between:<think>:</think>)",
+    )
+    p.add_argument(
+        "--operator",
+        choices=list(OPERATORS),
+        help="how a vector acts: add, ablate (remove its component), clamp (set the component to the "
+        "multiplier), rotate (turn by the multiplier in degrees) (default: the file's, else add)",
+    )
+    p.add_argument(
+        "--ablate-direction",
+        action="store_true",
+        help="remove the vector's direction (its recommended layer) from the residual stream at every "
+        "layer (Arditi et al.; what `vector orthogonalize` bakes into weights)",
+    )
+    p.add_argument(
+        "--condition",
+        help="condition file from `steerlab vector condition`: steer only the prompts it "
+        "selects (CAST), each prompt deciding for itself",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--orig", action="store_true", help="also show the unsteered original")
@@ -79,9 +112,17 @@ def cmd_generate(args) -> int:
         steering = _ablation(args, steers, layers)
     elif len(vectors := [s for s in steers if isinstance(s, SteeringVector)]) == len(steers):
         check_vector_layers(vectors, layers)
-        specs = [SteeringSpec(v, args.multiplier[i] if args.multiplier else None, layers, args.positions, args.operator,
-                              strength=args.strength[i] if args.strength else None)
-                 for i, v in enumerate(vectors)]
+        specs = [
+            SteeringSpec(
+                v,
+                args.multiplier[i] if args.multiplier else None,
+                layers,
+                args.positions,
+                args.operator,
+                strength=args.strength[i] if args.strength else None,
+            )
+            for i, v in enumerate(vectors)
+        ]
         for path, spec in zip(args.vector, specs, strict=False):
             line = strength_line(path, spec)
             if not (args.multiplier or args.strength):
@@ -105,16 +146,31 @@ def cmd_generate(args) -> int:
         if layers is not None:
             raise CLIError(f"a steer of kind '{kind}' has no layers to choose; drop --layers")
         only = steers[0]
-        steering = only.with_multiplier(args.multiplier[0] if args.multiplier else 1.0) if isinstance(only, LMSteer) else only
+        steering = (
+            only.with_multiplier(args.multiplier[0] if args.multiplier else 1.0) if isinstance(only, LMSteer) else only
+        )
     try:
-        config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        config = GenerationConfig(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     lm = load_cli_model(args)
     with progress_bar(len(prompts), "generating") as bar:
-        results = generate(lm, prompts, steering, generate_orig_output=args.orig, config=config,
-                           batch_size=args.batch_size, task=args.task, progress=bar.update)
+        results = generate(
+            lm,
+            prompts,
+            steering,
+            generate_orig_output=args.orig,
+            config=config,
+            batch_size=args.batch_size,
+            task=args.task,
+            progress=bar.update,
+        )
     if args.json:
         for r in results:
             print(json.dumps({"prompt": r.prompt, "steered": r.steered, "original": r.original}))
@@ -130,8 +186,10 @@ def _ablation(args, steers, layers):
     if len(steers) != 1 or not isinstance(steers[0], SteeringVector):
         raise CLIError("--ablate-direction takes exactly one vector file")
     if args.multiplier or args.strength or args.operator or args.condition or args.positions != "all":
-        raise CLIError("--ablate-direction acts at every layer and position; drop --multiplier, --strength, "
-                       "--operator, --condition and --positions")
+        raise CLIError(
+            "--ablate-direction acts at every layer and position; drop --multiplier, --strength, "
+            "--operator, --condition and --positions"
+        )
     if layers is not None and len(layers) != 1:
         raise CLIError("--ablate-direction removes one direction: give --layers with the one layer to take it from")
     try:
@@ -155,8 +213,11 @@ def strength_line(name: str, spec) -> str:
                 direction = "up" if strength > 0 else "down"
                 limit = calibration.strength(direction) if calibration else None
                 if limit is not None and abs(strength) > abs(limit) + 1e-9:
-                    where = ("" if layer in calibration.layers.get(direction, []) else
-                             f" at layers {calibration.layers.get(direction)}")
+                    where = (
+                        ""
+                        if layer in calibration.layers.get(direction, [])
+                        else f" at layers {calibration.layers.get(direction)}"
+                    )
                     parts[-1] += f" (beyond the calibrated {limit:+g}{where}: expect degraded text)"
                 elif limit is None and abs(strength) > 0.5:
                     parts[-1] += " (over half the layer's residual norm: expect degraded text)"

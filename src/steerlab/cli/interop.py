@@ -6,26 +6,38 @@ from .common import CLIError, add_out_args, check_out_free, command, parse_layer
 
 
 def register(sub, vsub) -> None:
-    p = command(vsub, "export-gguf", "write a vector as a llama.cpp GGUF control vector",
-                "steerlab vector export-gguf sentiment.safetensors --out sentiment.gguf",
-                "Write a vector as a llama.cpp control vector (direction.N = steerlab layer N; llama.cpp cannot "
-                "steer layer 0).")
+    p = command(
+        vsub,
+        "export-gguf",
+        "write a vector as a llama.cpp GGUF control vector",
+        "steerlab vector export-gguf sentiment.safetensors --out sentiment.gguf",
+        "Write a vector as a llama.cpp control vector (direction.N = steerlab layer N; llama.cpp cannot "
+        "steer layer 0).",
+    )
     p.add_argument("file")
     add_out_args(p, "output .gguf file")
     p.add_argument("--model-hint", help="architecture name for llama.cpp (default: the vector's model type)")
     p.add_argument("--skip-layer-0", action="store_true", help="drop layer 0, which llama.cpp cannot steer")
     p.set_defaults(func=cmd_export)
 
-    p = command(vsub, "import-gguf", "read a llama.cpp / repeng GGUF control vector",
-                "steerlab vector import-gguf happy.gguf --out happy.safetensors --model-name SmolLM2-135M-Instruct")
+    p = command(
+        vsub,
+        "import-gguf",
+        "read a llama.cpp / repeng GGUF control vector",
+        "steerlab vector import-gguf happy.gguf --out happy.safetensors --model-name SmolLM2-135M-Instruct",
+    )
     p.add_argument("file")
     add_out_args(p, "output .safetensors vector")
     p.add_argument("--model-name", help="the model the control vector was made for")
     p.add_argument("--num-layers", type=int, help="the model's layer count (a GGUF control vector does not store it)")
     p.set_defaults(func=cmd_import)
 
-    p = command(vsub, "merge", "combine vectors of one model: weighted sum or TIES",
-                "steerlab vector merge a.safetensors b.safetensors --weights 1,0.5 --out ab.safetensors")
+    p = command(
+        vsub,
+        "merge",
+        "combine vectors of one model: weighted sum or TIES",
+        "steerlab vector merge a.safetensors b.safetensors --weights 1,0.5 --out ab.safetensors",
+    )
     p.add_argument("files", nargs="+")
     p.add_argument("--how", choices=["linear", "ties"], default="linear", help="how to combine")
     p.add_argument("--weights", help="comma-separated, one per file (default: 1 each)")
@@ -40,8 +52,13 @@ def cmd_export(args) -> int:
     from ..vector import SteeringVector
 
     check_out_free(args.out, args.overwrite)
-    out = export_control_vector(SteeringVector.load(args.file), args.out, model_hint=args.model_hint,
-                                skip_layer_0=args.skip_layer_0, overwrite=args.overwrite)
+    out = export_control_vector(
+        SteeringVector.load(args.file),
+        args.out,
+        model_hint=args.model_hint,
+        skip_layer_0=args.skip_layer_0,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {out}")
     return 0
 

@@ -8,13 +8,19 @@ from .common import CLIError, add_model_args, add_out_args, check_out_free, comm
 
 
 def register(sub, vsub) -> None:
-    p = command(vsub, "orthogonalize", "Save a model whose weights never write a vector's direction (ablation baked in).",
-                "steerlab vector orthogonalize --vector refusal.safetensors --out qwen-ortho/",
-                "Fold directional ablation of one direction at every layer into the weights (embeddings and each "
-                "attention and MLP output projection) and save a save_pretrained folder; its outputs equal "
-                "`steerlab generate --ablate-direction`.")
+    p = command(
+        vsub,
+        "orthogonalize",
+        "Save a model whose weights never write a vector's direction (ablation baked in).",
+        "steerlab vector orthogonalize --vector refusal.safetensors --out qwen-ortho/",
+        "Fold directional ablation of one direction at every layer into the weights (embeddings and each "
+        "attention and MLP output projection) and save a save_pretrained folder; its outputs equal "
+        "`steerlab generate --ablate-direction`.",
+    )
     p.add_argument("--vector", required=True, help="vector file holding the direction")
-    p.add_argument("--layer", type=int, help="which layer's direction (default: the vector's recommended, else its only one)")
+    p.add_argument(
+        "--layer", type=int, help="which layer's direction (default: the vector's recommended, else its only one)"
+    )
     add_out_args(p, "output folder (save_pretrained)")
     add_model_args(p)
     p.set_defaults(func=cmd_orthogonalize)

@@ -56,6 +56,7 @@ UNSTEERED = Cell()
 
 # ---- items --------------------------------------------------------------------------------------------
 
+
 def load_ab_items(path: str | Path, limit: int | None = None) -> list[ContrastivePair]:
     """A/B items from a CAA test/generate file, a persona .jsonl, or the CAA MMLU/TruthfulQA files (correct = matching)."""
     path = Path(path)
@@ -78,7 +79,9 @@ def load_ab_items(path: str | Path, limit: int | None = None) -> list[Contrastiv
     else:
         pairs = load_pairs(path).pairs
         if pairs[0].kind != "ab":
-            raise DatasetError(f"{path}: not an A/B file (needs question / answer_matching_behavior / answer_not_matching_behavior)")
+            raise DatasetError(
+                f"{path}: not an A/B file (needs question / answer_matching_behavior / answer_not_matching_behavior)"
+            )
     check_two_choices(path, pairs)
     return pairs[:limit] if limit is not None else pairs
 
@@ -92,9 +95,11 @@ def check_two_choices(path: str | Path, pairs: Sequence[ContrastivePair]) -> Non
         letters = _CHOICE_LINE.findall(pair.prompt)
         if len(letters) > 2 or not is_lettered(pair):
             listed = ", ".join(f"({x})" for x in letters) or "none on their own lines"
-            raise DatasetError(f"{path}: item {i}: choices {listed}, answers ({pair.positive}) vs ({pair.negative}); "
-                               "steerlab scores two-choice (A)/(B) items in both orders: drop the item or rewrite it "
-                               "with two choices")
+            raise DatasetError(
+                f"{path}: item {i}: choices {listed}, answers ({pair.positive}) vs ({pair.negative}); "
+                "steerlab scores two-choice (A)/(B) items in both orders: drop the item or rewrite it "
+                "with two choices"
+            )
 
 
 def is_lettered(pair: ContrastivePair) -> bool:
@@ -124,6 +129,7 @@ def first_answer(pair: ContrastivePair) -> str:
 
 
 # ---- results ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ABGrid:
@@ -186,12 +192,15 @@ def at_chance(summary: dict[str, float], n: int) -> bool:
 def letter_words(behaviour_change: float, letter_shift: float) -> str:
     """Say whether a steer moved the behaviour or mostly which letter the model picks (p(A) share vs p(matching))."""
     if abs(letter_shift) >= 0.05 and abs(letter_shift) > 2 * abs(behaviour_change):
-        return (f"moves the letter rather than the behaviour (A-share {letter_shift:+.3f} vs p(matching) "
-                f"{behaviour_change:+.3f})")
+        return (
+            f"moves the letter rather than the behaviour (A-share {letter_shift:+.3f} vs p(matching) "
+            f"{behaviour_change:+.3f})"
+        )
     return f"moves the behaviour (p(matching) {behaviour_change:+.3f}, A-share {letter_shift:+.3f})"
 
 
 # ---- scoring ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Row:
@@ -220,10 +229,13 @@ def _prepare(lm: LoadedModel, pair: ContrastivePair, positions: str) -> _Row:
     try:
         context, rest_m, rest_n = split_at_divergence(
             tok(text + pair.answer_prefix + pair.positive, add_special_tokens=not chat)["input_ids"],
-            tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"])
+            tok(text + pair.answer_prefix + pair.negative, add_special_tokens=not chat)["input_ids"],
+        )
     except ValueError:
-        raise ABFormatError(f"answers {pair.positive!r} and {pair.negative!r} do not tokenize to different tokens "
-                            "after a shared context") from None
+        raise ABFormatError(
+            f"answers {pair.positive!r} and {pair.negative!r} do not tokenize to different tokens "
+            "after a shared context"
+        ) from None
     k = len(context)
     split = 0
     if positions == "answer":
@@ -243,11 +255,18 @@ def _specs(vectors: Sequence[SteeringVector], cells: Sequence[Cell], rows_per_ce
 
 
 @torch.inference_mode()
-def score_ab(lm: LoadedModel, pairs: Sequence[ContrastivePair],
-             vectors: SteeringVector | Sequence[SteeringVector] | None = None,
-             cells: Sequence[Cell] = (UNSTEERED,), *, swap: bool = True, positions: str = "answer",
-             batch_rows: int = 64, task: str | None = None,
-             progress: Callable[[int], object] | None = None) -> ABGrid:
+def score_ab(
+    lm: LoadedModel,
+    pairs: Sequence[ContrastivePair],
+    vectors: SteeringVector | Sequence[SteeringVector] | None = None,
+    cells: Sequence[Cell] = (UNSTEERED,),
+    *,
+    swap: bool = True,
+    positions: str = "answer",
+    batch_rows: int = 64,
+    task: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> ABGrid:
     """Score A/B items under every cell (both choice orders when `swap`), in batched passes of about `batch_rows` rows."""
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")
@@ -301,16 +320,21 @@ def _run_prefix(lm: LoadedModel, chunk: list[_Row]) -> PrefixCache | None:
     return run_prefix(lm, [r.prefix for r in chunk], logits_to_keep=1)
 
 
-def _run_suffix(lm: LoadedModel, chunk: list[_Row], prefix: PrefixCache | None, n_cells: int, steer: SpecSteering,
-                task: str | None) -> torch.Tensor:
+def _run_suffix(
+    lm: LoadedModel, chunk: list[_Row], prefix: PrefixCache | None, n_cells: int, steer: SpecSteering, task: str | None
+) -> torch.Tensor:
     """Steered forward of the answer tokens for every (cell, row); returns p(matching), p(other): [cells, rows, 2]."""
     suffixes = [r.suffix for r in chunk] * n_cells
     if prefix is not None:
         inputs, suffix_mask = prefix.repeated(n_cells, interleave=False).continuation(lm, suffixes)
     else:
         ids, suffix_mask = pad(suffixes, lm.tokenizer.pad_token_id, left=False)
-        inputs = {"input_ids": ids.to(lm.device), "attention_mask": suffix_mask.to(lm.device),
-                  "position_ids": positions_from_mask(suffix_mask).to(lm.device), "use_cache": False}
+        inputs = {
+            "input_ids": ids.to(lm.device),
+            "attention_mask": suffix_mask.to(lm.device),
+            "position_ids": positions_from_mask(suffix_mask).to(lm.device),
+            "use_cache": False,
+        }
     lengths = suffix_mask.sum(1)
     uniform = bool((lengths == suffix_mask.shape[1]).all())
     with steer.attach(lm, task=task):

@@ -70,15 +70,26 @@ class CalibrationConfig:
 Calibration = CalibrationRecord  # what calibrate returns is what the vector's metadata stores
 
 
-def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], strengths: Sequence[float],
-             texts: Sequence[str], *, progress: Callable[[int], object] | None = None) -> list[float]:
+def token_kl(
+    lm: LoadedModel,
+    vector: SteeringVector,
+    layers: Sequence[int],
+    strengths: Sequence[float],
+    texts: Sequence[str],
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> list[float]:
     """Mean per-token KL(steered || unsteered) in nats over `texts`' tokens, for each signed strength."""
     rows = [r for r in (lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts) if len(r) > 1]
     ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)
     positions = positions_from_mask(mask)
     keep = (mask * (positions > 0)).bool()
-    inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device),
-              "position_ids": positions.to(lm.device), "use_cache": False}
+    inputs = {
+        "input_ids": ids.to(lm.device),
+        "attention_mask": mask.to(lm.device),
+        "position_ids": positions.to(lm.device),
+        "use_cache": False,
+    }
     with torch.inference_mode():
         base = torch.log_softmax(lm.model(**inputs).logits.float(), -1)[keep.to(lm.device)]
         out = []
@@ -94,16 +105,21 @@ def token_kl(lm: LoadedModel, vector: SteeringVector, layers: Sequence[int], str
 
 def _fluency(texts: Sequence[str]) -> dict[str, float]:
     n = len(texts)
-    return {"entropy": sum(map(weighted_ngram_entropy, texts)) / n,
-            "distinct2": sum(distinct_n(t, 2) for t in texts) / n,
-            "repetition": sum(map(repetition_rate, texts)) / n}
+    return {
+        "entropy": sum(map(weighted_ngram_entropy, texts)) / n,
+        "distinct2": sum(distinct_n(t, 2) for t in texts) / n,
+        "repetition": sum(map(repetition_rate, texts)) / n,
+    }
 
 
 def fluent(measures: dict[str, float], base: dict[str, float], bound: float) -> bool:
     """Entropy and distinct-2 keep (1 - bound) of unsteered; repetition rises by at most `bound`."""
     keep = 1 - bound
-    return (measures["entropy"] >= keep * base["entropy"] and measures["distinct2"] >= keep * base["distinct2"]
-            and measures["repetition"] <= base["repetition"] + bound)
+    return (
+        measures["entropy"] >= keep * base["entropy"]
+        and measures["distinct2"] >= keep * base["distinct2"]
+        and measures["repetition"] <= base["repetition"] + bound
+    )
 
 
 def direction_layers(vector: SteeringVector, config: CalibrationConfig) -> dict[str, list[int]]:
@@ -116,8 +132,13 @@ def direction_layers(vector: SteeringVector, config: CalibrationConfig) -> dict[
     return {"up": up, "down": [down.layer] if down is not None and down.layer in vector.directions else up}
 
 
-def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig | None = None, *,
-              progress: Progress | None = None) -> tuple[Calibration, SteeringVector]:
+def calibrate(
+    lm: LoadedModel,
+    vector: SteeringVector,
+    config: CalibrationConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> tuple[Calibration, SteeringVector]:
     """Find each direction's largest tolerated strength; return it and a copy of `vector` that stores it."""
     config = config or CalibrationConfig()
     layers = direction_layers(vector, config)
@@ -128,8 +149,10 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
     kl_texts, gen_prompts = texts[: config.prompts], texts[: config.fluency_prompts]
     n = len(config.strengths)
     tick = stage_ticker(progress, "KL per strength", 2 * n)
-    kls = {name: token_kl(lm, vector, layers[name], [sign * s for s in config.strengths], kl_texts, progress=tick)
-           for name, sign in (("up", 1.0), ("down", -1.0))}
+    kls = {
+        name: token_kl(lm, vector, layers[name], [sign * s for s in config.strengths], kl_texts, progress=tick)
+        for name, sign in (("up", 1.0), ("down", -1.0))
+    }
     kl = {name: dict(zip(map(str, config.strengths), values, strict=False)) for name, values in kls.items()}
     ids = encode_prompts(lm, gen_prompts)
     gen_config = GenerationConfig(max_new_tokens=config.max_new_tokens)
@@ -153,9 +176,20 @@ def calibrate(lm: LoadedModel, vector: SteeringVector, config: CalibrationConfig
                 break
         if tick:
             tick(1)
-    note = "; ".join(f"{name}: no strength on the grid stays within the KL budget and the fluency bound"
-                     for name in ("up", "down") if chosen[name] is None)
-    result = Calibration(chosen["up"], chosen["down"], layers, config.kl_budget, config.fluency_bound,
-                         {d: {k: round(v, 4) for k, v in m.items()} for d, m in kl.items()},
-                         {k: {m: round(v, 4) for m, v in d.items()} for k, d in measures.items()}, len(kl_texts), note)
+    note = "; ".join(
+        f"{name}: no strength on the grid stays within the KL budget and the fluency bound"
+        for name in ("up", "down")
+        if chosen[name] is None
+    )
+    result = Calibration(
+        chosen["up"],
+        chosen["down"],
+        layers,
+        config.kl_budget,
+        config.fluency_bound,
+        {d: {k: round(v, 4) for k, v in m.items()} for d, m in kl.items()},
+        {k: {m: round(v, 4) for m, v in d.items()} for k, d in measures.items()},
+        len(kl_texts),
+        note,
+    )
     return result, SteeringVector(dict(vector.directions), vector.meta.with_recommended(calibration=result))

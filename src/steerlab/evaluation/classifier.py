@@ -39,7 +39,9 @@ class LocalTextClassifier:
         for alias in aliases:
             if alias in lowered:
                 return lowered.index(alias)
-        raise ValueError(f"none of the labels {self.labels} is named one of {list(aliases)}; pass the label name explicitly")
+        raise ValueError(
+            f"none of the labels {self.labels} is named one of {list(aliases)}; pass the label name explicitly"
+        )
 
     @torch.inference_mode()
     def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
@@ -52,8 +54,11 @@ class LocalTextClassifier:
         out: list[list[float]] = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(
-                list(texts[start:start + batch_size]), padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             logits = self.model(**batch).logits.float()
             probs = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)

@@ -39,10 +39,21 @@ class Fitted:
     params: dict[str, Any]
 
 
-def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDataset, prompts: Sequence[str], *,
-                task: str, instruction: str, layer: int, strengths: Sequence[float], use_chat_template: bool,
-                overrides: dict[str, list[str]] | None = None,
-                report: Callable[[str], None] = lambda _: None, progress: Progress | None = None) -> list[Fitted]:
+def fit_methods(
+    lm: LoadedModel,
+    methods: Sequence[str],
+    data: ContrastiveDataset,
+    prompts: Sequence[str],
+    *,
+    task: str,
+    instruction: str,
+    layer: int,
+    strengths: Sequence[float],
+    use_chat_template: bool,
+    overrides: dict[str, list[str]] | None = None,
+    report: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
+) -> list[Fitted]:
     """Fit each method on `data` once and make its arms: a vector at `layer` and each strength, a prompt as given.
 
     `overrides` maps a method name to its "key=value" config overrides (e.g. LM-Steer's steps).
@@ -68,8 +79,15 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
         report(f"fitting {name} on {len(data)} pairs ...")
         start = time.perf_counter()
         # Every fit reports progress (LM-Steer trains for minutes; its bar shows steps and the time left).
-        steer = method.fit(lm, data, config, task=task, progress=stage_ticker(
-            progress, f"fitting {name} ({method.progress_unit}s)", method.progress_total(len(data), config)))
+        steer = method.fit(
+            lm,
+            data,
+            config,
+            task=task,
+            progress=stage_ticker(
+                progress, f"fitting {name} ({method.progress_unit}s)", method.progress_total(len(data), config)
+            ),
+        )
         seconds = time.perf_counter() - start
         params = asdict(config)
         if isinstance(steer, PromptSteering):
@@ -84,10 +102,22 @@ def fit_methods(lm: LoadedModel, methods: Sequence[str], data: ContrastiveDatase
                 multiplier = multiplier_for(steer, layer, strength)
                 label = name if len(strengths) == 1 else f"{name}@{strength:g}"
                 setting = f"layer {layer}, strength {strength:g} (multiplier {multiplier:.2f})"
-                fitted.append(Fitted(label, Arm(label, applied, multiplier), setting, seconds, dict(
-                    params, layer=layer, strength=strength, multiplier=multiplier,
-                    vector_norm=float(steer.directions[layer].norm()),
-                    residual_norm=float(steer.meta.residual_norms[str(layer)]))))
+                fitted.append(
+                    Fitted(
+                        label,
+                        Arm(label, applied, multiplier),
+                        setting,
+                        seconds,
+                        dict(
+                            params,
+                            layer=layer,
+                            strength=strength,
+                            multiplier=multiplier,
+                            vector_norm=float(steer.directions[layer].norm()),
+                            residual_norm=float(steer.meta.residual_norms[str(layer)]),
+                        ),
+                    )
+                )
         elif hasattr(steer, "attach"):
             setting = "; ".join(["multiplier 1", *overrides.get(name, [])])
             fitted.append(Fitted(name, Arm(name, steer, 1.0), setting, seconds, params))
@@ -101,26 +131,33 @@ def compare_markdown(settings: dict[str, Any], scores: dict[str, Any], fitted: S
     task = settings["task"]
     metric = get_metric(task["metric"])
     want = "up" if task["direction"] > 0 else "down"
-    lines = [f"# steerlab compare: {task['name']} on {settings['model']['name']}", "",
-             f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
-             f"{'sampled' if settings['generation']['do_sample'] else 'greedy'}; every method and the original in the same batches",
-             f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
-             f"vectors at layer {settings['layer']}, strength = added norm / the layer's residual norm",
-             f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
-             f"(higher is better: {metric.sign_words(task['direction'])}); fluency: n-gram entropy (bits), distinct-2, "
-             "repetition, perplexity under the unsteered model",
-             "",
-             "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity | fit s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# steerlab compare: {task['name']} on {settings['model']['name']}",
+        "",
+        f"- {len(run.prompts)} prompts ({task['split']} split), {settings['generation']['max_new_tokens']} new tokens, "
+        f"{'sampled' if settings['generation']['do_sample'] else 'greedy'}; every method and the original in the same batches",
+        f"- every method fitted on the same {settings['train']['pairs']} train pairs ({settings['train']['name']}); "
+        f"vectors at layer {settings['layer']}, strength = added norm / the layer's residual norm",
+        f"- behaviour: {task['metric_note']} (the task wants it {want}); effect = change x task direction "
+        f"(higher is better: {metric.sign_words(task['direction'])}); fluency: n-gram entropy (bits), distinct-2, "
+        "repetition, perplexity under the unsteered model",
+        "",
+        "| method | setting | behaviour | effect | entropy | distinct-2 | repetition | perplexity | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     o = scores["original"]
-    lines.append(f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
-                 f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |")
+    lines.append(
+        f"| original | unsteered | {o['behaviour']:+.3f} | | {o['fluency_entropy']:.2f} | {o['distinct_2']:.2f} | "
+        f"{o['repetition']:.2f} | {_num(o['perplexity'], '{:.1f}')} | |"
+    )
     for fit, cond in zip(fitted, scores["conditions"], strict=False):
         c = cond["scores"]
-        lines.append(f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} "
-                     f"({metric.change_words(cond['delta'])}) | "
-                     f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
-                     f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |")
+        lines.append(
+            f"| {fit.label} | {fit.setting} | {c['behaviour']:+.3f} | {cond['effect']:+.3f} "
+            f"({metric.change_words(cond['delta'])}) | "
+            f"{c['fluency_entropy']:.2f} | {c['distinct_2']:.2f} | {c['repetition']:.2f} | "
+            f"{_num(c['perplexity'], '{:.1f}')} | {fit.seconds:.0f} |"
+        )
     verdict = prompting_verdict(scores["conditions"])
     if verdict:
         lines += ["", verdict]
@@ -139,17 +176,25 @@ def prompting_verdict(conditions: Sequence[dict[str, Any]]) -> str:
     best = max(others, key=lambda c: c["effect"])
     prompt = by_label["prompt"]["effect"]
     if best["effect"] <= 0:
-        return (f"No steer moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
-                f"prompting's effect is {prompt:+.3f}.")
+        return (
+            f"No steer moved the behaviour the wanted way (best: {best['label']}, effect {best['effect']:+.3f}); "
+            f"prompting's effect is {prompt:+.3f}."
+        )
     if prompt <= 0:
-        return (f"Prompting did not move the behaviour the wanted way (effect {prompt:+.3f}); the best steer, "
-                f"{best['label']}, reached {best['effect']:+.3f} (check its fluency columns).")
+        return (
+            f"Prompting did not move the behaviour the wanted way (effect {prompt:+.3f}); the best steer, "
+            f"{best['label']}, reached {best['effect']:+.3f} (check its fluency columns)."
+        )
     share = prompt / best["effect"]
     if share >= 0.8:
-        return (f"Prompting is enough here: it reaches {share:.0%} of the best steer's effect "
-                f"({best['label']}, {best['effect']:+.3f}).")
-    return (f"Prompting reaches {share:.0%} of the best steer's effect ({best['label']}, {best['effect']:+.3f}; "
-            "check its fluency columns): steering adds something prompting does not.")
+        return (
+            f"Prompting is enough here: it reaches {share:.0%} of the best steer's effect "
+            f"({best['label']}, {best['effect']:+.3f})."
+        )
+    return (
+        f"Prompting reaches {share:.0%} of the best steer's effect ({best['label']}, {best['effect']:+.3f}; "
+        "check its fluency columns): steering adds something prompting does not."
+    )
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -28,7 +28,7 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     """All contiguous n-grams of `tokens`, in order."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def ngram_entropy(text: str, n: int) -> float:
@@ -65,5 +65,5 @@ def repetition_rate(text: str, n: int = 3) -> float:
     covered = [False] * len(tokens)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
-            covered[i:i + n] = [True] * n
+            covered[i : i + n] = [True] * n
     return sum(covered) / len(tokens)

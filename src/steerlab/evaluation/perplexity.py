@@ -33,20 +33,34 @@ class ContinuationLoss:
         return math.exp(self.nll / self.tokens) if self.tokens else math.nan
 
 
-def continuation_losses(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str], *,
-                        batch_size: int = 8, use_chat_template: bool | None = None, system: str | None = None,
-                        progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
+def continuation_losses(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 8,
+    use_chat_template: bool | None = None,
+    system: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> list[ContinuationLoss]:
     """NLL of each continuation given its prompt, batched; the prompt is encoded as generation encodes it."""
     if len(prompts) != len(continuations):
-        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one continuation per prompt")
+        raise ValueError(
+            f"{len(prompts)} prompts but {len(continuations)} continuations; give one continuation per prompt"
+        )
     prefixes = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
     suffixes = [lm.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
     return token_losses(lm, list(zip(prefixes, suffixes, strict=False)), batch_size=batch_size, progress=progress)
 
 
 @torch.inference_mode()
-def token_losses(lm: LoadedModel, items: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
-                 progress: Callable[[int], object] | None = None) -> list[ContinuationLoss]:
+def token_losses(
+    lm: LoadedModel,
+    items: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], object] | None = None,
+) -> list[ContinuationLoss]:
     """NLL of each (prefix ids, continuation ids) item's continuation tokens; prefixes must be non-empty."""
     out: list[ContinuationLoss | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
@@ -61,7 +75,9 @@ def token_losses(lm: LoadedModel, items: Sequence[tuple[Sequence[int], Sequence[
 
 def _batch_losses(lm: LoadedModel, batch: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[ContinuationLoss]:
     if any(not prefix for prefix, _ in batch):
-        raise ValueError("a continuation needs a non-empty prompt to be scored against (its first token has no context)")
+        raise ValueError(
+            "a continuation needs a non-empty prompt to be scored against (its first token has no context)"
+        )
     seqs = [list(prefix) + list(suffix) for prefix, suffix in batch]
     width = max(len(s) for s in seqs)
     span = max(len(suffix) for _, suffix in batch)
@@ -74,8 +90,13 @@ def _batch_losses(lm: LoadedModel, batch: Sequence[tuple[Sequence[int], Sequence
             scored[row, span - len(suffix) :] = True
     device = lm.device
     kwargs = {"logits_to_keep": span + 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
-    logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                      position_ids=positions_from_mask(mask).to(device), use_cache=False, **kwargs).logits
+    logits = lm.model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions_from_mask(mask).to(device),
+        use_cache=False,
+        **kwargs,
+    ).logits
     logits = logits[:, -(span + 1) :]
     # Left padding puts every continuation at the end: logits at width-span-1 .. width-2 predict its tokens.
     logprobs = torch.log_softmax(logits[:, :span].float(), dim=-1).cpu()

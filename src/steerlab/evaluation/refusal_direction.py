@@ -41,8 +41,16 @@ def refusal_scores(lm: LoadedModel, prompts: Sequence[TokenIds], steer=None, *, 
         ids, mask = pad(prompts[start : start + batch_size], lm.tokenizer.pad_token_id, left=True)
         handle = steer.attach(lm) if steer is not None else None
         try:
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                              position_ids=positions_from_mask(mask).to(lm.device)).logits[:, -1].float().cpu()
+            logits = (
+                lm.model(
+                    input_ids=ids.to(lm.device),
+                    attention_mask=mask.to(lm.device),
+                    position_ids=positions_from_mask(mask).to(lm.device),
+                )
+                .logits[:, -1]
+                .float()
+                .cpu()
+            )
         finally:
             if handle is not None:
                 handle.remove()
@@ -58,14 +66,19 @@ def last_token_means(lm: LoadedModel, prompts: Sequence[TokenIds], layers: Seque
     return acts[:, 0].mean(0)
 
 
-def refusal_direction(lm: LoadedModel, harmful: Sequence[TokenIds], harmless: Sequence[TokenIds],
-                      layers: Sequence[int] | None = None) -> SteeringVector:
+def refusal_direction(
+    lm: LoadedModel, harmful: Sequence[TokenIds], harmless: Sequence[TokenIds], layers: Sequence[int] | None = None
+) -> SteeringVector:
     """Difference of means (harmful - harmless) at the last prompt token, at every layer (or `layers`)."""
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
     diff = last_token_means(lm, harmful, layers) - last_token_means(lm, harmless, layers)
-    meta = VectorMeta.for_model(lm, "refusal_direction", operator="ablate",
-                                config={"position": "last prompt token", "layers": layers},
-                                fit_stats={"n_harmful": len(harmful), "n_harmless": len(harmless)})
+    meta = VectorMeta.for_model(
+        lm,
+        "refusal_direction",
+        operator="ablate",
+        config={"position": "last prompt token", "layers": layers},
+        fit_stats={"n_harmful": len(harmful), "n_harmless": len(harmless)},
+    )
     return SteeringVector({layer: diff[i] for i, layer in enumerate(layers)}, meta)
 
 
@@ -81,9 +94,15 @@ class LayerChoice:
     rule: str
 
 
-def select_layer(lm: LoadedModel, vector: SteeringVector, harmful_val: Sequence[TokenIds],
-                 harmless_val: Sequence[TokenIds], *, candidates: Sequence[int] | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> LayerChoice:
+def select_layer(
+    lm: LoadedModel,
+    vector: SteeringVector,
+    harmful_val: Sequence[TokenIds],
+    harmless_val: Sequence[TokenIds],
+    *,
+    candidates: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LayerChoice:
     """The layer whose direction, ablated everywhere, most lowers refusal on harmful validation prompts,
     among those whose direction, added at its layer, makes refusal more likely than not on harmless ones."""
     if candidates is None:
@@ -91,14 +110,27 @@ def select_layer(lm: LoadedModel, vector: SteeringVector, harmful_val: Sequence[
     ablated, added = {}, {}
     for i, layer in enumerate(candidates):
         ablated[layer] = float(refusal_scores(lm, harmful_val, DirectionalAblation(vector, layer)).mean())
-        added[layer] = float(refusal_scores(lm, harmless_val, SpecSteering(SteeringSpec(vector, 1.0, [layer],
-                                                                                          operator="add"))).mean())
+        added[layer] = float(
+            refusal_scores(lm, harmless_val, SpecSteering(SteeringSpec(vector, 1.0, [layer], operator="add"))).mean()
+        )
         if progress:
             progress(i + 1, len(candidates))
     induces = [layer for layer in candidates if added[layer] > 0]
     if induces:
-        layer, rule = min(induces, key=lambda k: ablated[k]), "lowest ablated harmful log-odds among layers whose addition makes harmless refusal log-odds > 0"
+        layer, rule = (
+            min(induces, key=lambda k: ablated[k]),
+            "lowest ablated harmful log-odds among layers whose addition makes harmless refusal log-odds > 0",
+        )
     else:
-        layer, rule = max(candidates, key=lambda k: added[k] - ablated[k]), "no layer's addition passed 0: largest added-minus-ablated log-odds"
-    return LayerChoice(layer, ablated, added, float(refusal_scores(lm, harmful_val).mean()),
-                       float(refusal_scores(lm, harmless_val).mean()), rule)
+        layer, rule = (
+            max(candidates, key=lambda k: added[k] - ablated[k]),
+            "no layer's addition passed 0: largest added-minus-ablated log-odds",
+        )
+    return LayerChoice(
+        layer,
+        ablated,
+        added,
+        float(refusal_scores(lm, harmful_val).mean()),
+        float(refusal_scores(lm, harmless_val).mean()),
+        rule,
+    )

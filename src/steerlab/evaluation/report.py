@@ -76,8 +76,14 @@ class _RowSteers:
     def __init__(self, parts: list[tuple[Steer, torch.Tensor]]):
         self.parts = parts
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> _Handles:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> _Handles:
         handles = _Handles()
         try:
             for steer, scale in self.parts:
@@ -104,9 +110,17 @@ class _Handles:
         self.remove()
 
 
-def generate_arms(lm: LoadedModel, prompts: Sequence[str], arms: Sequence[Arm], *, config: GenerationConfig,
-                  batch_size: int = 16, use_chat_template: bool | None = None, task: str | None = None,
-                  progress: Callable[[int], object] | None = None) -> EvalRun:
+def generate_arms(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    arms: Sequence[Arm],
+    *,
+    config: GenerationConfig,
+    batch_size: int = 16,
+    use_chat_template: bool | None = None,
+    task: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> EvalRun:
     """Generate every prompt unsteered and under every arm, all rows of a prompt chunk in one batched call.
 
     The original rows carry scale 0 for every steer, so they are the unsteered model in the same forward
@@ -132,8 +146,11 @@ def generate_arms(lm: LoadedModel, prompts: Sequence[str], arms: Sequence[Arm], 
         rows = [ids for src in sources for ids in src[start : start + n]]
         parts = []
         for steer in steers:
-            scale = [0.0] * n + [float(arm.multiplier if arm.multiplier is not None else 1.0) if arm.steer is steer else 0.0
-                                 for arm in arms for _ in range(n)]
+            scale = [0.0] * n + [
+                float(arm.multiplier if arm.multiplier is not None else 1.0) if arm.steer is steer else 0.0
+                for arm in arms
+                for _ in range(n)
+            ]
             parts.append((steer, torch.tensor(scale)))
         # Every row of one prompt samples with the same seed, so its texts differ only by steering.
         seeds = [config.seed + start + i for i in range(n)] * k if config.seed is not None else None
@@ -154,16 +171,29 @@ def multiplier_arms(steer: Steer, multipliers: Sequence[float]) -> list[Arm]:
     return [Arm(f"x{m:g}", steer, float(m)) for m in multipliers]
 
 
-def prompt_arm(lm: LoadedModel, steering: PromptSteering, prompts: Sequence[str], *,
-               use_chat_template: bool | None = None, label: str = "prompt") -> Arm:
+def prompt_arm(
+    lm: LoadedModel,
+    steering: PromptSteering,
+    prompts: Sequence[str],
+    *,
+    use_chat_template: bool | None = None,
+    label: str = "prompt",
+) -> Arm:
     """Prompt steering as an arm: the prompts with the instruction, encoded as generation encodes prompts."""
     chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
     texts = [steering.prompt_text(lm.tokenizer, p, use_chat_template=chat) for p in prompts]
     return Arm(label, prompt_ids=[lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts])
 
 
-def score_texts(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], metric: str, *,
-                use_chat_template: bool | None = None, batch_size: int = 16) -> dict[str, float]:
+def score_texts(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    texts: Sequence[str],
+    metric: str,
+    *,
+    use_chat_template: bool | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
     """Behaviour (the metric's mean and its extra summaries), fluency and diversity of one set of continuations,
     and their perplexity under the unsteered model."""
     record = get_metric(metric)
@@ -175,8 +205,9 @@ def score_texts(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], m
         "fluency_entropy": _mean([weighted_ngram_entropy(t) for t in texts]),
         "distinct_2": _mean([distinct_n(t, 2) for t in texts]),
         "repetition": _mean([repetition_rate(t) for t in texts]),
-        "perplexity": corpus_perplexity(continuation_losses(lm, prompts, texts, batch_size=batch_size,
-                                                            use_chat_template=use_chat_template)),
+        "perplexity": corpus_perplexity(
+            continuation_losses(lm, prompts, texts, batch_size=batch_size, use_chat_template=use_chat_template)
+        ),
         "empty_share": _mean([0.0 if t.strip() else 1.0 for t in texts]),
     }
     if record.extra is not None:
@@ -184,16 +215,34 @@ def score_texts(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[str], m
     return out
 
 
-def score_run(lm: LoadedModel, run: EvalRun, metric: str, direction: float = 1.0, *,
-              use_chat_template: bool | None = None, batch_size: int = 16) -> dict[str, Any]:
+def score_run(
+    lm: LoadedModel,
+    run: EvalRun,
+    metric: str,
+    direction: float = 1.0,
+    *,
+    use_chat_template: bool | None = None,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """Scores of the original and every condition; `effect` is the behaviour change times the task's direction."""
-    original = score_texts(lm, run.prompts, run.original, metric, use_chat_template=use_chat_template, batch_size=batch_size)
+    original = score_texts(
+        lm, run.prompts, run.original, metric, use_chat_template=use_chat_template, batch_size=batch_size
+    )
     conditions = []
     for cond in run.conditions:
-        scores = score_texts(lm, run.prompts, cond.texts, metric, use_chat_template=use_chat_template, batch_size=batch_size)
+        scores = score_texts(
+            lm, run.prompts, cond.texts, metric, use_chat_template=use_chat_template, batch_size=batch_size
+        )
         delta = scores["behaviour"] - original["behaviour"]
-        conditions.append({"label": cond.label, "multiplier": cond.multiplier, "scores": scores,
-                           "delta": delta, "effect": delta * direction})
+        conditions.append(
+            {
+                "label": cond.label,
+                "multiplier": cond.multiplier,
+                "scores": scores,
+                "delta": delta,
+                "effect": delta * direction,
+            }
+        )
     return {"original": original, "conditions": conditions}
 
 
@@ -202,6 +251,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 # ---- report folder -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Report:
@@ -213,12 +263,23 @@ class Report:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"steerlab_version": __version__, "created": self.created, "settings": self.settings,
-                "seconds": round(self.run.seconds, 2), **_finite(self.scores)}
+        return {
+            "steerlab_version": __version__,
+            "created": self.created,
+            "settings": self.settings,
+            "seconds": round(self.run.seconds, 2),
+            **_finite(self.scores),
+        }
 
     def samples(self) -> list[dict[str, Any]]:
-        return [{"prompt": p, "original": self.run.original[i],
-                 "steered": {c.label: c.texts[i] for c in self.run.conditions}} for i, p in enumerate(self.run.prompts)]
+        return [
+            {
+                "prompt": p,
+                "original": self.run.original[i],
+                "steered": {c.label: c.texts[i] for c in self.run.conditions},
+            }
+            for i, p in enumerate(self.run.prompts)
+        ]
 
 
 def _finite(value: Any) -> Any:
@@ -232,30 +293,43 @@ def _finite(value: Any) -> Any:
     return value
 
 
-SCORE_COLUMNS = (("behaviour", "{:+.3f}"), ("fluency_entropy", "{:.2f}"), ("distinct_2", "{:.2f}"),
-                 ("repetition", "{:.2f}"), ("perplexity", "{:.1f}"))
+SCORE_COLUMNS = (
+    ("behaviour", "{:+.3f}"),
+    ("fluency_entropy", "{:.2f}"),
+    ("distinct_2", "{:.2f}"),
+    ("repetition", "{:.2f}"),
+    ("perplexity", "{:.1f}"),
+)
 
 
 def summary_markdown(report: Report) -> str:
     """A readable summary: what ran, a table of every condition beside the original, and a few samples."""
     s = report.settings
-    lines = [f"# steerlab eval: {s['task']['name']} on {s['model']['name']}", "",
-             f"- steer: {s['steer']['description']}",
-             f"- prompts: {len(report.run.prompts)} ({s['task'].get('split', 'test')} split), "
-             f"{s['generation']['max_new_tokens']} new tokens, "
-             f"{'sampled' if s['generation']['do_sample'] else 'greedy'}; original and steered rows in the same batches",
-             f"- behaviour: {get_metric(s['task']['metric']).mean_note}; the task wants it to "
-             f"{'rise' if s['task']['direction'] > 0 else 'fall'} with positive multipliers",
-             "- fluency: weighted bigram/trigram entropy (bits, higher = more varied), distinct-2, repetition "
-             "(share of tokens in repeated trigrams), perplexity of the continuations under the unsteered model", "",
-             "| setting | " + " | ".join(name for name, _ in SCORE_COLUMNS) + " | change |",
-             "|---|" + "---|" * (len(SCORE_COLUMNS) + 1)]
+    lines = [
+        f"# steerlab eval: {s['task']['name']} on {s['model']['name']}",
+        "",
+        f"- steer: {s['steer']['description']}",
+        f"- prompts: {len(report.run.prompts)} ({s['task'].get('split', 'test')} split), "
+        f"{s['generation']['max_new_tokens']} new tokens, "
+        f"{'sampled' if s['generation']['do_sample'] else 'greedy'}; original and steered rows in the same batches",
+        f"- behaviour: {get_metric(s['task']['metric']).mean_note}; the task wants it to "
+        f"{'rise' if s['task']['direction'] > 0 else 'fall'} with positive multipliers",
+        "- fluency: weighted bigram/trigram entropy (bits, higher = more varied), distinct-2, repetition "
+        "(share of tokens in repeated trigrams), perplexity of the continuations under the unsteered model",
+        "",
+        "| setting | " + " | ".join(name for name, _ in SCORE_COLUMNS) + " | change |",
+        "|---|" + "---|" * (len(SCORE_COLUMNS) + 1),
+    ]
     lines.append(_row("original", report.scores["original"], ""))
     metric = get_metric(s["task"]["metric"])
     for cond in report.scores["conditions"]:
         lines.append(_row(cond["label"], cond["scores"], metric.change_words(cond["delta"])))
-    lines += ["", f"## Samples (first {min(SAMPLES_IN_SUMMARY, len(report.run.prompts))} of {len(report.run.prompts)}; "
-              "all in samples.jsonl)", ""]
+    lines += [
+        "",
+        f"## Samples (first {min(SAMPLES_IN_SUMMARY, len(report.run.prompts))} of {len(report.run.prompts)}; "
+        "all in samples.jsonl)",
+        "",
+    ]
     for sample in report.samples()[:SAMPLES_IN_SUMMARY]:
         lines.append(f"**Prompt:** {_inline(sample['prompt'])}")
         lines.append("")
@@ -301,8 +375,9 @@ def write_folder_atomic(folder: Path, files: dict[str, str], *, overwrite: bool 
         old = None
         if folder.exists():
             check_free(folder, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.old", suffix=TEMP_SUFFIX,
-                                        dir=folder.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.old", suffix=TEMP_SUFFIX, dir=folder.parent)
+            )
             os.replace(folder, old / folder.name)
         os.rename(tmp, folder)
         if old is not None:

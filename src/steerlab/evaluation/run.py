@@ -47,28 +47,49 @@ class Comparison:
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """report.json, summary.md (the table) and samples.jsonl, written atomically."""
         report = self.report
-        return write_folder_atomic(Path(folder), {
-            "report.json": json.dumps(report.to_json(), indent=2) + "\n",
-            "summary.md": self.markdown() + "\n",
-            "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in report.samples())},
-            overwrite=overwrite)
+        return write_folder_atomic(
+            Path(folder),
+            {
+                "report.json": json.dumps(report.to_json(), indent=2) + "\n",
+                "summary.md": self.markdown() + "\n",
+                "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in report.samples()),
+            },
+            overwrite=overwrite,
+        )
 
 
 def generation_task(task: str | Task, data_dir: str | Path | None = None) -> Task:
     """The task, checked to be a generation task (A/B tasks are scored by `sweep`)."""
     task = task if isinstance(task, Task) else get_task(task, data_dir)
     if task.kind != "generation":
-        raise EvaluationError(f"task '{task.name}' is an A/B task, scored by answer probabilities rather than generated "
-                              f"text; use `steerlab sweep --task {task.name}` for it")
+        raise EvaluationError(
+            f"task '{task.name}' is an A/B task, scored by answer probabilities rather than generated "
+            f"text; use `steerlab sweep --task {task.name}` for it"
+        )
     return task
 
 
-def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: str | None = None,
-             config: dict[str, Any] | None = None, layers: Sequence[int] | dict[int, float] | None = None,
-             multipliers: Sequence[float] | None = None, strengths: Sequence[float] | None = None,
-             instruction: str | None = None, split: str = "test", limit: int | None = None, train_limit: int = 200,
-             data_dir: str | Path | None = None, generation: GenerationConfig | None = None, batch_size: int = 16,
-             source: str = "", progress: Progress | None = None, operator: str | None = None) -> Report:
+def evaluate(
+    lm: LoadedModel,
+    task: str | Task,
+    steer: Any = None,
+    *,
+    method: str | None = None,
+    config: dict[str, Any] | None = None,
+    layers: Sequence[int] | dict[int, float] | None = None,
+    multipliers: Sequence[float] | None = None,
+    strengths: Sequence[float] | None = None,
+    instruction: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    train_limit: int = 200,
+    data_dir: str | Path | None = None,
+    generation: GenerationConfig | None = None,
+    batch_size: int = 16,
+    source: str = "",
+    progress: Progress | None = None,
+    operator: str | None = None,
+) -> Report:
     """Evaluate one steer on a task: a given steer (vector, LM-Steer, prompt steer) or `method` fitted on the
     task's train pairs; steered beside the original, scored for effect and fluency.
 
@@ -101,14 +122,25 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
         else:  # strength 1 per layer, scaled per arm: each layer gets its own multiplier for strength s
             arms = [Arm(f"s{s:g}", SpecSteering(spec), float(s)) for s in values]
             per_layer = spec.layer_multipliers()
-            unit = "; ".join(f"strength {s:g} = " + ", ".join(f"layer {k} x{m * s:.4g}" for k, m in per_layer.items())
-                             for s in values)
+            unit = "; ".join(
+                f"strength {s:g} = " + ", ".join(f"layer {k} x{m * s:.4g}" for k, m in per_layer.items())
+                for s in values
+            )
             shown = {f"{s:g}": {str(k): round(m * s, 4) for k, m in per_layer.items()} for s in values}
-        info.update(method=steer.meta.method, source=source or "given vector", layers=spec.layer_weights(),
-                    operator=spec.operator_name(), multipliers=shown,
-                    task=steer.meta.task, dataset=steer.meta.dataset, config=steer.meta.config)
-        info["description"] = (f"{steer.meta.method} vector ({info['source']}, {spec.operator_name()}) at layers "
-                               f"{list(spec.layer_weights())}, {unit}")
+        info.update(
+            method=steer.meta.method,
+            source=source or "given vector",
+            layers=spec.layer_weights(),
+            operator=spec.operator_name(),
+            multipliers=shown,
+            task=steer.meta.task,
+            dataset=steer.meta.dataset,
+            config=steer.meta.config,
+        )
+        info["description"] = (
+            f"{steer.meta.method} vector ({info['source']}, {spec.operator_name()}) at layers "
+            f"{list(spec.layer_weights())}, {unit}"
+        )
     elif isinstance(steer, PromptSteering):
         if multipliers or strengths:
             raise EvaluationError("prompt steering has no strength; drop multipliers/strengths")
@@ -118,21 +150,46 @@ def evaluate(lm: LoadedModel, task: str | Task, steer: Any = None, *, method: st
         values = list(multipliers or [1.0])
         arms = multiplier_arms(steer, values)
         info["description"] = f"{method or steer.kind} at scales {', '.join(f'{m:g}' for m in values)}"
-    run = generate_arms(lm, prompts, arms, config=generation, batch_size=batch_size, use_chat_template=chat,
-                        task=task.name, progress=stage_ticker(progress, f"generating {len(arms)} steered + original per prompt",
-                                                         len(prompts)))
+    run = generate_arms(
+        lm,
+        prompts,
+        arms,
+        config=generation,
+        batch_size=batch_size,
+        use_chat_template=chat,
+        task=task.name,
+        progress=stage_ticker(progress, f"generating {len(arms)} steered + original per prompt", len(prompts)),
+    )
     scores = score_run(lm, run, task.metric, task.direction, use_chat_template=chat, batch_size=batch_size)
-    settings = {"command": "eval", "task": _task_settings(task, split, limit, len(prompts)), "model": _model_settings(lm),
-                "steer": _jsonable(info), "generation": asdict(generation), "batch_size": batch_size}
+    settings = {
+        "command": "eval",
+        "task": _task_settings(task, split, limit, len(prompts)),
+        "model": _model_settings(lm),
+        "steer": _jsonable(info),
+        "generation": asdict(generation),
+        "batch_size": batch_size,
+    }
     return Report(settings, scores, run)
 
 
-def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None = None, layer: int | None = None,
-            strengths: Sequence[float] | None = None, instruction: str | None = None,
-            overrides: dict[str, list[str]] | None = None, split: str = "test", limit: int | None = 50,
-            train_limit: int = 200, data_dir: str | Path | None = None, generation: GenerationConfig | None = None,
-            batch_size: int = 16, progress: Progress | None = None,
-            report: Callable[[str], None] = lambda _: None) -> Comparison:
+def compare(
+    lm: LoadedModel,
+    task: str | Task,
+    *,
+    methods: Sequence[str] | None = None,
+    layer: int | None = None,
+    strengths: Sequence[float] | None = None,
+    instruction: str | None = None,
+    overrides: dict[str, list[str]] | None = None,
+    split: str = "test",
+    limit: int | None = 50,
+    train_limit: int = 200,
+    data_dir: str | Path | None = None,
+    generation: GenerationConfig | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> Comparison:
     """Compare methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
 
     `overrides` maps a method to its "key=value" config overrides (e.g. {"lm_steer": ["steps=200"]}).
@@ -154,19 +211,45 @@ def compare(lm: LoadedModel, task: str | Task, *, methods: Sequence[str] | None 
     data = task.train_data(data_dir, train_limit)
     layer = lm.default_layer() if layer is None else layer
     chat = bool(task.chat and lm.use_chat_template)
-    fitted = fit_methods(lm, methods, data, prompts, task=task.name, instruction=instruction or "", layer=layer,
-                         strengths=strengths, use_chat_template=chat, overrides=overrides, report=report,
-                         progress=progress)
-    run = generate_arms(lm, prompts, [f.arm for f in fitted], config=generation, batch_size=batch_size,
-                        use_chat_template=chat, task=task.name,
-                        progress=stage_ticker(progress, f"generating {len(fitted)} methods + original per prompt", len(prompts)))
+    fitted = fit_methods(
+        lm,
+        methods,
+        data,
+        prompts,
+        task=task.name,
+        instruction=instruction or "",
+        layer=layer,
+        strengths=strengths,
+        use_chat_template=chat,
+        overrides=overrides,
+        report=report,
+        progress=progress,
+    )
+    run = generate_arms(
+        lm,
+        prompts,
+        [f.arm for f in fitted],
+        config=generation,
+        batch_size=batch_size,
+        use_chat_template=chat,
+        task=task.name,
+        progress=stage_ticker(progress, f"generating {len(fitted)} methods + original per prompt", len(prompts)),
+    )
     scores = score_run(lm, run, task.metric, task.direction, use_chat_template=chat, batch_size=batch_size)
-    settings = {"command": "compare", "task": _task_settings(task, split, limit, len(prompts)),
-                "model": _model_settings(lm), "train": data.describe(), "layer": layer, "strengths": strengths,
-                "instruction": instruction,
-                "methods": {f.label: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params}
-                            for f in fitted},
-                "generation": asdict(generation), "batch_size": batch_size}
+    settings = {
+        "command": "compare",
+        "task": _task_settings(task, split, limit, len(prompts)),
+        "model": _model_settings(lm),
+        "train": data.describe(),
+        "layer": layer,
+        "strengths": strengths,
+        "instruction": instruction,
+        "methods": {
+            f.label: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params} for f in fitted
+        },
+        "generation": asdict(generation),
+        "batch_size": batch_size,
+    }
     return Comparison(Report(_jsonable(settings), scores, run), fitted)
 
 
@@ -178,16 +261,26 @@ def _checked_generation(generation: GenerationConfig | None, limit: int | None, 
     return generation or GenerationConfig(max_new_tokens=40)
 
 
-def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layers, instruction: str | None,
-         train_limit: int, data_dir, progress: Progress | None):
+def _fit(
+    lm: LoadedModel,
+    task: Task,
+    method: str,
+    values: dict[str, Any],
+    layers,
+    instruction: str | None,
+    train_limit: int,
+    data_dir,
+    progress: Progress | None,
+):
     """Fit `method` on the task's train pairs; the instruction defaults to one toward the task's goal."""
     spec = get_method(method)
     fields = getattr(spec.config_cls, "__dataclass_fields__", {})
     if "instruction" in fields and "instruction" not in values:
         values["instruction"] = instruction or get_metric(task.metric).instruction(task.direction)
         if not values["instruction"]:
-            raise EvaluationError(f"method {method} needs an instruction (metric '{task.metric}' has none {_way(task)}); "
-                                  "give one")
+            raise EvaluationError(
+                f"method {method} needs an instruction (metric '{task.metric}' has none {_way(task)}); give one"
+            )
     if layers is not None:
         if "layers" not in fields:
             raise EvaluationError(f"method {method} takes no layers; drop them")
@@ -196,15 +289,31 @@ def _fit(lm: LoadedModel, task: Task, method: str, values: dict[str, Any], layer
     data = task.train_data(data_dir, train_limit)
     total = spec.progress_total(len(data), config)
     start = time.perf_counter()
-    steer = spec.fit(lm, data, config, task=task.name,
-                     progress=stage_ticker(progress, f"fitting {method} on {data.name} ({spec.progress_unit}s)", total))
-    info = {"method": method, "config": asdict(config), "train": data.describe(),
-            "fit_seconds": round(time.perf_counter() - start, 2)}
+    steer = spec.fit(
+        lm,
+        data,
+        config,
+        task=task.name,
+        progress=stage_ticker(progress, f"fitting {method} on {data.name} ({spec.progress_unit}s)", total),
+    )
+    info = {
+        "method": method,
+        "config": asdict(config),
+        "train": data.describe(),
+        "fit_seconds": round(time.perf_counter() - start, 2),
+    }
     return steer, info
 
 
-def _vector_arms(lm: LoadedModel, vector: SteeringVector, layers, multipliers, strengths,
-                 info: dict[str, Any], operator: str | None = None) -> tuple[SteeringSpec, list[float]]:
+def _vector_arms(
+    lm: LoadedModel,
+    vector: SteeringVector,
+    layers,
+    multipliers,
+    strengths,
+    info: dict[str, Any],
+    operator: str | None = None,
+) -> tuple[SteeringSpec, list[float]]:
     """The spec and the per-arm values: multipliers as given (spec at multiplier 1); strengths as given; else what
     the vector steers at when nothing is given (steering.default_steering, the rule every path follows). Strength
     arms run with the spec at strength 1, so each steered layer converts with its own residual norm (measured on
@@ -222,16 +331,27 @@ def _vector_arms(lm: LoadedModel, vector: SteeringVector, layers, multipliers, s
     if any(str(layer) not in vector.meta.residual_norms for layer in steered):
         vector = with_neutral_norms(lm, vector)
     spec = SteeringSpec(vector, layers=layers, operator=operator, strength=1.0)
-    info["strengths"] = {"values": list(strengths), "source": source,
-                         "residual_norms": {str(k): vector.meta.residual_norms[str(k)] for k in steered},
-                         "multipliers_at_strength_1": {str(k): round(m, 4) for k, m in spec.layer_multipliers().items()}}
+    info["strengths"] = {
+        "values": list(strengths),
+        "source": source,
+        "residual_norms": {str(k): vector.meta.residual_norms[str(k)] for k in steered},
+        "multipliers_at_strength_1": {str(k): round(m, 4) for k, m in spec.layer_multipliers().items()},
+    }
     return spec, list(strengths)
 
 
 def _task_settings(task: Task, split: str, limit: int | None, n_prompts: int) -> dict[str, Any]:
-    return {"name": task.name, "description": task.description, "metric": task.metric,
-            "metric_note": get_metric(task.metric).mean_note, "direction": task.direction,
-            "split": split, "prompts": n_prompts, "limit": limit, "chat": bool(task.chat)}
+    return {
+        "name": task.name,
+        "description": task.description,
+        "metric": task.metric,
+        "metric_note": get_metric(task.metric).mean_note,
+        "direction": task.direction,
+        "split": split,
+        "prompts": n_prompts,
+        "limit": limit,
+        "chat": bool(task.chat),
+    }
 
 
 def _way(task: Task) -> str:

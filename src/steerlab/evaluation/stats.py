@@ -42,13 +42,22 @@ def _group_mean(diff: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor
     return (diff[..., groups].mean(-1) + diff[..., ~groups].mean(-1)) / 2
 
 
-def paired_interval(steered: Sequence[float], base: Sequence[float], *, groups: Sequence[bool] | None = None,
-                    draws: int = DRAWS, level: float = LEVEL, seed: int = 0) -> Interval:
+def paired_interval(
+    steered: Sequence[float],
+    base: Sequence[float],
+    *,
+    groups: Sequence[bool] | None = None,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> Interval:
     """Bootstrap `level` interval of the mean change steered - base over the same items (resampled in pairs)."""
     s = torch.as_tensor(list(steered), dtype=torch.float64)
     b = torch.as_tensor(list(base), dtype=torch.float64)
     if s.shape != b.shape or s.ndim != 1 or s.numel() == 0:
-        raise ValueError(f"need one steered and one unsteered score per item; got {tuple(s.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"need one steered and one unsteered score per item; got {tuple(s.shape)} and {tuple(b.shape)}"
+        )
     diff = s - b
     g = torch.as_tensor(list(groups), dtype=torch.bool) if groups is not None else None
     if g is not None and (g.all() or not g.any()):
@@ -65,5 +74,6 @@ def paired_interval(steered: Sequence[float], base: Sequence[float], *, groups: 
         stats = (parts[0] + parts[1]) / 2
     tail = (1 - level) / 2
     low, high = torch.quantile(stats, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return Interval(float(_group_mean(diff, g)), low, high, float((diff < 0).double().mean()),
-                    float((diff > 0).double().mean()))
+    return Interval(
+        float(_group_mean(diff, g)), low, high, float((diff < 0).double().mean()), float((diff > 0).double().mean())
+    )

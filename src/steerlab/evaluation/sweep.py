@@ -144,17 +144,29 @@ class SweepResult:
         return self.metric_record().effect_words(effect, self.direction)
 
 
-def build_sweep_vector(lm: LoadedModel, data: ContrastiveDataset, layers: Sequence[int], *, task: str,
-                       progress: Callable[[int], object] | None = None) -> SteeringVector:
+def build_sweep_vector(
+    lm: LoadedModel,
+    data: ContrastiveDataset,
+    layers: Sequence[int],
+    *,
+    task: str,
+    progress: Callable[[int], object] | None = None,
+) -> SteeringVector:
     """A CAA vector at every given layer from one activation pass, with neutral-text residual norms."""
     acts = record_pair_activations(lm, data.pairs, layers, progress=progress)
     vector = vector_from_activations(lm, acts, data, task=task, config=CAAConfig(layers=list(layers)))
     return with_neutral_norms(lm, vector)
 
 
-def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, data_dir: str | Path | None = None,
-          vector: SteeringVector | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> tuple[SweepResult, SteeringVector]:
+def sweep(
+    lm: LoadedModel,
+    task: Task,
+    config: SweepConfig | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    vector: SteeringVector | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[SweepResult, SteeringVector]:
     """Score the grid for the task's CAA vector (built at every swept layer unless `vector` is given) and return
     the result and the vector, whose metadata then holds the recommendation and the neutral-text residual norms."""
     config = config or SweepConfig()
@@ -167,10 +179,16 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
         raise SweepError(f"task '{task.name}' has no {config.split} items to score")
     if vector is None:
         data = task.train_data(data_dir, config.train_limit)
-        vector = build_sweep_vector(lm, data, layers, task=task.name, progress=stage_ticker(progress, "activations", len(data)))
-    missing = [layer for layer in layers if layer not in vector.directions or str(layer) not in vector.meta.residual_norms]
+        vector = build_sweep_vector(
+            lm, data, layers, task=task.name, progress=stage_ticker(progress, "activations", len(data))
+        )
+    missing = [
+        layer for layer in layers if layer not in vector.directions or str(layer) not in vector.meta.residual_norms
+    ]
     if missing:
-        raise SweepError(f"the given vector lacks layer {missing[0]} or its residual norm; build it with build_sweep_vector")
+        raise SweepError(
+            f"the given vector lacks layer {missing[0]} or its residual norm; build it with build_sweep_vector"
+        )
 
     values = config.values
     mults = [[v if config.mode == "raw" else multiplier_for(vector, layer, v) for v in values] for layer in layers]
@@ -181,23 +199,45 @@ def sweep(lm: LoadedModel, task: Task, config: SweepConfig | None = None, *, dat
     else:
         per_item, fluency, ok, groups, details = _score_generation(lm, task, items, vector, cells, config, progress)
         score_name, fluency_name = f"mean {task.metric}", "weighted n-gram entropy (bits)"
-    intervals = [paired_interval(row, per_item[0], groups=groups, seed=c).signed(task.direction)
-                 for c, row in enumerate(per_item[1:], 1)]
+    intervals = [
+        paired_interval(row, per_item[0], groups=groups, seed=c).signed(task.direction)
+        for c, row in enumerate(per_item[1:], 1)
+    ]
     scores = details.pop("scores")
     width = len(values)
     score_grid, fluency_grid = _rows(scores[1:], width), _rows(fluency[1:], width)
     effect = [[task.direction * (s - scores[0]) for s in row] for row in score_grid]
     interval = _rows([[round(iv.low, 4), round(iv.high, 4)] for iv in intervals], width)
     wrong = _rows([iv.fell if values[k % width] > 0 else iv.rose for k, iv in enumerate(intervals)], width)
-    result = SweepResult(task.name, task.kind, config.split if task.has_val else "test", config.mode, layers, values,
-                         [[round(m, 4) for m in row] for row in mults], score_grid, fluency_grid, effect,
-                         scores[0], fluency[0], score_name, fluency_name, config.fluency_bound, len(items),
-                         int(vector.meta.dataset.get("pairs", 0)),
-                         None, details=details, interval=interval, wrong_way=[[round(w, 4) for w in r] for r in wrong],
-                         fluent=_rows(ok[1:], width),
-                         min_effect=config.min_effect if config.min_effect is not None
-                         else MIN_EFFECT_SHARE * get_metric(task.metric).span, direction=task.direction,
-                         metric=task.metric)
+    result = SweepResult(
+        task.name,
+        task.kind,
+        config.split if task.has_val else "test",
+        config.mode,
+        layers,
+        values,
+        [[round(m, 4) for m in row] for row in mults],
+        score_grid,
+        fluency_grid,
+        effect,
+        scores[0],
+        fluency[0],
+        score_name,
+        fluency_name,
+        config.fluency_bound,
+        len(items),
+        int(vector.meta.dataset.get("pairs", 0)),
+        None,
+        details=details,
+        interval=interval,
+        wrong_way=[[round(w, 4) for w in r] for r in wrong],
+        fluent=_rows(ok[1:], width),
+        min_effect=config.min_effect
+        if config.min_effect is not None
+        else MIN_EFFECT_SHARE * get_metric(task.metric).span,
+        direction=task.direction,
+        metric=task.metric,
+    )
     recommend(result)
     vector.meta = replace(vector.meta, recommended=stored_recommendation(result, vector.meta.recommended))
     return result, vector
@@ -220,16 +260,29 @@ def _rows(flat: list[R], width: int) -> list[list[R]]:
 
 def _score_ab(lm, task, items, vector, cells, config, progress):
     """Per-item debiased p(matching) per cell, answer mass as fluency, and the letter-share shift beside it."""
-    grid = score_ab(lm, items, vector, cells, swap=config.swap, positions=config.positions,
-                    batch_rows=config.batch_rows, task=task.name,
-                    progress=stage_ticker(progress, "A/B grid", len(cells) * len(items) * (2 if config.swap else 1)))
+    grid = score_ab(
+        lm,
+        items,
+        vector,
+        cells,
+        swap=config.swap,
+        positions=config.positions,
+        batch_rows=config.batch_rows,
+        task=task.name,
+        progress=stage_ticker(progress, "A/B grid", len(cells) * len(items) * (2 if config.swap else 1)),
+    )
     summaries = [grid.summary(c) for c in range(len(cells))]
     base = summaries[0]
     floor = (1 - config.fluency_bound) * base["answer_mass"]
     width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
     shift = [round(s["first_answer_share"] - base["first_answer_share"], 4) for s in summaries[1:]]
-    details = {"unsteered": base, "cells": summaries[1:], "scores": [s["p_matching"] for s in summaries],
-               "letter_shift": _rows(shift, width), "at_chance": at_chance(base, len(items))}
+    details = {
+        "unsteered": base,
+        "cells": summaries[1:],
+        "scores": [s["p_matching"] for s in summaries],
+        "letter_shift": _rows(shift, width),
+        "at_chance": at_chance(base, len(items)),
+    }
     groups = [p.positive == first_answer(p) for p in items] if grid.orders == 1 else None
     per_item = [grid.item_scores(c).tolist() for c in range(len(cells))]
     mass = [s["answer_mass"] for s in summaries]
@@ -244,9 +297,18 @@ def metric_scores(metric: str, texts: Sequence[str]) -> list[float]:
     return scorer(texts)
 
 
-def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVector, cells: Sequence[Cell], *,
-                  chat: bool, max_new_tokens: int, batch_rows: int = 64, task: str | None = None,
-                  progress: Callable[[int], object] | None = None) -> list[list[str]]:
+def generate_grid(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    vector: SteeringVector,
+    cells: Sequence[Cell],
+    *,
+    chat: bool,
+    max_new_tokens: int,
+    batch_rows: int = 64,
+    task: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> list[list[str]]:
     """Greedy continuations of every prompt under every cell, many cells per generate call; [cells][prompts]."""
     ids = encode_prompts(lm, prompts, use_chat_template=chat)
     rows = [(c, p) for p in range(len(prompts)) for c in range(len(cells))]  # prompt-major: similar lengths per batch
@@ -268,22 +330,39 @@ def generate_grid(lm: LoadedModel, prompts: Sequence[str], vector: SteeringVecto
 
 def _score_generation(lm, task, prompts, vector, cells, config, progress):
     """Per-text metric scores per cell; a cell is fluent when entropy, distinct-2 and repetition hold (see module)."""
-    texts = generate_grid(lm, prompts, vector, cells, chat=task.chat, max_new_tokens=config.max_new_tokens,
-                          batch_rows=config.batch_rows, task=task.name,
-                          progress=stage_ticker(progress, "generating", len(cells) * len(prompts)))
+    texts = generate_grid(
+        lm,
+        prompts,
+        vector,
+        cells,
+        chat=task.chat,
+        max_new_tokens=config.max_new_tokens,
+        batch_rows=config.batch_rows,
+        task=task.name,
+        progress=stage_ticker(progress, "generating", len(cells) * len(prompts)),
+    )
     per_item = [metric_scores(task.metric, t) for t in texts]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     entropy = [mean([weighted_ngram_entropy(x) for x in t]) for t in texts]
     distinct2 = [mean([distinct_n(x, 2) for x in t]) for t in texts]
     repetition = [mean([repetition_rate(x) for x in t]) for t in texts]
     keep = 1 - config.fluency_bound
-    ok = [e >= keep * entropy[0] and d >= keep * distinct2[0] and r <= repetition[0] + config.fluency_bound
-          for e, d, r in zip(entropy, distinct2, repetition, strict=False)]
+    ok = [
+        e >= keep * entropy[0] and d >= keep * distinct2[0] and r <= repetition[0] + config.fluency_bound
+        for e, d, r in zip(entropy, distinct2, repetition, strict=False)
+    ]
     width = len(cells[1:]) // max(1, len({c.layer for c in cells[1:]}))
-    details = {"examples": [{"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts, strict=False)],
-               "scores": [mean(x) for x in per_item],
-               "distinct2": {"unsteered": round(distinct2[0], 4), "cells": _rows([round(d, 4) for d in distinct2[1:]], width)},
-               "repetition": {"unsteered": round(repetition[0], 4), "cells": _rows([round(r, 4) for r in repetition[1:]], width)}}
+    details = {
+        "examples": [
+            {"cell": asdict(c), "prompt": prompts[0], "text": t[0]} for c, t in zip(cells, texts, strict=False)
+        ],
+        "scores": [mean(x) for x in per_item],
+        "distinct2": {"unsteered": round(distinct2[0], 4), "cells": _rows([round(d, 4) for d in distinct2[1:]], width)},
+        "repetition": {
+            "unsteered": round(repetition[0], 4),
+            "cells": _rows([round(r, 4) for r in repetition[1:]], width),
+        },
+    }
     return per_item, entropy, ok, None, details
 
 
@@ -312,17 +391,32 @@ def recommend(result: SweepResult) -> None:
                     best, best_low = (i, j), wanted_low
         result.directions[name] = _pick(result, *best) if best else None
     up, down = result.directions["up"], result.directions["down"]
-    words = [f"{name}: " + (f"layer {c.layer}, {_value_words(result, c)}, {result.effect_words(c.effect or 0.0)} "
-                            f"(effect {c.effect:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}])"
-                            if c and c.interval else NO_EFFECT)
-             for name, c in result.directions.items()]
+    words = [
+        f"{name}: "
+        + (
+            f"layer {c.layer}, {_value_words(result, c)}, {result.effect_words(c.effect or 0.0)} "
+            f"(effect {c.effect:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}])"
+            if c and c.interval
+            else NO_EFFECT
+        )
+        for name, c in result.directions.items()
+    ]
     result.verdict = "; ".join(words)
     if up or down:
-        result.recommended = Recommendation(up.layer if up else None, up.multiplier if up else None, up, down,
-                                            "" if up else f"up: {NO_EFFECT}", result.task, result.split)
+        result.recommended = Recommendation(
+            up.layer if up else None,
+            up.multiplier if up else None,
+            up,
+            down,
+            "" if up else f"up: {NO_EFFECT}",
+            result.task,
+            result.split,
+        )
     if not up:
-        result.note = (f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
-                       f"an effect of at least {result.min_effect:g}; no default multiplier stored")
+        result.note = (
+            f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
+            f"an effect of at least {result.min_effect:g}; no default multiplier stored"
+        )
 
 
 def _value_words(result: SweepResult, cell: Pick) -> str:
@@ -333,9 +427,18 @@ def _value_words(result: SweepResult, cell: Pick) -> str:
 
 def _pick(result: SweepResult, i: int, j: int) -> Pick:
     low, high = result.interval[i][j]
-    return Pick(result.layers[i], result.multipliers[i][j], result.values[j], result.mode,
-                round(result.effect[i][j], 4), (low, high), result.wrong_way[i][j] if result.wrong_way else None,
-                round(result.score[i][j], 4), round(result.fluency[i][j], 4), result.fluency_bound)
+    return Pick(
+        result.layers[i],
+        result.multipliers[i][j],
+        result.values[j],
+        result.mode,
+        round(result.effect[i][j], 4),
+        (low, high),
+        result.wrong_way[i][j] if result.wrong_way else None,
+        round(result.score[i][j], 4),
+        round(result.fluency[i][j], 4),
+        result.fluency_bound,
+    )
 
 
 def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector, *, overwrite: bool = False) -> Path:
@@ -343,21 +446,44 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
     out = Path(out_dir)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not overwrite:
-        raise FileExistsError(f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)")
+        raise FileExistsError(
+            f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)"
+        )
     mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]
     label = "raw multiplier" if result.mode == "raw" else "norm-relative strength (x layer's residual norm)"
     where = f"{result.task} on {vector.meta.model_name} ({result.split}, {result.items} items)"
     reliable = [[lo > 0 or hi < 0 for lo, hi in row] for row in result.interval] or None
     vector.save(out / OUTPUT_FILES[0], overwrite=overwrite)
     write_atomic(out / OUTPUT_FILES[1], json.dumps(result.to_dict(), indent=1).encode(), overwrite=overwrite)
-    write_atomic(out / OUTPUT_FILES[2], heatmap_png(result.effect, result.layers, result.values, mark=mark,
-                 title=f"effect: change in {result.score_name} x task direction ({result.direction:+g})\n{where}",
-                 value_label=label, colour_label=result.metric_record().sign_words(result.direction), centre=0.0,
-                 span=0.1 * result.metric_record().span,
-                 passing=result.fluent or None, reliable=reliable), overwrite=overwrite)
-    write_atomic(out / OUTPUT_FILES[3], heatmap_png(result.fluency, result.layers, result.values, mark=mark,
-                 title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",
-                 value_label=label, colour_label=result.fluency_name, passing=result.fluent or None),
-                 overwrite=overwrite)
+    write_atomic(
+        out / OUTPUT_FILES[2],
+        heatmap_png(
+            result.effect,
+            result.layers,
+            result.values,
+            mark=mark,
+            title=f"effect: change in {result.score_name} x task direction ({result.direction:+g})\n{where}",
+            value_label=label,
+            colour_label=result.metric_record().sign_words(result.direction),
+            centre=0.0,
+            span=0.1 * result.metric_record().span,
+            passing=result.fluent or None,
+            reliable=reliable,
+        ),
+        overwrite=overwrite,
+    )
+    write_atomic(
+        out / OUTPUT_FILES[3],
+        heatmap_png(
+            result.fluency,
+            result.layers,
+            result.values,
+            mark=mark,
+            title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",
+            value_label=label,
+            colour_label=result.fluency_name,
+            passing=result.fluent or None,
+        ),
+        overwrite=overwrite,
+    )
     return out
-

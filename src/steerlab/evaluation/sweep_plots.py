@@ -22,11 +22,20 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(matrix: Sequence[Sequence[float]], layers: Sequence[int], values: Sequence[float], *,
-                title: str, value_label: str, colour_label: str, mark: Sequence[tuple[int, int]] | None = None,
-                centre: float | None = None, span: float | None = None,
-                passing: Sequence[Sequence[bool]] | None = None,
-                reliable: Sequence[Sequence[bool]] | None = None) -> bytes:
+def heatmap_png(
+    matrix: Sequence[Sequence[float]],
+    layers: Sequence[int],
+    values: Sequence[float],
+    *,
+    title: str,
+    value_label: str,
+    colour_label: str,
+    mark: Sequence[tuple[int, int]] | None = None,
+    centre: float | None = None,
+    span: float | None = None,
+    passing: Sequence[Sequence[bool]] | None = None,
+    reliable: Sequence[Sequence[bool]] | None = None,
+) -> bytes:
     """Layers down, grid values across; `mark` outlines recommended cells (row, column).
 
     With `centre`, one symmetric colour scale: centre +- max(|value - centre|, `span`), so a -0.08 cell is
@@ -61,23 +70,39 @@ def heatmap_png(matrix: Sequence[Sequence[float]], layers: Sequence[int], values
         for j, value in enumerate(row):
             if len(flat) <= 200:
                 strong = reliable is None or reliable[i][j]
-                ax.text(j, i, f"{value:+.2f}" if centre is not None else f"{value:.2f}", ha="center", va="center",
-                        fontsize=7, fontweight="bold" if strong else "normal", color="black" if strong else "dimgrey")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:+.2f}" if centre is not None else f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    fontweight="bold" if strong else "normal",
+                    color="black" if strong else "dimgrey",
+                )
             if passing is not None:
                 if passing[i][j]:
                     ax.plot(j + 0.36, i - 0.3, marker="o", markersize=3, color="black")
                 else:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey",
-                                           linewidth=0))
+                    ax.add_patch(
+                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", linewidth=0)
+                    )
     for mark_row, mark_col in mark or ():
         ax.add_patch(Rectangle((mark_col - 0.5, mark_row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
     fig.colorbar(image, ax=ax, label=colour_label)
     return _png(fig)
 
 
-def curves_png(layers: Sequence[int], curves: dict[str, Sequence[float]], *, title: str, y_label: str,
-               reference: float | None = None, bands: dict[str, Sequence[Sequence[float]]] | None = None,
-               limits: tuple[float, float] | None = None) -> bytes:
+def curves_png(
+    layers: Sequence[int],
+    curves: dict[str, Sequence[float]],
+    *,
+    title: str,
+    y_label: str,
+    reference: float | None = None,
+    bands: dict[str, Sequence[Sequence[float]]] | None = None,
+    limits: tuple[float, float] | None = None,
+) -> bytes:
     """One line per named series over layers; `reference` draws a dashed line (e.g. unsteered); `bands` shades
     each series' [low, high] per layer; `limits` fixes the y axis (0-1 for probabilities, so noise looks small)."""
     _matplotlib()
@@ -88,8 +113,14 @@ def curves_png(layers: Sequence[int], curves: dict[str, Sequence[float]], *, tit
     for name, ys in curves.items():
         (line,) = ax.plot(list(layers), list(ys), marker="o", markersize=3, label=name)
         if bands and name in bands:
-            ax.fill_between(list(layers), [b[0] for b in bands[name]], [b[1] for b in bands[name]],
-                            color=line.get_color(), alpha=0.18, linewidth=0)
+            ax.fill_between(
+                list(layers),
+                [b[0] for b in bands[name]],
+                [b[1] for b in bands[name]],
+                color=line.get_color(),
+                alpha=0.18,
+                linewidth=0,
+            )
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="unsteered")
     if limits is not None:

@@ -75,8 +75,10 @@ class Task:
         root = data_root(data_dir) if self.files and not Path(self.files[0]).is_absolute() else Path("/")
         missing = [f for f in self.files if not (root / f).is_file()]
         if missing:
-            raise TaskError(f"task '{self.name}' needs {root / missing[0]}, which is missing; "
-                            f"point --data-dir (or ${DATA_ENV}) at the shared data folder that holds it")
+            raise TaskError(
+                f"task '{self.name}' needs {root / missing[0]}, which is missing; "
+                f"point --data-dir (or ${DATA_ENV}) at the shared data folder that holds it"
+            )
         return root
 
 
@@ -91,11 +93,14 @@ def data_root(explicit: str | Path | None = None) -> Path:
     for path in candidates:
         if path.is_dir():
             return path
-    raise TaskError(f"no task data folder at {candidates[0]}; pass --data-dir (or set ${DATA_ENV}) to the "
-                    "folder holding caa/, persona/, sentiment/, toxicity/ and refusal/ (see its MANIFEST.md)")
+    raise TaskError(
+        f"no task data folder at {candidates[0]}; pass --data-dir (or set ${DATA_ENV}) to the "
+        "folder holding caa/, persona/, sentiment/, toxicity/ and refusal/ (see its MANIFEST.md)"
+    )
 
 
 # ---- readers --------------------------------------------------------------------------------------------
+
 
 def _jsonl_prompts(path: Path) -> list[str]:
     out = []
@@ -105,7 +110,7 @@ def _jsonl_prompts(path: Path) -> list[str]:
             prompt = record.get("prompt") if isinstance(record, dict) else None
             prompt = prompt.get("text") if isinstance(prompt, dict) else prompt
             if not isinstance(prompt, str) or not prompt.strip():
-                raise TaskError(f"{path}: line {lineno}: needs \"prompt\": a non-empty string or {{\"text\": ...}}")
+                raise TaskError(f'{path}: line {lineno}: needs "prompt": a non-empty string or {{"text": ...}}')
             out.append(prompt)
     if not out:
         raise TaskError(f"{path}: no prompts in the file")
@@ -133,6 +138,7 @@ def _prompts_file(path: Path) -> list[str]:
 
 # ---- built-in tasks -------------------------------------------------------------------------------------
 
+
 def _caa(behaviour: str) -> Task:
     gen, test = f"caa/generate/{behaviour}/generate_dataset.json", f"caa/test/{behaviour}/test_dataset_ab.json"
 
@@ -143,8 +149,15 @@ def _caa(behaviour: str) -> Task:
     def items(root: Path, split: str) -> list:
         return load_ab_items(root / gen)[-CAA_VAL_SIZE:] if split == "val" else load_ab_items(root / test)
 
-    return Task(behaviour, "ab", f"CAA {behaviour} A/B questions (train: generate set less its last {CAA_VAL_SIZE}; "
-                f"val: those {CAA_VAL_SIZE}; test: the 50 held-out test questions)", (gen, test), train, items)
+    return Task(
+        behaviour,
+        "ab",
+        f"CAA {behaviour} A/B questions (train: generate set less its last {CAA_VAL_SIZE}; "
+        f"val: those {CAA_VAL_SIZE}; test: the 50 held-out test questions)",
+        (gen, test),
+        train,
+        items,
+    )
 
 
 def _persona(trait: str) -> Task:
@@ -160,8 +173,15 @@ def _persona(trait: str) -> Task:
     def items(root: Path, split: str) -> list:
         return [p for i, p in enumerate(load_ab_items(root / rel)) if split_of(i) == split]
 
-    return Task(f"persona/{trait}", "ab", f"persona statements '{trait}', ' Yes'/' No' (test: every 10th item; "
-                "val: every 20th from the 6th; train: the rest)", (rel,), train, items)
+    return Task(
+        f"persona/{trait}",
+        "ab",
+        f"persona statements '{trait}', ' Yes'/' No' (test: every 10th item; "
+        "val: every 20th from the 6th; train: the rest)",
+        (rel,),
+        train,
+        items,
+    )
 
 
 def _sentiment(sst2: bool) -> Task:
@@ -182,17 +202,30 @@ def _sentiment(sst2: bool) -> Task:
         prompts = _jsonl_prompts(root / neutral)
         return prompts[-GEN_VAL_SIZE:] if split == "val" else prompts[: len(prompts) - GEN_VAL_SIZE]
 
-    controls = (Control("negative prompts steered +", lambda root: _jsonl_prompts(root / negative), 1.0),
-                Control("positive prompts steered -", lambda root: _jsonl_prompts(root / positive), -1.0))
+    controls = (
+        Control("negative prompts steered +", lambda root: _jsonl_prompts(root / negative), 1.0),
+        Control("positive prompts steered -", lambda root: _jsonl_prompts(root / positive), -1.0),
+    )
     source = "SST-2 positive vs negative sentences" if sst2 else "steerlab's 72 shipped contrastive reply pairs"
-    return Task("sentiment-sst2" if sst2 else "sentiment", "generation", f"{source}; VADER of continuations of "
-                f"DExperts neutral prompts (val: the last {GEN_VAL_SIZE})",
-                ((sst,) if sst2 else ()) + (neutral, positive, negative), train, items, metric="sentiment", chat=False,
-                controls=controls)
+    return Task(
+        "sentiment-sst2" if sst2 else "sentiment",
+        "generation",
+        f"{source}; VADER of continuations of DExperts neutral prompts (val: the last {GEN_VAL_SIZE})",
+        ((sst,) if sst2 else ()) + (neutral, positive, negative),
+        train,
+        items,
+        metric="sentiment",
+        chat=False,
+        controls=controls,
+    )
 
 
 def _toxicity() -> Task:
-    para, challenging, nontoxic = "toxicity/paradetox.tsv", "toxicity/rtp_challenging_toxic.jsonl", "toxicity/rtp_nontoxic.jsonl"
+    para, challenging, nontoxic = (
+        "toxicity/paradetox.tsv",
+        "toxicity/rtp_challenging_toxic.jsonl",
+        "toxicity/rtp_nontoxic.jsonl",
+    )
 
     def train(root: Path) -> ContrastiveDataset:
         rows = [r for r in _tsv(root / para) if r["toxic"] and r["neutral1"]][:1000]
@@ -203,27 +236,51 @@ def _toxicity() -> Task:
         return prompts[-GEN_VAL_SIZE:] if split == "val" else prompts[: len(prompts) - GEN_VAL_SIZE]
 
     controls = (Control("non-toxic prompts steered +", lambda root: _jsonl_prompts(root / nontoxic), 1.0),)
-    return Task("toxicity", "generation", "ParaDetox neutral rewrite (+) vs toxic sentence (-); toxicity of "
-                "continuations of RealToxicityPrompts challenging prompts (positive multipliers detoxify)",
-                (para, challenging, nontoxic), train, items, metric="toxicity", direction=-1.0, chat=False,
-                controls=controls)
+    return Task(
+        "toxicity",
+        "generation",
+        "ParaDetox neutral rewrite (+) vs toxic sentence (-); toxicity of "
+        "continuations of RealToxicityPrompts challenging prompts (positive multipliers detoxify)",
+        (para, challenging, nontoxic),
+        train,
+        items,
+        metric="toxicity",
+        direction=-1.0,
+        chat=False,
+        controls=controls,
+    )
 
 
 def _harmful_refusal() -> Task:
-    files = ("refusal/harmful_train.json", "refusal/harmless_train.json", "refusal/harmful_val.json",
-             "refusal/harmful_test.json", "refusal/harmless_test.json")
+    files = (
+        "refusal/harmful_train.json",
+        "refusal/harmless_train.json",
+        "refusal/harmful_val.json",
+        "refusal/harmful_test.json",
+        "refusal/harmless_test.json",
+    )
 
     def train(root: Path) -> ContrastiveDataset:
         harmful = _instructions(root / files[0])
-        return pairs_from_texts(harmful, _instructions(root / files[1])[: len(harmful)], name="harmful_vs_harmless_train")
+        return pairs_from_texts(
+            harmful, _instructions(root / files[1])[: len(harmful)], name="harmful_vs_harmless_train"
+        )
 
     def items(root: Path, split: str) -> list:
         return _instructions(root / (files[2] if split == "val" else files[3]))
 
     controls = (Control("harmless prompts steered +", lambda root: _instructions(root / files[4]), 1.0),)
-    return Task("harmful-refusal", "generation", "harmful vs harmless instructions (Arditi et al.); refusal rate on "
-                "held-out harmful instructions, harmless ones as the over-refusal control", files, train, items,
-                metric="refusal", controls=controls)
+    return Task(
+        "harmful-refusal",
+        "generation",
+        "harmful vs harmless instructions (Arditi et al.); refusal rate on "
+        "held-out harmful instructions, harmless ones as the over-refusal control",
+        files,
+        train,
+        items,
+        metric="refusal",
+        controls=controls,
+    )
 
 
 def builtin_tasks(data_dir: str | Path | None = None) -> dict[str, Task]:
@@ -251,6 +308,7 @@ def get_task(name: str, data_dir: str | Path | None = None) -> Task:
 
 
 # ---- user tasks -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class TaskFile:
@@ -292,14 +350,19 @@ def load_task_file(path: str | Path) -> Task:
     if spec.kind not in KINDS:
         raise TaskError(f"{path}: kind must be one of {', '.join(KINDS)}; got '{spec.kind}'")
     if spec.kind == "generation" and spec.metric not in text_metrics():
-        raise TaskError(f"{path}: a generation task needs metric: one of {', '.join(text_metrics())}; got "
-                        f"'{spec.metric}'")
+        raise TaskError(
+            f"{path}: a generation task needs metric: one of {', '.join(text_metrics())}; got '{spec.metric}'"
+        )
     if spec.kind == "ab" and spec.metric:
         raise TaskError(f"{path}: an ab task is scored by p(matching); remove 'metric: {spec.metric}'")
     if spec.direction not in (1.0, -1.0):
         raise TaskError(f"{path}: direction must be 1 or -1; got {spec.direction}")
     base = path.parent
-    files = {key: (base / value).resolve() for key, value in (("train", spec.train), ("test", spec.test), ("val", spec.val)) if value}
+    files = {
+        key: (base / value).resolve()
+        for key, value in (("train", spec.train), ("test", spec.test), ("val", spec.val))
+        if value
+    }
     for key, file in files.items():
         if not file.is_file():
             raise TaskError(f"{path}: {key} file {file} does not exist")
@@ -314,13 +377,25 @@ def load_task_file(path: str | Path) -> Task:
             _check_disjoint(path, data.pairs, items(_root, "test"))
         return data
 
-    return Task(spec.name, spec.kind, spec.description or f"user task from {path}", tuple(str(f) for f in files.values()),
-                train, items, metric=spec.metric or "ab", direction=spec.direction, chat=spec.chat, has_val="val" in files)
+    return Task(
+        spec.name,
+        spec.kind,
+        spec.description or f"user task from {path}",
+        tuple(str(f) for f in files.values()),
+        train,
+        items,
+        metric=spec.metric or "ab",
+        direction=spec.direction,
+        chat=spec.chat,
+        has_val="val" in files,
+    )
 
 
 def _check_disjoint(path: Path, train: list[ContrastivePair], test: list[ContrastivePair]) -> None:
     seen = {p.prompt for p in train}
     shared = [p.prompt for p in test if p.prompt in seen]
     if shared:
-        raise DatasetError(f"{path}: {len(shared)} test questions also appear in train (first: {shared[0][:60]!r}); "
-                           "a task's train and test must not overlap")
+        raise DatasetError(
+            f"{path}: {len(shared)} test questions also appear in train (first: {shared[0][:60]!r}); "
+            "a task's train and test must not overlap"
+        )

@@ -37,8 +37,14 @@ META_KEY = "steerlab.meta"
 IMPORT_METHOD = "llamacpp-import"
 
 
-def export_control_vector(vector: SteeringVector, path: str | os.PathLike, *, model_hint: str | None = None,
-                          skip_layer_0: bool = False, overwrite: bool = False) -> Path:
+def export_control_vector(
+    vector: SteeringVector,
+    path: str | os.PathLike,
+    *,
+    model_hint: str | None = None,
+    skip_layer_0: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Write `vector` as a llama.cpp control vector, atomically; refuse to replace a file unless asked."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -83,8 +89,9 @@ def _gguf_bytes(directions: dict[int, torch.Tensor], hint: str, meta: VectorMeta
         return out.read_bytes()
 
 
-def import_control_vector(path: str | os.PathLike, *, model_name: str | None = None,
-                          num_layers: int | None = None) -> SteeringVector:
+def import_control_vector(
+    path: str | os.PathLike, *, model_name: str | None = None, num_layers: int | None = None
+) -> SteeringVector:
     """Read a llama.cpp control vector (from llama.cpp, repeng or steerlab) as a SteeringVector."""
     path = Path(path)
     reader = _open(path)
@@ -124,8 +131,10 @@ def _directions(reader: GGUFReader, path: Path) -> dict[int, torch.Tensor]:
         if tensor.tensor_type != GGMLQuantizationType.F32:
             raise VectorFileError(f"{path}: tensor '{tensor.name}' is {tensor.tensor_type.name}, expected F32")
         if len(tensor.shape) != 1:
-            raise VectorFileError(f"{path}: tensor '{tensor.name}' has shape {tuple(int(d) for d in tensor.shape)}, "
-                                  "expected one dimension")
+            raise VectorFileError(
+                f"{path}: tensor '{tensor.name}' has shape {tuple(int(d) for d in tensor.shape)}, "
+                "expected one dimension"
+            )
         if layer in directions:
             raise VectorFileError(f"{path}: two tensors for layer {layer}")
         try:
@@ -149,13 +158,16 @@ def _layer_of(name: str, path: Path) -> int:
     """N of direction.N, ASCII digits only; llama.cpp's loader rejects direction.0, and so do we."""
     layer = layer_index(name, "direction.", path)
     if layer == 0:
-        raise VectorFileError(f"{path}: tensor '{name}': llama.cpp rejects direction.0 (the output of block 0 "
-                              "cannot be steered), so the file is not a valid control vector")
+        raise VectorFileError(
+            f"{path}: tensor '{name}': llama.cpp rejects direction.0 (the output of block 0 "
+            "cannot be steered), so the file is not a valid control vector"
+        )
     return layer
 
 
-def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.Tensor],
-                   model_name: str | None, num_layers: int | None) -> VectorMeta:
+def _imported_meta(
+    reader: GGUFReader, path: Path, directions: dict[int, torch.Tensor], model_name: str | None, num_layers: int | None
+) -> VectorMeta:
     """Metadata from the file; where steerlab wrote it, keep the model identity and task it recorded."""
     hint = _string_field(reader, HINT_KEY, path) or ""
     saved = _saved_meta(reader, path)
@@ -164,8 +176,10 @@ def _imported_meta(reader: GGUFReader, path: Path, directions: dict[int, torch.T
     if top >= layers:
         raise VectorFileError(f"{path}: tensor 'direction.{top}' is past the {layers} layers the model has")
     if saved is not None and saved.hidden_size != int(next(iter(directions.values())).shape[0]):
-        raise VectorFileError(f"{path}: the steerlab metadata says hidden size {saved.hidden_size}, the tensors "
-                              f"have {int(next(iter(directions.values())).shape[0])}")
+        raise VectorFileError(
+            f"{path}: the steerlab metadata says hidden size {saved.hidden_size}, the tensors "
+            f"have {int(next(iter(directions.values())).shape[0])}"
+        )
     config: dict[str, Any] = {"source": str(path), "model_hint": hint}
     if saved is not None:
         config.update(source_method=saved.method, source_config=saved.config)

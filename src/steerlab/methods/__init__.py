@@ -31,14 +31,34 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "caa": Method("caa", caa.CAAConfig, caa.fit, "mean difference of residual activations (recommended default)"),
-    "pca": Method("pca", pca.PCAConfig, pca.fit, "first principal component of contrastive activations (RepE / repeng)"),
-    "prompt": Method("prompt", prompt.PromptConfig, prompt.fit, "an instruction added to every prompt (no vector)",
-                     "pair", lambda pairs, config: 0, needs_data=False),
-    "vector_prompt": Method("vector_prompt", vector_prompt.VectorPromptConfig, vector_prompt.fit,
-                            "an instruction distilled into a vector: its mean shift of the residual stream",
-                            "example", lambda pairs, config: 2 * pairs),
-    "lm_steer": Method("lm_steer", lm_steer.LMSteerConfig, lm_steer.fit, "trained low-rank map of the output embeddings (LM-Steer)",
-                       "step", lambda pairs, config: config.steps),
+    "pca": Method(
+        "pca", pca.PCAConfig, pca.fit, "first principal component of contrastive activations (RepE / repeng)"
+    ),
+    "prompt": Method(
+        "prompt",
+        prompt.PromptConfig,
+        prompt.fit,
+        "an instruction added to every prompt (no vector)",
+        "pair",
+        lambda pairs, config: 0,
+        needs_data=False,
+    ),
+    "vector_prompt": Method(
+        "vector_prompt",
+        vector_prompt.VectorPromptConfig,
+        vector_prompt.fit,
+        "an instruction distilled into a vector: its mean shift of the residual stream",
+        "example",
+        lambda pairs, config: 2 * pairs,
+    ),
+    "lm_steer": Method(
+        "lm_steer",
+        lm_steer.LMSteerConfig,
+        lm_steer.fit,
+        "trained low-rank map of the output embeddings (LM-Steer)",
+        "step",
+        lambda pairs, config: config.steps,
+    ),
 }
 
 
@@ -50,8 +70,16 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
 
 
-def fit(lm: LoadedModel, data: ContrastiveDataset | str | Path | None = None, method: str = "caa", *, task: str = "",
-        config: Any = None, progress: Callable[[int], object] | None = None, **values: Any) -> Any:
+def fit(
+    lm: LoadedModel,
+    data: ContrastiveDataset | str | Path | None = None,
+    method: str = "caa",
+    *,
+    task: str = "",
+    config: Any = None,
+    progress: Callable[[int], object] | None = None,
+    **values: Any,
+) -> Any:
     """Fit a steer with any registered method: `steerlab.fit(lm, pairs, "caa", layers=[15])`.
 
     `data` is a dataset or a pairs file; the method's config is `config` (an instance) or built from the

@@ -27,24 +27,36 @@ class CAAConfig:
         check_batch(self.batch_size, self.batch_tokens)
 
 
-def fit(lm: LoadedModel, data: ContrastiveDataset, config: CAAConfig | None = None, *, task: str = "",
-        progress: Callable[[int], object] | None = None) -> SteeringVector:
+def fit(
+    lm: LoadedModel,
+    data: ContrastiveDataset,
+    config: CAAConfig | None = None,
+    *,
+    task: str = "",
+    progress: Callable[[int], object] | None = None,
+) -> SteeringVector:
     """Build a CAA vector from contrastive pairs at the configured layers."""
     config = config or CAAConfig()
     layers = config.layers or [lm.default_layer()]
-    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size,
-                                   batch_tokens=config.batch_tokens, progress=progress)
+    acts = record_pair_activations(
+        lm, data.pairs, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens, progress=progress
+    )
     return vector_from_activations(lm, acts, data, task=task, config=config)
 
 
-def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, *, task: str,
-                            config: CAAConfig) -> SteeringVector:
+def vector_from_activations(
+    lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, *, task: str, config: CAAConfig
+) -> SteeringVector:
     """Mean difference per layer, with each layer's residual norm on neutral text kept for norm-relative strengths.
 
     The metadata's config is `config` with the layers recorded, so `build_config(CAAConfig, meta.config)` rebuilds it."""
     diff = (acts.positive - acts.negative).mean(0)  # [n_layers, hidden]
-    meta = VectorMeta.for_model(lm, "caa", config=asdict(replace(config, layers=list(acts.layers))),
-                                dataset=data.describe(), task=task,
-                                residual_norms=norms_metadata(lm, acts.layers))
+    meta = VectorMeta.for_model(
+        lm,
+        "caa",
+        config=asdict(replace(config, layers=list(acts.layers))),
+        dataset=data.describe(),
+        task=task,
+        residual_norms=norms_metadata(lm, acts.layers),
+    )
     return SteeringVector({layer: diff[i] for i, layer in enumerate(acts.layers)}, meta)
-

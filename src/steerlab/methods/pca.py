@@ -59,21 +59,30 @@ class PCAConfig:
             raise ValueError(f"residual_fraction must be positive, got {self.residual_fraction}")
 
 
-def fit(lm: LoadedModel, data: ContrastiveDataset, config: PCAConfig | None = None, *, task: str = "",
-        progress: Callable[[int], object] | None = None) -> SteeringVector:
+def fit(
+    lm: LoadedModel,
+    data: ContrastiveDataset,
+    config: PCAConfig | None = None,
+    *,
+    task: str = "",
+    progress: Callable[[int], object] | None = None,
+) -> SteeringVector:
     """Build a PCA vector (method "pca_diff" or "pca_center") from contrastive pairs at the configured layers."""
     config = config or PCAConfig()
     if config.mode == "pca_diff" and len(data) < 2:
-        raise ValueError("mode pca_diff needs at least 2 pairs (one difference has no variance); "
-                         "add pairs or use mode pca_center")
+        raise ValueError(
+            "mode pca_diff needs at least 2 pairs (one difference has no variance); add pairs or use mode pca_center"
+        )
     layers = config.layers or [lm.default_layer()]
-    acts = record_pair_activations(lm, data.pairs, layers, batch_size=config.batch_size,
-                                   batch_tokens=config.batch_tokens, progress=progress)
+    acts = record_pair_activations(
+        lm, data.pairs, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens, progress=progress
+    )
     return vector_from_activations(lm, acts, data, config, task=task)
 
 
-def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, config: PCAConfig,
-                            *, task: str) -> SteeringVector:
+def vector_from_activations(
+    lm: LoadedModel, acts: PairActivations, data: ContrastiveDataset, config: PCAConfig, *, task: str
+) -> SteeringVector:
     """First component per layer, signed by the pairs' vote, optionally scaled to the residual norm."""
     norms = norms_metadata(lm, acts.layers)
     directions, explained, agreement = {}, {}, {}
@@ -86,9 +95,15 @@ def vector_from_activations(lm: LoadedModel, acts: PairActivations, data: Contra
         directions[layer] = direction
         explained[str(layer)] = round(ratio, 4)
         agreement[str(layer)] = round(agree, 4)
-    meta = VectorMeta.for_model(lm, config.mode, config=asdict(replace(config, layers=list(acts.layers))),
-                                fit_stats={"explained_variance_ratio": explained, "pairs_agreeing": agreement},
-                                dataset=data.describe(), task=task, residual_norms=norms)
+    meta = VectorMeta.for_model(
+        lm,
+        config.mode,
+        config=asdict(replace(config, layers=list(acts.layers))),
+        fit_stats={"explained_variance_ratio": explained, "pairs_agreeing": agreement},
+        dataset=data.describe(),
+        task=task,
+        residual_norms=norms,
+    )
     return SteeringVector(directions, meta)
 
 
@@ -106,8 +121,10 @@ def first_component(pos: torch.Tensor, neg: torch.Tensor, mode: str) -> tuple[to
     _, singular, vh = torch.linalg.svd(rows, full_matrices=False)
     total = float((singular**2).sum())
     if total <= 1e-12 * max(1.0, float(pos.norm() ** 2)):
-        raise ValueError(f"mode {mode}: the rows PCA would run on are all zero (every pair has the same "
-                         "difference, or positives equal negatives); use more varied pairs or mode pca_center")
+        raise ValueError(
+            f"mode {mode}: the rows PCA would run on are all zero (every pair has the same "
+            "difference, or positives equal negatives); use more varied pairs or mode pca_center"
+        )
     return vh[0].float(), float(singular[0] ** 2) / total
 
 

@@ -99,8 +99,9 @@ class PromptSteering:
         raw = loads(read_text(path, VectorFileError), str(path), VectorFileError)
         meta = raw.get(METADATA_KEY) if isinstance(raw, dict) else None
         if not isinstance(meta, dict) or meta.get("method") != "prompt":
-            raise VectorFileError(f"{path}: not a steerlab prompt file (expected {{\"{METADATA_KEY}\": "
-                                  "{\"method\": \"prompt\", ...}})")
+            raise VectorFileError(
+                f'{path}: not a steerlab prompt file (expected {{"{METADATA_KEY}": {{"method": "prompt", ...}}}})'
+            )
         if "instruction" not in meta:
             raise VectorFileError(f"{path}: the prompt file lacks 'instruction'")
         known = {f.name: f for f in fields(cls)}
@@ -108,16 +109,23 @@ class PromptSteering:
             expected = int if key == "format_version" else str
             if key in known and (isinstance(value, bool) or not isinstance(value, expected)):
                 kind = "an integer" if expected is int else "a string"
-                raise VectorFileError(f"{path}: field '{METADATA_KEY}.{key}': expected {kind}, got "
-                                      f"{json.dumps(value)[:60]}")
+                raise VectorFileError(
+                    f"{path}: field '{METADATA_KEY}.{key}': expected {kind}, got {json.dumps(value)[:60]}"
+                )
         try:
             return cls(**{k: v for k, v in meta.items() if k in known})
         except ValueError as exc:
             raise VectorFileError(f"{path}: {exc}") from None
 
 
-def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], object] | None = None) -> PromptSteering:
+def fit(
+    lm: LoadedModel,
+    data: object = None,
+    config: PromptConfig | None = None,
+    *,
+    task: str = "",
+    progress: Callable[[int], object] | None = None,
+) -> PromptSteering:
     """Make the prompt steer from the config; `data` is unused (a prompt needs no examples).
 
     Checks that the model's chat template takes a system message when placement is "system".
@@ -128,6 +136,7 @@ def fit(lm: LoadedModel, data: object = None, config: PromptConfig | None = None
         try:
             format_prompt(lm.tokenizer, "hello", use_chat_template=True, system=config.instruction)
         except Exception as exc:  # noqa: BLE001 - templates reject a system role in their own ways
-            raise ValueError(f"{lm.name}'s chat template does not take a system message ({exc}); "
-                             "use placement: prefix") from None
+            raise ValueError(
+                f"{lm.name}'s chat template does not take a system message ({exc}); use placement: prefix"
+            ) from None
     return PromptSteering(config.instruction, config.placement, task=task)

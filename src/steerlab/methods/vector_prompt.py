@@ -44,8 +44,14 @@ class VectorPromptConfig:
         check_batch(self.batch_size, self.batch_tokens)
 
 
-def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | None = None, *, task: str = "",
-        progress: Callable[[int], object] | None = None) -> SteeringVector:
+def fit(
+    lm: LoadedModel,
+    data: ContrastiveDataset,
+    config: VectorPromptConfig | None = None,
+    *,
+    task: str = "",
+    progress: Callable[[int], object] | None = None,
+) -> SteeringVector:
     """Distil config.instruction into a vector (method "vector_prompt") over the pairs' prompts and answers.
 
     `progress` counts examples over both passes (without, then with the instruction): 2 x pairs in all.
@@ -66,12 +72,19 @@ def fit(lm: LoadedModel, data: ContrastiveDataset, config: VectorPromptConfig | 
         with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + lead_text(pair)
         plain.append((with_start_token(tok, tok(without, add_special_tokens=not chat)["input_ids"]), answers))
         instructed.append((tok(with_it, add_special_tokens=not chat)["input_ids"], answers))
-    base = record_activations(lm, plain, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens,
-                              progress=progress)
-    shifted = record_activations(lm, instructed, layers, batch_size=config.batch_size,
-                                 batch_tokens=config.batch_tokens, progress=progress)
+    base = record_activations(
+        lm, plain, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens, progress=progress
+    )
+    shifted = record_activations(
+        lm, instructed, layers, batch_size=config.batch_size, batch_tokens=config.batch_tokens, progress=progress
+    )
     diff = (shifted - base).mean(dim=(0, 1))  # [n_layers, hidden]
-    meta = VectorMeta.for_model(lm, "vector_prompt", config=asdict(replace(config, layers=layers)),
-                                dataset=data.describe(), task=task,
-                                residual_norms=norms_metadata(lm, layers))
+    meta = VectorMeta.for_model(
+        lm,
+        "vector_prompt",
+        config=asdict(replace(config, layers=layers)),
+        dataset=data.describe(),
+        task=task,
+        residual_norms=norms_metadata(lm, layers),
+    )
     return SteeringVector({layer: diff[i] for i, layer in enumerate(layers)}, meta)

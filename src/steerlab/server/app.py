@@ -54,9 +54,17 @@ class Limits:
             raise ValueError("size limits must be at least 1")
 
 
-def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None = None, max_batch: int = 16,
-               batch_window_ms: float = 10.0, max_tokens_limit: int = 512, batcher: JobQueue | None = None,
-               limits: Limits = Limits()) -> FastAPI:
+def create_app(
+    lm: LoadedModel,
+    registry: VectorRegistry,
+    *,
+    token: str | None = None,
+    max_batch: int = 16,
+    batch_window_ms: float = 10.0,
+    max_tokens_limit: int = 512,
+    batcher: JobQueue | None = None,
+    limits: Limits = Limits(),
+) -> FastAPI:
     """Build the app; the batcher thread starts with the app and drains in-flight work on shutdown.
 
     `batcher` replaces the HF batcher with another engine's (the vLLM plugin's VLLMBatcher), same interface.
@@ -68,8 +76,10 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if token is None:
-            log.warning("serving without a token: any process or user that can reach this port can use the API "
-                        "(set STEERLAB_TOKEN or --token); on loopback, only Host headers naming localhost are served")
+            log.warning(
+                "serving without a token: any process or user that can reach this port can use the API "
+                "(set STEERLAB_TOKEN or --token); on loopback, only Host headers naming localhost are served"
+            )
         batcher.start()
         yield
         await asyncio.to_thread(batcher.close)
@@ -88,14 +98,30 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": lm.name, "vectors": len(registry.entries),
-                "queued_rows": batcher.queued_rows, "running_rows": batcher.running_rows, "batches": batcher.batches}
+        return {
+            "status": "ok",
+            "model": lm.name,
+            "vectors": len(registry.entries),
+            "queued_rows": batcher.queued_rows,
+            "running_rows": batcher.running_rows,
+            "batches": batcher.batches,
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": lm.name, "object": "model", "owned_by": "steerlab",
-                                            "num_layers": lm.num_layers, "hidden_size": lm.hidden_size,
-                                            "chat_template": bool(lm.use_chat_template)}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": lm.name,
+                    "object": "model",
+                    "owned_by": "steerlab",
+                    "num_layers": lm.num_layers,
+                    "hidden_size": lm.hidden_size,
+                    "chat_template": bool(lm.use_chat_template),
+                }
+            ],
+        }
 
     @app.get("/v1/vectors")
     async def vectors() -> dict[str, Any]:
@@ -109,12 +135,21 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
     async def score(body: ScoreRequest) -> dict[str, Any]:
         metric = playground_metrics.get(body.metric)
         if metric is None or metric.scores is None:
-            raise ApiError(400, f"metric: unknown metric '{body.metric}'; available: {', '.join(playground_metrics.names())}",
-                           param="metric", code="metric_not_found")
+            raise ApiError(
+                400,
+                f"metric: unknown metric '{body.metric}'; available: {', '.join(playground_metrics.names())}",
+                param="metric",
+                code="metric_not_found",
+            )
         for i, text in enumerate(body.texts):
             if len(text) > limits.max_text_chars:
-                raise ApiError(413, f"texts[{i}]: {len(text)} characters is above this server's limit of "
-                                    f"{limits.max_text_chars} per text", param=f"texts[{i}]", code="text_too_large")
+                raise ApiError(
+                    413,
+                    f"texts[{i}]: {len(text)} characters is above this server's limit of "
+                    f"{limits.max_text_chars} per text",
+                    param=f"texts[{i}]",
+                    code="text_too_large",
+                )
         scores = await asyncio.to_thread(metric.scores, body.texts)
         return {"metric": body.metric, "scores": scores}
 
@@ -140,8 +175,9 @@ def create_app(lm: LoadedModel, registry: VectorRegistry, *, token: str | None =
 class _Service:
     """Turns a validated request into batcher rows and the rows' events into OpenAI-shaped responses."""
 
-    def __init__(self, lm: LoadedModel, registry: VectorRegistry, batcher: JobQueue, max_tokens_limit: int,
-                 limits: Limits):
+    def __init__(
+        self, lm: LoadedModel, registry: VectorRegistry, batcher: JobQueue, max_tokens_limit: int, limits: Limits
+    ):
         self.lm, self.registry, self.batcher, self.max_tokens_limit = lm, registry, batcher, max_tokens_limit
         self.limits = limits
         self.context = getattr(lm.model.config, "max_position_embeddings", None)
@@ -150,16 +186,26 @@ class _Service:
     def check_size(self, body: ChatCompletionRequest | CompletionRequest) -> None:
         if body.prompt_chars > self.limits.max_prompt_chars:
             where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
-            raise ApiError(413, f"{where}: the prompt has {body.prompt_chars} characters, above this server's limit "
-                                f"of {self.limits.max_prompt_chars}", param=where, code="prompt_too_large")
+            raise ApiError(
+                413,
+                f"{where}: the prompt has {body.prompt_chars} characters, above this server's limit "
+                f"of {self.limits.max_prompt_chars}",
+                param=where,
+                code="prompt_too_large",
+            )
 
     def chat_ids(self, body: ChatCompletionRequest) -> list[int]:
         if not self.lm.use_chat_template:
-            raise ApiError(400, f"{self.lm.name} has no chat template; use POST /v1/completions with a plain prompt",
-                           param="messages", code="no_chat_template")
+            raise ApiError(
+                400,
+                f"{self.lm.name} has no chat template; use POST /v1/completions with a plain prompt",
+                param="messages",
+                code="no_chat_template",
+            )
         # "developer" is the newer OpenAI name of the system role.
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-                    for m in body.messages]
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages
+        ]
         with self._tokenizing:
             text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -170,21 +216,35 @@ class _Service:
 
     def _check(self, body: GenerationFields, prompt_ids: list[int]) -> None:
         if body.model is not None and body.model != self.lm.name:
-            raise ApiError(404, f"model: '{body.model}' is not served here; this server runs '{self.lm.name}' "
-                                "(see GET /v1/models), or leave model out", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model: '{body.model}' is not served here; this server runs '{self.lm.name}' "
+                "(see GET /v1/models), or leave model out",
+                param="model",
+                code="model_not_found",
+            )
         if not prompt_ids:
-            raise ApiError(400, "prompt: the prompt encodes to no tokens; give some text", param="prompt",
-                           code="empty_prompt")
+            raise ApiError(
+                400, "prompt: the prompt encodes to no tokens; give some text", param="prompt", code="empty_prompt"
+            )
         budget = body.token_budget
         field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         if budget > self.max_tokens_limit:
-            raise ApiError(400, f"{field}: {budget} is above this server's limit of "
-                                f"{self.max_tokens_limit} (set by serve --max-tokens)", param=field,
-                           code="max_tokens_too_large")
+            raise ApiError(
+                400,
+                f"{field}: {budget} is above this server's limit of "
+                f"{self.max_tokens_limit} (set by serve --max-tokens)",
+                param=field,
+                code="max_tokens_too_large",
+            )
         if self.context and len(prompt_ids) + budget > self.context:
-            raise ApiError(400, f"{field}: prompt ({len(prompt_ids)} tokens) plus {field} ({budget}) "
-                                f"exceeds the model's context of {self.context} tokens", param=field,
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"{field}: prompt ({len(prompt_ids)} tokens) plus {field} ({budget}) "
+                f"exceeds the model's context of {self.context} tokens",
+                param=field,
+                code="context_length_exceeded",
+            )
 
     async def complete(self, body: GenerationFields, prompt_ids: list[int], *, chat: bool):
         self._check(body, prompt_ids)
@@ -197,9 +257,16 @@ class _Service:
         ids = tuple(prompt_ids)
 
         def row(steer: tuple[ResolvedSteering, ...], seed: int | None) -> RowPlan:
-            return RowPlan(ids, body.token_budget, steer, seed, stop=body.stop_sequences,
-                           frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
-                           logprobs=body.top_logprobs_wanted)
+            return RowPlan(
+                ids,
+                body.token_budget,
+                steer,
+                seed,
+                stop=body.stop_sequences,
+                frequency_penalty=body.frequency_penalty,
+                presence_penalty=body.presence_penalty,
+                logprobs=body.top_logprobs_wanted,
+            )
 
         rows = [row(steering, s) for s in seeds]
         if body.include_original:
@@ -208,8 +275,11 @@ class _Service:
         self.batcher.submit(job)
         shape = _Shape(body, chat, self.lm.name, len(prompt_ids), [s.describe() for s in steering])
         if body.stream:
-            return StreamingResponse(_sse(job, shape), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _sse(job, shape),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             done = await _collect(job)
         finally:
@@ -285,21 +355,33 @@ class _Shape:
     def _content(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
 
-    def _choice(self, row: int, body: dict[str, Any], finish_reason: str | None,
-                logprobs: tuple[TokenLogprob, ...] | None) -> dict[str, Any]:
-        choice = {"index": row, **body, "finish_reason": finish_reason,
-                  "logprobs": self._logprobs(logprobs) if self.with_logprobs and logprobs is not None else None}
+    def _choice(
+        self, row: int, body: dict[str, Any], finish_reason: str | None, logprobs: tuple[TokenLogprob, ...] | None
+    ) -> dict[str, Any]:
+        choice = {
+            "index": row,
+            **body,
+            "finish_reason": finish_reason,
+            "logprobs": self._logprobs(logprobs) if self.with_logprobs and logprobs is not None else None,
+        }
         if self.include_original:
             choice["original"] = row >= self.n
         return choice
 
     def full(self, done: dict[int, RowDone]) -> dict[str, Any]:
-        choices = [self._choice(row, self._content(done[row].text), done[row].finish_reason, done[row].logprobs)
-                   for row in range(self.rows)]
+        choices = [
+            self._choice(row, self._content(done[row].text), done[row].finish_reason, done[row].logprobs)
+            for row in range(self.rows)
+        ]
         return {**self.head(), "choices": choices, "usage": self.usage(done)}
 
-    def chunk(self, row: int, delta: str | dict | None, finish_reason: str | None,
-              logprobs: tuple[TokenLogprob, ...] | None = None) -> dict[str, Any]:
+    def chunk(
+        self,
+        row: int,
+        delta: str | dict | None,
+        finish_reason: str | None,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
+    ) -> dict[str, Any]:
         body: dict[str, Any]
         if self.chat:
             body = {"delta": delta if isinstance(delta, dict) else ({"content": delta} if delta else {})}
@@ -311,19 +393,29 @@ class _Shape:
         """Chat: {"content": [{token, logprob, bytes, top_logprobs}]}; completions: the legacy four lists."""
         if self.chat:
             entry = lambda text, lp: {"token": text, "logprob": lp, "bytes": list(text.encode())}  # noqa: E731
-            return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, b) for a, b in t.top]}
-                                for t in tokens]}
+            return {
+                "content": [
+                    {**entry(t.token, t.logprob), "top_logprobs": [entry(a, b) for a, b in t.top]} for t in tokens
+                ]
+            }
         offsets, at = [], 0
         for t in tokens:
             offsets.append(at)
             at += len(t.token)
-        return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [dict(t.top) for t in tokens],
+            "text_offset": offsets,
+        }
 
     def usage(self, done: dict[int, RowDone]) -> dict[str, int]:
         completion = sum(done[row].completion_tokens for row in range(self.rows))
-        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                 "total_tokens": self.prompt_tokens + completion}
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
         if self.include_original:
             usage["original_completion_tokens"] = sum(done[self.n + i].completion_tokens for i in range(self.n))
         return usage

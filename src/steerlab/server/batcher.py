@@ -225,22 +225,31 @@ class Batcher(JobQueue):
         plans = [(job, i, plan) for job in jobs for i, plan in enumerate(job.rows)]
         sampling = jobs[0].sampling
         steer = batch_steering([plan for _, _, plan in plans])
-        config = GenerationConfig(max_new_tokens=max(plan.max_tokens for _, _, plan in plans),
-                                  do_sample=sampling.do_sample, temperature=sampling.temperature or 1.0,
-                                  top_p=sampling.top_p)
+        config = GenerationConfig(
+            max_new_tokens=max(plan.max_tokens for _, _, plan in plans),
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature or 1.0,
+            top_p=sampling.top_p,
+        )
         seeds = [plan.seed for _, _, plan in plans] if sampling.do_sample else None
         streams = [_RowStream(job, i, plan, self.lm.tokenizer) for job, i, plan in plans]
         processors: list = []
         if any(plan.frequency_penalty or plan.presence_penalty for _, _, plan in plans):
-            processors.append(RowPenalties([p.frequency_penalty for _, _, p in plans],
-                                           [p.presence_penalty for _, _, p in plans]))
+            processors.append(
+                RowPenalties([p.frequency_penalty for _, _, p in plans], [p.presence_penalty for _, _, p in plans])
+            )
         recorder = StepLogprobs() if any(plan.logprobs is not None for _, _, plan in plans) else None
         if recorder is not None:
             processors.append(recorder)
-        generate_tokens(self.lm, [plan.prompt_ids for _, _, plan in plans], steer, config=config,
-                        row_seeds=seeds,  # type: ignore[arg-type]  # a sampled row always has a seed (app.py)
-                        stopping_criteria=[_Stepper(streams, self._eos, recorder)],
-                        logits_processors=processors)
+        generate_tokens(
+            self.lm,
+            [plan.prompt_ids for _, _, plan in plans],
+            steer,
+            config=config,
+            row_seeds=seeds,  # type: ignore[arg-type]  # a sampled row always has a seed (app.py)
+            stopping_criteria=[_Stepper(streams, self._eos, recorder)],
+            logits_processors=processors,
+        )
         for stream in streams:
             stream.finish("length")  # rows still open ran to the batch's token budget, which is theirs
 
@@ -260,8 +269,14 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         mults: dict[tuple, float] = {}
         seen: dict[tuple, int] = {}
         for item in plan.steering:
-            base = (item.ablate_direction, item.condition_name or "", item.name, item.layers, item.positions,
-                    item.operator)
+            base = (
+                item.ablate_direction,
+                item.condition_name or "",
+                item.name,
+                item.layers,
+                item.positions,
+                item.operator,
+            )
             key = (*base, seen.get(base, 0))
             seen[base] = seen.get(base, 0) + 1
             mults[key] = item.multiplier
@@ -275,12 +290,23 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
         groups.setdefault(key[:2], []).append(key)
     for (ablation, condition), keys in groups.items():
         if ablation:
-            parts += [DirectionalAblation(items[key].vector, items[key].layers[0][0], rows=[key in row for row in per_row])
-                      for key in keys]
+            parts += [
+                DirectionalAblation(items[key].vector, items[key].layers[0][0], rows=[key in row for row in per_row])
+                for key in keys
+            ]
             continue
-        specs = SpecSteering([SteeringSpec(items[key].vector, multiplier=[row.get(key, 0.0) for row in per_row],
-                                             layers=dict(items[key].layers), positions=items[key].positions,
-                                             operator=items[key].operator) for key in keys])
+        specs = SpecSteering(
+            [
+                SteeringSpec(
+                    items[key].vector,
+                    multiplier=[row.get(key, 0.0) for row in per_row],
+                    layers=dict(items[key].layers),
+                    positions=items[key].positions,
+                    operator=items[key].operator,
+                )
+                for key in keys
+            ]
+        )
         gate = items[keys[0]].condition
         assert not condition or gate is not None  # the registry resolves a condition's name to the condition
         parts.append(ConditionalSteering(specs, gate) if condition and gate is not None else specs)
@@ -324,7 +350,7 @@ class _RowStream:
         safe = len(text) - _held_back(text, self.stops)
         # Hold back a split multi-byte character until its last byte arrives.
         if not text.endswith("\ufffd") and text.startswith(self.sent) and safe > len(self.sent):
-            self._emit(text[len(self.sent):safe])
+            self._emit(text[len(self.sent) : safe])
             self.sent = text[:safe]
         if len(self.tokens) >= self.max_tokens:
             self.finish("length")
@@ -335,11 +361,11 @@ class _RowStream:
         self.done = True
         text = self._text() if text is None else text
         if text.startswith(self.sent) and (len(text) > len(self.sent) or self.unsent_logprobs):
-            self._emit(text[len(self.sent):])
+            self._emit(text[len(self.sent) :])
         self.job.emit(RowDone(self.row, reason, text, len(self.tokens), tuple(self.logprobs)))
 
     def _emit(self, text: str) -> None:
-        fresh = tuple(self.logprobs[len(self.logprobs) - self.unsent_logprobs:]) if self.unsent_logprobs else ()
+        fresh = tuple(self.logprobs[len(self.logprobs) - self.unsent_logprobs :]) if self.unsent_logprobs else ()
         self.unsent_logprobs = 0
         self.job.emit(Delta(self.row, text, fresh))
 

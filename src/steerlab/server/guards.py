@@ -39,8 +39,9 @@ class CatchAll:
         except Exception as exc:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
-                error = ApiError(500, f"internal error ({type(exc).__name__}); the server logged the details",
-                                 code="internal_error")
+                error = ApiError(
+                    500, f"internal error ({type(exc).__name__}); the server logged the details", code="internal_error"
+                )
                 await error.response()(scope, receive, send)
 
 
@@ -59,9 +60,12 @@ class LoopbackHosts:
         if self.enabled and scope["type"] == "http" and _bound_to_loopback(scope):
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             if not is_loopback_host(_hostname(host)):
-                error = ApiError(403, f"Host '{host[:100]}' is not served: without a token this server answers only "
-                                      "requests to localhost, 127.0.0.1 or ::1 (set a token to serve other names)",
-                                 code="host_not_allowed")
+                error = ApiError(
+                    403,
+                    f"Host '{host[:100]}' is not served: without a token this server answers only "
+                    "requests to localhost, 127.0.0.1 or ::1 (set a token to serve other names)",
+                    code="host_not_allowed",
+                )
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -75,7 +79,7 @@ def _bound_to_loopback(scope) -> bool:
 def _hostname(host: str) -> str:
     """The name in a Host header, without the port ('[::1]:8000' -> '::1')."""
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else ""
+        return host[1 : host.find("]")] if "]" in host else ""
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -102,8 +106,9 @@ class BearerAuth:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not given:
-            error = ApiError(401, "missing bearer token: send the header 'Authorization: Bearer <token>'",
-                             code="missing_token")
+            error = ApiError(
+                401, "missing bearer token: send the header 'Authorization: Bearer <token>'", code="missing_token"
+            )
         elif not hmac.compare_digest(given, self.expected):
             error = ApiError(401, "invalid bearer token", code="invalid_token")
         else:
@@ -160,6 +165,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope, receive, send) -> None:
-        error = ApiError(413, f"body: the request body is larger than this server's limit of {self.max_bytes} "
-                              "bytes", param="body", code="request_too_large")
+        error = ApiError(
+            413,
+            f"body: the request body is larger than this server's limit of {self.max_bytes} bytes",
+            param="body",
+            code="request_too_large",
+        )
         await error.response()(scope, receive, send)

@@ -16,5 +16,7 @@ def names() -> list[str]:
 
 
 def describe() -> list[dict[str, Any]]:
-    return [{"id": name, "label": m.label, "description": m.description, "min": m.low, "max": m.high}
-            for name, m in text_metrics().items()]
+    return [
+        {"id": name, "label": m.label, "description": m.description, "min": m.low, "max": m.high}
+        for name, m in text_metrics().items()
+    ]

@@ -61,16 +61,24 @@ class SteeringItem(_Strict):
         if self.multiplier is not None and self.strength is not None:
             raise ValueError("give multiplier (raw) or strength (norm-relative), not both")
         if self.ablate_direction:
-            extra = [name for name, given in (("multiplier", self.multiplier is not None),
-                                              ("strength", self.strength is not None),
-                                              ("operator", self.operator is not None),
-                                              ("condition", self.condition is not None),
-                                              ("positions", self.positions != "all")) if given]
+            extra = [
+                name
+                for name, given in (
+                    ("multiplier", self.multiplier is not None),
+                    ("strength", self.strength is not None),
+                    ("operator", self.operator is not None),
+                    ("condition", self.condition is not None),
+                    ("positions", self.positions != "all"),
+                )
+                if given
+            ]
             if extra:
                 raise ValueError(f"ablate_direction acts at every layer and position; drop {', '.join(extra)}")
             if self.layers is not None and len(self.layers) != 1:
-                raise ValueError("ablate_direction removes one direction: give layers with the one layer to take "
-                                 f"it from, got {self.layers}")
+                raise ValueError(
+                    "ablate_direction removes one direction: give layers with the one layer to take "
+                    f"it from, got {self.layers}"
+                )
         return self
 
     @field_validator("layers")
@@ -122,10 +130,15 @@ class GenerationFields(_Strict):
 
     @model_validator(mode="after")
     def _one_budget(self) -> GenerationFields:
-        if (self.max_tokens is not None and self.max_completion_tokens is not None
-                and self.max_tokens != self.max_completion_tokens):
-            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
-                             f"({self.max_completion_tokens}) differ; give one of them")
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                f"({self.max_completion_tokens}) differ; give one of them"
+            )
         return self
 
     @property

@@ -70,9 +70,12 @@ class VLLMBatcher(JobQueue):
             for row, plan in enumerate(job.rows):
                 request_id = f"steerlab-{next(_ids)}"
                 params = self.engine._vllm.SamplingParams(
-                    max_tokens=plan.max_tokens, temperature=job.sampling.temperature if job.sampling.do_sample else 0.0,
-                    top_p=job.sampling.top_p if job.sampling.do_sample else 1.0, seed=plan.seed,
-                    extra_args={KEY: [self._item(s) for s in plan.steering]} if plan.steering else None)
+                    max_tokens=plan.max_tokens,
+                    temperature=job.sampling.temperature if job.sampling.do_sample else 0.0,
+                    top_p=job.sampling.top_p if job.sampling.do_sample else 1.0,
+                    seed=plan.seed,
+                    extra_args={KEY: [self._item(s) for s in plan.steering]} if plan.steering else None,
+                )
                 core.add_request(request_id, {"prompt_token_ids": list(plan.prompt_ids)}, params)
                 self._live[request_id] = (job, row, "")
                 added.append(request_id)
@@ -86,20 +89,35 @@ class VLLMBatcher(JobQueue):
     def check_steering(self, steering: tuple[ResolvedSteering, ...]) -> None:
         """Conditions, every-layer ablation, role and window positions are the HF engine's."""
         for i, item in enumerate(steering):
-            field = ("condition" if item.condition is not None else "ablate_direction" if item.ablate_direction
-                     else "positions" if item.positions not in POSITIONS else None)
+            field = (
+                "condition"
+                if item.condition is not None
+                else "ablate_direction"
+                if item.ablate_direction
+                else "positions"
+                if item.positions not in POSITIONS
+                else None
+            )
             if field:
-                raise ApiError(400, f"steering[{i}].{field}: not available with --engine vllm (the vLLM plugin "
-                                    "steers block outputs at absolute positions: positions all, prompt or generated); "
-                                    "serve with the default engine (hf) for it",
-                               param=f"steering[{i}].{field}", code="unsupported_on_engine")
+                raise ApiError(
+                    400,
+                    f"steering[{i}].{field}: not available with --engine vllm (the vLLM plugin "
+                    "steers block outputs at absolute positions: positions all, prompt or generated); "
+                    "serve with the default engine (hf) for it",
+                    param=f"steering[{i}].{field}",
+                    code="unsupported_on_engine",
+                )
 
     def _item(self, steering: ResolvedSteering) -> dict[str, Any]:
         sha = content_hash(steering.vector)
         self.engine.add_vector(steering.vector)  # the engine's steer folder holds every served vector by hash
-        return {"vector": sha, "multiplier": steering.multiplier,
-                "layers": {str(layer): weight for layer, weight in steering.layers}, "positions": steering.positions,
-                "operator": steering.operator}
+        return {
+            "vector": sha,
+            "multiplier": steering.multiplier,
+            "layers": {str(layer): weight for layer, weight in steering.layers},
+            "positions": steering.positions,
+            "operator": steering.operator,
+        }
 
     def _cancel(self, core) -> None:
         gone = [rid for rid, (job, _, _) in self._live.items() if job.cancelled.is_set()]
@@ -118,8 +136,8 @@ class VLLMBatcher(JobQueue):
         assert isinstance(text, str)  # one row of ids decodes to one text
         if out.finished:
             self._live.pop(out.request_id, None)
-            if text[len(before):]:
-                job.emit(Delta(row, text[len(before):]))
+            if text[len(before) :]:
+                job.emit(Delta(row, text[len(before) :]))
             reason = "stop" if completion.finish_reason == "stop" else "length"
             # As the HF batcher counts: the end-of-sequence token is not a completion token.
             job.emit(RowDone(row, reason, text, len(completion.token_ids) - (reason == "stop")))
@@ -127,5 +145,5 @@ class VLLMBatcher(JobQueue):
         # Hold back a trailing replacement character: the next token may complete the multi-byte letter.
         stable = text.rstrip("\ufffd")
         if len(stable) > len(before):
-            job.emit(Delta(row, stable[len(before):]))
+            job.emit(Delta(row, stable[len(before) :]))
             self._live[out.request_id] = (job, row, stable)

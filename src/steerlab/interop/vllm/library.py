@@ -46,8 +46,10 @@ class SteerLibrary:
         self._seen: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()
         if self.folder is not None and not self.folder.is_dir():
-            raise FileNotFoundError(f"${STEERS_ENV}={self.folder}: no such folder; point it at a folder of "
-                                    "steerlab steer files (.safetensors vectors)")
+            raise FileNotFoundError(
+                f"${STEERS_ENV}={self.folder}: no such folder; point it at a folder of "
+                "steerlab steer files (.safetensors vectors)"
+            )
 
     @classmethod
     def from_env(cls) -> SteerLibrary:
@@ -61,8 +63,10 @@ class SteerLibrary:
             entry = self._find(key)
         if entry is None:
             if self.folder is None:
-                raise SteerNotFound(f"steer '{key}': no steer folder is configured; set ${STEERS_ENV} to a folder "
-                                    "of steerlab .safetensors vectors before starting vLLM")
+                raise SteerNotFound(
+                    f"steer '{key}': no steer folder is configured; set ${STEERS_ENV} to a folder "
+                    "of steerlab .safetensors vectors before starting vLLM"
+                )
             names = ", ".join(sorted(self._by_name)) or "none"
             raise SteerNotFound(f"steer '{key}' is not in {self.folder} (by file stem or sha256); available: {names}")
         return entry
@@ -101,17 +105,23 @@ def _entry(found: FolderEntry) -> Entry:
 def _refusal(kind: str | None, name: str) -> str:
     """Why a steer of `kind` cannot run on vLLM."""
     if kind == "prompt":
-        return (f"{name} is a prompt steer: it rewrites the prompt, not the model; put its instruction in the "
-                "request's messages (steerlab.generate(engine='vllm') does this)")
+        return (
+            f"{name} is a prompt steer: it rewrites the prompt, not the model; put its instruction in the "
+            "request's messages (steerlab.generate(engine='vllm') does this)"
+        )
     if kind == "lm_steer":
         return lm_steer_refusal(name)
     if kind == "condition":
-        return (f"{name} is a CAST condition: it gates another steer per prompt, which the vLLM plugin does not do; "
-                "use engine='hf' or `steerlab serve` for conditions")
+        return (
+            f"{name} is a CAST condition: it gates another steer per prompt, which the vLLM plugin does not do; "
+            "use engine='hf' or `steerlab serve` for conditions"
+        )
     return f"{name} is a steer of kind '{kind}', which the vLLM plugin cannot apply"
 
 
 def lm_steer_refusal(name: str) -> str:
     """Why an LM-Steer (`name` as the message should call it) cannot run on vLLM."""
-    return (f"{name} is an LM-Steer: it transforms the last hidden state before the LM head, and vLLM's "
-            "logits processors see only the logits, so the plugin cannot apply it; use engine='hf' for LM-Steer")
+    return (
+        f"{name} is an LM-Steer: it transforms the last hidden state before the LM head, and vLLM's "
+        "logits processors see only the logits, so the plugin cannot apply it; use engine='hf' for LM-Steer"
+    )

@@ -37,8 +37,10 @@ def install() -> None:
         return
     names = compat.check()
     if compat.pin_v1_runner():
-        log.info("steerlab: %s=0 (the plugin steers vLLM's V1 model runner; set the variable yourself to choose)",
-                 compat.V2_ENV)
+        log.info(
+            "steerlab: %s=0 (the plugin steers vLLM's V1 model runner; set the variable yourself to choose)",
+            compat.V2_ENV,
+        )
     processor = names["input_processor"].cls
     processor.process_inputs = _front_end(processor.process_inputs)
     runner = names["v1_runner"].cls
@@ -51,6 +53,7 @@ def install() -> None:
 
 
 # ---- front end ----------------------------------------------------------------------------------------
+
 
 def _front_end(original):
     @functools.wraps(original)
@@ -98,14 +101,18 @@ def _resolve(processor, raw: Any) -> str:
 def unsteerable_reason(config) -> str | None:
     """Why this vLLM's workers could not apply steering (so steered requests must be refused), or None."""
     if compat.runs_v2(config):
-        return ("steering needs vLLM's V1 model runner; this vLLM runs Model Runner V2 "
-                "(vllm.v1.worker.gpu.model_runner), which steerlab's plugin does not steer. Start vLLM with "
-                f"{compat.V2_ENV}=0 (the plugin sets it when the variable is unset; features that force V2, such as "
-                "HiSparse or watermarking, cannot be combined with steering). Unsteered requests are served as usual")
+        return (
+            "steering needs vLLM's V1 model runner; this vLLM runs Model Runner V2 "
+            "(vllm.v1.worker.gpu.model_runner), which steerlab's plugin does not steer. Start vLLM with "
+            f"{compat.V2_ENV}=0 (the plugin sets it when the variable is unset; features that force V2, such as "
+            "HiSparse or watermarking, cannot be combined with steering). Unsteered requests are served as usual"
+        )
     if compat.uses_cuda_graphs(config):
-        return ("steering on vLLM is checked with torch.compile but not under CUDA graph replay, where the "
-                "plan's host-side pruning would not run; start vLLM with CUDA graphs off: -cc.cudagraph_mode=NONE "
-                "(compiled, faster) or --enforce-eager. Unsteered requests are served as usual")
+        return (
+            "steering on vLLM is checked with torch.compile but not under CUDA graph replay, where the "
+            "plan's host-side pruning would not run; start vLLM with CUDA graphs off: -cc.cudagraph_mode=NONE "
+            "(compiled, faster) or --enforce-eager. Unsteered requests are served as usual"
+        )
     return None
 
 
@@ -114,6 +121,7 @@ def _validation_error(message: str) -> Exception:
 
 
 # ---- workers ------------------------------------------------------------------------------------------
+
 
 def _runner(original):
     @functools.wraps(original)
@@ -160,9 +168,11 @@ def _unsteerable(original):
         for new in getattr(scheduler_output, compat.NEW_REQUESTS, None) or ():
             extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
             if extra.get(RESOLVED, "[]") != "[]":
-                raise SteeringNotApplied(f"steerlab: request {new.req_id} is steered, but {type(self).__module__}."
-                                         f"{type(self).__name__} is a model runner the plugin does not steer; set "
-                                         f"{compat.V2_ENV}=0 so vLLM runs the V1 runner")
+                raise SteeringNotApplied(
+                    f"steerlab: request {new.req_id} is steered, but {type(self).__module__}."
+                    f"{type(self).__name__} is a model runner the plugin does not steer; set "
+                    f"{compat.V2_ENV}=0 so vLLM runs the V1 runner"
+                )
         return original(self, scheduler_output, *args, **kwargs)
 
     return add_requests
@@ -176,9 +186,15 @@ class _RunnerState:
         text = compat.attr(runner.vllm_config, compat.CONFIG_TEXT)
         num_layers = int(text.num_hidden_layers)
         layers = find_layers(runner.get_model(), num_layers)
-        self.hooks = WorkerSteering(layers, self._direction, compat.attr(runner.vllm_config, compat.CONFIG_DTYPE),
-                                    runner.device, hidden_size=int(text.hidden_size), num_layers=num_layers,
-                                    max_tokens=int(compat.attr(runner, compat.RUNNER_MAX_TOKENS)))
+        self.hooks = WorkerSteering(
+            layers,
+            self._direction,
+            compat.attr(runner.vllm_config, compat.CONFIG_DTYPE),
+            runner.device,
+            hidden_size=int(text.hidden_size),
+            num_layers=num_layers,
+            max_tokens=int(compat.attr(runner, compat.RUNNER_MAX_TOKENS)),
+        )
         self.terms: dict[str, tuple] = {}
         self.warm = False
 
@@ -208,8 +224,9 @@ def _rows(runner, state: _RunnerState) -> list[Row]:
         terms = state.terms.get(req_id)
         if terms is None:
             request = requests.get(req_id)
-            extra = (compat.attr(request, compat.REQUEST_PARAMS) if getattr(request, "sampling_params", None)
-                     else None) or {}
+            extra = (
+                compat.attr(request, compat.REQUEST_PARAMS) if getattr(request, "sampling_params", None) else None
+            ) or {}
             terms = tuple(decode(extra[RESOLVED])) if RESOLVED in extra else ()
             if len(state.terms) > 2 * len(requests) + 64:
                 state.terms = {k: v for k, v in state.terms.items() if k in requests}

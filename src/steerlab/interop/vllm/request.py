@@ -43,8 +43,12 @@ class Term:
     operator: str = "add"  # a function of steerlab.operators
 
     def as_json(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "layers": [[layer, coef] for layer, coef in self.layers],
-                "positions": self.positions, "operator": self.operator}
+        return {
+            "sha256": self.sha256,
+            "layers": [[layer, coef] for layer, coef in self.layers],
+            "positions": self.positions,
+            "operator": self.operator,
+        }
 
 
 def parse_items(raw: Any) -> list[dict[str, Any]]:
@@ -55,15 +59,17 @@ def parse_items(raw: Any) -> list[dict[str, Any]]:
         check_depth(raw, KEY, SteeringRequestError)
     items = [raw] if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise SteeringRequestError(f"{KEY}: expected an item or a non-empty list of items like "
-                                   '{"vector": "happy", "multiplier": 4}')
+        raise SteeringRequestError(
+            f'{KEY}: expected an item or a non-empty list of items like {{"vector": "happy", "multiplier": 4}}'
+        )
     if len(items) > MAX_ITEMS:
         raise SteeringRequestError(f"{KEY}: {len(items)} items; a request takes at most {MAX_ITEMS}")
     for n, item in enumerate(items):
         unknown = sorted(map(str, set(item) - set(ITEM_KEYS)))
         if unknown:
-            raise SteeringRequestError(f"{KEY}[{n}]: unknown field(s) {', '.join(map(repr, unknown))}; allowed: "
-                                       f"{', '.join(ITEM_KEYS)}")
+            raise SteeringRequestError(
+                f"{KEY}[{n}]: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(ITEM_KEYS)}"
+            )
         if not isinstance(item.get("vector"), str) or not item["vector"]:
             raise SteeringRequestError(f"{KEY}[{n}].vector: give a steer's file stem or sha256")
     return items
@@ -98,29 +104,37 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
     if vector.meta.hidden_size != hidden_size:
         raise SteeringRequestError(
             f"{where}.vector: '{entry.name}' was built for {vector.meta.model_name} (hidden size "
-            f"{vector.meta.hidden_size}); the served model has hidden size {hidden_size}")
+            f"{vector.meta.hidden_size}); the served model has hidden size {hidden_size}"
+        )
     positions = item.get("positions", "all")
     if positions not in POSITIONS:
-        raise SteeringRequestError(f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
-                                   f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}")
+        raise SteeringRequestError(
+            f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
+            f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}"
+        )
     multiplier, strength = (_coefficient(item.get(name), f"{where}.{name}") for name in ("multiplier", "strength"))
     if multiplier is not None and strength is not None:
         raise SteeringRequestError(f"{where}: give multiplier (raw) or strength (norm-relative), not both")
     operator = item.get("operator", "add")
     if operator not in OPERATORS:
-        raise SteeringRequestError(f"{where}.operator: unknown operator {operator!r}; available: "
-                                   f"{', '.join(OPERATORS)}")
+        raise SteeringRequestError(
+            f"{where}.operator: unknown operator {operator!r}; available: {', '.join(OPERATORS)}"
+        )
     spec = SteeringSpec(vector, multiplier, _layers(item.get("layers"), where), positions, operator, strength)
     for layer in spec.layer_weights():
         if not 0 <= layer < num_layers:
-            raise SteeringRequestError(f"{where}.layers: layer {layer} is out of range; the served model has "
-                                       f"layers 0..{num_layers - 1}")
+            raise SteeringRequestError(
+                f"{where}.layers: layer {layer} is out of range; the served model has layers 0..{num_layers - 1}"
+            )
         if layer not in vector.directions:
-            raise SteeringRequestError(f"{where}.layers: '{entry.name}' has no direction for layer {layer}; "
-                                       f"it has layers {vector.layers}")
+            raise SteeringRequestError(
+                f"{where}.layers: '{entry.name}' has no direction for layer {layer}; it has layers {vector.layers}"
+            )
         if operator != "add" and not bool(vector.directions[layer].any()):
-            raise SteeringRequestError(f"{where}.vector: '{entry.name}' is zero at layer {layer}; {operator} needs "
-                                       "a direction (only add accepts a zero vector)")
+            raise SteeringRequestError(
+                f"{where}.vector: '{entry.name}' is zero at layer {layer}; {operator} needs "
+                "a direction (only add accepts a zero vector)"
+            )
     coefs = []
     # The float32 products the HF hooks compute (steering.py's per-row coefficient, multiplier x layer weight).
     for layer, product in spec.layer_coefficients().items():
@@ -156,11 +170,16 @@ def _layers(raw: Any, where: str) -> list[int] | dict[int, float] | None:
             layers[layer] = _coefficient(weight, f"{where}.layers[{key!r}]")  # type: ignore[assignment]
         else:
             return layers
-    elif isinstance(raw, (list, tuple)) and raw and all(_layer_number(x) is not None and not isinstance(x, str)
-                                                         for x in raw) and len(set(raw)) == len(raw):
+    elif (
+        isinstance(raw, (list, tuple))
+        and raw
+        and all(_layer_number(x) is not None and not isinstance(x, str) for x in raw)
+        and len(set(raw)) == len(raw)
+    ):
         return [int(x) for x in raw]
-    raise SteeringRequestError(f"{where}.layers: give a non-empty list of distinct layer numbers or "
-                               f"{{layer: weight}}, got {_short(raw)}")
+    raise SteeringRequestError(
+        f"{where}.layers: give a non-empty list of distinct layer numbers or {{layer: weight}}, got {_short(raw)}"
+    )
 
 
 def _layer_number(key: Any) -> int | None:
@@ -183,8 +202,15 @@ def encode(terms: list[Term]) -> str:
 
 
 def decode(text: str) -> list[Term]:
-    return [Term(t["sha256"], tuple((int(layer), float(coef)) for layer, coef in t["layers"]), t["positions"],
-                 t.get("operator", "add")) for t in json.loads(text)]
+    return [
+        Term(
+            t["sha256"],
+            tuple((int(layer), float(coef)) for layer, coef in t["layers"]),
+            t["positions"],
+            t.get("operator", "add"),
+        )
+        for t in json.loads(text)
+    ]
 
 
 def cache_salt(resolved: str, user_salt: str | None) -> str:

@@ -74,8 +74,12 @@ def _split(output):
     """(hidden, residual or None) of a decoder block's output."""
     if isinstance(output, torch.Tensor):
         return output, None
-    if (isinstance(output, tuple) and len(output) >= 2 and isinstance(output[1], torch.Tensor)
-            and output[1].shape == output[0].shape):
+    if (
+        isinstance(output, tuple)
+        and len(output) >= 2
+        and isinstance(output[1], torch.Tensor)
+        and output[1].shape == output[0].shape
+    ):
         return output[0], output[1]
     return output[0], None
 
@@ -93,8 +97,10 @@ def find_layers(model: nn.Module, num_layers: int) -> dict[int, nn.Module]:
             if n_params and (best is None or n_params > best[0]):
                 best = (n_params, module)
     if best is None:
-        raise RuntimeError(f"steerlab: found no list of {num_layers} decoder blocks in {type(model).__name__}; "
-                           "the vLLM plugin steers decoder-only transformers")
+        raise RuntimeError(
+            f"steerlab: found no list of {num_layers} decoder blocks in {type(model).__name__}; "
+            "the vLLM plugin steers decoder-only transformers"
+        )
     return {i: block for i, block in enumerate(best[1]) if any(True for _ in block.parameters())}
 
 
@@ -105,9 +111,19 @@ class SteeringNotApplied(RuntimeError):
 class WorkerSteering:
     """The plan buffers, the direction table and the hooks of one worker's decoder blocks."""
 
-    def __init__(self, layers: dict[int, nn.Module], directions: Callable[[str, int], torch.Tensor],
-                 dtype: torch.dtype, device: torch.device, *, hidden_size: int, num_layers: int,
-                 max_tokens: int = 256, prune: bool = True, key: int = 0):
+    def __init__(
+        self,
+        layers: dict[int, nn.Module],
+        directions: Callable[[str, int], torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        max_tokens: int = 256,
+        prune: bool = True,
+        key: int = 0,
+    ):
         self.layers = layers
         self.dtype, self.device = dtype, device
         self.prune = prune  # False: every layer runs every slot and operator (what a captured graph must hold)
@@ -195,7 +211,7 @@ class WorkerSteering:
         use: dict[int, LayerUse] = {}
         for row in rows:
             slot: dict[int, int] = {}
-            local = pos[row.start:row.end]
+            local = pos[row.start : row.end]
             for term in row.terms:
                 sel = row.start + _select(term.positions, local, row.prompt_len)
                 if sel.size == 0:
@@ -207,8 +223,14 @@ class WorkerSteering:
                     if k >= SLOTS:
                         raise RuntimeError(f"steerlab: more than {SLOTS} items at layer {layer} in one request")
                     slot[layer] = k + 1
-                    c, i, o = staged.get(layer) or staged.setdefault(layer, (
-                        np.zeros((n, SLOTS), np.float32), np.zeros((n, SLOTS), np.int64), np.zeros((n, SLOTS), np.int8)))
+                    c, i, o = staged.get(layer) or staged.setdefault(
+                        layer,
+                        (
+                            np.zeros((n, SLOTS), np.float32),
+                            np.zeros((n, SLOTS), np.int64),
+                            np.zeros((n, SLOTS), np.int8),
+                        ),
+                    )
                     c[sel, k], i[sel, k], o[sel, k] = value, self.table_row(term.sha256, layer), CODES[term.operator]
                     entry = use.setdefault(layer, LayerUse(0, set()))
                     entry.slots = max(entry.slots, k + 1)
@@ -233,7 +255,8 @@ class WorkerSteering:
                 f"steerlab: this step steers layer(s) {', '.join(map(str, missing))}, but their steering op did not "
                 "run in the model's forward (a replayed CUDA graph, or a runner or model that bypasses the block "
                 "hooks); refusing to return unsteered text. Run vLLM with CUDA graphs off (--enforce-eager or "
-                "-cc.cudagraph_mode=NONE) on the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
+                "-cc.cudagraph_mode=NONE) on the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)"
+            )
 
     def check_warmup(self) -> None:
         """After the model's first forward: every block's op must have run, else this forward cannot steer."""
@@ -242,7 +265,8 @@ class WorkerSteering:
             raise SteeringNotApplied(
                 f"steerlab: the model's forward did not run the steering op of layer(s) {', '.join(map(str, missing))}. "
                 "A compiled graph from vLLM's cache may predate the plugin: delete ~/.cache/vllm/torch_compile_cache "
-                "(or set VLLM_DISABLE_COMPILE_CACHE=1) and start again")
+                "(or set VLLM_DISABLE_COMPILE_CACHE=1) and start again"
+            )
 
     def abandon(self) -> None:
         self._use, self._fired = {}, set()

@@ -20,13 +20,26 @@ from .artifact import METHOD, LMSteer, LMSteerHandle, steered_hidden
 from .config import LMSteerConfig
 from .train import InsufficientMemoryError, LabelledTexts, TrainingSet, check_memory, encode_examples, train
 
-__all__ = ["LMSteerConfig", "LMSteer", "LMSteerHandle", "LabelledTexts", "InsufficientMemoryError", "fit",
-           "steered_hidden"]
+__all__ = [
+    "LMSteerConfig",
+    "LMSteer",
+    "LMSteerHandle",
+    "LabelledTexts",
+    "InsufficientMemoryError",
+    "fit",
+    "steered_hidden",
+]
 
 
-def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[ContrastiveDataset | LabelledTexts],
-        config: LMSteerConfig | None = None, *, task: str = "", progress: Callable[[int], object] | None = None,
-        report: Callable[[str], None] | None = None) -> LMSteer:
+def fit(
+    lm: LoadedModel,
+    data: ContrastiveDataset | LabelledTexts | Sequence[ContrastiveDataset | LabelledTexts],
+    config: LMSteerConfig | None = None,
+    *,
+    task: str = "",
+    progress: Callable[[int], object] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> LMSteer:
     """Train an LM-Steer: positive texts at value +1, negative texts at -1, base model frozen.
 
     `data` is contrastive pairs (loss on each answer's tokens; the prompt and chat template are masked) or
@@ -39,12 +52,20 @@ def fit(lm: LoadedModel, data: ContrastiveDataset | LabelledTexts | Sequence[Con
     report = report or (lambda message: print(message, file=sys.stderr))
     sets = [TrainingSet.of(d) for d in ([data] if isinstance(data, (ContrastiveDataset, LabelledTexts)) else data)]
     if len(sets) != config.num_steers:
-        raise ValueError(f"num_steers is {config.num_steers} but {len(sets)} training set(s) were given; "
-                         "give one set per steer")
+        raise ValueError(
+            f"num_steers is {config.num_steers} but {len(sets)} training set(s) were given; give one set per steer"
+        )
     examples = encode_examples(lm, sets, config.max_length, report=report)
     check_memory(lm, examples, config, report)
     p1, p2, stats = train(lm, examples, config, progress=progress)
     dataset = sets[0].describe() if len(sets) == 1 else {"sets": [s.describe() for s in sets]}
-    meta = VectorMeta.for_model(lm, METHOD, config=asdict(config), fit_stats=stats, dataset=dataset, task=task,
-                                recommended=Recommendation(multiplier=1.0))
+    meta = VectorMeta.for_model(
+        lm,
+        METHOD,
+        config=asdict(config),
+        fit_stats=stats,
+        dataset=dataset,
+        task=task,
+        recommended=Recommendation(multiplier=1.0),
+    )
     return LMSteer(p1, p2, meta)

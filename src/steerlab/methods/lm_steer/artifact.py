@@ -33,8 +33,9 @@ WHAT = "LM-Steer steer"
 TENSORS = ("projector1", "projector2")
 
 
-def steered_hidden(hidden: torch.Tensor, projector1: torch.Tensor, projector2: torch.Tensor,
-                   values: torch.Tensor, epsilon: float) -> torch.Tensor:
+def steered_hidden(
+    hidden: torch.Tensor, projector1: torch.Tensor, projector2: torch.Tensor, values: torch.Tensor, epsilon: float
+) -> torch.Tensor:
     """h + epsilon * sum_k values[row, k] * P1_k P2_k^T h for hidden [rows, tokens, d] and values [rows, K].
 
     The change is computed in float32 and added in h's dtype; a row whose values are all 0 is returned
@@ -65,8 +66,10 @@ class LMSteer:
         p1 = torch.as_tensor(self.projector1).detach().float().cpu()
         p2 = torch.as_tensor(self.projector2).detach().float().cpu()
         if p1.ndim != 3 or p1.shape != p2.shape or p1.shape[1] != self.meta.hidden_size:
-            raise ValueError(f"projector1 {tuple(p1.shape)} and projector2 {tuple(p2.shape)} must both be "
-                             f"[num_steers, {self.meta.hidden_size}, rank]")
+            raise ValueError(
+                f"projector1 {tuple(p1.shape)} and projector2 {tuple(p2.shape)} must both be "
+                f"[num_steers, {self.meta.hidden_size}, rank]"
+            )
         if not isinstance(self.meta.config.get("epsilon"), (int, float)):
             raise ValueError("an LM-Steer needs its epsilon in meta.config['epsilon']")
         self.projector1, self.projector2 = p1, p2
@@ -85,30 +88,47 @@ class LMSteer:
     def rank(self) -> int:
         return int(self.projector1.shape[2])
 
-    def with_multiplier(self, multiplier: float | Sequence[float],
-                        steer_weights: Sequence[float] | None = None) -> LMSteer:
+    def with_multiplier(
+        self, multiplier: float | Sequence[float], steer_weights: Sequence[float] | None = None
+    ) -> LMSteer:
         """The same steer at another multiplier (e.g. -1 for the negative side; a list gives one per row)."""
-        return replace(self, multiplier=multiplier,
-                       steer_weights=self.steer_weights if steer_weights is None else steer_weights)
+        return replace(
+            self, multiplier=multiplier, steer_weights=self.steer_weights if steer_weights is None else steer_weights
+        )
 
     def row_multipliers(self, row_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Multipliers per row and steer, [rows, num_steers]: multiplier * row_scale * steer weight."""
         value = self.multiplier
         rows = torch.as_tensor([value] if isinstance(value, (int, float)) else list(value), dtype=torch.float32)
-        weights = torch.ones(self.num_steers) if self.steer_weights is None else torch.as_tensor(
-            list(self.steer_weights), dtype=torch.float32)
+        weights = (
+            torch.ones(self.num_steers)
+            if self.steer_weights is None
+            else torch.as_tensor(list(self.steer_weights), dtype=torch.float32)
+        )
         if rows.ndim != 1 or rows.numel() == 0:
-            raise SteeringError("an LM-Steer multiplier must be a number or a non-empty list of numbers (one per batch row)")
+            raise SteeringError(
+                "an LM-Steer multiplier must be a number or a non-empty list of numbers (one per batch row)"
+            )
         if weights.shape != (self.num_steers,):
-            raise SteeringError(f"steer_weights needs {self.num_steers} numbers (one per steer), got {list(weights.shape)}")
+            raise SteeringError(
+                f"steer_weights needs {self.num_steers} numbers (one per steer), got {list(weights.shape)}"
+            )
         if not (torch.isfinite(rows).all() and torch.isfinite(weights).all()):
-            raise SteeringError(f"LM-Steer multipliers must be finite, got multiplier={value}, steer_weights={self.steer_weights}")
+            raise SteeringError(
+                f"LM-Steer multipliers must be finite, got multiplier={value}, steer_weights={self.steer_weights}"
+            )
         if row_scale is not None:
             rows = scaled_rows(rows, torch.as_tensor(row_scale, dtype=torch.float32))
         return rows[:, None] * weights[None, :]
 
-    def attach(self, lm: LoadedModel, *, row_scale: torch.Tensor | None = None,
-               prompt_lengths: torch.Tensor | None = None, task: str | None = None) -> LMSteerHandle:
+    def attach(
+        self,
+        lm: LoadedModel,
+        *,
+        row_scale: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
+        task: str | None = None,
+    ) -> LMSteerHandle:
         """Hook the model's LM head; the steer acts at every position (as in the paper), so prompt_lengths is unused."""
         check_hidden_size(self.meta, lm, WHAT)
         warn_if_other_model(self.meta, lm, task, WHAT)
@@ -116,8 +136,13 @@ class LMSteer:
         if head is None:
             raise SteeringError(f"{type(lm.model).__name__} has no output embeddings (LM head) for LM-Steer to act on")
         device = head.weight.device  # the head may sit on another device than the first layers
-        return LMSteerHandle(head, self.projector1.to(device), self.projector2.to(device),
-                             self.row_multipliers(row_scale).to(device), self.epsilon)
+        return LMSteerHandle(
+            head,
+            self.projector1.to(device),
+            self.projector2.to(device),
+            self.row_multipliers(row_scale).to(device),
+            self.epsilon,
+        )
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -136,13 +161,16 @@ class LMSteer:
         for name in TENSORS:
             tensor = tensors[name]
             if not tensor.is_floating_point() or tensor.ndim != 3 or 0 in tensor.shape:
-                raise VectorFileError(f"{path}: tensor '{name}' must be floats of shape [num_steers, "
-                                      f"{meta.hidden_size}, rank], got {str(tensor.dtype).removeprefix('torch.')} "
-                                      f"{tuple(tensor.shape)}")
+                raise VectorFileError(
+                    f"{path}: tensor '{name}' must be floats of shape [num_steers, "
+                    f"{meta.hidden_size}, rank], got {str(tensor.dtype).removeprefix('torch.')} "
+                    f"{tuple(tensor.shape)}"
+                )
         epsilon = meta.config.get("epsilon")
         if not is_number(epsilon) or not 0 < epsilon <= 1e6:
-            raise VectorFileError(f"{path}: metadata field 'config.epsilon': expected a positive finite number, got "
-                                  f"{epsilon!r}")
+            raise VectorFileError(
+                f"{path}: metadata field 'config.epsilon': expected a positive finite number, got {epsilon!r}"
+            )
         try:
             return cls(tensors["projector1"], tensors["projector2"], meta)
         except ValueError as exc:
@@ -158,8 +186,14 @@ class LMSteer:
 class LMSteerHandle:
     """An attached LM-Steer. Use as a context manager or call `remove()`; both are idempotent."""
 
-    def __init__(self, head: torch.nn.Module, projector1: torch.Tensor, projector2: torch.Tensor,
-                 values: torch.Tensor, epsilon: float):
+    def __init__(
+        self,
+        head: torch.nn.Module,
+        projector1: torch.Tensor,
+        projector2: torch.Tensor,
+        values: torch.Tensor,
+        epsilon: float,
+    ):
         self._p1, self._p2, self._values, self._epsilon = projector1, projector2, values, epsilon
         self._off = bool((values == 0).all())
         enter_scope(self)

@@ -36,7 +36,9 @@ class LMSteerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (a context token and a predicted one), got {self.max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (a context token and a predicted one), got {self.max_length}"
+            )
         for name in ("epsilon", "init_var", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -62,13 +62,18 @@ class TrainingSet:
     def of(cls, data: ContrastiveDataset | LabelledTexts) -> TrainingSet:
         if isinstance(data, ContrastiveDataset):
             # a prompt-less pair's texts follow the lead every prompt-less pair gets (activations.lead_text)
-            items = [item for p in data.pairs for item in ((p.prompt, lead_text(p), p.positive, 1.0),
-                                                           (p.prompt, lead_text(p), p.negative, -1.0))]
+            items = [
+                item
+                for p in data.pairs
+                for item in ((p.prompt, lead_text(p), p.positive, 1.0), (p.prompt, lead_text(p), p.negative, -1.0))
+            ]
             return cls(data.name, items, data.describe())
         if isinstance(data, LabelledTexts):
             if not data.positive or not data.negative:
-                raise ValueError(f"{data.name}: LM-Steer needs both positive and negative texts "
-                                 f"(got {len(data.positive)} positive, {len(data.negative)} negative)")
+                raise ValueError(
+                    f"{data.name}: LM-Steer needs both positive and negative texts "
+                    f"(got {len(data.positive)} positive, {len(data.negative)} negative)"
+                )
             items = [("", "", t, 1.0) for t in data.positive] + [("", "", t, -1.0) for t in data.negative]
             return cls(data.name, items, data.describe())
         raise TypeError(f"LM-Steer trains on a ContrastiveDataset or LabelledTexts, not {type(data).__name__}")
@@ -88,8 +93,9 @@ class Example:
     value: float
 
 
-def encode_examples(lm: LoadedModel, sets: Sequence[TrainingSet], max_length: int, *,
-                    report: Callable[[str], None]) -> list[Example]:
+def encode_examples(
+    lm: LoadedModel, sets: Sequence[TrainingSet], max_length: int, *, report: Callable[[str], None]
+) -> list[Example]:
     """Tokenize every text after its context: the chat-templated prompt, or nothing (stand-alone texts).
 
     As in activation reading, the context and the text are tokenized separately and joined, so the
@@ -118,16 +124,19 @@ def encode_examples(lm: LoadedModel, sets: Sequence[TrainingSet], max_length: in
                 continue
             examples.append(Example(full[:max_length], start, len(full), steer, value))
     if not examples:
-        raise ValueError(f"no text has a token to train on within max_length={max_length}: the prompts fill it; "
-                         "raise max_length")
+        raise ValueError(
+            f"no text has a token to train on within max_length={max_length}: the prompts fill it; raise max_length"
+        )
     if dropped:
         report(f"{dropped} of {total} texts have no token to train on within max_length={max_length} and are skipped")
     for steer, training_set in enumerate(sets):
         signs = {e.value > 0 for e in examples if e.steer == steer}
         if signs != {True, False}:
             side = "positive" if True in signs else "negative"
-            raise ValueError(f"{training_set.name}: LM-Steer needs positive and negative texts for each steer; "
-                             f"after cutting at max_length={max_length} only {side} ones are left")
+            raise ValueError(
+                f"{training_set.name}: LM-Steer needs positive and negative texts for each steer; "
+                f"after cutting at max_length={max_length} only {side} ones are left"
+            )
     return examples
 
 
@@ -155,13 +164,24 @@ def final_hidden_states(lm: LoadedModel, examples: Sequence[Example]) -> list[tu
     finally:
         handle.remove()
     hidden = captured[0]
-    return [(hidden[i, e.start - 1 : len(e.ids) - 1].clone(), torch.tensor(e.ids[e.start :], device=hidden.device))
-            for i, e in enumerate(examples)]
+    return [
+        (hidden[i, e.start - 1 : len(e.ids) - 1].clone(), torch.tensor(e.ids[e.start :], device=hidden.device))
+        for i, e in enumerate(examples)
+    ]
 
 
-def chunked_loss(lm: LoadedModel, hidden: torch.Tensor, targets: torch.Tensor, values: torch.Tensor,
-                 projector1: torch.Tensor, projector2: torch.Tensor, epsilon: float, chunk_size: int, *,
-                 backward: bool) -> float:
+def chunked_loss(
+    lm: LoadedModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    values: torch.Tensor,
+    projector1: torch.Tensor,
+    projector2: torch.Tensor,
+    epsilon: float,
+    chunk_size: int,
+    *,
+    backward: bool,
+) -> float:
     """Mean cross-entropy of the steered logits over all tokens, `chunk_size` tokens at a time.
 
     hidden [n, d] (LM head inputs), targets [n], values [n, num_steers]. With `backward`, each chunk's
@@ -208,8 +228,13 @@ def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) ->
         pool = pool[batch_size:]
 
 
-def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *,
-          progress: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def train(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    config: LMSteerConfig,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on P1, P2 (random start, scaled by init_var) for config.steps batches; returns them and loss stats."""
     generator = torch.Generator().manual_seed(config.seed)
     shape = (config.num_steers, lm.hidden_size, config.rank)
@@ -227,21 +252,39 @@ def train(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, *
                 chunk = order[s : s + config.batch_size]
                 cache.update(zip(chunk, final_hidden_states(lm, [examples[i] for i in chunk]), strict=False))
         for batch in _batches(len(examples), config.batch_size, config.steps, generator):
-            parts = [cache[i] for i in batch] if cache is not None else final_hidden_states(lm, [examples[i] for i in batch])
+            parts = (
+                [cache[i] for i in batch]
+                if cache is not None
+                else final_hidden_states(lm, [examples[i] for i in batch])
+            )
             values = torch.zeros(sum(len(t) for _, t in parts), config.num_steers)
             offset = 0
             for i, (_, t) in zip(batch, parts, strict=False):
                 values[offset : offset + len(t), examples[i].steer] = examples[i].value
                 offset += len(t)
             optimizer.zero_grad(set_to_none=True)
-            losses.append(chunked_loss(lm, torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]),
-                                       values.to(device), p1, p2, config.epsilon, config.chunk_size, backward=True))
+            losses.append(
+                chunked_loss(
+                    lm,
+                    torch.cat([h for h, _ in parts]),
+                    torch.cat([t for _, t in parts]),
+                    values.to(device),
+                    p1,
+                    p2,
+                    config.epsilon,
+                    config.chunk_size,
+                    backward=True,
+                )
+            )
             optimizer.step()
             if progress:
                 progress(1)
     window = max(1, min(10, len(losses) // 2))
-    stats = {"examples": len(examples), "loss_start": round(sum(losses[:window]) / window, 4),
-             "loss_end": round(sum(losses[-window:]) / window, 4)}
+    stats = {
+        "examples": len(examples),
+        "loss_start": round(sum(losses[:window]) / window, 4),
+        "loss_end": round(sum(losses[-window:]) / window, 4),
+    }
     return p1.detach().cpu(), p2.detach().cpu(), stats
 
 
@@ -314,8 +357,9 @@ def memory_parts(lm: LoadedModel, examples: Sequence[Example], config: LMSteerCo
     }
 
 
-def check_memory(lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig,
-                 report: Callable[[str], None]) -> MemoryEstimate:
+def check_memory(
+    lm: LoadedModel, examples: Sequence[Example], config: LMSteerConfig, report: Callable[[str], None]
+) -> MemoryEstimate:
     """Report the estimate; if it does not fit, raise with the settings (changed one at a time) that would."""
     available, source = available_memory(lm.device, config.max_memory_gb)
     estimate = MemoryEstimate(memory_parts(lm, examples, config), available, source)
@@ -341,11 +385,19 @@ def check_memory(lm: LoadedModel, examples: Sequence[Example], config: LMSteerCo
         if total is not None:
             proposals.append(f"cache_hidden_states=false (about {_gib(total)}; slower)")
     if not proposals:
-        smallest = replace(config, batch_size=1, max_length=min(config.max_length, 64), chunk_size=64,
-                           rank=min(config.rank, 16), cache_hidden_states=False)
+        smallest = replace(
+            config,
+            batch_size=1,
+            max_length=min(config.max_length, 64),
+            chunk_size=64,
+            rank=min(config.rank, 16),
+            cache_hidden_states=False,
+        )
         total = fits(smallest)
-        proposals.append(f"batch_size=1 max_length={smallest.max_length} chunk_size=64 rank={smallest.rank} "
-                         f"cache_hidden_states=false together (about {_gib(total)})" if total is not None else
-                         "a machine with more memory: even batch_size=1 max_length=64 chunk_size=64 rank=16 "
-                         "does not fit")
+        proposals.append(
+            f"batch_size=1 max_length={smallest.max_length} chunk_size=64 rank={smallest.rank} "
+            f"cache_hidden_states=false together (about {_gib(total)})"
+            if total is not None
+            else "a machine with more memory: even batch_size=1 max_length=64 chunk_size=64 rank=16 does not fit"
+        )
     raise InsufficientMemoryError(f"{estimate.summary()}, so it will not fit; try {' or '.join(proposals)}")
