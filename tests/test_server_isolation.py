@@ -4,16 +4,23 @@ whose rows raised fails; its neighbours get exactly what they get alone, and nev
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from conftest import tiny_model
+from server_helpers import serve_in_thread
 from steerlab.conditional import Condition
+from steerlab.generation import encode_prompts
 from steerlab.server.app import create_app
-from steerlab.server.registry import VectorRegistry
+from steerlab.server.batcher import Batcher, Job, JobFailed, RowDone, RowPlan, Sampling, batch_steering
+from steerlab.server.registry import ResolvedSteering, VectorRegistry
 from steerlab.vector import SteeringVector, VectorMeta
 
 LONE = "\ud800"  # JSON "\ud800": a lone surrogate, which no UTF-8 text holds
@@ -130,3 +137,186 @@ def test_a_chat_role_position_on_completions_is_refused_at_validation(tiny, role
 
 def app_batches(client: TestClient) -> int:
     return client.get("/health").json()["batches"]
+
+
+# --- A batch that fails at generation time fails only the request whose rows raised.
+
+
+def _plain_rows(lm, prompt: str, max_tokens: int = 6) -> list[RowPlan]:
+    return [RowPlan(tuple(encode_prompts(lm, [prompt], use_chat_template=False)[0]), max_tokens, ())]
+
+
+def _run_jobs(batcher: Batcher, rows: list[list[RowPlan]]) -> list[list[object]]:
+    """Submit one job per entry of `rows` at once (they share the batch window); each job's events, in order."""
+
+    async def main() -> list[list[object]]:
+        loop = asyncio.get_running_loop()
+        jobs = [Job(r, Sampling.of(0.0, 1.0), loop) for r in rows]
+        for job in jobs:
+            batcher.submit(job)
+        out: list[list[object]] = []
+        for job in jobs:
+            events: list[object] = []
+            while sum(isinstance(e, RowDone) for e in events) < len(job.rows):
+                event = await asyncio.wait_for(job.events.get(), 60)
+                events.append(event)
+                if isinstance(event, JobFailed):
+                    break
+            out.append(events)
+        return out
+
+    batcher.start()
+    try:
+        return asyncio.run(main())
+    finally:
+        batcher.close(60)
+
+
+def _texts(events: list[object]) -> list[str]:
+    return [e.text for e in events if isinstance(e, RowDone)]
+
+
+@pytest.mark.parametrize(
+    ("positions", "error"),
+    [
+        ("user", "SteeringError: the prompt does not follow the model's chat template"),
+        (f"between:{LONE}:b", "TypeError"),
+    ],
+)
+def test_a_request_failing_in_its_batch_fails_alone(tiny, positions, error):
+    """What the issue found: a chat role on a plain prompt, or a surrogate window, reaching the batcher (the app
+    now refuses both, but the batcher must not trust that)."""
+    lm, registry = tiny
+    up = registry.entries["up"].vector
+    bad = RowPlan(
+        tuple(encode_prompts(lm, ["poisoned prompt"], use_chat_template=False)[0]),
+        6,
+        (ResolvedSteering("up", up, ((1, 1.0),), 4.0, positions),),
+    )
+    plain = [_plain_rows(lm, f"plain prompt {i}", 4 + i) for i in range(4)]
+    alone = [_texts(_run_jobs(Batcher(lm), [rows])[0]) for rows in plain]
+    batcher = Batcher(lm, window_ms=500)
+    together = _run_jobs(batcher, [plain[0], plain[1], [bad], plain[2], plain[3]])
+    failed = together.pop(2)
+    assert len(failed) == 1 and isinstance(failed[0], JobFailed)
+    assert failed[0].message.startswith(f"generation failed: {error}")
+    assert [_texts(events) for events in together] == alone
+    assert not any(isinstance(e, JobFailed) for events in together for e in events)
+    assert batcher.batches > 1  # the first batch held all five, then it was split
+
+
+def _poisoned(marker: float, at_step: int):
+    """A batch_steering that raises in the model's forward at `at_step` when a row of the batch steers with
+    multiplier `marker`: a generation-time failure caused by one request's rows, after others have streamed."""
+    real = batch_steering
+
+    def steering(plans):
+        steer = real(plans)
+        if not any(item.multiplier == marker for plan in plans for item in plan.steering):
+            return steer
+
+        class Poisoned:
+            def attach(self, lm, **kwargs):
+                inner = steer.attach(lm, **kwargs)
+                calls = itertools.count()
+
+                def explode(module, args):
+                    if next(calls) == at_step:
+                        raise RuntimeError("client A's secret steering exploded")
+
+                hook = lm.model.register_forward_pre_hook(explode)
+
+                class Handle:
+                    def remove(self) -> None:
+                        hook.remove()
+                        inner.remove()
+
+                return Handle()
+
+        return Poisoned()
+
+    return steering
+
+
+def test_neighbours_of_a_failing_request_get_what_they_get_alone(tiny, monkeypatch):
+    lm, registry = tiny
+    monkeypatch.setattr("steerlab.server.batcher.batch_steering", _poisoned(7.0, at_step=3))
+    bad = chat("please fail", steering=[{"vector": "up", "multiplier": 7.0}])
+    good = [
+        completion("plain text", max_tokens=8),
+        chat("steered", steering=[{"vector": "up", "multiplier": 2.0}], max_tokens=8),
+        chat("with logprobs", logprobs=True, top_logprobs=2, include_original=True),
+        completion("another one", max_tokens=5, stop=["x"]),
+    ]
+    paths = ["/v1/completions", "/v1/chat/completions", "/v1/chat/completions", "/v1/completions"]
+    app = create_app(lm, registry, batch_window_ms=500)
+    with serve_in_thread(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        alone = [client.post(path, json=body).json() for path, body in zip(paths, good, strict=True)]
+        streamed_alone = [_stream(client, path, body) for path, body in zip(paths, good, strict=True)]
+        batches_before = app.state.batcher.batches
+        calls = [("/v1/chat/completions", bad, False)] + [(p, b, False) for p, b in zip(paths, good, strict=True)]
+        calls += [("/v1/chat/completions", bad, True)] + [(p, b, True) for p, b in zip(paths, good, strict=True)]
+        with ThreadPoolExecutor(len(calls)) as pool:
+            replies = list(pool.map(lambda call: _call(url, *call), calls))
+        batches = app.state.batcher.batches - batches_before
+    failed, together, failed_stream, streamed = replies[0], replies[1:5], replies[5], replies[6:]
+    assert failed == (500, "generation failed: RuntimeError: client A's secret steering exploded")
+    assert failed_stream[-2:] == [
+        {"error": "generation failed: RuntimeError: client A's secret steering exploded"},
+        "[DONE]",
+    ]
+    assert [_choices(r) for r in together] == [_choices(r) for r in alone]
+    assert [r["usage"] for r in together] == [r["usage"] for r in alone]
+    assert streamed == streamed_alone  # each token once, in order, as when alone
+    assert "secret" not in json.dumps(together) + json.dumps(streamed)
+    assert batches > 2  # they did share a batch, which was split
+
+
+def _choices(reply: dict) -> list:
+    return [{k: v for k, v in c.items() if k != "index"} for c in reply["choices"]]
+
+
+def _call(url: str, path: str, body: dict, stream: bool):
+    with httpx.Client(base_url=url, timeout=60) as client:
+        if stream:
+            return _stream(client, path, body)
+        reply = client.post(path, json=body)
+        return reply.json() if reply.status_code == 200 else (reply.status_code, reply.json()["error"]["message"])
+
+
+def _stream(client: httpx.Client, path: str, body: dict) -> list:
+    """A streamed reply as its events, ids and timestamps left out; an error event as {"error": message}."""
+    with client.stream("POST", path, json={**body, "stream": True}) as reply:
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    out: list = []
+    for event in events:
+        if event == "[DONE]":
+            out.append(event)
+            continue
+        data = json.loads(event)
+        if "error" in data:
+            out.append({"error": data["error"]["message"]})
+        else:
+            out.append(data["choices"])
+    return out
+
+
+def test_a_chat_role_request_batched_with_plain_prompts_steers_only_its_own_rows(tiny, caplog):
+    """Roles are located only in the rows that steer by role: a plain completion beside it is not a chat prompt."""
+    lm, registry = tiny
+    calls = [
+        (
+            "/v1/chat/completions",
+            chat("steer my words", steering=[{"vector": "up", "multiplier": 3.0, "positions": "user"}]),
+        ),
+        *[("/v1/completions", completion(f"plain {i}")) for i in range(3)],
+    ]
+    app = create_app(lm, registry, batch_window_ms=500)
+    with serve_in_thread(app) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        alone = [client.post(path, json=body).json() for path, body in calls]
+        batches_before = app.state.batcher.batches
+        with ThreadPoolExecutor(len(calls)) as pool:
+            together = list(pool.map(lambda call: _call(url, *call, False), calls))
+        assert app.state.batcher.batches - batches_before < len(calls)  # they shared forward passes
+    assert [_choices(r) for r in together] == [_choices(r) for r in alone]
+    assert not [r for r in caplog.records if r.name == "steerlab.server.batcher"]  # no batch failed
