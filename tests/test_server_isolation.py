@@ -103,6 +103,13 @@ def test_a_lone_surrogate_in_any_text_field_is_a_400_naming_the_field(tiny, stre
         # A surrogate in a field's name: still a 400 that can be sent.
         unknown = post(client, "/v1/completions", {**completion(), f"k{LONE}": 1})
         assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "invalid_text"), unknown.text
+        raw = client.post(
+            "/v1/completions", content=b'{"prompt": "ab\xff"}', headers={"content-type": "application/json"}
+        )
+        assert (raw.status_code, raw.json()["error"]["message"]) == (
+            400,
+            "body: not valid UTF-8 (byte 0xff at offset 14); send JSON as UTF-8",
+        )
         assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # and the server carries on
 
 
@@ -238,7 +245,7 @@ def _poisoned(marker: float, at_step: int):
     return steering
 
 
-def test_neighbours_of_a_failing_request_get_what_they_get_alone(tiny, monkeypatch):
+def test_neighbours_of_a_failing_request_get_what_they_get_alone(tiny, monkeypatch, caplog):
     lm, registry = tiny
     monkeypatch.setattr("steerlab.server.batcher.batch_steering", _poisoned(7.0, at_step=3))
     bad = chat("please fail", steering=[{"vector": "up", "multiplier": 7.0}])
@@ -269,7 +276,8 @@ def test_neighbours_of_a_failing_request_get_what_they_get_alone(tiny, monkeypat
     assert [r["usage"] for r in together] == [r["usage"] for r in alone]
     assert streamed == streamed_alone  # each token once, in order, as when alone
     assert "secret" not in json.dumps(together) + json.dumps(streamed)
-    assert batches > 2  # they did share a batch, which was split
+    assert batches > 2
+    assert any("running it again in halves" in r.getMessage() for r in caplog.records)  # they shared a batch
 
 
 def _choices(reply: dict) -> list:

@@ -112,4 +112,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(bad := exc.__cause__, UnicodeDecodeError):  # FastAPI could not decode the body
+            return ApiError(
+                400,
+                f"body: not valid UTF-8 (byte {bad.object[bad.start]:#04x} at offset {bad.start}); send JSON as UTF-8",
+                param="body",
+                code="invalid_text",
+            ).response()
         return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}").response()
