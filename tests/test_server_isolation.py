@@ -18,6 +18,7 @@ from conftest import tiny_model
 from server_helpers import serve_in_thread
 from steerlab.conditional import Condition
 from steerlab.generation import encode_prompts
+from steerlab.positions import marker_ids
 from steerlab.server.app import create_app
 from steerlab.server.batcher import Batcher, Job, JobFailed, RowDone, RowPlan, Sampling, batch_steering
 from steerlab.server.registry import ResolvedSteering, VectorRegistry
@@ -140,6 +141,34 @@ def test_a_chat_role_position_on_completions_is_refused_at_validation(tiny, role
                 "code": "positions_unavailable",
             }
         assert app_batches(client) == 0  # refused before the batcher saw it
+
+
+def test_window_markers_are_tokenised_at_validation(tiny, monkeypatch):
+    lm, registry = tiny
+    real = marker_ids
+
+    def no_tokens(tokenizer, marker):
+        if marker == "<gone>":
+            raise ValueError(f"the marker {marker!r} encodes to no tokens")
+        return real(tokenizer, marker)
+
+    monkeypatch.setattr("steerlab.server.app.marker_ids", no_tokens)
+    with TestClient(create_app(lm, registry)) as client:
+        reply = client.post(
+            "/v1/completions", json=completion(steering=[{"vector": "up", "positions": "between:<a>:<gone>"}])
+        )
+        assert reply.status_code == 400
+        assert reply.json()["error"] == {
+            "message": "steering[0].positions: the marker '<gone>' encodes to no tokens",
+            "type": "invalid_request_error",
+            "param": "steering[0].positions",
+            "code": "invalid_marker",
+        }
+        assert app_batches(client) == 0
+        ok = client.post(
+            "/v1/completions", json=completion(steering=[{"vector": "up", "positions": "between:<a>:</a>"}])
+        )
+        assert ok.status_code == 200
 
 
 def app_batches(client: TestClient) -> int:
