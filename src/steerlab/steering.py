@@ -276,7 +276,7 @@ class SteeringHandle(HookHandle):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         # Token ids by absolute position, per row, for role and window positions (kept across cached steps).
         self._history: list[list[int]] | None = None
-        self._roles: list[list[str | None]] | None = None
+        self._roles: dict[int, list[str | None]] = {}  # per row, found when a role term first steers the row
         self._templates: dict = {}
         self._markers: dict[str, tuple[list[int], list[int]]] = {}
         enter_scope(self)
@@ -307,7 +307,8 @@ class SteeringHandle(HookHandle):
     def reset(self, prompt_lengths: torch.Tensor | None = None) -> None:
         """Start a new generation: forget (or set) the prompt lengths "prompt"/"generated" are measured from."""
         self.prompt_lengths = prompt_lengths
-        self._history = self._roles = None
+        self._history = None
+        self._roles = {}
 
     def _track_positions(self, module, args, kwargs) -> None:
         if not in_scope(self):
@@ -352,17 +353,21 @@ class SteeringHandle(HookHandle):
                     del history[pos:]  # a forward without a cache sends the whole sequence again
                     history.append(token)
 
-    def _token_mask(self, kind: str, batch: int, device) -> torch.Tensor:
-        """[rows, tokens] selection of the current forward's tokens for a role or a window."""
+    def _token_mask(self, kind: str, batch: int, device, steered: list[bool]) -> torch.Tensor:
+        """[rows, tokens] selection of the current forward's tokens for a role or a window, on `steered` rows.
+
+        Roles are located only in the rows a role term steers: other rows' prompts (a plain completion batched
+        beside a chat request) need not follow the chat template."""
         positions, history = self._positions, self._history
         assert positions is not None and history is not None and self.prompt_lengths is not None, "tracked first"
         lengths = broadcast_rows(self.prompt_lengths, batch, "prompt lengths").tolist()
-        if kind in ROLES and self._roles is None:
-            tok = self.lm.tokenizer
-            try:
-                self._roles = [prompt_roles(tok, history[r][: lengths[r]], self._templates) for r in range(batch)]
-            except ValueError as exc:
-                raise SteeringError(str(exc)) from None
+        if kind in ROLES:
+            for r in range(batch):
+                if steered[r] and r not in self._roles:
+                    try:
+                        self._roles[r] = prompt_roles(self.lm.tokenizer, history[r][: lengths[r]], self._templates)
+                    except ValueError as exc:
+                        raise SteeringError(str(exc)) from None
         if kind.startswith("between:") and kind not in self._markers:
             window = parse_window(kind)
             assert window is not None  # positions were checked when the spec was made
@@ -370,8 +375,9 @@ class SteeringHandle(HookHandle):
             self._markers[kind] = (marker_ids(self.lm.tokenizer, open_text), marker_ids(self.lm.tokenizer, close_text))
         out = torch.zeros(positions.shape, dtype=torch.bool)
         for r in range(batch):
+            if not steered[r]:
+                continue
             if kind in ROLES:
-                assert self._roles is not None
                 labels = self._roles[r]
                 for c, pos in enumerate(positions[r].tolist()):
                     if kind == "assistant" and pos >= lengths[r] - 1:
@@ -417,7 +423,8 @@ class SteeringHandle(HookHandle):
                     (positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1)
                 )
             else:
-                selected = selected & self._token_mask(term.positions, batch, hidden.device)
+                steered = (rows != 0).tolist()
+                selected = selected & self._token_mask(term.positions, batch, hidden.device, steered)
         if not bool(selected.any()):
             return hidden
         return torch.where(selected.unsqueeze(-1), term.operator(hidden, term.direction, coef), hidden)

@@ -1,7 +1,8 @@
 """The HTTP API: OpenAI-style chat/completions with per-request steering, vector listing, health, playground.
 
 Every route but the playground's own static files needs the bearer token when one is set. Requests are
-validated completely here (size, fields, vectors, layers, lengths) before any work reaches the batcher;
+validated completely here (size, text, fields, vectors, layers, lengths, positions against the endpoint and
+the prompt) before any work reaches the batcher, so one request's mistake never reaches another's batch;
 tokenising and scoring run in worker threads so the event loop never stalls, and every failure, even an
 unexpected one, is answered in the OpenAI error shape on a connection that stays usable.
 """
@@ -27,13 +28,14 @@ from fastapi.staticfiles import StaticFiles
 
 from ..generation import encode_prompts
 from ..models import LoadedModel
+from ..positions import ROLES, TemplateError, marker_ids, parse_window, prompt_roles
 from ..version import __version__
 from . import playground_metrics
 from .batcher import Batcher, Delta, Job, JobFailed, JobQueue, RowDone, RowPlan, Sampling, TokenLogprob
-from .errors import ApiError, install_handlers
+from .errors import ApiError, install_handlers, invalid_text
 from .guards import BearerAuth, BodyLimit, CatchAll, LoopbackHosts
 from .registry import ResolvedSteering, VectorRegistry
-from .schemas import ChatCompletionRequest, CompletionRequest, GenerationFields, ScoreRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, GenerationFields, ScoreRequest, unencodable
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -133,6 +135,7 @@ def create_app(
 
     @app.post("/v1/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
+        check_text(body)
         metric = playground_metrics.get(body.metric)
         if metric is None or metric.scores is None:
             raise ApiError(
@@ -155,13 +158,15 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest):
+        check_text(body)
         service.check_size(body)
-        return await service.complete(body, await asyncio.to_thread(service.chat_ids, body), chat=True)
+        return await service.complete(body, *await asyncio.to_thread(service.prepare, body), chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
+        check_text(body)
         service.check_size(body)
-        return await service.complete(body, await asyncio.to_thread(service.completion_ids, body), chat=False)
+        return await service.complete(body, *await asyncio.to_thread(service.prepare, body), chat=False)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -170,6 +175,12 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     return app
+
+
+def check_text(body: ChatCompletionRequest | CompletionRequest | ScoreRequest) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate) in any field, naming the field."""
+    if found := unencodable(body):
+        raise invalid_text(*found)
 
 
 class _Service:
@@ -182,6 +193,7 @@ class _Service:
         self.limits = limits
         self.context = getattr(lm.model.config, "max_position_embeddings", None)
         self._tokenizing = threading.Lock()  # one encode at a time: a fast tokenizer is not safe to share
+        self._templates: dict = {}  # the chat template's role segments (steerlab.positions), read once
 
     def check_size(self, body: ChatCompletionRequest | CompletionRequest) -> None:
         if body.prompt_chars > self.limits.max_prompt_chars:
@@ -193,6 +205,54 @@ class _Service:
                 param=where,
                 code="prompt_too_large",
             )
+
+    def prepare(
+        self, body: ChatCompletionRequest | CompletionRequest
+    ) -> tuple[list[int], tuple[ResolvedSteering, ...]]:
+        """Everything a request is checked against before it joins a batch, in a worker thread: the prompt's
+        tokens, the fields, the steering resolved against the registry, the engine and the prompt."""
+        if isinstance(body, ChatCompletionRequest):
+            prompt_ids, chat = self.chat_ids(body), True
+        else:
+            prompt_ids, chat = self.completion_ids(body), False
+        self._check(body, prompt_ids)
+        steering = tuple(self.registry.resolve(body.steering))
+        self.batcher.check_steering(steering)
+        self._check_positions(steering, prompt_ids, chat=chat)
+        return prompt_ids, steering
+
+    def _check_positions(self, steering: tuple[ResolvedSteering, ...], prompt_ids: list[int], *, chat: bool) -> None:
+        """Role and window positions are found in token ids while generating; make sure here that they will be,
+        so a request that cannot be steered is refused alone instead of failing the batch it would join."""
+        for i, item in enumerate(steering):
+            where = f"steering[{i}].positions"
+            if item.positions in ROLES:
+                if not chat:
+                    raise ApiError(
+                        400,
+                        f"{where}: '{item.positions}' is a chat role, and a /v1/completions prompt has no chat "
+                        "template to find roles in; use /v1/chat/completions, or positions all, prompt, "
+                        "generated or between:OPEN:CLOSE",
+                        param=where,
+                        code="positions_unavailable",
+                    )
+                try:
+                    with self._tokenizing:
+                        prompt_roles(self.lm.tokenizer, prompt_ids, self._templates)
+                except TemplateError as exc:
+                    raise ApiError(
+                        400,
+                        f"{where}: '{item.positions}' cannot be located in these messages: {exc}",
+                        param=where,
+                        code="positions_unavailable",
+                    ) from None
+            elif (window := parse_window(item.positions)) is not None:
+                for marker in window:
+                    try:
+                        with self._tokenizing:
+                            marker_ids(self.lm.tokenizer, marker)
+                    except (ValueError, TypeError) as exc:
+                        raise ApiError(400, f"{where}: {exc}", param=where, code="invalid_marker") from None
 
     def chat_ids(self, body: ChatCompletionRequest) -> list[int]:
         if not self.lm.use_chat_template:
@@ -246,10 +306,9 @@ class _Service:
                 code="context_length_exceeded",
             )
 
-    async def complete(self, body: GenerationFields, prompt_ids: list[int], *, chat: bool):
-        self._check(body, prompt_ids)
-        steering = tuple(self.registry.resolve(body.steering))
-        self.batcher.check_steering(steering)
+    async def complete(
+        self, body: GenerationFields, prompt_ids: list[int], steering: tuple[ResolvedSteering, ...], *, chat: bool
+    ):
         sampling = Sampling.of(body.temperature, body.top_p)
         # Choice i samples with seed + i, and its original with the same seed, as the library's generate does.
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)

@@ -7,6 +7,10 @@ it, so those rows keep their hidden states bit for bit; conditional items decide
 prompt, and directional ablation applies to the rows that ask for it. Sampled rows draw from their own seeded generator. A row's tokens
 therefore never depend on what else is in its batch; frequency/presence penalties, stop sequences and
 log-probabilities are per row too. Tokens stream back to the request's event loop after every decoding step.
+
+A request is checked completely before it gets here (server.app), but a batch that fails anyway is run again in
+halves down to single requests: only the request whose own rows raise fails, with its own error, and the others
+resume where they were, with the tokens they would have had alone.
 """
 
 from __future__ import annotations
@@ -95,7 +99,12 @@ Event = Delta | RowDone | JobFailed
 
 @dataclass(eq=False)
 class Job:
-    """One request's rows and the asyncio queue their events flow back on."""
+    """One request's rows and the asyncio queue their events flow back on.
+
+    `sent` (per row: the text and the number of logprobs already sent) and `finished` (rows whose RowDone went
+    out) belong to the worker thread: a job run again after its batch failed resumes from them, so its
+    client sees each token once.
+    """
 
     rows: list[RowPlan]
     sampling: Sampling
@@ -103,6 +112,8 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
+    sent: dict[int, tuple[str, int]] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
 
     def emit(self, event: Event) -> None:
         """Thread-safe: called from the worker thread."""
@@ -182,14 +193,34 @@ class Batcher(JobQueue):
                 return
             self._running_rows = sum(len(j.rows) for j in jobs)
             try:
-                self._run(jobs)
-            except Exception as exc:  # reported to the affected requests; the worker keeps serving
-                log.exception("batch of %d requests failed", len(jobs))
-                for job in jobs:
-                    job.emit(JobFailed(f"generation failed: {type(exc).__name__}: {exc}"))
+                self._run_isolated(jobs)
             finally:
                 self._running_rows = 0
-                self.batches += 1
+
+    def _run_isolated(self, jobs: list[Job]) -> None:
+        """Run `jobs` as one batch; if it fails, run each half again, down to single jobs, so only a request
+        whose own rows raise fails, with its own error; the others get what they get alone (a row's tokens do
+        not depend on its batch), resuming after what they had already sent."""
+        jobs = [job for job in jobs if not job.cancelled.is_set() and len(job.finished) < len(job.rows)]
+        if not jobs:
+            return
+        try:
+            self._run(jobs)
+        except Exception as exc:  # the worker keeps serving
+            if len(jobs) == 1:
+                log.exception("a request failed in generation")
+                jobs[0].emit(JobFailed(f"generation failed: {type(exc).__name__}: {exc}"))
+                return
+            log.warning(
+                "a batch of %d requests failed (%s); running it again in halves to isolate the failing request",
+                len(jobs),
+                type(exc).__name__,
+            )
+            half = len(jobs) // 2
+            self._run_isolated(jobs[:half])
+            self._run_isolated(jobs[half:])
+        finally:
+            self.batches += 1
 
     def _take(self) -> list[Job]:
         """Wait for work, then up to the batch window for compatible jobs; [] once closed and drained."""
@@ -222,7 +253,7 @@ class Batcher(JobQueue):
                 return taken
 
     def _run(self, jobs: list[Job]) -> None:
-        plans = [(job, i, plan) for job in jobs for i, plan in enumerate(job.rows)]
+        plans = [(job, i, plan) for job in jobs for i, plan in enumerate(job.rows) if i not in job.finished]
         sampling = jobs[0].sampling
         steer = batch_steering([plan for _, _, plan in plans])
         config = GenerationConfig(
@@ -325,8 +356,8 @@ class _RowStream:
         self.max_tokens, self.stops, self.top = plan.max_tokens, plan.stop, plan.logprobs
         self.tokens: list[int] = []
         self.logprobs: list[TokenLogprob] = []
-        self.unsent_logprobs = 0  # logprobs of tokens whose text has not gone out yet
-        self.sent = ""
+        # What went out already: nothing, or what an earlier run of this row sent before its batch failed.
+        self.sent, self.logprobs_sent = job.sent.get(row, ("", 0))
         self.done = False
 
     def push(self, token: int, eos: set[int], step: torch.Tensor | None = None) -> None:
@@ -341,7 +372,6 @@ class _RowStream:
         self.tokens.append(token)
         if self.top is not None and step is not None:
             self.logprobs.append(self._logprob(token, step))
-            self.unsent_logprobs += 1
         text = self._text()
         cut = _first_stop(text, self.stops)
         if cut is not None:
@@ -350,8 +380,7 @@ class _RowStream:
         safe = len(text) - _held_back(text, self.stops)
         # Hold back a split multi-byte character until its last byte arrives.
         if not text.endswith("\ufffd") and text.startswith(self.sent) and safe > len(self.sent):
-            self._emit(text[len(self.sent) : safe])
-            self.sent = text[:safe]
+            self._emit(text[len(self.sent) : safe], text[:safe])
         if len(self.tokens) >= self.max_tokens:
             self.finish("length")
 
@@ -360,13 +389,16 @@ class _RowStream:
             return
         self.done = True
         text = self._text() if text is None else text
-        if text.startswith(self.sent) and (len(text) > len(self.sent) or self.unsent_logprobs):
-            self._emit(text[len(self.sent) :])
+        if text.startswith(self.sent) and (len(text) > len(self.sent) or len(self.logprobs) > self.logprobs_sent):
+            self._emit(text[len(self.sent) :], text)
+        self.job.finished.add(self.row)
         self.job.emit(RowDone(self.row, reason, text, len(self.tokens), tuple(self.logprobs)))
 
-    def _emit(self, text: str) -> None:
-        fresh = tuple(self.logprobs[len(self.logprobs) - self.unsent_logprobs :]) if self.unsent_logprobs else ()
-        self.unsent_logprobs = 0
+    def _emit(self, text: str, sent: str) -> None:
+        """Send `text` (what follows the text sent so far, which is now `sent`) with the logprobs not sent yet."""
+        fresh = tuple(self.logprobs[self.logprobs_sent :])
+        self.sent, self.logprobs_sent = sent, max(self.logprobs_sent, len(self.logprobs))
+        self.job.sent[self.row] = (self.sent, self.logprobs_sent)
         self.job.emit(Delta(self.row, text, fresh))
 
     def _logprob(self, token: int, step: torch.Tensor) -> TokenLogprob:

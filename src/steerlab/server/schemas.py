@@ -7,9 +7,11 @@ worker only ever sees valid work.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import lone_surrogate
 
 MAX_N = 8
 MAX_STOP = 4
@@ -17,6 +19,26 @@ MAX_STOP = 4
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def unencodable(value: Any, where: str = "") -> tuple[str, int] | None:
+    """The first text in a request that is not valid Unicode, as (field, character index), or None.
+
+    JSON can spell a lone surrogate (`"\\ud800"`), which Python keeps in a str but no tokenizer or UTF-8
+    response can hold. Fields are named as error messages name them: `messages[0].content`, `stop[1]`.
+    """
+    if isinstance(value, str):
+        if (at := lone_surrogate(value)) is not None:
+            return where, at
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            if found := unencodable(getattr(value, name), f"{where}.{name}" if where else name):
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if found := unencodable(item, f"{where}[{i}]"):
+                return found
+    return None
 
 
 class SteeringItem(_Strict):

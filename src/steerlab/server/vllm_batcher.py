@@ -56,8 +56,13 @@ class VLLMBatcher(JobQueue):
                 outputs = core.step()
             except Exception as exc:  # the engine is gone: fail every running row rather than hang them
                 log.exception("vLLM step failed")
+                # A step runs every request's rows; its error may be about any of them, so it is not repeated.
                 for job in {job for job, _, _ in self._live.values()}:
-                    job.emit(JobFailed(f"generation failed: {exc}"))
+                    job.emit(
+                        JobFailed(
+                            f"generation failed: the vLLM engine stopped ({type(exc).__name__}); the server logged why"
+                        )
+                    )
                 self._live.clear()
                 continue
             self.batches += 1
