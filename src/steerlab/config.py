@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from .errors import SteerlabError
 from .textio import MAX_DEPTH, read_text
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ T = TypeVar("T", bound="DataclassInstance")  # configs are dataclasses
 MAX_NODES = 100_000  # a config or task file is small; anchors and aliases must not expand it past this
 
 
-class ConfigError(ValueError):
+class ConfigError(SteerlabError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .errors import OutputExistsError, SteerlabError, UsageError
 from .meta import FORMAT_VERSION, VectorFileError, VectorMeta  # noqa: F401 (the metadata types live in steerlab.meta)
 from .models import LayerError, check_layers
 from .textio import finite_json
@@ -32,7 +33,7 @@ KIND_NAMES = {
 }  # as messages name them
 
 
-class IncompatibleVectorError(ValueError):
+class IncompatibleVectorError(SteerlabError, ValueError):
     """A vector cannot be applied to this model: other hidden size or missing layers."""
 
 
@@ -58,12 +59,12 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if not self.directions:
-            raise ValueError("a steering vector needs at least one layer")
+            raise UsageError("a steering vector needs at least one layer")
         clean = {}
         for layer, tensor in self.directions.items():
             tensor = torch.as_tensor(tensor).detach().float().cpu()
             if tensor.ndim != 1 or tensor.shape[0] != self.meta.hidden_size:
-                raise ValueError(
+                raise UsageError(
                     f"layer {layer}: direction has shape {tuple(tensor.shape)}, expected ({self.meta.hidden_size},)"
                 )
             clean[int(layer)] = tensor
@@ -291,7 +292,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
+        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 
+from ..errors import SteerlabError
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 
-class CLIError(Exception):
+class CLIError(SteerlabError):
     """A user-facing error; printed as one line."""
 
 

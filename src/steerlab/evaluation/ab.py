@@ -28,6 +28,7 @@ import torch
 from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
+from ..errors import SteerlabError, UsageError
 from ..models import LoadedModel
 from ..steering import SpecSteering, SteeringSpec
 from ..textio import loads, read_text
@@ -38,7 +39,7 @@ _CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\) ", re.M)
 _CHOICES = re.compile(r"^(?P<head>.*\n)(?P<ia>[ \t]*)\(A\) (?P<a>.*?)\n(?P<ib>[ \t]*)\(B\) (?P<b>.*)$", re.S)
 
 
-class ABFormatError(ValueError):
+class ABFormatError(SteerlabError, ValueError):
     """An A/B item cannot be scored as asked; the message names the item and the fix."""
 
 
@@ -269,14 +270,14 @@ def score_ab(
 ) -> ABGrid:
     """Score A/B items under every cell (both choice orders when `swap`), in batched passes of about `batch_rows` rows."""
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")
+        raise UsageError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")
     if not pairs:
-        raise ValueError("no A/B items to score")
+        raise UsageError("no A/B items to score")
     vectors = [vectors] if isinstance(vectors, SteeringVector) else list(vectors or [])
     cells = list(cells)
     for cell in cells:
         if cell.layer is not None and not 0 <= cell.vector < len(vectors):
-            raise ValueError(f"cell {cell} names vector {cell.vector} but {len(vectors)} vectors were given")
+            raise UsageError(f"cell {cell} names vector {cell.vector} but {len(vectors)} vectors were given")
     lettered = [is_lettered(p) for p in pairs]
     orders = 2 if swap and all(lettered) else 1
     if swap and any(lettered) and not all(lettered):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import build_config
+from ..errors import SteerlabError
 from ..generation import GenerationConfig
 from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
@@ -30,7 +31,7 @@ from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, sco
 from .tasks import Task, get_task
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SteerlabError, ValueError):
     """An evaluation was asked for in a way that cannot run; the message says what to give instead."""
 
 

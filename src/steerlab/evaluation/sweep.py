@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from ..activations import record_pair_activations
 from ..data import ContrastiveDataset
+from ..errors import OutputExistsError, SteerlabError
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
 from ..methods.caa import CAAConfig, vector_from_activations
@@ -51,7 +52,7 @@ MIN_EFFECT_SHARE = 0.02  # of the metric's span (metric_registry): the smallest 
 R = TypeVar("R")  # a grid cell: a score, an interval, a flag
 
 
-class SweepError(ValueError):
+class SweepError(SteerlabError, ValueError):
     """A sweep was asked for in a way that cannot work; the message says how to fix it."""
 
 
@@ -78,15 +79,15 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.multipliers and self.strengths:
-            raise ValueError("give multipliers (raw) or strengths (norm-relative), not both")
+            raise SweepError("give multipliers (raw) or strengths (norm-relative), not both")
         if not self.multipliers and not self.strengths:
             self.strengths = [-0.25, -0.1, 0.1, 0.25]
         if not 0 <= self.fluency_bound < 1:
-            raise ValueError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
+            raise SweepError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
         if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got '{self.split}'")
+            raise SweepError(f"split must be one of {', '.join(SPLITS)}; got '{self.split}'")
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{self.positions}'")
+            raise SweepError(f"positions must be one of {', '.join(POSITIONS)}; got '{self.positions}'")
 
     @property
     def mode(self) -> str:
@@ -446,7 +447,7 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
     out = Path(out_dir)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)"
         )
     mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
+from ..errors import SteerlabError
 from ..textio import loads, read_text
 from .ab import load_ab_items
 from .metric_registry import text_metrics
@@ -30,7 +31,7 @@ CAA_VAL_SIZE = 50  # the last items of each CAA generate file are held out of tr
 GEN_VAL_SIZE = 100
 
 
-class TaskError(ValueError):
+class TaskError(SteerlabError, ValueError):
     """A task is unknown, its files are missing, or its description is wrong; the message says how to fix it."""
 
 

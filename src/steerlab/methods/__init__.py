@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import build_config
 from ..data import ContrastiveDataset, load_pairs
+from ..errors import UsageError
 from ..models import LoadedModel
 from . import caa, lm_steer, pca, prompt, vector_prompt
 
@@ -67,7 +68,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
+        raise UsageError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
 
 
 def fit(
@@ -94,6 +95,6 @@ def fit(
         data = load_pairs(data)
     if data is None:
         if spec.needs_data:
-            raise ValueError(f"method {method} needs contrastive pairs: give a dataset or a pairs file")
+            raise UsageError(f"method {method} needs contrastive pairs: give a dataset or a pairs file")
         data = ContrastiveDataset([], "no examples", "")
     return spec.fit(lm, data, config, task=task, progress=progress)

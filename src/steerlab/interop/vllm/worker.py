@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...operators import OPERATORS, UNIT_OPERATORS, unit
+from .errors import SteeringNotApplied
 from .request import Term
 
 # Operator codes in the plan buffers; 0 means "this slot does nothing to this token".
@@ -102,10 +103,6 @@ def find_layers(model: nn.Module, num_layers: int) -> dict[int, nn.Module]:
             "the vLLM plugin steers decoder-only transformers"
         )
     return {i: block for i, block in enumerate(best[1]) if any(True for _ in block.parameters())}
-
-
-class SteeringNotApplied(RuntimeError):
-    """A planned layer's op did not run in the forward: the step's text would have been unsteered."""
 
 
 class WorkerSteering:
