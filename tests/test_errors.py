@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
 
 import steerlab
-from steerlab import SteerlabError
+from steerlab import SteerlabError, TaskError, VectorFileError
 from steerlab.cli import main
+from steerlab.conditional import Condition
+from steerlab.evaluation.tasks import get_task, load_task_file
+from steerlab.methods.lm_steer import LMSteer
+from steerlab.steers import load_steer
+from steerlab.vector import SteeringVector, VectorMeta
 
 SRC = Path(steerlab.__file__).parent
 PRIVATE = {"_StopForward", "_Stop"}  # control flow inside a forward pass, never raised to a caller
@@ -98,3 +106,119 @@ def test_the_cli_prints_a_library_error_as_one_line(monkeypatch, capsys):
     monkeypatch.setattr(vector, "cmd_info", refuses)
     assert main(["vector", "info", "x.safetensors"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == ["error: x.safetensors: not a safetensors file (detail)"]
+
+
+# ---- readers: each case becomes the library's error, naming the file -------------------------------------
+META = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "caa"}
+
+
+def safetensors_file(path: Path, tensors: dict, meta: dict) -> Path:
+    path.write_bytes(safetensors_bytes(tensors, metadata={"steerlab": json.dumps(meta)}))
+    return path
+
+
+def refused(read, path, error=SteerlabError) -> str:
+    """`read(path)` raises the library's `error`, one line that starts with the file's path; its message."""
+    with pytest.raises(error) as caught:
+        read(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    return message
+
+
+def test_a_float8_tensor_is_refused_naming_the_file(tmp_path):
+    f8 = torch.ones(4).to(torch.float8_e4m3fn)
+    vector = safetensors_file(tmp_path / "v.safetensors", {"layer.1": f8}, META)
+    assert "tensor 'layer.1' is float8_e4m3fn; steerlab reads float32" in refused(load_steer, vector, VectorFileError)
+    lm_meta = {**META, "method": "lm_steer", "kind": "lm_steer", "config": {"epsilon": 1e-3}}
+    lm_steer = safetensors_file(
+        tmp_path / "s.safetensors",
+        {"projector1": torch.ones(1, 4, 2).to(torch.float8_e4m3fn), "projector2": torch.ones(1, 4, 2)},
+        lm_meta,
+    )
+    assert "tensor 'projector1' is float8_e4m3fn" in refused(LMSteer.load, lm_steer, VectorFileError)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {**META, "kind": "condition", "condition": {"threshold": 0.1, "comparison": ">="}},  # today's layout
+        {**META, "method": "condition", "params": {"threshold": 0.1}, "recommended": {"multiplier": 2.0}},  # format 1
+    ],
+)
+def test_a_condition_without_its_layer_is_refused_naming_the_file(tmp_path, meta):
+    path = safetensors_file(tmp_path / "c.safetensors", {"layer.1": torch.ones(4)}, meta)
+    for read in (load_steer, Condition.load):
+        assert "metadata field 'condition': a condition needs a layer and a threshold" in refused(read, path)
+
+
+def test_a_condition_without_its_layer_is_one_line_in_generate(tmp_path, capsys):
+    vector = SteeringVector({1: torch.ones(4)}, VectorMeta("m", 4, 4, "caa")).save(tmp_path / "v.safetensors")
+    condition = safetensors_file(
+        tmp_path / "c.safetensors",
+        {"layer.1": torch.ones(4)},
+        {**META, "kind": "condition", "condition": {"threshold": 0.1}},
+    )
+    assert main(["generate", "--vector", str(vector), "--condition", str(condition), "--prompt", "hi"]) == 1
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {condition}: metadata field 'condition'")
+    )
+
+
+def test_deeply_nested_json_in_a_steer_file_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"steerlab": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert "nested too deeply" in refused(load_steer, path, VectorFileError)
+
+
+def test_task_files_with_names_too_long_are_refused_naming_the_file(tmp_path):
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"name": "t", "kind": "ab", "train": "x" * 300 + ".json", "test": "t.json"}))
+    assert "key 'train': the file 'xxx" in refused(load_task_file, task, TaskError)
+    long_task = tmp_path / ("y" * 300 + ".yaml")
+    with pytest.raises(TaskError, match=r"yyyy\.yaml: the task file cannot be read \(File name too long\)"):
+        get_task(str(long_task))
+
+
+@pytest.mark.parametrize("missing", ["name", "kind", "train", "test"])
+def test_a_task_file_missing_a_key_names_the_key_and_the_file(tmp_path, missing):
+    fields = {"name": "t", "kind": "ab", "train": "t.json", "test": "t.json"}
+    del fields[missing]
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(fields))
+    message = refused(load_task_file, task, TaskError)
+    assert f"missing key '{missing}'; a task file needs name, kind, train, test" in message
+    assert "__init__" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ("hello\nworld\n".encode("utf-16"), ":1: not UTF-8 (byte 0xff at offset 0); it is UTF-16"),
+        ("hi\ncaf\u00e9\n".encode("latin-1"), ":2: not UTF-8 (byte 0xe9 at offset 6)"),
+    ],
+)
+def test_prompts_files_in_other_encodings_name_the_file_and_the_option(tmp_path, capsys, data, where):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(data)
+    vector = SteeringVector({1: torch.ones(4)}, VectorMeta("m", 4, 4, "caa")).save(tmp_path / "v.safetensors")
+    assert main(["generate", "--vector", str(vector), "--prompts-file", str(prompts)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --prompts-file {prompts}{where}" + (
+        " (it starts with a UTF-16 byte-order mark): save the file as UTF-8"
+        if "UTF-16" in where
+        else "; save the file as UTF-8"
+    )
+    argv = ["vector", "condition", "--vector", str(vector), "--steer-prompts", str(prompts)]
+    assert main([*argv, "--keep-prompts", str(prompts), "--out", str(tmp_path / "c.safetensors")]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: --steer-prompts {prompts}{where}")
+
+
+def test_vector_info_json_is_strict_json_when_a_norm_overflows_float32(tmp_path, capsys):
+    path = SteeringVector({1: torch.full((4,), 3e38)}, VectorMeta("m", 4, 4, "caa")).save(tmp_path / "v.safetensors")
+    assert main(["vector", "info", "--json", str(path)]) == 0
+
+    def no_constants(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    info = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert info["norms"]["1"] == pytest.approx(6e38)

@@ -75,7 +75,8 @@ class SteeringVector:
         return list(self.directions)
 
     def norms(self) -> dict[int, float]:
-        return {layer: float(t.norm()) for layer, t in self.directions.items()}
+        """L2 norm per layer, computed in float64: a finite float32 vector's norm may exceed float32's range."""
+        return {layer: float(t.double().norm()) for layer, t in self.directions.items()}
 
     # ---- arithmetic -------------------------------------------------------------------------------
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
@@ -219,9 +220,21 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
             f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file with steerlab.load_steer"
         )
     for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.dtype not in READ_DTYPES:
+            raise VectorFileError(
+                f"{path}: tensor '{key}' is {dtype_name(tensor.dtype)}; steerlab reads "
+                f"{', '.join(dtype_name(d) for d in READ_DTYPES)} tensors (convert it to float32)"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); refusing to load it")
     return meta, tensors
+
+
+READ_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float8 and others: no finite check
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def layer_index(key: str, prefix: str, path: Path | str) -> int:

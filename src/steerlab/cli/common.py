@@ -195,10 +195,18 @@ class StageBars:
 
 def prompt_lines(option: str, path: str) -> list[str]:
     """The non-blank lines of a prompts file (one prompt per line, UTF-8, a BOM is fine), stripped."""
+    from ..textio import read_text
+
     file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"{option} {file}: no such file")
-    return [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        if not file.is_file():
+            raise CLIError(f"{option} {file}: no such file")
+        text = read_text(file, CLIError)
+    except OSError as exc:  # a name too long, say
+        raise CLIError(f"{option} {file}: cannot read ({exc.strerror or exc})") from None
+    except CLIError as exc:  # read_text's message starts with the file; say which option named it
+        raise CLIError(f"{option} {exc}" if str(exc).startswith(str(file)) else str(exc)) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_prompts(args) -> list[str]:

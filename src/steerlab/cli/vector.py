@@ -127,11 +127,12 @@ def cmd_build(args) -> int:
 
 def cmd_info(args) -> int:
     from ..steers import load_steer
+    from ..textio import finite_json
 
     steer = load_steer(args.file)
     info = {"kind": steer.kind, **steer.describe()}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(finite_json(info), indent=2, allow_nan=False))  # strict JSON: no NaN or Infinity
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
