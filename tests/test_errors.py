@@ -222,3 +222,120 @@ def test_vector_info_json_is_strict_json_when_a_norm_overflows_float32(tmp_path,
 
     info = json.loads(capsys.readouterr().out, parse_constant=no_constants)
     assert info["norms"]["1"] == pytest.approx(6e38)
+
+
+# ---- misuses: refused before any model work, with the fix in the message ---------------------------------
+@pytest.fixture
+def no_model(monkeypatch):
+    """Every check below must run before the model loads: loading it fails the test."""
+    import steerlab.models
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the misuse was refused")
+
+    monkeypatch.setattr(steerlab.models, "load_model", load_model)
+
+
+def last_error(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def steers(tmp_path):
+    """A vector, a condition and an LM-Steer file of a 4-layer model of hidden size 4."""
+    meta = VectorMeta("m", 4, 4, "caa")
+    vector = SteeringVector({1: torch.ones(4)}, meta).save(tmp_path / "v.safetensors")
+    condition = Condition(torch.ones(4), 1, 0.1, ">=", {}, VectorMeta("m", 4, 4, "condition", kind="condition"))
+    condition_path = condition.save(tmp_path / "c.safetensors")
+    lm_meta = VectorMeta("m", 4, 4, "lm_steer", kind="lm_steer", config={"epsilon": 1e-3})
+    lm_steer = LMSteer(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2), lm_meta).save(tmp_path / "s.safetensors")
+    return {"vector": str(vector), "condition": str(condition_path), "lm_steer": str(lm_steer), "dir": tmp_path}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["generate", "--vector", "{condition}", "--prompt", "hi"],
+            "error: a condition file decides where a vector applies: give it as --condition beside a --vector",
+        ),
+        (
+            ["eval", "--vector", "{condition}", "--task", "sentiment"],
+            "error: --vector {condition} is a condition file: it decides where a vector applies and steers nothing",
+        ),
+        (
+            ["vector", "export-gguf", "{condition}", "--out", "{dir}/c.gguf"],
+            "error: {condition}: a steer of kind 'condition', not a steering vector",
+        ),
+        (
+            ["generate", "--vector", "{lm_steer}", "--operator", "ablate", "--prompt", "hi"],
+            "error: --operator applies to vectors; a steer of kind 'lm_steer' has none: drop --operator",
+        ),
+        (
+            ["eval", "--vector", "{lm_steer}", "--operator", "ablate", "--task", "sentiment"],
+            "error: --operator applies to vectors; {lm_steer} is a steer of kind 'lm_steer': drop --operator",
+        ),
+        (
+            [
+                "vector",
+                "build",
+                "--method",
+                "lm_steer",
+                "--layers",
+                "15",
+                "--positive",
+                "a",
+                "--negative",
+                "b",
+                "--out",
+                "{dir}/x.safetensors",
+            ],
+            "error: --layers does not apply to --method lm_steer: it has no layers to choose (it transforms the final "
+            "hidden state); drop --layers",
+        ),
+        (["serve", "--port", "99999"], "error: --port must be in 0..65535, got 99999"),
+        (["serve", "--max-tokens", "0"], "error: --max-tokens must be at least 1, got 0"),
+        (
+            ["vector", "build", "--positive", "a", "--negative", "b", "--out", "{vector}/x.safetensors"],
+            "error: --out {vector}/x.safetensors: {vector} is not a folder",
+        ),
+    ],
+)
+def test_misuses_are_refused_before_the_model_loads(steers, no_model, capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("STEERLAB_DATA", str(steers["dir"]))
+    assert main([a.format(**steers) for a in argv]) == 1
+    assert last_error(capsys).startswith(message.format(**steers))
+
+
+def test_threads_0_is_refused(steers, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["generate", "--vector", steers["vector"], "--prompt", "hi", "--threads", "0"])
+    assert caught.value.code == 2
+    assert last_error(capsys).endswith("error: argument --threads: must be at least 1, got 0")
+
+
+def test_an_unwritable_out_is_refused_naming_it_not_a_temporary_file(steers, no_model, capsys, monkeypatch):
+    import os
+
+    real_access = os.access
+    locked = steers["dir"] / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    out = locked / "x.safetensors"
+    assert main(["vector", "build", "--positive", "a", "--negative", "b", "--out", str(out)]) == 1
+    assert last_error(capsys) == f"error: --out {out}: cannot write in {locked} (permission denied or read-only)"
+
+
+def test_ab_items_that_cannot_be_swapped_are_refused_before_the_vector_is_built(steers, no_model, capsys):
+    folder = steers["dir"]
+    item = {"answer_matching_behavior": "(A)Yes", "answer_not_matching_behavior": "(B)No"}
+    train = [{"question": f"Train {i}?\n(A)Yes\n(B)No", **item} for i in range(4)]
+    test = [{"question": f"Test {i}?\n(A)Yes\n(B)No", **item} for i in range(4)]
+    (folder / "train.json").write_text(json.dumps(train))
+    (folder / "test.json").write_text(json.dumps(test))
+    task = folder / "task.json"
+    task.write_text(json.dumps({"name": "yes", "kind": "ab", "train": "train.json", "test": "test.json"}))
+    assert main(["sweep", "--task", str(task), "--out", str(folder / "sweep")]) == 1
+    message = last_error(capsys)
+    assert message.startswith("error: task 'yes' (val): item 1: cannot swap the choices of 'Test 0?"), message
+    assert "(--no-swap)" in message

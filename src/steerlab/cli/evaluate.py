@@ -14,6 +14,7 @@ from .common import (
     StageBars,
     add_model_args,
     check_at_least,
+    check_writable,
     command,
     load_cli_model,
     parse_layers,
@@ -143,6 +144,7 @@ def _prepare(args, command_name: str):
     name = task.name.replace("/", "-").replace(".", "-")
     out = Path(args.out) if args.out else Path("steerlab-out") / f"{command_name}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_free(out, args.overwrite)
+    check_writable(out)
     return task, generation, out
 
 
@@ -162,6 +164,15 @@ def cmd_eval(args) -> int:
     strengths = parse_numbers(args.strengths, "--strengths")
     values = read_config_values(args.config, args.set)[0] if args.method else None
     steer = load_steer(args.vector) if args.vector else None
+    if steer is not None and steer.kind == "condition":
+        raise CLIError(
+            f"--vector {args.vector} is a condition file: it decides where a vector applies and steers nothing "
+            "itself; give the vector to evaluate (conditions apply in generate --condition and serve)"
+        )
+    if steer is not None and args.operator and not isinstance(steer, SteeringVector):
+        raise CLIError(
+            f"--operator applies to vectors; {args.vector} is a steer of kind '{steer.kind}': drop --operator"
+        )
     if isinstance(steer, SteeringVector):
         check_vector_layers([steer], layers)
     lm = load_cli_model(args)

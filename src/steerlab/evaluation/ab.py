@@ -120,6 +120,23 @@ def swap_choices(pair: ContrastivePair) -> ContrastivePair:
     return replace(pair, prompt=question, positive=pair.negative, negative=pair.positive)
 
 
+def check_ab_items(pairs: Sequence[ContrastivePair], swap: bool = True, source: str = "") -> None:
+    """Refuse, before any model work, items score_ab could not score as asked: lettered and unlettered items
+    mixed, or (when `swap`) lettered items whose choices cannot be swapped. `source` names their file."""
+    lettered = [is_lettered(p) for p in pairs]
+    where = f"{source}: " if source else ""
+    if swap and any(lettered) and not all(lettered):
+        raise ABFormatError(f"{where}some items have answers (A)/(B) and some do not; score one kind at a time")
+    if swap and all(lettered):
+        for i, pair in enumerate(pairs, 1):
+            if _CHOICES.match(pair.prompt) is None:
+                raise ABFormatError(
+                    f"{where}item {i}: cannot swap the choices of {pair.prompt[:60]!r}: they must be the last two "
+                    "lines of the question, starting '(A) ' and '(B) ' (a space after the letter); rewrite them "
+                    "or score without swapping (--no-swap)"
+                )
+
+
 def first_answer(pair: ContrastivePair) -> str:
     """The answer whose share measures answer bias: "A" for lettered items, "Yes" for Yes/No, else the matching one."""
     if is_lettered(pair):
@@ -278,10 +295,8 @@ def score_ab(
     for cell in cells:
         if cell.layer is not None and not 0 <= cell.vector < len(vectors):
             raise UsageError(f"cell {cell} names vector {cell.vector} but {len(vectors)} vectors were given")
-    lettered = [is_lettered(p) for p in pairs]
-    orders = 2 if swap and all(lettered) else 1
-    if swap and any(lettered) and not all(lettered):
-        raise ABFormatError("some items have answers (A)/(B) and some do not; score one kind at a time")
+    check_ab_items(pairs, swap)
+    orders = 2 if swap and all(is_lettered(p) for p in pairs) else 1
     variants = [[p, swap_choices(p)] if orders == 2 else [p] for p in pairs]
     rows = [_prepare(lm, v, positions) for group in variants for v in group]
 

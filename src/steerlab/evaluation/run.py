@@ -111,6 +111,10 @@ def evaluate(
     if method is not None:  # (exactly one of steer and method is given)
         steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
         source = source or f"fitted ({method})"
+    if getattr(steer, "kind", None) == "condition":
+        raise EvaluationError(
+            "a condition decides where a vector applies and steers nothing itself; evaluate the vector it gates"
+        )
     if operator is not None and not isinstance(steer, SteeringVector):
         raise EvaluationError(f"an operator applies to vectors; this steer is of kind '{steer.kind}'")
     if isinstance(steer, SteeringVector):

@@ -37,7 +37,7 @@ from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector, write_atomic
-from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
+from .ab import POSITIONS, UNSTEERED, Cell, at_chance, check_ab_items, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
@@ -178,6 +178,8 @@ def sweep(
     items = task.eval_items(config.split, data_dir, config.limit)
     if not items:
         raise SweepError(f"task '{task.name}' has no {config.split} items to score")
+    if task.kind == "ab":
+        check_ab_items(items, config.swap, f"task '{task.name}' ({config.split})")
     if vector is None:
         data = task.train_data(data_dir, config.train_limit)
         vector = build_sweep_vector(
