@@ -293,6 +293,14 @@ def steers(tmp_path):
             "error: --layers does not apply to --method lm_steer: it has no layers to choose (it transforms the final "
             "hidden state); drop --layers",
         ),
+        (
+            ["eval", "--method", "lm_steer", "--layers", "1", "--task", "sentiment"],
+            "error: --layers does not apply to --method lm_steer: it has no layers to choose; drop --layers",
+        ),
+        (
+            ["eval", "--method", "prompt", "--operator", "ablate", "--task", "sentiment"],
+            "error: --operator applies to vectors; --method prompt makes a steer of kind 'prompt': drop --operator",
+        ),
         (["serve", "--port", "99999"], "error: --port must be in 0..65535, got 99999"),
         (["serve", "--max-tokens", "0"], "error: --max-tokens must be at least 1, got 0"),
         (

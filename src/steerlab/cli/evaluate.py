@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -152,6 +153,7 @@ def cmd_eval(args) -> int:
     from ..config import read_config_values
     from ..evaluation.report import summary_markdown, write_report
     from ..evaluation.run import evaluate
+    from ..methods import get_method
     from ..steers import load_steer
     from ..vector import SteeringVector
     from .common import check_vector_layers
@@ -163,6 +165,17 @@ def cmd_eval(args) -> int:
     multipliers = parse_numbers(args.multipliers, "--multipliers")
     strengths = parse_numbers(args.strengths, "--strengths")
     values = read_config_values(args.config, args.set)[0] if args.method else None
+    if args.method:
+        method = get_method(args.method)
+        if layers is not None and "layers" not in {f.name for f in dataclasses.fields(method.config_cls)}:
+            raise CLIError(
+                f"--layers does not apply to --method {args.method}: it has no layers to choose; drop --layers"
+            )
+        if args.operator and method.kind != "vector":
+            raise CLIError(
+                f"--operator applies to vectors; --method {args.method} makes a steer of kind '{method.kind}': "
+                "drop --operator"
+            )
     steer = load_steer(args.vector) if args.vector else None
     if steer is not None and steer.kind == "condition":
         raise CLIError(

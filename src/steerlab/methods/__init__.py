@@ -28,6 +28,7 @@ class Method:
     progress_unit: str = "pair"
     progress_total: Callable[[int, Any], int] = lambda pairs, config: pairs
     needs_data: bool = True
+    kind: str = "vector"  # the kind of steer fit returns (steerlab.steers)
 
 
 METHODS: dict[str, Method] = {
@@ -43,6 +44,7 @@ METHODS: dict[str, Method] = {
         "pair",
         lambda pairs, config: 0,
         needs_data=False,
+        kind="prompt",
     ),
     "vector_prompt": Method(
         "vector_prompt",
@@ -59,6 +61,7 @@ METHODS: dict[str, Method] = {
         "trained low-rank map of the output embeddings (LM-Steer)",
         "step",
         lambda pairs, config: config.steps,
+        kind="lm_steer",
     ),
 }
 
