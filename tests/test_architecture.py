@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "steerlab"
 # as long as they form no loop.
 FLOORS = {
     "steerlab.version": 0,
+    "steerlab.errors": 0,
     "steerlab.textio": 0,
     "steerlab.config": 0,
     "steerlab.data": 0,

@@ -16,10 +16,11 @@ import pytest
 import torch
 import yaml
 from gguf import GGUFWriter
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_bytes
 
+from steerlab import SteerlabError
 from steerlab.conditional import Condition
 from steerlab.config import ConfigError, load_config
 from steerlab.data import DatasetError, load_pairs
@@ -40,11 +41,20 @@ FAST = settings(
 SLOW = settings(FAST, max_examples=1000)
 
 
-def fast_and_slow(strategy):
-    """Two tests of one property: a short run for the fast set, 1,000 cases for the fuzz set."""
+def fast_and_slow(strategy, examples=()):
+    """Two tests of one property: a short run for the fast set, 1,000 cases for the fuzz set; each runs the
+    explicit `examples` (inputs once seen to escape as a non-library error) before the generated ones."""
+
+    def with_examples(test):
+        for case in examples:
+            test = example(case)(test)
+        return test
 
     def make(check):
-        return FAST(given(strategy)(check)), pytest.mark.fuzz(SLOW(given(strategy)(check)))
+        return (
+            FAST(with_examples(given(strategy)(check))),
+            pytest.mark.fuzz(SLOW(with_examples(given(strategy)(check)))),
+        )
 
     return make
 
@@ -57,7 +67,7 @@ def in_temp_file(name: str, data: bytes, read):
         path.write_bytes(data)
         try:
             return read(path)
-        except (VectorFileError, DatasetError, ConfigError) as exc:
+        except SteerlabError as exc:
             assert str(exc).startswith((str(path), "--set ")) and "\n" not in str(exc), str(exc)  # noqa: PT017 - the refusal's shape, then re-raised
             raise
 
@@ -184,7 +194,21 @@ def check_vector(data: bytes) -> None:
     json.dumps(vector.describe(), allow_nan=False)
 
 
-test_vector_reader_fast, test_vector_reader_slow = fast_and_slow(vector_files())(check_vector)
+BASE_META = {"model_name": "m", "hidden_size": 4, "num_layers": 4, "method": "caa"}
+FLOAT8 = torch.ones(4).to(torch.float8_e4m3fn)  # isfinite is not implemented for float8: once a NotImplementedError
+VECTOR_EXAMPLES = [
+    safetensors_bytes({"layer.1": FLOAT8}, metadata={"steerlab": json.dumps(BASE_META)}),
+    safetensors_bytes(  # a condition without its layer: once a KeyError 'layer'
+        {"layer.1": torch.ones(4)},
+        metadata={"steerlab": json.dumps({**BASE_META, "kind": "condition", "condition": {"threshold": 0.1}})},
+    ),
+    safetensors_bytes(  # the older layout: a condition stored as a vector, no recommended layer
+        {"layer.1": torch.ones(4)},
+        metadata={"steerlab": json.dumps({**BASE_META, "method": "condition", "params": {"threshold": 0.1}})},
+    ),
+    ('{"steerlab": ' + "[" * 5000 + "]" * 5000 + "}").encode(),  # a JSON steer nested deeply: once a RecursionError
+]
+test_vector_reader_fast, test_vector_reader_slow = fast_and_slow(vector_files(), VECTOR_EXAMPLES)(check_vector)
 
 
 # ---- pair files -----------------------------------------------------------------------------------
@@ -218,7 +242,11 @@ def check_pairs(data: bytes) -> None:
     assert all(isinstance(p.positive, str) and isinstance(p.prompt, str) for p in dataset.pairs)
 
 
-test_pair_reader_fast, test_pair_reader_slow = fast_and_slow(pair_files())(check_pairs)
+PAIR_EXAMPLES = [
+    json.dumps({"positive": "good", "negative": "bad"}).encode("utf-16"),
+    json.dumps({"positive": "caf\u00e9", "negative": "bad"}, ensure_ascii=False).encode("latin-1"),
+]
+test_pair_reader_fast, test_pair_reader_slow = fast_and_slow(pair_files(), PAIR_EXAMPLES)(check_pairs)
 
 
 # ---- prompt-steer JSON ----------------------------------------------------------------------------
@@ -422,7 +450,16 @@ def check_lm_steer(data: bytes) -> None:
     assert math.isfinite(steer.epsilon) and steer.rank >= 1 and bool(torch.isfinite(steer.projector1).all())
 
 
-test_lm_steer_reader_fast, test_lm_steer_reader_slow = fast_and_slow(lm_steer_files())(check_lm_steer)
+LM_STEER_META = {**BASE_META, "method": "lm_steer", "kind": "lm_steer", "config": {"epsilon": 1e-3}}
+LM_STEER_EXAMPLES = [
+    safetensors_bytes(
+        {"projector1": torch.ones(1, 4, 2).to(torch.float8_e4m3fn), "projector2": torch.ones(1, 4, 2)},
+        metadata={"steerlab": json.dumps(LM_STEER_META)},
+    )
+]
+test_lm_steer_reader_fast, test_lm_steer_reader_slow = fast_and_slow(lm_steer_files(), LM_STEER_EXAMPLES)(
+    check_lm_steer
+)
 
 
 # ---- task files (and the files they name) ---------------------------------------------------------
@@ -476,7 +513,14 @@ def check_task(files: dict[str, bytes]) -> None:
             return
 
 
-test_task_reader_fast, test_task_reader_slow = fast_and_slow(task_folders())(check_task)
+TASK = {"name": "t", "kind": "ab", "train": "train.jsonl", "test": "test.json"}
+AB_FILES = {"train.jsonl": (json.dumps(AB_ITEM) + "\n").encode(), "test.json": json.dumps([AB_ITEM] * 2).encode()}
+TASK_EXAMPLES = [
+    {"task.json": json.dumps({**TASK, "train": "x" * 300 + ".jsonl"}).encode(), **AB_FILES},  # once OSError
+    {"task.json": json.dumps({k: v for k, v in TASK.items() if k != "name"}).encode(), **AB_FILES},  # TypeError
+    {"task.yaml": yaml.safe_dump({k: v for k, v in TASK.items() if k != "test"}).encode(), **AB_FILES},
+]
+test_task_reader_fast, test_task_reader_slow = fast_and_slow(task_folders(), TASK_EXAMPLES)(check_task)
 
 
 def test_the_vector_strategy_reaches_valid_files_too():

@@ -2,17 +2,32 @@
 
 The public verbs, in the order of the data path: load_model, load_pairs, fit, load_steer, steer,
 generate, evaluate, compare (see docs/architecture.md).
+
+Every error steerlab raises on purpose derives from `SteerlabError` (each also keeps its builtin parent, e.g.
+`VectorFileError` is a `ValueError`); all of them are exported here.
 """
 
 from .ablation import DirectionalAblation
 from .conditional import Condition, ConditionalSteering, fit_condition
+from .config import ConfigError
 from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs, pairs_from_texts
+from .errors import MissingFileError, OutputExistsError, SteerlabError, UsageError
+from .evaluation.ab import ABFormatError
+from .evaluation.metric_registry import MetricError
 from .evaluation.run import Comparison, EvaluationError, compare, evaluate
+from .evaluation.sweep import SweepError
+from .evaluation.tasks import TaskError
 from .generation import ENGINES, GenerationConfig, GenerationResult, generate
+from .interop.vllm.errors import EngineUnavailable, SteeringNotApplied, SteerNotFound, VLLMIncompatible
+from .interop.vllm.request import SteeringRequestError
+from .meta import VectorFileError
 from .methods import fit
-from .models import LoadedModel, ModelLoadError, load_model
+from .methods.lm_steer import InsufficientMemoryError
+from .models import LayerError, LoadedModel, ModelLoadError, load_model
+from .positions import TemplateError
 from .steering import CombinedSteering, SpecSteering, SteeringError, SteeringHandle, SteeringSpec, steer
 from .steers import load_steer
+from .strength import StrengthError
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta
 from .version import __version__
 
@@ -34,14 +49,9 @@ __all__ = [
     "ContrastiveDataset",
     "DirectionalAblation",
     "ContrastivePair",
-    "DatasetError",
-    "EvaluationError",
     "GenerationConfig",
     "GenerationResult",
-    "IncompatibleVectorError",
     "LoadedModel",
-    "ModelLoadError",
-    "SteeringError",
     "SteeringHandle",
     "SteeringSpec",
     "SteeringVector",
@@ -58,4 +68,29 @@ __all__ = [
     "load_steer",
     "pairs_from_texts",
     "steer",
+    # the error family: SteerlabError and every subclass
+    "ABFormatError",
+    "ConfigError",
+    "DatasetError",
+    "EngineUnavailable",
+    "EvaluationError",
+    "IncompatibleVectorError",
+    "InsufficientMemoryError",
+    "LayerError",
+    "MetricError",
+    "MissingFileError",
+    "OutputExistsError",
+    "ModelLoadError",
+    "SteerNotFound",
+    "SteeringError",
+    "SteeringNotApplied",
+    "SteeringRequestError",
+    "SteerlabError",
+    "StrengthError",
+    "SweepError",
+    "TaskError",
+    "TemplateError",
+    "UsageError",
+    "VLLMIncompatible",
+    "VectorFileError",
 ]

@@ -17,6 +17,7 @@ from typing import cast
 
 import torch
 
+from .errors import UsageError
 from .models import LoadedModel
 from .operators import ablate, unit
 from .steering import HookHandle, broadcast_rows, enter_scope, in_scope, scaled_rows
@@ -40,7 +41,7 @@ def stream_writers(lm: LoadedModel) -> list[tuple[torch.nn.Module, torch.nn.Modu
             if projections:
                 found.append((child, projections[-1]))
     if not found:
-        raise ValueError(f"{lm.name}: found no attention or MLP projections in its decoder blocks")
+        raise UsageError(f"{lm.name}: found no attention or MLP projections in its decoder blocks")
     return found
 
 
@@ -53,11 +54,11 @@ def ablation_direction(vector: SteeringVector, layer: int | None = None) -> tupl
         elif len(vector.directions) == 1:
             layer = next(iter(vector.directions))
         else:
-            raise ValueError(
+            raise UsageError(
                 "the vector has several layers and no recommended one; say which layer's direction to ablate"
             )
     if layer not in vector.directions:
-        raise ValueError(f"the vector has no direction at layer {layer}; it has {vector.layers}")
+        raise UsageError(f"the vector has no direction at layer {layer}; it has {vector.layers}")
     return vector.directions[layer], layer
 
 
@@ -77,7 +78,7 @@ class DirectionalAblation:
         self.direction, self.layer = ablation_direction(vector, layer)
         self.rows = None if rows is None else torch.tensor([bool(r) for r in rows], dtype=torch.float32)
         if self.rows is not None and self.rows.numel() == 0:
-            raise ValueError("rows must name at least one row (or be None for every row)")
+            raise UsageError("rows must name at least one row (or be None for every row)")
 
     def attach(
         self,
@@ -189,7 +190,7 @@ def _check_no_component(lm: LoadedModel, direction: torch.Tensor) -> None:
             handle.remove()
     tolerance = 1e-2 if next(lm.model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1e-4
     if max(seen) > tolerance:
-        raise ValueError(
+        raise UsageError(
             f"{lm.name}: after orthogonalising, a block output still has {max(seen):.3g} of its norm along "
             "the direction; this architecture transforms what its projections write (e.g. post-norms)"
         )

@@ -15,7 +15,8 @@ from typing import TypeVar
 import torch
 
 from .batching import DEFAULT_BATCH_TOKENS, TokenIds, pad, positions_from_mask, run_prefix, token_batches
-from .data import ContrastivePair, format_prompt
+from .data import ContrastivePair, DatasetError, format_prompt
+from .errors import UsageError
 from .models import LoadedModel, check_layers
 
 
@@ -62,7 +63,7 @@ def tokenize_pair(lm: LoadedModel, pair: ContrastivePair) -> tuple[TokenIds, Tok
     pos = tok(pair.positive, add_special_tokens=False)["input_ids"]
     neg = tok(pair.negative, add_special_tokens=False)["input_ids"]
     if not pos or not neg:
-        raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
+        raise DatasetError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
     return list(prefix), list(pos), list(neg)
 
 
@@ -72,7 +73,7 @@ def split_at_divergence(first: TokenIds, second: TokenIds) -> tuple[TokenIds, To
     while k < min(len(first), len(second)) and first[k] == second[k]:
         k += 1
     if k == 0 or k == min(len(first), len(second)):
-        raise ValueError("the two answers do not tokenize to different tokens after a shared context")
+        raise DatasetError("the two answers do not tokenize to different tokens after a shared context")
     return list(first[:k]), list(first[k:]), list(second[k:])
 
 
@@ -142,10 +143,10 @@ def record_activations(
     """
     layers = check_layers(lm, layers)
     if not items:
-        raise ValueError("nothing to record: no items")
+        raise UsageError("nothing to record: no items")
     k = len(items[0][1])
     if any(len(suffixes) != k for _, suffixes in items):
-        raise ValueError("every item needs the same number of suffixes")
+        raise UsageError("every item needs the same number of suffixes")
     out = torch.empty(len(items), k, len(layers), lm.hidden_size)
     # Sorted, length-bounded batches keep padding small; results go back to their original rows.
     lengths = [len(prefix) + max(len(s) for s in suffixes) for prefix, suffixes in items]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .errors import UsageError
 from .models import LoadedModel
 
 TokenIds = list[int]
@@ -43,9 +44,9 @@ def pad(seqs: Sequence[TokenIds], pad_id: int, *, left: bool) -> tuple[torch.Ten
 def check_batch(batch_size: int, batch_tokens: int) -> None:
     """Refuse batch limits below one (a config's batch_size / batch_tokens)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     if batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
+        raise UsageError(f"batch_tokens must be at least 1, got {batch_tokens}")
 
 
 def token_batches(
@@ -63,7 +64,7 @@ def token_batches(
     A single row longer than the budget still gets a batch of its own.
     """
     if max_tokens < 1 or (max_rows is not None and max_rows < 1):
-        raise ValueError("max_tokens and max_rows must be at least 1")
+        raise UsageError("max_tokens and max_rows must be at least 1")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -120,7 +121,7 @@ class PrefixCache:
         Positions continue from each row's real prefix length, so padding never shifts them.
         """
         if len(suffixes) != self.mask.shape[0]:
-            raise ValueError(f"{len(suffixes)} continuations for {self.mask.shape[0]} cached rows")
+            raise UsageError(f"{len(suffixes)} continuations for {self.mask.shape[0]} cached rows")
         ids, mask = pad(suffixes, lm.tokenizer.pad_token_id, left=False)
         positions = self.mask.sum(1, keepdim=True) + torch.arange(ids.shape[1]).unsqueeze(0)
         device = lm.device

@@ -22,6 +22,7 @@ import torch
 
 from .activations import record_activations
 from .batching import positions_from_mask
+from .errors import UsageError
 from .meta import ConditionRecord, VectorFileError, VectorMeta
 from .models import LoadedModel, check_layers
 from .steering import SpecSteering, SteeringHandle, SteeringSpec, enter_scope, in_scope, leave_scope, unsteered
@@ -53,7 +54,7 @@ class Condition:
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
-            raise ValueError(f"comparison must be one of {', '.join(COMPARISONS)}; got '{self.comparison}'")
+            raise UsageError(f"comparison must be one of {', '.join(COMPARISONS)}; got '{self.comparison}'")
 
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         return scores >= self.threshold if self.comparison == ">=" else scores <= self.threshold
@@ -66,7 +67,7 @@ class Condition:
         if lm is not None:
             return VectorMeta.for_model(lm, CONDITION_METHOD, kind="condition", condition=self.record())
         if self.meta is None:
-            raise ValueError("a condition's file names its model: give the model (lm) it was fitted on")
+            raise UsageError("a condition's file names its model: give the model (lm) it was fitted on")
         return replace(self.meta, kind="condition", method=CONDITION_METHOD, condition=self.record())
 
     def as_vector(self, lm: LoadedModel | None = None) -> SteeringVector:
@@ -142,7 +143,7 @@ def fit_condition(
     directions = dict(directions.directions if isinstance(directions, SteeringVector) else directions)
     layers = check_layers(lm, list(directions) if layers is None else layers)
     if not steer or not keep:
-        raise ValueError("fitting a condition needs prompts to steer and prompts to keep")
+        raise UsageError("fitting a condition needs prompts to steer and prompts to keep")
     scores = last_token_scores(lm, list(steer) + list(keep), {layer: directions[layer] for layer in layers})
     truth = torch.tensor([True] * len(steer) + [False] * len(keep))
     best: tuple[float, Condition] | None = None
@@ -215,7 +216,7 @@ class ConditionalHandle:
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
-            raise ValueError("conditional steering reads the prompt's token ids; call the model with input_ids")
+            raise UsageError("conditional steering reads the prompt's token ids; call the model with input_ids")
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None or mask.ndim != 2 else mask
         captured = {}

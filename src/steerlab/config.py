@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from .errors import SteerlabError
 from .textio import MAX_DEPTH, read_text
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ T = TypeVar("T", bound="DataclassInstance")  # configs are dataclasses
 MAX_NODES = 100_000  # a config or task file is small; anchors and aliases must not expand it past this
 
 
-class ConfigError(ValueError):
+class ConfigError(SteerlabError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 
@@ -159,6 +160,16 @@ def build_config(
     for key in values:
         if key not in allowed:
             raise ConfigError(f"{at(key)}: unknown key {key!r} for {cls.__name__}; allowed keys: {', '.join(allowed)}")
+    required = [
+        f.name
+        for f in allowed.values()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
+    ]
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing key{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}; {cls.__name__} needs {', '.join(required)}"
+        )
     hints = typing.get_type_hints(cls)
     coerced = {key: _coerce(hints[key], value, f"{at(key)}: key '{key}'") for key, value in values.items()}
     try:

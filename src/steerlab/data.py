@@ -11,10 +11,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import SteerlabError
 from .textio import decode, loads
 
 
-class DatasetError(ValueError):
+class DatasetError(SteerlabError, ValueError):
     """A dataset file is malformed; the message names the file, the line and the field."""
 
 

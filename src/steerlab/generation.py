@@ -18,6 +18,7 @@ from transformers import (
 
 from .batching import pad
 from .data import format_prompt
+from .errors import UsageError
 from .models import LoadedModel
 from .steering import CombinedSteering, SpecSteering, Steer, SteeringSpec
 from .vector import SteeringVector
@@ -47,9 +48,9 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+            raise UsageError("max_new_tokens must be at least 1")
         if not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+            raise UsageError("temperature must be > 0 and top_p in (0, 1]")
 
 
 class RowSeededSampler(LogitsProcessor):
@@ -75,7 +76,7 @@ class RowSeededSampler(LogitsProcessor):
 
     def _rows(self, batch: int) -> list[torch.Generator]:
         if batch != len(self.generators):
-            raise ValueError(f"{len(self.generators)} row seeds for a batch of {batch} rows")
+            raise UsageError(f"{len(self.generators)} row seeds for a batch of {batch} rows")
         return self.generators
 
 
@@ -251,7 +252,7 @@ def _engine(engine: str | object, lm: LoadedModel):
         return engine
     factory = ENGINES.get(engine)
     if factory is None:
-        raise ValueError(f"engine must be 'hf' or one of {', '.join(ENGINES) or 'none'}; got {engine!r}")
+        raise UsageError(f"engine must be 'hf' or one of {', '.join(ENGINES) or 'none'}; got {engine!r}")
     return factory(lm)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
 from .vector import IncompatibleVectorError, SteeringVector, VectorMeta, content_hash, describe_model, same_model
 
 
@@ -34,9 +35,9 @@ def merge_ties(
     kept = _checked_layers(vectors, layers)
     weights = _checked_weights(vectors, [1.0] * len(vectors) if weights is None else weights)
     if any(w <= 0 for w in weights):
-        raise ValueError(f"TIES weights must be positive, got {weights}; negate a vector (-v) to subtract it")
+        raise UsageError(f"TIES weights must be positive, got {weights}; negate a vector (-v) to subtract it")
     if not 0.0 < density <= 1.0:
-        raise ValueError(f"density is the fraction of values kept per layer, in (0, 1]; got {density}")
+        raise UsageError(f"density is the fraction of values kept per layer, in (0, 1]; got {density}")
     directions = {
         layer: ties_layer(torch.stack([v.directions[layer] for v in vectors]), torch.tensor(weights), density)
         for layer in kept
@@ -67,7 +68,7 @@ def trim_by_magnitude(stacked: torch.Tensor, density: float) -> torch.Tensor:
 def _checked_layers(vectors: Sequence[SteeringVector], layers: Sequence[int] | None) -> list[int]:
     """Refuse vectors of different models or layer sets; with `layers`, every vector must have them."""
     if not vectors:
-        raise ValueError("nothing to merge: pass at least one vector")
+        raise UsageError("nothing to merge: pass at least one vector")
     first = vectors[0]
     for i, other in enumerate(vectors[1:], start=1):
         _check_same_model(first, other, i)
@@ -81,7 +82,7 @@ def _checked_layers(vectors: Sequence[SteeringVector], layers: Sequence[int] | N
         return first.layers
     kept = sorted({int(layer) for layer in layers})
     if not kept:
-        raise ValueError("layers=[] keeps nothing; name at least one layer")
+        raise UsageError("layers=[] keeps nothing; name at least one layer")
     for i, vector in enumerate(vectors):
         missing = [layer for layer in kept if layer not in vector.directions]
         if missing:
@@ -102,7 +103,7 @@ def _check_same_model(first: SteeringVector, other: SteeringVector, index: int) 
 def _checked_weights(vectors: Sequence[SteeringVector], weights: Sequence[float]) -> list[float]:
     weights = [float(w) for w in weights]
     if len(weights) != len(vectors):
-        raise ValueError(f"got {len(weights)} weights for {len(vectors)} vectors; give one weight per vector")
+        raise UsageError(f"got {len(weights)} weights for {len(vectors)} vectors; give one weight per vector")
     return weights
 
 

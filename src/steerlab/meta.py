@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .errors import SteerlabError
 from .textio import is_number, loads
 from .version import __version__
 
@@ -39,7 +40,7 @@ OLD_FIT_STAT_KEYS = (
 )
 
 
-class VectorFileError(ValueError):
+class VectorFileError(SteerlabError, ValueError):
     """A vector file is missing, unreadable, or not a steerlab vector."""
 
 

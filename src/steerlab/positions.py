@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .errors import SteerlabError, UsageError
+
 ROLES = ("system", "user", "assistant")
 MARK = "zqxjk"
 # Conversation shapes a prompt is matched against, longest first: a multi-turn prompt also fits a one-turn shape
@@ -29,7 +31,7 @@ SHAPES: tuple[tuple[str, ...], ...] = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(SteerlabError, ValueError):
     """The chat template (or a prompt) cannot be split into role segments."""
 
 
@@ -39,7 +41,7 @@ def parse_window(positions: str) -> tuple[str, str] | None:
         return None
     parts = positions.split(":", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ValueError(f"a window is written between:OPEN:CLOSE (e.g. between:<think>:</think>); got '{positions}'")
+        raise UsageError(f"a window is written between:OPEN:CLOSE (e.g. between:<think>:</think>); got '{positions}'")
     return parts[1], parts[2]
 
 
@@ -118,7 +120,7 @@ def prompt_roles(tokenizer, ids: Sequence[int], cache: dict | None = None) -> li
 def marker_ids(tokenizer, marker: str) -> list[int]:
     ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"the marker {marker!r} encodes to no tokens")
+        raise UsageError(f"the marker {marker!r} encodes to no tokens")
     return list(ids)
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from .errors import SteerlabError
 from .models import LoadedModel
 from .operators import OPERATORS, Operator, add, get_operator
 from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_flags
@@ -31,7 +32,7 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())
 
 
-class SteeringError(ValueError):
+class SteeringError(SteerlabError, ValueError):
     """Steering was asked for in a way that cannot work; the message says how to fix it."""
 
 

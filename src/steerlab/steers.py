@@ -11,7 +11,6 @@ library both use it): every file by its stem, read by the kind it declares, a ba
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from .conditional import Condition
 from .methods.lm_steer import LMSteer
 from .methods.prompt import METADATA_KEY as PROMPT_KEY
 from .methods.prompt import PromptSteering
+from .textio import loads, read_text
 from .vector import SteeringVector, VectorFileError, read_steer_meta
 
 AnySteer = SteeringVector | Condition | LMSteer | PromptSteering
@@ -41,10 +41,7 @@ def steer_kind(path: str | os.PathLike) -> str:
         json_file = f.read(1) == b"{"  # a safetensors file starts with its 8-byte header length
     if not json_file:
         return read_steer_meta(path).kind
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VectorFileError(f"{path}: neither a safetensors steer nor a JSON prompt steer ({exc})") from None
+    raw = loads(read_text(path, VectorFileError), str(path), VectorFileError)  # strict: UTF-8, bounded depth
     meta = raw.get(PROMPT_KEY) if isinstance(raw, dict) else None
     if not isinstance(meta, dict):
         raise VectorFileError(f'{path}: a JSON file without steerlab metadata (expected {{"{PROMPT_KEY}": {{...}}}})')

@@ -18,6 +18,7 @@ import torch
 
 from .activations import BlockReader
 from .batching import pad, positions_from_mask
+from .errors import SteerlabError, UsageError
 from .models import LoadedModel, check_layers
 from .vector import SteeringVector
 
@@ -26,7 +27,7 @@ NORM_SOURCE_KEY = "residual_norms_text"
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-class StrengthError(ValueError):
+class StrengthError(SteerlabError, ValueError):
     """A norm-relative strength cannot be converted; the message says what to measure first."""
 
 
@@ -50,7 +51,7 @@ def residual_norms(
     rows = [lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     rows = [r for r in rows if len(r) > 1]
     if not rows:
-        raise ValueError("residual norms need at least one text of two or more tokens")
+        raise UsageError("residual norms need at least one text of two or more tokens")
     sums = dict.fromkeys(layers, 0.0)
     count = 0
     keep = torch.zeros(0)

@@ -26,6 +26,11 @@ def decode(data: bytes, source: str, error: type[Exception]) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise error(
+                f"{source}:1: not UTF-8 (byte 0x{data[0]:02x} at offset 0); it is UTF-16 (it starts with a UTF-16 "
+                "byte-order mark): save the file as UTF-8"
+            ) from None
         line = data.count(b"\n", 0, exc.start) + 1
         raise error(
             f"{source}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .errors import OutputExistsError, SteerlabError, UsageError
 from .meta import FORMAT_VERSION, VectorFileError, VectorMeta  # noqa: F401 (the metadata types live in steerlab.meta)
 from .models import LayerError, check_layers
 from .textio import finite_json
@@ -32,7 +33,7 @@ KIND_NAMES = {
 }  # as messages name them
 
 
-class IncompatibleVectorError(ValueError):
+class IncompatibleVectorError(SteerlabError, ValueError):
     """A vector cannot be applied to this model: other hidden size or missing layers."""
 
 
@@ -58,12 +59,12 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         if not self.directions:
-            raise ValueError("a steering vector needs at least one layer")
+            raise UsageError("a steering vector needs at least one layer")
         clean = {}
         for layer, tensor in self.directions.items():
             tensor = torch.as_tensor(tensor).detach().float().cpu()
             if tensor.ndim != 1 or tensor.shape[0] != self.meta.hidden_size:
-                raise ValueError(
+                raise UsageError(
                     f"layer {layer}: direction has shape {tuple(tensor.shape)}, expected ({self.meta.hidden_size},)"
                 )
             clean[int(layer)] = tensor
@@ -74,7 +75,8 @@ class SteeringVector:
         return list(self.directions)
 
     def norms(self) -> dict[int, float]:
-        return {layer: float(t.norm()) for layer, t in self.directions.items()}
+        """L2 norm per layer, computed in float64: a finite float32 vector's norm may exceed float32's range."""
+        return {layer: float(t.double().norm()) for layer, t in self.directions.items()}
 
     # ---- arithmetic -------------------------------------------------------------------------------
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
@@ -218,9 +220,21 @@ def read_steer_file(path: Path, kind: str, what: str) -> tuple[VectorMeta, dict[
             f"{path}: a steer of kind '{meta.kind}', not {what}; read any steer file with steerlab.load_steer"
         )
     for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.dtype not in READ_DTYPES:
+            raise VectorFileError(
+                f"{path}: tensor '{key}' is {dtype_name(tensor.dtype)}; steerlab reads "
+                f"{', '.join(dtype_name(d) for d in READ_DTYPES)} tensors (convert it to float32)"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VectorFileError(f"{path}: tensor '{key}' has non-finite values (NaN or Inf); refusing to load it")
     return meta, tensors
+
+
+READ_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float8 and others: no finite check
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def layer_index(key: str, prefix: str, path: Path | str) -> int:
@@ -291,7 +305,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
+        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)

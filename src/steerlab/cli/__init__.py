@@ -1,7 +1,8 @@
 """The `steerlab` command line: one module per command group, each a `register(sub, vector_sub)`.
 
 This package imports the library and nothing imports it: every command is the library's verbs, parsed,
-checked before the model loads, and printed. Errors print as one line (`--debug` for the traceback).
+checked before the model loads, and printed. A library error (`SteerlabError`) prints as one line; anything
+else is a bug and says so in one line; `--debug` shows the traceback of either.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ..errors import SteerlabError
 from ..version import __version__
 from . import condition, demo, evaluate, generate, interop, orthogonalize, serve, sweep, vector
-from .common import CLIError
+from .common import CLIError, one_line
 
 GROUPS = (vector, orthogonalize, condition, interop, generate, evaluate, sweep, serve, demo)
 
@@ -32,11 +34,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one clear line for users; the traceback with --debug
+    except SteerlabError as exc:  # a refusal: one clear line for users; the traceback with --debug
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Exception as exc:  # anything else escaping the library is ours to fix
+        if args.debug:
+            raise
+        print(f"error: {bug_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def bug_line(exc: BaseException) -> str:
+    """One line for an exception that is not the library's own: what it was, and that it is a bug."""
+    text = one_line(str(exc))
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{what[:300]}; this is a bug, rerun with --debug"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,16 +4,19 @@ the model loads, the model loader, progress bars and the one-line error type."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 
+from ..errors import SteerlabError
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 
-class CLIError(Exception):
+class CLIError(SteerlabError):
     """A user-facing error; printed as one line."""
 
 
@@ -42,7 +45,18 @@ def command(sub, name: str, help_text: str, example: str, description: str | Non
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="HF model folder or .gguf file (default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the model's chat template")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=at_least_1, help="torch CPU threads (default: torch's choice)")
+
+
+def at_least_1(text: str) -> int:
+    """argparse type: a whole number of at least 1 (`--threads 0` is refused, not read as "torch's choice")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_out_args(p: argparse.ArgumentParser, what: str, required: bool = True) -> None:
@@ -62,7 +76,20 @@ def check_out_free(path: str | Path | None, overwrite: bool) -> Path | None:
     out = Path(path)
     if out.exists() and not overwrite:
         raise CLIError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
     return out
+
+
+def check_writable(out: Path, option: str = "--out") -> None:
+    """Refuse, before any model work, an output whose folder cannot be created or written (the writer would
+    fail only at the end, naming its temporary file)."""
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the writer creates the missing folders below the nearest existing one
+    if not folder.is_dir():
+        raise CLIError(f"{option} {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{option} {out}: cannot write in {folder} (permission denied or read-only)")
 
 
 def add_pair_args(p: argparse.ArgumentParser) -> None:
@@ -193,10 +220,18 @@ class StageBars:
 
 def prompt_lines(option: str, path: str) -> list[str]:
     """The non-blank lines of a prompts file (one prompt per line, UTF-8, a BOM is fine), stripped."""
+    from ..textio import read_text
+
     file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"{option} {file}: no such file")
-    return [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        if not file.is_file():
+            raise CLIError(f"{option} {file}: no such file")
+        text = read_text(file, CLIError)
+    except OSError as exc:  # a name too long, say
+        raise CLIError(f"{option} {file}: cannot read ({exc.strerror or exc})") from None
+    except CLIError as exc:  # read_text's message starts with the file; say which option named it
+        raise CLIError(f"{option} {exc}" if str(exc).startswith(str(file)) else str(exc)) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_prompts(args) -> list[str]:

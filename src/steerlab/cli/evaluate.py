@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from .common import (
     StageBars,
     add_model_args,
     check_at_least,
+    check_writable,
     command,
     load_cli_model,
     parse_layers,
@@ -143,6 +145,7 @@ def _prepare(args, command_name: str):
     name = task.name.replace("/", "-").replace(".", "-")
     out = Path(args.out) if args.out else Path("steerlab-out") / f"{command_name}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_free(out, args.overwrite)
+    check_writable(out)
     return task, generation, out
 
 
@@ -150,6 +153,7 @@ def cmd_eval(args) -> int:
     from ..config import read_config_values
     from ..evaluation.report import summary_markdown, write_report
     from ..evaluation.run import evaluate
+    from ..methods import get_method
     from ..steers import load_steer
     from ..vector import SteeringVector
     from .common import check_vector_layers
@@ -161,7 +165,27 @@ def cmd_eval(args) -> int:
     multipliers = parse_numbers(args.multipliers, "--multipliers")
     strengths = parse_numbers(args.strengths, "--strengths")
     values = read_config_values(args.config, args.set)[0] if args.method else None
+    if args.method:
+        method = get_method(args.method)
+        if layers is not None and "layers" not in {f.name for f in dataclasses.fields(method.config_cls)}:
+            raise CLIError(
+                f"--layers does not apply to --method {args.method}: it has no layers to choose; drop --layers"
+            )
+        if args.operator and method.kind != "vector":
+            raise CLIError(
+                f"--operator applies to vectors; --method {args.method} makes a steer of kind '{method.kind}': "
+                "drop --operator"
+            )
     steer = load_steer(args.vector) if args.vector else None
+    if steer is not None and steer.kind == "condition":
+        raise CLIError(
+            f"--vector {args.vector} is a condition file: it decides where a vector applies and steers nothing "
+            "itself; give the vector to evaluate (conditions apply in generate --condition and serve)"
+        )
+    if steer is not None and args.operator and not isinstance(steer, SteeringVector):
+        raise CLIError(
+            f"--operator applies to vectors; {args.vector} is a steer of kind '{steer.kind}': drop --operator"
+        )
     if isinstance(steer, SteeringVector):
         check_vector_layers([steer], layers)
     lm = load_cli_model(args)

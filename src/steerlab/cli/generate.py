@@ -145,6 +145,12 @@ def cmd_generate(args) -> int:
             raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
         if layers is not None:
             raise CLIError(f"a steer of kind '{kind}' has no layers to choose; drop --layers")
+        if args.operator:
+            raise CLIError(f"--operator applies to vectors; a steer of kind '{kind}' has none: drop --operator")
+        if args.positions != "all":
+            raise CLIError(f"a steer of kind '{kind}' acts on every position; drop --positions")
+        if args.condition:
+            raise CLIError(f"--condition gates vectors; a steer of kind '{kind}' cannot be gated: drop --condition")
         only = steers[0]
         steering = (
             only.with_multiplier(args.multiplier[0] if args.multiplier else 1.0) if isinstance(only, LMSteer) else only

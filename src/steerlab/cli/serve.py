@@ -8,7 +8,7 @@ import ipaddress
 import os
 import sys
 
-from .common import CLIError, HelpFormatter, add_model_args, load_cli_model
+from .common import CLIError, HelpFormatter, add_model_args, check_at_least, load_cli_model
 
 TOKEN_ENV = "STEERLAB_TOKEN"
 EXAMPLE = (
@@ -78,14 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"steerlab serve needs {exc.name}; install the server extra: pip install 'steerlab[server]'"
         ) from None
 
-    if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_tokens < 1 or not 0 <= args.port < 65536:
-        raise CLIError(
-            "--max-batch and --max-tokens must be at least 1, --batch-window-ms at least 0, --port in 0..65535"
-        )
-    try:
-        limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_text_chars)
-    except ValueError:
-        raise CLIError("--max-body-bytes, --max-prompt-chars and --max-text-chars must be at least 1") from None
+    if not 0 <= args.port < 65536:
+        raise CLIError(f"--port must be in 0..65535, got {args.port}")
+    if not args.batch_window_ms >= 0:
+        raise CLIError(f"--batch-window-ms must be at least 0, got {args.batch_window_ms}")
+    for option in ("max_batch", "max_tokens", "max_body_bytes", "max_prompt_chars", "max_text_chars"):
+        check_at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
+    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_text_chars)
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise CLIError(
             "--engine vllm needs vLLM with steerlab's plugin: pip install 'steerlab[vllm]' "

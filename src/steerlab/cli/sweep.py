@@ -12,6 +12,7 @@ from .common import (
     StageBars,
     add_model_args,
     check_at_least,
+    check_writable,
     load_cli_model,
     parse_layers,
     parse_numbers,
@@ -120,8 +121,13 @@ def cmd_sweep(args) -> int:
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not args.overwrite:
         raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
+    check_writable(out / OUTPUT_FILES[0])
     # Read the items before any model work, so a malformed file is named before minutes of loading and building.
     items = task.eval_items(config.split, args.data_dir, config.limit)
+    if task.kind == "ab":
+        from ..evaluation.ab import check_ab_items
+
+        check_ab_items(items, config.swap, f"task '{task.name}' ({config.split})")
     lm = load_cli_model(args)
     layers = config.layers or list(range(lm.num_layers))
     cells = 1 + len(layers) * len(config.values)

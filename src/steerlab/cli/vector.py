@@ -3,6 +3,7 @@ first, find the strength the model tolerates."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -109,6 +110,12 @@ def cmd_build(args) -> int:
     values, source = read_config_values(args.config, args.set)
     layers = parse_layers(args.layers, weights=False)
     if layers is not None:
+        if "layers" not in {f.name for f in dataclasses.fields(method.config_cls)}:
+            raise CLIError(
+                f"--layers does not apply to --method {args.method}: it has no layers to choose"
+                + (" (it transforms the final hidden state)" if args.method == "lm_steer" else "")
+                + "; drop --layers"
+            )
         values["layers"] = layers
     config = build_config(method.config_cls, values, source)
     out = check_out_free(args.out, args.overwrite)
@@ -127,11 +134,12 @@ def cmd_build(args) -> int:
 
 def cmd_info(args) -> int:
     from ..steers import load_steer
+    from ..textio import finite_json
 
     steer = load_steer(args.file)
     info = {"kind": steer.kind, **steer.describe()}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(finite_json(info), indent=2, allow_nan=False))  # strict JSON: no NaN or Infinity
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():

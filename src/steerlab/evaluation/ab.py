@@ -28,6 +28,7 @@ import torch
 from ..activations import split_at_divergence
 from ..batching import PrefixCache, pad, positions_from_mask, run_prefix
 from ..data import ContrastivePair, DatasetError, load_pairs, split_ab_answers
+from ..errors import SteerlabError, UsageError
 from ..models import LoadedModel
 from ..steering import SpecSteering, SteeringSpec
 from ..textio import loads, read_text
@@ -38,7 +39,7 @@ _CHOICE_LINE = re.compile(r"^[ \t]*\(([A-Z])\) ", re.M)
 _CHOICES = re.compile(r"^(?P<head>.*\n)(?P<ia>[ \t]*)\(A\) (?P<a>.*?)\n(?P<ib>[ \t]*)\(B\) (?P<b>.*)$", re.S)
 
 
-class ABFormatError(ValueError):
+class ABFormatError(SteerlabError, ValueError):
     """An A/B item cannot be scored as asked; the message names the item and the fix."""
 
 
@@ -117,6 +118,23 @@ def swap_choices(pair: ContrastivePair) -> ContrastivePair:
     g = match.groupdict()
     question = f"{g['head']}{g['ia']}(A) {g['b']}\n{g['ib']}(B) {g['a']}"
     return replace(pair, prompt=question, positive=pair.negative, negative=pair.positive)
+
+
+def check_ab_items(pairs: Sequence[ContrastivePair], swap: bool = True, source: str = "") -> None:
+    """Refuse, before any model work, items score_ab could not score as asked: lettered and unlettered items
+    mixed, or (when `swap`) lettered items whose choices cannot be swapped. `source` names their file."""
+    lettered = [is_lettered(p) for p in pairs]
+    where = f"{source}: " if source else ""
+    if swap and any(lettered) and not all(lettered):
+        raise ABFormatError(f"{where}some items have answers (A)/(B) and some do not; score one kind at a time")
+    if swap and all(lettered):
+        for i, pair in enumerate(pairs, 1):
+            if _CHOICES.match(pair.prompt) is None:
+                raise ABFormatError(
+                    f"{where}item {i}: cannot swap the choices of {pair.prompt[:60]!r}: they must be the last two "
+                    "lines of the question, starting '(A) ' and '(B) ' (a space after the letter); rewrite them "
+                    "or score without swapping (--no-swap)"
+                )
 
 
 def first_answer(pair: ContrastivePair) -> str:
@@ -269,18 +287,16 @@ def score_ab(
 ) -> ABGrid:
     """Score A/B items under every cell (both choice orders when `swap`), in batched passes of about `batch_rows` rows."""
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")
+        raise UsageError(f"positions must be one of {', '.join(POSITIONS)}; got '{positions}'")
     if not pairs:
-        raise ValueError("no A/B items to score")
+        raise UsageError("no A/B items to score")
     vectors = [vectors] if isinstance(vectors, SteeringVector) else list(vectors or [])
     cells = list(cells)
     for cell in cells:
         if cell.layer is not None and not 0 <= cell.vector < len(vectors):
-            raise ValueError(f"cell {cell} names vector {cell.vector} but {len(vectors)} vectors were given")
-    lettered = [is_lettered(p) for p in pairs]
-    orders = 2 if swap and all(lettered) else 1
-    if swap and any(lettered) and not all(lettered):
-        raise ABFormatError("some items have answers (A)/(B) and some do not; score one kind at a time")
+            raise UsageError(f"cell {cell} names vector {cell.vector} but {len(vectors)} vectors were given")
+    check_ab_items(pairs, swap)
+    orders = 2 if swap and all(is_lettered(p) for p in pairs) else 1
     variants = [[p, swap_choices(p)] if orders == 2 else [p] for p in pairs]
     rows = [_prepare(lm, v, positions) for group in variants for v in group]
 

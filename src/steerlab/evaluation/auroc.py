@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import UsageError
+
 
 def midranks(values: Sequence[float]) -> list[float]:
     """Ranks 1..n of `values`, ties sharing the mean of their positions, so AUROC counts a tie as half a win."""
@@ -24,11 +26,11 @@ def midranks(values: Sequence[float]) -> list[float]:
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic: P(score of a positive > score of a negative), ties 1/2."""
     if len(scores) != len(labels):
-        raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
+        raise UsageError(f"{len(scores)} scores but {len(labels)} labels")
     n_pos = sum(1 for y in labels if y)
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
+        raise UsageError(f"AUROC needs both classes; got {n_pos} positives and {n_neg} negatives")
     ranks = midranks(scores)
     rank_sum = sum(r for r, y in zip(ranks, labels, strict=False) if y)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

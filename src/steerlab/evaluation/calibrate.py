@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..batching import pad, positions_from_mask
+from ..errors import UsageError
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import CalibrationRecord
 from ..models import LoadedModel
@@ -58,13 +59,13 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         if self.kl_budget <= 0:
-            raise ValueError(f"kl_budget must be > 0 nats per token; got {self.kl_budget}")
+            raise UsageError(f"kl_budget must be > 0 nats per token; got {self.kl_budget}")
         if not 0 <= self.fluency_bound < 1:
-            raise ValueError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
+            raise UsageError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
         if not self.strengths or any(s <= 0 for s in self.strengths) or sorted(self.strengths) != list(self.strengths):
-            raise ValueError(f"strengths must be positive and ascending; got {self.strengths}")
+            raise UsageError(f"strengths must be positive and ascending; got {self.strengths}")
         if self.prompts < 1 or self.fluency_prompts < 1 or self.max_new_tokens < 4:
-            raise ValueError("prompts and fluency_prompts must be >= 1 and max_new_tokens >= 4")
+            raise UsageError("prompts and fluency_prompts must be >= 1 and max_new_tokens >= 4")
 
 
 Calibration = CalibrationRecord  # what calibrate returns is what the vector's metadata stores

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError, UsageError
+
 
 class LocalTextClassifier:
     """Class probabilities from a saved `AutoModelForSequenceClassification` folder; never reaches a hub."""
@@ -16,7 +18,7 @@ class LocalTextClassifier:
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder} is not a Hugging Face model folder: it has no config.json "
                 "(expected the output of save_pretrained for a sequence-classification model and its tokenizer)"
             )
@@ -33,13 +35,13 @@ class LocalTextClassifier:
         """
         if wanted is not None:
             if wanted not in self.labels:
-                raise ValueError(f"label {wanted!r} not in the model's labels {self.labels}")
+                raise UsageError(f"label {wanted!r} not in the model's labels {self.labels}")
             return self.labels.index(wanted)
         lowered = [name.lower() for name in self.labels]
         for alias in aliases:
             if alias in lowered:
                 return lowered.index(alias)
-        raise ValueError(
+        raise UsageError(
             f"none of the labels {self.labels} is named one of {list(aliases)}; pass the label name explicitly"
         )
 

@@ -33,6 +33,7 @@ import torch
 
 from ..activations import PairActivations, record_pair_activations
 from ..data import ContrastiveDataset
+from ..errors import UsageError
 from ..models import LoadedModel
 from .auroc import auroc
 
@@ -114,10 +115,10 @@ def diagnose(
 def check_sizes(n_pairs: int, holdout: float) -> None:
     """Refuse a split that leaves fewer than 2 pairs on either side, saying how many are needed."""
     if not 0 < holdout < 1:
-        raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+        raise UsageError(f"holdout must be a fraction between 0 and 1, got {holdout}")
     n_held = round(n_pairs * holdout)
     if n_held < 2 or n_pairs - n_held < 2:
-        raise ValueError(
+        raise UsageError(
             f"{n_pairs} pairs are too few to diagnose with holdout {holdout}: both the train and the "
             f"held-out part need at least 2 pairs (use at least {math.ceil(2 / min(holdout, 1 - holdout))} "
             "pairs; 50+ give stable numbers)"

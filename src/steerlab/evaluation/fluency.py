@@ -13,6 +13,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from ..errors import UsageError
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 # EasyEdit's n_gram_entropy: bigram and trigram entropies (bits), weighted 2/3 and 4/3, then averaged.
@@ -27,7 +29,7 @@ def tokenize(text: str) -> list[str]:
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     """All contiguous n-grams of `tokens`, in order."""
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UsageError(f"n must be >= 1, got {n}")
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 

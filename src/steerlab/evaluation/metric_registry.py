@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import SteerlabError
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .refusal import is_refusal
 
 Scorer = Callable[[Sequence[str]], list[float]]
 
 
-class MetricError(ValueError):
+class MetricError(SteerlabError, ValueError):
     """An unknown metric was asked for; the message lists the registered ones."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..batching import pad, positions_from_mask
+from ..errors import UsageError
 from ..generation import encode_prompts
 from ..models import LoadedModel
 
@@ -45,7 +46,7 @@ def continuation_losses(
 ) -> list[ContinuationLoss]:
     """NLL of each continuation given its prompt, batched; the prompt is encoded as generation encodes it."""
     if len(prompts) != len(continuations):
-        raise ValueError(
+        raise UsageError(
             f"{len(prompts)} prompts but {len(continuations)} continuations; give one continuation per prompt"
         )
     prefixes = encode_prompts(lm, prompts, use_chat_template=use_chat_template, system=system)
@@ -75,7 +76,7 @@ def token_losses(
 
 def _batch_losses(lm: LoadedModel, batch: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[ContinuationLoss]:
     if any(not prefix for prefix, _ in batch):
-        raise ValueError(
+        raise UsageError(
             "a continuation needs a non-empty prompt to be scored against (its first token has no context)"
         )
     seqs = [list(prefix) + list(suffix) for prefix, suffix in batch]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import OutputExistsError, UsageError
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..models import LoadedModel
 from ..steering import Steer
@@ -128,12 +129,12 @@ def generate_arms(
     prompt steering can share a batch. `batch_size` counts rows per call.
     """
     if not arms:
-        raise ValueError("nothing to evaluate: no steered settings")
+        raise UsageError("nothing to evaluate: no steered settings")
     started = datetime.now(timezone.utc)
     plain = encode_prompts(lm, prompts, use_chat_template=use_chat_template)
     sources = [plain] + [arm.prompt_ids if arm.prompt_ids is not None else plain for arm in arms]
     if any(len(ids) != len(prompts) for ids in sources):
-        raise ValueError("an arm's prompt_ids must have one row per prompt")
+        raise UsageError("an arm's prompt_ids must have one row per prompt")
     k = len(sources)
     per_call = max(1, batch_size // k)
     steers: list[Steer] = []
@@ -167,7 +168,7 @@ def generate_arms(
 def multiplier_arms(steer: Steer, multipliers: Sequence[float]) -> list[Arm]:
     """One arm per multiplier of a single steer, labelled x4, x-2, ..."""
     if not multipliers:
-        raise ValueError("no multipliers to evaluate; give at least one, e.g. 4")
+        raise UsageError("no multipliers to evaluate; give at least one, e.g. 4")
     return [Arm(f"x{m:g}", steer, float(m)) for m in multipliers]
 
 
@@ -198,7 +199,7 @@ def score_texts(
     and their perplexity under the unsteered model."""
     record = get_metric(metric)
     if record.scores is None:
-        raise ValueError(f"metric '{metric}' is not scored from text")
+        raise UsageError(f"metric '{metric}' is not scored from text")
     scores = record.scores(texts)
     out = {
         "behaviour": _mean(scores),
@@ -391,6 +392,6 @@ def write_folder_atomic(folder: Path, files: dict[str, str], *, overwrite: bool 
 def check_free(folder: Path, overwrite: bool) -> None:
     """Refuse an existing report folder unless asked to replace it; call before spending time on generation."""
     if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
+        raise OutputExistsError(f"{folder} already exists; choose another --out or pass --overwrite")
     if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder; choose another --out")
+        raise OutputExistsError(f"{folder} exists and is not a folder; choose another --out")

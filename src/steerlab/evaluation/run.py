@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import build_config
+from ..errors import SteerlabError
 from ..generation import GenerationConfig
 from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
@@ -30,7 +31,7 @@ from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, sco
 from .tasks import Task, get_task
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SteerlabError, ValueError):
     """An evaluation was asked for in a way that cannot run; the message says what to give instead."""
 
 
@@ -110,6 +111,10 @@ def evaluate(
     if method is not None:  # (exactly one of steer and method is given)
         steer, info = _fit(lm, task, method, dict(config or {}), layers, instruction, train_limit, data_dir, progress)
         source = source or f"fitted ({method})"
+    if getattr(steer, "kind", None) == "condition":
+        raise EvaluationError(
+            "a condition decides where a vector applies and steers nothing itself; evaluate the vector it gates"
+        )
     if operator is not None and not isinstance(steer, SteeringVector):
         raise EvaluationError(f"an operator applies to vectors; this steer is of kind '{steer.kind}'")
     if isinstance(steer, SteeringVector):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
+
 DRAWS = 2000
 LEVEL = 0.95
 
@@ -55,7 +57,7 @@ def paired_interval(
     s = torch.as_tensor(list(steered), dtype=torch.float64)
     b = torch.as_tensor(list(base), dtype=torch.float64)
     if s.shape != b.shape or s.ndim != 1 or s.numel() == 0:
-        raise ValueError(
+        raise UsageError(
             f"need one steered and one unsteered score per item; got {tuple(s.shape)} and {tuple(b.shape)}"
         )
     diff = s - b

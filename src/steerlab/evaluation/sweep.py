@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from ..activations import record_pair_activations
 from ..data import ContrastiveDataset
+from ..errors import OutputExistsError, SteerlabError
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
 from ..methods.caa import CAAConfig, vector_from_activations
@@ -36,7 +37,7 @@ from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector, write_atomic
-from .ab import POSITIONS, UNSTEERED, Cell, at_chance, first_answer, score_ab
+from .ab import POSITIONS, UNSTEERED, Cell, at_chance, check_ab_items, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
@@ -51,7 +52,7 @@ MIN_EFFECT_SHARE = 0.02  # of the metric's span (metric_registry): the smallest 
 R = TypeVar("R")  # a grid cell: a score, an interval, a flag
 
 
-class SweepError(ValueError):
+class SweepError(SteerlabError, ValueError):
     """A sweep was asked for in a way that cannot work; the message says how to fix it."""
 
 
@@ -78,15 +79,15 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.multipliers and self.strengths:
-            raise ValueError("give multipliers (raw) or strengths (norm-relative), not both")
+            raise SweepError("give multipliers (raw) or strengths (norm-relative), not both")
         if not self.multipliers and not self.strengths:
             self.strengths = [-0.25, -0.1, 0.1, 0.25]
         if not 0 <= self.fluency_bound < 1:
-            raise ValueError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
+            raise SweepError(f"fluency_bound must be in [0, 1); got {self.fluency_bound}")
         if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got '{self.split}'")
+            raise SweepError(f"split must be one of {', '.join(SPLITS)}; got '{self.split}'")
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}; got '{self.positions}'")
+            raise SweepError(f"positions must be one of {', '.join(POSITIONS)}; got '{self.positions}'")
 
     @property
     def mode(self) -> str:
@@ -177,6 +178,8 @@ def sweep(
     items = task.eval_items(config.split, data_dir, config.limit)
     if not items:
         raise SweepError(f"task '{task.name}' has no {config.split} items to score")
+    if task.kind == "ab":
+        check_ab_items(items, config.swap, f"task '{task.name}' ({config.split})")
     if vector is None:
         data = task.train_data(data_dir, config.train_limit)
         vector = build_sweep_vector(
@@ -446,7 +449,7 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
     out = Path(out_dir)
     clash = [name for name in OUTPUT_FILES if (out / name).exists()]
     if clash and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)"
         )
     mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]

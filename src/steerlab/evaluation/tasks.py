@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import build_config, parse_yaml
 from ..data import ContrastiveDataset, ContrastivePair, DatasetError, demo_dataset_path, load_pairs, pairs_from_texts
+from ..errors import SteerlabError
 from ..textio import loads, read_text
 from .ab import load_ab_items
 from .metric_registry import text_metrics
@@ -30,7 +31,7 @@ CAA_VAL_SIZE = 50  # the last items of each CAA generate file are held out of tr
 GEN_VAL_SIZE = 100
 
 
-class TaskError(ValueError):
+class TaskError(SteerlabError, ValueError):
     """A task is unknown, its files are missing, or its description is wrong; the message says how to fix it."""
 
 
@@ -330,7 +331,7 @@ class TaskFile:
 def load_task_file(path: str | Path) -> Task:
     """Read and check a task description; file paths in it are relative to the description's folder."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path, f"{path}: the task file"):
         raise TaskError(f"{path}: no such task file")
     text = read_text(path, TaskError)
     lines: dict[str, int]
@@ -340,6 +341,12 @@ def load_task_file(path: str | Path) -> Task:
         raw, lines = parse_yaml(text, str(path), TaskError)
     if not isinstance(raw, dict):
         raise TaskError(f"{path}: a task file must be a mapping of key: value")
+    missing = [key for key in TASK_KEYS if key not in raw]
+    if missing:
+        raise TaskError(
+            f"{path}: missing key{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}; a task file needs {', '.join(TASK_KEYS)} "
+            "(e.g. name: mine, kind: ab, train: train.json, test: test.json)"
+        )
     spec = build_config(TaskFile, raw, str(path), lines)
     for key in ("name", "train", "test"):
         if not getattr(spec, key).strip():
@@ -358,14 +365,17 @@ def load_task_file(path: str | Path) -> Task:
     if spec.direction not in (1.0, -1.0):
         raise TaskError(f"{path}: direction must be 1 or -1; got {spec.direction}")
     base = path.parent
-    files = {
-        key: (base / value).resolve()
-        for key, value in (("train", spec.train), ("test", spec.test), ("val", spec.val))
-        if value
-    }
-    for key, file in files.items():
-        if not file.is_file():
-            raise TaskError(f"{path}: {key} file {file} does not exist")
+    files: dict[str, Path] = {}
+    for key, value in (("train", spec.train), ("test", spec.test), ("val", spec.val)):
+        if not value:
+            continue
+        where = f"{path}: key '{key}': the file {value[:80]!r}"
+        try:
+            files[key] = (base / value).resolve()
+        except OSError as exc:
+            raise TaskError(f"{where} cannot be read ({exc.strerror or exc})") from None
+        if not is_file(files[key], where):
+            raise TaskError(f"{path}: {key} file {files[key]} does not exist")
 
     def items(_root: Path, split: str) -> list:
         file = files.get(split, files["test"])
@@ -389,6 +399,17 @@ def load_task_file(path: str | Path) -> Task:
         chat=spec.chat,
         has_val="val" in files,
     )
+
+
+TASK_KEYS = ("name", "kind", "train", "test")  # the keys every task file gives
+
+
+def is_file(path: Path, where: str) -> bool:
+    """Path.is_file, with an unusable name (too long, say) refused as a TaskError naming `where`."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise TaskError(f"{where} cannot be read ({exc.strerror or exc})") from None
 
 
 def _check_disjoint(path: Path, train: list[ContrastivePair], test: list[ContrastivePair]) -> None:

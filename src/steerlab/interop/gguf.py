@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from ..errors import OutputExistsError, UsageError
 from ..textio import finite_json
 from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index, write_atomic
 
@@ -48,10 +49,10 @@ def export_control_vector(
     """Write `vector` as a llama.cpp control vector, atomically; refuse to replace a file unless asked."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
+        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
     hint = model_hint if model_hint is not None else vector.meta.model_type
     if not hint:
-        raise ValueError(f"{path}: the vector has no model_type; pass model_hint (the architecture, e.g. 'llama')")
+        raise UsageError(f"{path}: the vector has no model_type; pass model_hint (the architecture, e.g. 'llama')")
     directions = _exportable(vector, path, skip_layer_0)
     write_atomic(path, _gguf_bytes(directions, hint, vector.meta), overwrite=overwrite)
     return path
@@ -62,13 +63,13 @@ def _exportable(vector: SteeringVector, path: Path, skip_layer_0: bool) -> dict[
     directions = dict(vector.directions)
     if 0 in directions:
         if not skip_layer_0:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: llama.cpp cannot steer the output of block 0 (it rejects a direction.0 tensor); "
                 "pass skip_layer_0=True to export the other layers"
             )
         del directions[0]
     if not directions:
-        raise ValueError(f"{path}: no layer left to export (llama.cpp skips layer 0)")
+        raise UsageError(f"{path}: no layer left to export (llama.cpp skips layer 0)")
     return directions
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import build_config
 from ..data import ContrastiveDataset, load_pairs
+from ..errors import UsageError
 from ..models import LoadedModel
 from . import caa, lm_steer, pca, prompt, vector_prompt
 
@@ -27,6 +28,7 @@ class Method:
     progress_unit: str = "pair"
     progress_total: Callable[[int, Any], int] = lambda pairs, config: pairs
     needs_data: bool = True
+    kind: str = "vector"  # the kind of steer fit returns (steerlab.steers)
 
 
 METHODS: dict[str, Method] = {
@@ -42,6 +44,7 @@ METHODS: dict[str, Method] = {
         "pair",
         lambda pairs, config: 0,
         needs_data=False,
+        kind="prompt",
     ),
     "vector_prompt": Method(
         "vector_prompt",
@@ -58,6 +61,7 @@ METHODS: dict[str, Method] = {
         "trained low-rank map of the output embeddings (LM-Steer)",
         "step",
         lambda pairs, config: config.steps,
+        kind="lm_steer",
     ),
 }
 
@@ -67,7 +71,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
+        raise UsageError(f"unknown method '{name}'; available: {', '.join(METHODS)}") from None
 
 
 def fit(
@@ -94,6 +98,6 @@ def fit(
         data = load_pairs(data)
     if data is None:
         if spec.needs_data:
-            raise ValueError(f"method {method} needs contrastive pairs: give a dataset or a pairs file")
+            raise UsageError(f"method {method} needs contrastive pairs: give a dataset or a pairs file")
         data = ContrastiveDataset([], "no examples", "")
     return spec.fit(lm, data, config, task=task, progress=progress)

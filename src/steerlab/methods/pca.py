@@ -20,7 +20,8 @@ import torch
 
 from ..activations import PairActivations, record_pair_activations
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch
-from ..data import ContrastiveDataset
+from ..data import ContrastiveDataset, DatasetError
+from ..errors import UsageError
 from ..models import LoadedModel
 from ..strength import norms_metadata
 from ..vector import SteeringVector, VectorMeta
@@ -53,10 +54,10 @@ class PCAConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+            raise UsageError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         check_batch(self.batch_size, self.batch_tokens)
         if not self.residual_fraction > 0:
-            raise ValueError(f"residual_fraction must be positive, got {self.residual_fraction}")
+            raise UsageError(f"residual_fraction must be positive, got {self.residual_fraction}")
 
 
 def fit(
@@ -70,7 +71,7 @@ def fit(
     """Build a PCA vector (method "pca_diff" or "pca_center") from contrastive pairs at the configured layers."""
     config = config or PCAConfig()
     if config.mode == "pca_diff" and len(data) < 2:
-        raise ValueError(
+        raise DatasetError(
             "mode pca_diff needs at least 2 pairs (one difference has no variance); add pairs or use mode pca_center"
         )
     layers = config.layers or [lm.default_layer()]
@@ -117,11 +118,11 @@ def first_component(pos: torch.Tensor, neg: torch.Tensor, mode: str) -> tuple[to
         mid = (pos + neg) / 2
         rows = torch.cat([pos - mid, neg - mid])  # already mean zero: nothing left to centre
     else:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     _, singular, vh = torch.linalg.svd(rows, full_matrices=False)
     total = float((singular**2).sum())
     if total <= 1e-12 * max(1.0, float(pos.norm() ** 2)):
-        raise ValueError(
+        raise DatasetError(
             f"mode {mode}: the rows PCA would run on are all zero (every pair has the same "
             "difference, or positives equal negatives); use more varied pairs or mode pca_center"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..data import format_prompt
+from ..errors import UsageError
 from ..models import LoadedModel
 from ..textio import loads, read_text
 from ..vector import VectorFileError, write_atomic
@@ -49,9 +50,9 @@ class PromptConfig:
 def check_instruction(instruction: str, placement: str) -> None:
     """Refuse an empty instruction or an unknown placement, saying what to give instead."""
     if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError("instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'")
+        raise UsageError("instruction must be a non-empty text, e.g. instruction='Always answer cheerfully.'")
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
+        raise UsageError(f"placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PromptSteering:
     def __post_init__(self) -> None:
         check_instruction(self.instruction, self.placement)
         if self.method != "prompt" or self.kind != "prompt":
-            raise ValueError(f"a PromptSteering has method and kind 'prompt', not {self.method!r} / {self.kind!r}")
+            raise UsageError(f"a PromptSteering has method and kind 'prompt', not {self.method!r} / {self.kind!r}")
 
     def prompt_text(self, tokenizer: Any, user_text: str, *, use_chat_template: bool, system: str | None = None) -> str:
         """The steered text the model sees before its answer (format_prompt with the instruction added)."""
@@ -131,12 +132,12 @@ def fit(
     Checks that the model's chat template takes a system message when placement is "system".
     """
     if config is None:
-        raise ValueError("prompt steering needs a config with an instruction, e.g. PromptConfig(instruction='...')")
+        raise UsageError("prompt steering needs a config with an instruction, e.g. PromptConfig(instruction='...')")
     if config.placement == "system" and lm.use_chat_template:
         try:
             format_prompt(lm.tokenizer, "hello", use_chat_template=True, system=config.instruction)
         except Exception as exc:  # noqa: BLE001 - templates reject a system role in their own ways
-            raise ValueError(
+            raise UsageError(
                 f"{lm.name}'s chat template does not take a system message ({exc}); use placement: prefix"
             ) from None
     return PromptSteering(config.instruction, config.placement, task=task)

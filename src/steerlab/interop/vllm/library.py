@@ -13,16 +13,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import MissingFileError
 from ...steers import FolderEntry, read_steer_folder
 from ...vector import SteeringVector, content_hash
+from .errors import SteerNotFound
 
 log = logging.getLogger(__name__)
 
 STEERS_ENV = "STEERLAB_VLLM_STEERS"
-
-
-class SteerNotFound(LookupError):
-    """A request named a steer the folder does not hold (or holds in a form vLLM cannot apply)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class SteerLibrary:
         self._seen: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()
         if self.folder is not None and not self.folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"${STEERS_ENV}={self.folder}: no such folder; point it at a folder of "
                 "steerlab steer files (.safetensors vectors)"
             )

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import compat
+from .errors import SteerNotFound
 from .library import SteerLibrary
 from .request import KEY, RESOLVED, SteeringRequestError, cache_salt, decode, encode, resolve
 from .worker import Row, SteeringNotApplied, WorkerSteering, find_layers
@@ -201,7 +202,7 @@ class _RunnerState:
     def _direction(self, sha256: str, layer: int) -> torch.Tensor:
         entry = self.library.lookup(sha256)
         if entry.vector is None:  # the front end refused these; only a file replaced meanwhile gets here
-            raise RuntimeError(f"steerlab: steer {sha256} is no longer a vector in {self.library.folder}")
+            raise SteerNotFound(f"steerlab: steer {sha256} is no longer a vector in {self.library.folder}")
         return entry.vector.directions[layer]
 
 

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import SteerlabError
 from ...operators import OPERATORS
 from ...steering import FLOAT32_MAX, SteeringError, SteeringSpec, check_float32
 from ...textio import check_depth, loads
@@ -29,7 +30,7 @@ POSITIONS = ("all", "prompt", "generated")
 MAX_ITEMS = 8  # items per request (the workers' plan holds this many per token and layer)
 
 
-class SteeringRequestError(ValueError):
+class SteeringRequestError(SteerlabError, ValueError):
     """A request's steering cannot be applied; the message names the field and the fix."""
 
 

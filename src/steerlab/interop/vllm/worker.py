@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...operators import OPERATORS, UNIT_OPERATORS, unit
+from .errors import SteeringNotApplied, VLLMIncompatible
 from .request import Term
 
 # Operator codes in the plan buffers; 0 means "this slot does nothing to this token".
@@ -97,15 +98,11 @@ def find_layers(model: nn.Module, num_layers: int) -> dict[int, nn.Module]:
             if n_params and (best is None or n_params > best[0]):
                 best = (n_params, module)
     if best is None:
-        raise RuntimeError(
+        raise VLLMIncompatible(
             f"steerlab: found no list of {num_layers} decoder blocks in {type(model).__name__}; "
             "the vLLM plugin steers decoder-only transformers"
         )
     return {i: block for i, block in enumerate(best[1]) if any(True for _ in block.parameters())}
-
-
-class SteeringNotApplied(RuntimeError):
-    """A planned layer's op did not run in the forward: the step's text would have been unsteered."""
 
 
 class WorkerSteering:

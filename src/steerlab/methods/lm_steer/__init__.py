@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from ...data import ContrastiveDataset
+from ...errors import UsageError
 from ...meta import Recommendation, VectorMeta
 from ...models import LoadedModel
 from .artifact import METHOD, LMSteer, LMSteerHandle, steered_hidden
@@ -52,7 +53,7 @@ def fit(
     report = report or (lambda message: print(message, file=sys.stderr))
     sets = [TrainingSet.of(d) for d in ([data] if isinstance(data, (ContrastiveDataset, LabelledTexts)) else data)]
     if len(sets) != config.num_steers:
-        raise ValueError(
+        raise UsageError(
             f"num_steers is {config.num_steers} but {len(sets)} training set(s) were given; give one set per steer"
         )
     examples = encode_examples(lm, sets, config.max_length, report=report)

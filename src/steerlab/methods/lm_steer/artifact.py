@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from ...errors import UsageError
 from ...models import LoadedModel
 from ...steering import SteeringError, broadcast_rows, enter_scope, in_scope, leave_scope, scaled_rows
 from ...textio import is_number
@@ -66,12 +67,12 @@ class LMSteer:
         p1 = torch.as_tensor(self.projector1).detach().float().cpu()
         p2 = torch.as_tensor(self.projector2).detach().float().cpu()
         if p1.ndim != 3 or p1.shape != p2.shape or p1.shape[1] != self.meta.hidden_size:
-            raise ValueError(
+            raise UsageError(
                 f"projector1 {tuple(p1.shape)} and projector2 {tuple(p2.shape)} must both be "
                 f"[num_steers, {self.meta.hidden_size}, rank]"
             )
         if not isinstance(self.meta.config.get("epsilon"), (int, float)):
-            raise ValueError("an LM-Steer needs its epsilon in meta.config['epsilon']")
+            raise UsageError("an LM-Steer needs its epsilon in meta.config['epsilon']")
         self.projector1, self.projector2 = p1, p2
         if self.meta.kind != "lm_steer":
             self.meta = replace(self.meta, kind="lm_steer")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...errors import UsageError
+
 
 @dataclass
 class LMSteerConfig:
@@ -34,13 +36,13 @@ class LMSteerConfig:
     def __post_init__(self) -> None:
         for name in ("rank", "num_steers", "steps", "batch_size", "chunk_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 2:
-            raise ValueError(
+            raise UsageError(
                 f"max_length must be at least 2 (a context token and a predicted one), got {self.max_length}"
             )
         for name in ("epsilon", "init_var", "lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
-            raise ValueError(f"max_memory_gb must be positive (or null for no cap), got {self.max_memory_gb}")
+            raise UsageError(f"max_memory_gb must be positive (or null for no cap), got {self.max_memory_gb}")

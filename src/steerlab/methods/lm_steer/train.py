@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from ...activations import lead_text
 from ...batching import pad
-from ...data import ContrastiveDataset, format_prompt
+from ...data import ContrastiveDataset, DatasetError, format_prompt
+from ...errors import SteerlabError
 from ...models import LoadedModel
 from .artifact import steered_hidden
 from .config import LMSteerConfig
@@ -33,7 +34,7 @@ GIB = 1024**3
 RUNTIME_OVERHEAD = 192 * 1024**2
 
 
-class InsufficientMemoryError(RuntimeError):
+class InsufficientMemoryError(SteerlabError, RuntimeError):
     """Training would not fit in the memory available; the message proposes settings that would."""
 
 
@@ -70,7 +71,7 @@ class TrainingSet:
             return cls(data.name, items, data.describe())
         if isinstance(data, LabelledTexts):
             if not data.positive or not data.negative:
-                raise ValueError(
+                raise DatasetError(
                     f"{data.name}: LM-Steer needs both positive and negative texts "
                     f"(got {len(data.positive)} positive, {len(data.negative)} negative)"
                 )
@@ -115,7 +116,7 @@ def encode_examples(
             context = list(contexts[prompt, prefix])
             completion = tok(text, add_special_tokens=False)["input_ids"]
             if not completion:
-                raise ValueError(f"{training_set.name}: a text tokenizes to nothing: {text!r}")
+                raise DatasetError(f"{training_set.name}: a text tokenizes to nothing: {text!r}")
             full = context + list(completion)
             start = max(len(context), 1)  # the very first token of a text without context is not predicted
             total += 1
@@ -124,7 +125,7 @@ def encode_examples(
                 continue
             examples.append(Example(full[:max_length], start, len(full), steer, value))
     if not examples:
-        raise ValueError(
+        raise DatasetError(
             f"no text has a token to train on within max_length={max_length}: the prompts fill it; raise max_length"
         )
     if dropped:
@@ -133,7 +134,7 @@ def encode_examples(
         signs = {e.value > 0 for e in examples if e.steer == steer}
         if signs != {True, False}:
             side = "positive" if True in signs else "negative"
-            raise ValueError(
+            raise DatasetError(
                 f"{training_set.name}: LM-Steer needs positive and negative texts for each steer; "
                 f"after cutting at max_length={max_length} only {side} ones are left"
             )
