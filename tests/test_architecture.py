@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "steerlab"
 FLOORS = {
     "steerlab.version": 0,
     "steerlab.textio": 0,
+    "steerlab.files": 0,
     "steerlab.config": 0,
     "steerlab.data": 0,
     "steerlab.models": 0,

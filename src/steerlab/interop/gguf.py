@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from ..files import write_file
 from ..textio import finite_json
-from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index, write_atomic
+from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index
 
 ARCH = "controlvector"
 HINT_KEY = f"{ARCH}.model_hint"
@@ -53,7 +54,7 @@ def export_control_vector(
     if not hint:
         raise ValueError(f"{path}: the vector has no model_type; pass model_hint (the architecture, e.g. 'llama')")
     directions = _exportable(vector, path, skip_layer_0)
-    write_atomic(path, _gguf_bytes(directions, hint, vector.meta), overwrite=overwrite)
+    write_file(path, _gguf_bytes(directions, hint, vector.meta), overwrite=overwrite)
     return path
 
 
