@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -168,8 +169,8 @@ def recover(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     if path.exists() or path.is_symlink():
         return None
-    for backup in sorted(path.parent.glob(f"{glob_escape(_prefix_any(path))}*.{BACKUP}{TEMP_SUFFIX}")):
-        if not _running(_pid_of(path, backup)):
+    for pid, tag, backup in _temporaries(path):
+        if tag == BACKUP and not _running(pid):
             try:
                 os.rename(backup, path)
             except FileNotFoundError:
@@ -184,8 +185,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     recover(path)
     removed = []
-    for tmp in path.parent.glob(f"{glob_escape(_prefix_any(path))}*{TEMP_SUFFIX}"):
-        if not _running(_pid_of(path, tmp)):
+    for pid, _, tmp in _temporaries(path):
+        if not _running(pid):
             _remove(tmp)
             removed.append(tmp)
     return removed
@@ -193,28 +194,28 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 def temporaries(path: str | os.PathLike) -> list[Path]:
     """Every temporary beside `path` that belongs to it, whoever its writer (for tests and checks)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f"{glob_escape(_prefix_any(path))}*{TEMP_SUFFIX}"))
+    return [tmp for _, _, tmp in _temporaries(Path(path))]
+
+
+def _temporaries(path: Path) -> list[tuple[int, str, Path]]:
+    """(writer pid, tag, path) of `path`'s temporaries: `.<name>.<pid>.<tag><TEMP_SUFFIX>`, tag a mkstemp
+    name or BACKUP (neither holds a dot, so another target's temporaries never match, e.g. those of `out.1`)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([0-9]+)\.([a-z0-9_]+){re.escape(TEMP_SUFFIX)}", re.ASCII)
+    found = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
+        match = pattern.fullmatch(tmp.name)
+        if match:
+            found.append((int(match[1]), match[2], tmp))
+    return sorted(found, key=lambda t: t[2])
 
 
 def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def _prefix_any(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _pid_of(path: Path, tmp: Path) -> int:
-    pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-    return int(pid) if pid.isascii() and pid.isdigit() else -1
-
-
 def _running(pid: int) -> bool:
     if pid == os.getpid():
         return True
-    if pid <= 0:
-        return True  # not a pid: not ours to judge, leave it alone
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
