@@ -92,11 +92,17 @@ def tree(folder: Path) -> dict[str, str] | None:
     }
 
 
-def start(script: Path, args: list[str]) -> subprocess.Popen:
+def start(script: Path, args: list[str], log: Path) -> subprocess.Popen:
     env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(script.parent)}
-    return subprocess.Popen(
-        [sys.executable, str(script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
+    with log.open("w") as err:  # progress bars and, should a driver fail, its traceback
+        return subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
 
 
 def reset(target: Path, old: Path) -> None:
@@ -111,10 +117,11 @@ def kill_runs(tmp_path: Path, kind: str, old: Path, args: list[str], seed: int, 
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     target = tmp_path / f"{kind}-out"
-    drivers = [start(script, [kind, str(target), "1" if two_renames else "0", *args]) for _ in range(RUNS + 2)]
+    logs = [tmp_path / f"driver-{i}.log" for i in range(RUNS + 2)]
+    drivers = [start(script, [kind, str(target), "1" if two_renames else "0", *args], log) for log in logs]
     try:
-        for d in drivers:
-            assert d.stdout.readline().strip() == "ready"
+        for d, log in zip(drivers, logs, strict=True):
+            assert d.stdout.readline().strip() == "ready", log.read_text()
         first, *killed, last = drivers
         reset(target, old)
         went = time.perf_counter()
@@ -126,7 +133,7 @@ def kill_runs(tmp_path: Path, kind: str, old: Path, args: list[str], seed: int, 
         assert new is not None and new != tree(old) and temporaries(target) == []
         rng = random.Random(seed)
         outcomes: Counter[str] = Counter()
-        recovered = 0
+        recovered = strays = kills_leaving = 0
         for d in killed:
             reset(target, old)
             d.stdin.write("go\n")
@@ -136,9 +143,11 @@ def kill_runs(tmp_path: Path, kind: str, old: Path, args: list[str], seed: int, 
             d.wait(30)
             if two_renames and recover(target) is not None:
                 recovered += 1
+            left = len(temporaries(target))
+            strays += left
+            kills_leaving += left > 0
             got = tree(target)
             outcomes["old" if got == tree(old) else "new" if got == new else "partial or missing"] += 1
-        strays = len(temporaries(target))
         last.stdin.write("go\n")  # the next write, to the end
         last.stdin.flush()
         assert last.stdout.readline().startswith("done")
@@ -148,10 +157,11 @@ def kill_runs(tmp_path: Path, kind: str, old: Path, args: list[str], seed: int, 
             d.kill()
             d.wait()
     print(
-        f"\n{kind}{' (two renames)' if two_renames else ''}: {dict(outcomes)}, {strays} temporaries left "
-        f"before the next write, {recovered} backups put back; a full write took {took * 1000:.0f} ms"
+        f"\n{kind}{' (two renames)' if two_renames else ''}: {dict(outcomes)}; {kills_leaving} kills left "
+        f"temporaries ({strays} seen in all), none after the next write; {recovered} backups put back; a full "
+        f"write took {took * 1000:.0f} ms"
     )
-    return outcomes, strays
+    return outcomes, kills_leaving
 
 
 def check(outcomes: Counter[str]) -> None:
