@@ -5,7 +5,8 @@ sha256 per file), never partial or missing, and the next write removes the tempo
 
 Each writer runs in a driver process (this file's DRIVER, run with sys.executable) that imports and loads
 everything first, says "ready", and writes when told "go"; a first driver writes to the end, which gives the
-complete new output and how long a write takes; the kills fall uniformly in [0, 1.2 x that time] after "go".
+complete new output and how long a write takes; after "go", half the kills fall uniformly in [0, 1.2 x that time],
+half in [0.8, 1.05 x that time], where the folder is filled and swapped.
 The report writer runs a second time with renameat2 switched off, so the two-rename fallback is killed too
 (there a kill between its renames leaves only the backup, which `files.recover` puts back: counted apart).
 """
@@ -134,11 +135,12 @@ def kill_runs(tmp_path: Path, kind: str, old: Path, args: list[str], seed: int, 
         rng = random.Random(seed)
         outcomes: Counter[str] = Counter()
         recovered = strays = kills_leaving = 0
-        for d in killed:
+        for i, d in enumerate(killed):
             reset(target, old)
             d.stdin.write("go\n")
             d.stdin.flush()
-            time.sleep(rng.uniform(0, 1.2 * took))
+            # Half the kills anywhere in the write, half in its last fifth, where the folder is filled and swapped.
+            time.sleep(rng.uniform(0, 1.2 * took) if i % 2 else rng.uniform(0.8 * took, 1.05 * took))
             d.send_signal(signal.SIGKILL)
             d.wait(30)
             if two_renames and recover(target) is not None:
