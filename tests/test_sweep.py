@@ -147,7 +147,7 @@ def test_save_writes_the_four_files_and_refuses_to_replace_the_folder(tmp_path):
     assert SteeringVector.load(out / "vector.safetensors").meta.recommended == vector.meta.recommended
     assert json.loads((out / "sweep.json").read_text())["layers"] == [1, 2]
     assert (out / "effect.png").read_bytes()[:4] == b"\x89PNG" and (out / "fluency.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(FileExistsError, match=r"out already exists; choose another output folder"):
+    with pytest.raises(FileExistsError, match=r"out already exists; choose another path"):
         save_sweep(tmp_path / "out", result, vector)
     save_sweep(tmp_path / "out", result, vector, overwrite=True)
 

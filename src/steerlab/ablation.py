@@ -17,7 +17,7 @@ from typing import cast
 
 import torch
 
-from .files import write_folder
+from .files import refuse_existing, write_folder
 from .models import LoadedModel
 from .operators import ablate, unit
 from .steering import HookHandle, broadcast_rows, enter_scope, in_scope, scaled_rows
@@ -203,8 +203,7 @@ def export_orthogonalized(
     atomically (`files.write_folder`): a kill leaves the old folder or the new one. Refuses an existing `out`
     unless `overwrite`."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another path or pass overwrite=True (--overwrite)")
+    refuse_existing(out, overwrite)  # before the weights change
     orthogonalize(lm, vector, layer)
     model = lm.model
     if getattr(model, "hf_quantizer", None) is not None:  # loaded from GGUF: the weights are plain after loading

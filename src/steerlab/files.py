@@ -46,7 +46,7 @@ def write_file(path: str | os.PathLike, data: bytes, *, overwrite: bool = False)
     temporary file. Refuses an existing `path` unless `overwrite`.
     """
     path = Path(path)
-    _check_free(path, overwrite)
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, name = tempfile.mkstemp(prefix=_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
@@ -78,7 +78,7 @@ def write_folder(folder: str | os.PathLike, fill: Callable[[Path], object], *, o
     holding it).
     """
     folder = Path(folder)
-    _check_free(folder, overwrite)
+    refuse_existing(folder, overwrite)
     if folder.exists() and _holds_cwd(folder):
         raise FileExistsError(f"{folder} holds the current folder; choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,9 @@ def _exists(path: Path) -> None:
     raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
 
 
-def _check_free(path: Path, overwrite: bool) -> None:
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """The one refusal of an existing output not asked to be replaced (call it before long work, too)."""
+    path = Path(path)
     if not overwrite and (path.exists() or path.is_symlink()):
         _exists(path)
 
@@ -242,6 +244,8 @@ def _fsync_tree(root: Path) -> None:
     """Flush every file and folder under `root` to disk, so the swap never publishes unwritten data."""
     for folder, _, names in os.walk(root):
         for name in names:
+            if os.path.islink(os.path.join(folder, name)):
+                continue  # a link's target is not this write's to flush
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)
             try:
                 os.fsync(fd)

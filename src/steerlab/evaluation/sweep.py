@@ -444,49 +444,41 @@ def _pick(result: SweepResult, i: int, j: int) -> Pick:
 
 def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector, *, overwrite: bool = False) -> Path:
     """Write vector.safetensors, sweep.json and the effect and fluency heatmaps as one folder, swapped in
-    atomically (`files.write_folder`): a kill leaves the old sweep or the new one, never a mix."""
+    atomically (`files.write_folder`): a kill leaves the old sweep or the new one, never a mix. The folder is the
+    sweep's own: an existing one is replaced as a whole, and only with `overwrite`."""
     out = Path(out_dir)
-    check_sweep_free(out, overwrite)
     mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]
     label = "raw multiplier" if result.mode == "raw" else "norm-relative strength (x layer's residual norm)"
     where = f"{result.task} on {vector.meta.model_name} ({result.split}, {result.items} items)"
     reliable = [[lo > 0 or hi < 0 for lo, hi in row] for row in result.interval] or None
-    effect = heatmap_png(
-        result.effect,
-        result.layers,
-        result.values,
-        mark=mark,
-        title=f"effect: change in {result.score_name} x task direction ({result.direction:+g})\n{where}",
-        value_label=label,
-        colour_label=result.metric_record().sign_words(result.direction),
-        centre=0.0,
-        span=0.1 * result.metric_record().span,
-        passing=result.fluent or None,
-        reliable=reliable,
-    )
-    fluency = heatmap_png(
-        result.fluency,
-        result.layers,
-        result.values,
-        mark=mark,
-        title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",
-        value_label=label,
-        colour_label=result.fluency_name,
-        passing=result.fluent or None,
-    )
 
     def fill(tmp: Path) -> None:
         vector.save(tmp / OUTPUT_FILES[0])
         (tmp / OUTPUT_FILES[1]).write_bytes(json.dumps(result.to_dict(), indent=1).encode())
+        effect = heatmap_png(
+            result.effect,
+            result.layers,
+            result.values,
+            mark=mark,
+            title=f"effect: change in {result.score_name} x task direction ({result.direction:+g})\n{where}",
+            value_label=label,
+            colour_label=result.metric_record().sign_words(result.direction),
+            centre=0.0,
+            span=0.1 * result.metric_record().span,
+            passing=result.fluent or None,
+            reliable=reliable,
+        )
         (tmp / OUTPUT_FILES[2]).write_bytes(effect)
+        fluency = heatmap_png(
+            result.fluency,
+            result.layers,
+            result.values,
+            mark=mark,
+            title=f"fluency: {result.fluency_name} (unsteered {result.base_fluency:.3g})\n{where}",
+            value_label=label,
+            colour_label=result.fluency_name,
+            passing=result.fluent or None,
+        )
         (tmp / OUTPUT_FILES[3]).write_bytes(fluency)
 
     return write_folder(out, fill, overwrite=overwrite)
-
-
-def check_sweep_free(out: Path, overwrite: bool) -> None:
-    """A sweep's folder is its own: an existing one is replaced as a whole, and only when asked."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} already exists; choose another output folder or pass overwrite=True (--overwrite)"
-        )
