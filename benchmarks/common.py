@@ -153,7 +153,7 @@ def header_block(threads: int, command: str, extra_versions: Mapping[str, str] |
 
 def write_section(name: str, body: str, doc: Path = DOC, *, tag: str = "bench", title: str = DOC_TITLE) -> None:
     """Replace the text between `<!-- tag:name -->` and `<!-- /tag:name -->` (appending it if absent)."""
-    from steerlab.vector import write_atomic
+    from steerlab.files import write_file
 
     start, end = f"<!-- {tag}:{name} -->", f"<!-- /{tag}:{name} -->"
     text = doc.read_text(encoding="utf-8") if doc.exists() else title
@@ -165,7 +165,7 @@ def write_section(name: str, body: str, doc: Path = DOC, *, tag: str = "bench", 
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    write_atomic(doc, text.encode("utf-8"), overwrite=True)
+    write_file(doc, text.encode("utf-8"), overwrite=True)
 
 
 def write_results_section(name: str, body: str, doc: Path = RESULTS_DOC) -> None:
@@ -175,21 +175,21 @@ def write_results_section(name: str, body: str, doc: Path = RESULTS_DOC) -> None
 
 def order_sections(order: Sequence[str], doc: Path = DOC) -> None:
     """Put the marked sections in `order` (unnamed ones after them), leaving all unmarked text where it is."""
-    from steerlab.vector import write_atomic
+    from steerlab.files import write_file
 
     text = doc.read_text(encoding="utf-8")
     pattern = re.compile(r"<!-- bench:([\w-]+) -->\n.*?<!-- /bench:\1 -->", flags=re.S)
     blocks = {m.group(1): m.group(0) for m in pattern.finditer(text)}
     names = [n for n in order if n in blocks] + [n for n in blocks if n not in order]
     slots = iter(names)
-    write_atomic(doc, pattern.sub(lambda _: blocks[next(slots)], text).encode("utf-8"), overwrite=True)
+    write_file(doc, pattern.sub(lambda _: blocks[next(slots)], text).encode("utf-8"), overwrite=True)
 
 
 def save_json(path: Path, data: object) -> Path:
     """`data` as indented JSON at `path`, written atomically (the form every saved measurement takes)."""
-    from steerlab.vector import write_atomic
+    from steerlab.files import write_file
 
-    write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), overwrite=True)
+    write_file(path, json.dumps(data, indent=1).encode("utf-8"), overwrite=True)
     return path
 
 
@@ -207,8 +207,8 @@ def qwen_gguf() -> Path | None:
     checked against the published sha256; None where the parts are not installed (`QWEN_PARTS` installs them)."""
     import importlib
 
+    from steerlab.files import write_file
     from steerlab.models import cache_dir
-    from steerlab.vector import write_atomic
 
     target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     if target.exists():
@@ -221,7 +221,7 @@ def qwen_gguf() -> Path | None:
     digest = hashlib.sha256(blob).hexdigest()
     if digest != QWEN_SHA256:
         raise SystemExit(f"joined Qwen parts have sha256 {digest}, not the published one; reinstall: {QWEN_PARTS}")
-    write_atomic(target, blob, overwrite=False)
+    write_file(target, blob, overwrite=False)
     return target
 
 

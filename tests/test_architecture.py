@@ -19,6 +19,7 @@ FLOORS = {
     "steerlab.version": 0,
     "steerlab.errors": 0,
     "steerlab.textio": 0,
+    "steerlab.files": 0,
     "steerlab.config": 0,
     "steerlab.data": 0,
     "steerlab.models": 0,

@@ -81,6 +81,18 @@ def test_orthogonalize_export_generates_what_run_time_ablation_generates(model_d
     assert [r["steered"] for r in _outputs(capsys)] != ablated
 
 
+def test_orthogonalize_overwrite_swaps_the_folder_in_whole(model_dir, tmp_path):
+    vec = _vector(tmp_path / "v.safetensors")
+    out = tmp_path / "ortho"
+    out.mkdir()
+    (out / "stale.txt").write_text("from before")
+    args = ["vector", "orthogonalize", "--model", str(model_dir), "--vector", str(vec), "--out", str(out)]
+    assert main(args) == 1 and (out / "stale.txt").is_file()
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "config.json").is_file() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho", "tiny", "v.safetensors"]  # no temporary left
+
+
 def test_condition_fit_and_conditional_generation(model_dir, tmp_path, capsys):
     vec = _vector(tmp_path / "v.safetensors")
     steer, keep = tmp_path / "steer.txt", tmp_path / "keep.txt"

@@ -16,10 +16,10 @@ from steerlab.evaluation.report import (
     multiplier_arms,
     prompt_arm,
     score_run,
-    write_folder_atomic,
     write_report,
 )
 from steerlab.evaluation.sentiment import vader_scores
+from steerlab.files import write_text_files
 from steerlab.generation import GenerationConfig, generate
 from steerlab.methods.prompt import PromptSteering
 from steerlab.steering import SpecSteering, SteeringSpec
@@ -156,7 +156,7 @@ def test_existing_folder_is_refused_then_replaced_when_asked(tmp_path):
 
 def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
-        write_folder_atomic(tmp_path / "rep", {"a.txt": "fine", "b.txt": None})
+        write_text_files(tmp_path / "rep", {"a.txt": "fine", "b.txt": None})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -139,7 +139,7 @@ def test_generation_grid_matches_generating_each_cell_alone():
     assert texts[1] != texts[0]
 
 
-def test_save_writes_the_four_files_and_refuses_to_replace_them(tmp_path):
+def test_save_writes_the_four_files_and_refuses_to_replace_the_folder(tmp_path):
     lm = tiny_lm(num_layers=4)
     config = SweepConfig(layers=[1, 2], strengths=[0.5, 1.0], fluency_bound=0.5)
     result, vector = sweep(lm, _ab_task(tmp_path), config)
@@ -147,7 +147,7 @@ def test_save_writes_the_four_files_and_refuses_to_replace_them(tmp_path):
     assert SteeringVector.load(out / "vector.safetensors").meta.recommended == vector.meta.recommended
     assert json.loads((out / "sweep.json").read_text())["layers"] == [1, 2]
     assert (out / "effect.png").read_bytes()[:4] == b"\x89PNG" and (out / "fluency.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(FileExistsError, match=r"out/vector\.safetensors already exists; choose another output folder"):
+    with pytest.raises(FileExistsError, match=r"out already exists; choose another path"):
         save_sweep(tmp_path / "out", result, vector)
     save_sweep(tmp_path / "out", result, vector, overwrite=True)
 
@@ -189,7 +189,7 @@ def test_sweep_command_writes_its_folder_and_prints_the_recommendation(tmp_path,
     assert main(args) == 1
     assert (
         capsys.readouterr().err.strip()
-        == f"error: {tmp_path / 'sw' / 'vector.safetensors'} already exists; choose another --out or pass --overwrite"
+        == f"error: {tmp_path / 'sw'} already exists; choose another --out or pass --overwrite"
     )
     assert (
         main(["sweep", "--model", str(tmp_path / "tiny"), "--task", "refusal", "--method", "pca_diff", "--out", "x"])

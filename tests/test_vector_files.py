@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from steerlab.files import TEMP_SUFFIX, write_file
 from steerlab.meta import META_TYPES, Pick, Recommendation
-from steerlab.vector import TEMP_SUFFIX, SteeringVector, VectorFileError, VectorMeta, write_atomic
+from steerlab.vector import SteeringVector, VectorFileError, VectorMeta
 
 HIDDEN = 8
 
@@ -160,7 +161,7 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         path = SteeringVector({1: ones()}, VectorMeta("m", HIDDEN, 4, "caa")).save(tmp_path / "v.safetensors")
-        write_atomic(tmp_path / "plot.png", b"png")
+        write_file(tmp_path / "plot.png", b"png")
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777, (tmp_path / "plot.png").stat().st_mode & 0o777) == (mode, mode)
@@ -171,9 +172,9 @@ def test_a_write_killed_half_way_leaves_nothing_after_the_next_write(tmp_path):
     script = textwrap.dedent(f"""
         import os, time
         from pathlib import Path
-        from steerlab.vector import write_atomic
+        from steerlab.files import write_file
         os.fsync = lambda fd: (print("writing", flush=True), time.sleep(600))
-        write_atomic(Path({str(target)!r}), b"x" * 1_000_000)
+        write_file(Path({str(target)!r}), b"x" * 1_000_000)
     """)
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
@@ -181,7 +182,7 @@ def test_a_write_killed_half_way_leaves_nothing_after_the_next_write(tmp_path):
     writer.wait(30)
     left = [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     assert len(left) == 1 and left[0].stat().st_size == 1_000_000 and not target.exists()
-    write_atomic(target, b"done")
+    write_file(target, b"done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
     assert target.read_bytes() == b"done"
 
@@ -193,7 +194,7 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(tmp_path):
         busy = tmp_path / f".{target.name}.{sleeper.pid}.abc{TEMP_SUFFIX}"
         busy.write_bytes(b"in progress")
         time.sleep(0.05)
-        write_atomic(target, b"done")
+        write_file(target, b"done")
         assert busy.exists()
     finally:
         sleeper.kill()

@@ -34,8 +34,9 @@ from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, build_sweep_vector, generate_grid, save_sweep, sweep  # noqa: E402
 from steerlab.evaluation.sweep_plots import curves_png  # noqa: E402
 from steerlab.evaluation.tasks import CAA_BEHAVIOURS, data_root, get_task  # noqa: E402
+from steerlab.files import write_file  # noqa: E402
 from steerlab.strength import multiplier_for  # noqa: E402
-from steerlab.vector import SteeringVector, write_atomic  # noqa: E402
+from steerlab.vector import SteeringVector  # noqa: E402
 
 OUT = HERE / "out"
 RESULTS = HERE / "results.json"
@@ -313,10 +314,10 @@ def draw_figures(model: str, record: dict) -> None:
             reference=run["unsteered"]["p_matching"],
             limits=(0.0, 1.0),
         )
-        write_atomic(FIGURES / f"ab_{b}_{model}.png", png, overwrite=True)
+        write_file(FIGURES / f"ab_{b}_{model}.png", png, overwrite=True)
     heatmap = OUT / model / "sentiment-val-sweep" / "effect.png"
     if heatmap.exists():
-        write_atomic(FIGURES / f"sentiment_effect_{model}.png", heatmap.read_bytes(), overwrite=True)
+        write_file(FIGURES / f"sentiment_effect_{model}.png", heatmap.read_bytes(), overwrite=True)
 
 
 def distil(model: str) -> None:

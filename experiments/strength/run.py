@@ -37,8 +37,9 @@ from steerlab.evaluation.stats import paired_interval  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, generate_grid, save_sweep, sweep  # noqa: E402
 from steerlab.evaluation.sweep_plots import curves_png  # noqa: E402
 from steerlab.evaluation.tasks import get_task  # noqa: E402
+from steerlab.files import write_file  # noqa: E402
 from steerlab.strength import neutral_texts, strength_of  # noqa: E402
-from steerlab.vector import SteeringVector, write_atomic  # noqa: E402
+from steerlab.vector import SteeringVector  # noqa: E402
 
 OUT = HERE / "out"
 RESULTS = HERE / "results.json"
@@ -240,7 +241,7 @@ def draw_ab_figures(data: dict) -> None:
             bands=bands,
             limits=(0.0, 1.0),
         )
-        write_atomic(FIGURES / f"strength_ab_{behaviour}_qwen.png", png, overwrite=True)
+        write_file(FIGURES / f"strength_ab_{behaviour}_qwen.png", png, overwrite=True)
 
 
 INSTRUCTIONS = ("Answer cheerfully.", "Answer gloomily.", "Be brief.", "You are a pirate.")

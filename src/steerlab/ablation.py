@@ -18,6 +18,7 @@ from typing import cast
 import torch
 
 from .errors import UsageError
+from .files import refuse_existing, write_folder
 from .models import LoadedModel
 from .operators import ablate, unit
 from .steering import HookHandle, broadcast_rows, enter_scope, in_scope, scaled_rows
@@ -196,15 +197,23 @@ def _check_no_component(lm: LoadedModel, direction: torch.Tensor) -> None:
         )
 
 
-def export_orthogonalized(lm: LoadedModel, vector: SteeringVector, out: str | Path, layer: int | None = None) -> Path:
-    """Orthogonalise `lm` in place and save it with its tokenizer as a `save_pretrained` folder."""
+def export_orthogonalized(
+    lm: LoadedModel, vector: SteeringVector, out: str | Path, layer: int | None = None, *, overwrite: bool = False
+) -> Path:
+    """Orthogonalise `lm` in place and save it with its tokenizer as a `save_pretrained` folder, swapped in
+    atomically (`files.write_folder`): a kill leaves the old folder or the new one. Refuses an existing `out`
+    unless `overwrite`."""
     out = Path(out)
+    refuse_existing(out, overwrite)  # before the weights change
     orthogonalize(lm, vector, layer)
     model = lm.model
     if getattr(model, "hf_quantizer", None) is not None:  # loaded from GGUF: the weights are plain after loading
         model.hf_quantizer = None  # type: ignore[assignment]  # undeclared in PreTrainedModel, so typed as a submodule
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+
+    return write_folder(out, fill, overwrite=overwrite)

@@ -233,18 +233,14 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
 
 
 def _save_folder_atomically(model, tokenizer, folder: Path) -> None:
-    import shutil
-    import tempfile
+    """The dequantized cache, swapped in whole (`files.write_folder`); another process may have cached it first."""
+    import contextlib
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    from .files import write_folder
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process cached it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    with contextlib.suppress(FileExistsError):  # another process cached it first
+        write_folder(folder, fill)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import OutputExistsError, SteerlabError, UsageError
+from .errors import SteerlabError, UsageError
+from .files import write_file
 from .meta import FORMAT_VERSION, VectorFileError, VectorMeta  # noqa: F401 (the metadata types live in steerlab.meta)
 from .models import LayerError, check_layers
 from .textio import finite_json
@@ -185,7 +184,7 @@ def write_steer_file(
                 "reader would accept the file"
             )
     blob = safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(finite_json(meta.to_json()), sort_keys=True)})
-    write_atomic(path, blob, overwrite=overwrite)
+    write_file(path, blob, overwrite=overwrite)
     return path
 
 
@@ -294,83 +293,6 @@ def warn_if_other_model(m: VectorMeta, lm: LoadedModel, task: str | None, what: 
             TaskMismatchWarning,
             stacklevel=4,
         )
-
-
-def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
-
-    The file gets the usual permissions (0666 less the umask, so 0644 by default), not the 0600 of a
-    temporary file. Temporary files carry the writer's process id, so a later write to the same path
-    removes the ones whose writer is gone (killed mid-write).
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True (--overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the path appeared meanwhile, so a concurrent writer is not clobbered.
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-TEMP_SUFFIX = ".steerlab-tmp"
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete `path`'s temporary files (or folders) left by writers that no longer run; returns them."""
-    removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isascii() and pid.isdigit() and not _running(int(pid)):
-            try:
-                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
-                removed.append(tmp)
-            except FileNotFoundError:
-                pass  # another writer cleaned it first
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # alive under another user (or not a pid at all): leave its file alone
-    return True
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (Linux reports it in /proc); else set and restored."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def content_hash(vector: SteeringVector) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from .common import CLIError, add_model_args, add_out_args, check_out_free, command, load_cli_model
 
 
@@ -37,8 +35,6 @@ def cmd_orthogonalize(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     lm = load_cli_model(args)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    export_orthogonalized(lm, vector, out, layer)
+    export_orthogonalized(lm, vector, out, layer, overwrite=args.overwrite)  # swaps the folder in whole
     print(f"orthogonalised against layer {layer}'s direction -> {out}")
     return 0

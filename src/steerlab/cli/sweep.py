@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from .common import (
     CLIError,
@@ -12,7 +11,7 @@ from .common import (
     StageBars,
     add_model_args,
     check_at_least,
-    check_writable,
+    check_out_free,
     load_cli_model,
     parse_layers,
     parse_numbers,
@@ -77,7 +76,7 @@ def register(sub, vector_sub=None) -> None:
     p.add_argument(
         "--out", required=True, help="output folder for vector.safetensors, sweep.json, effect.png, fluency.png"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace those files if they exist")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder (as a whole) if it exists")
     add_model_args(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -92,7 +91,7 @@ def register(sub, vector_sub=None) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from ..evaluation.sweep import OUTPUT_FILES, SweepConfig, save_sweep, sweep
+    from ..evaluation.sweep import SweepConfig, save_sweep, sweep
     from ..evaluation.tasks import get_task
 
     if args.method != "caa":
@@ -117,11 +116,7 @@ def cmd_sweep(args) -> int:
         batch_rows=args.batch_size,
         min_effect=args.min_effect,
     )
-    out = Path(args.out)
-    clash = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if clash and not args.overwrite:
-        raise CLIError(f"{out / clash[0]} already exists; choose another --out or pass --overwrite")
-    check_writable(out / OUTPUT_FILES[0])
+    out = check_out_free(args.out, args.overwrite)  # the folder is the sweep's, replaced whole
     # Read the items before any model work, so a malformed file is named before minutes of loading and building.
     items = task.eval_items(config.split, args.data_dir, config.limit)
     if task.kind == "ab":

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import OutputExistsError, UsageError
+from ..files import write_text_files
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..models import LoadedModel
 from ..steering import Steer
-from ..vector import TEMP_SUFFIX, current_umask, remove_stale_temporaries
 from ..version import __version__
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import get_metric
@@ -351,42 +349,14 @@ def _inline(text: str) -> str:
 
 
 def write_report(folder: str | os.PathLike, report: Report, *, overwrite: bool = False) -> Path:
-    """Write report.json, summary.md and samples.jsonl into `folder` atomically (a temp folder, then a rename)."""
+    """Write report.json, summary.md and samples.jsonl as one folder, swapped in atomically (`files.write_folder`)."""
     files = {
         "report.json": json.dumps(report.to_json(), indent=2) + "\n",
         "summary.md": summary_markdown(report) + "\n",
         "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in report.samples()),
     }
-    return write_folder_atomic(Path(folder), files, overwrite=overwrite)
-
-
-def write_folder_atomic(folder: Path, files: dict[str, str], *, overwrite: bool = False) -> Path:
-    """Fill a temporary sibling folder, then rename it into place: readers never see half a report."""
-    check_free(folder, overwrite)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the report is for others to read too
-        for name, text in files.items():
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        old = None
-        if folder.exists():
-            check_free(folder, overwrite)
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.old", suffix=TEMP_SUFFIX, dir=folder.parent)
-            )
-            os.replace(folder, old / folder.name)
-        os.rename(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    check_free(Path(folder), overwrite)
+    return write_text_files(folder, files, overwrite=overwrite)
 
 
 def check_free(folder: Path, overwrite: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import build_config
 from ..errors import SteerlabError
+from ..files import write_text_files
 from ..generation import GenerationConfig
 from ..methods import METHODS, get_method
 from ..methods.prompt import PromptSteering
@@ -27,7 +28,7 @@ from ..vector import SteeringVector
 from .compare import Fitted, compare_markdown, fit_methods
 from .metric_registry import get_metric
 from .progress import Progress, stage_ticker
-from .report import Arm, Report, generate_arms, multiplier_arms, prompt_arm, score_run, write_folder_atomic
+from .report import Arm, Report, check_free, generate_arms, multiplier_arms, prompt_arm, score_run
 from .tasks import Task, get_task
 
 
@@ -48,8 +49,9 @@ class Comparison:
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """report.json, summary.md (the table) and samples.jsonl, written atomically."""
         report = self.report
-        return write_folder_atomic(
-            Path(folder),
+        check_free(Path(folder), overwrite)
+        return write_text_files(
+            folder,
             {
                 "report.json": json.dumps(report.to_json(), indent=2) + "\n",
                 "summary.md": self.markdown() + "\n",

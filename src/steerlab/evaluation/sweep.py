@@ -29,14 +29,15 @@ from typing import Any, TypeVar
 
 from ..activations import record_pair_activations
 from ..data import ContrastiveDataset
-from ..errors import OutputExistsError, SteerlabError
+from ..errors import SteerlabError
+from ..files import write_folder
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import Pick, Recommendation
 from ..methods.caa import CAAConfig, vector_from_activations
 from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
-from ..vector import SteeringVector, write_atomic
+from ..vector import SteeringVector
 from .ab import POSITIONS, UNSTEERED, Cell, at_chance, check_ab_items, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import Metric, get_metric
@@ -445,22 +446,19 @@ def _pick(result: SweepResult, i: int, j: int) -> Pick:
 
 
 def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector, *, overwrite: bool = False) -> Path:
-    """Write vector.safetensors, sweep.json and the effect and fluency heatmaps into `out_dir`."""
+    """Write vector.safetensors, sweep.json and the effect and fluency heatmaps as one folder, swapped in
+    atomically (`files.write_folder`): a kill leaves the old sweep or the new one, never a mix. The folder is the
+    sweep's own: an existing one is replaced as a whole, and only with `overwrite`."""
     out = Path(out_dir)
-    clash = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if clash and not overwrite:
-        raise OutputExistsError(
-            f"{out / clash[0]} already exists; choose another output folder or pass overwrite=True (--overwrite)"
-        )
     mark = [(result.layers.index(c.layer), result.values.index(c.value)) for c in result.directions.values() if c]
     label = "raw multiplier" if result.mode == "raw" else "norm-relative strength (x layer's residual norm)"
     where = f"{result.task} on {vector.meta.model_name} ({result.split}, {result.items} items)"
     reliable = [[lo > 0 or hi < 0 for lo, hi in row] for row in result.interval] or None
-    vector.save(out / OUTPUT_FILES[0], overwrite=overwrite)
-    write_atomic(out / OUTPUT_FILES[1], json.dumps(result.to_dict(), indent=1).encode(), overwrite=overwrite)
-    write_atomic(
-        out / OUTPUT_FILES[2],
-        heatmap_png(
+
+    def fill(tmp: Path) -> None:
+        vector.save(tmp / OUTPUT_FILES[0])
+        (tmp / OUTPUT_FILES[1]).write_bytes(json.dumps(result.to_dict(), indent=1).encode())
+        effect = heatmap_png(
             result.effect,
             result.layers,
             result.values,
@@ -472,12 +470,9 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
             span=0.1 * result.metric_record().span,
             passing=result.fluent or None,
             reliable=reliable,
-        ),
-        overwrite=overwrite,
-    )
-    write_atomic(
-        out / OUTPUT_FILES[3],
-        heatmap_png(
+        )
+        (tmp / OUTPUT_FILES[2]).write_bytes(effect)
+        fluency = heatmap_png(
             result.fluency,
             result.layers,
             result.values,
@@ -486,7 +481,7 @@ def save_sweep(out_dir: str | Path, result: SweepResult, vector: SteeringVector,
             value_label=label,
             colour_label=result.fluency_name,
             passing=result.fluent or None,
-        ),
-        overwrite=overwrite,
-    )
-    return out
+        )
+        (tmp / OUTPUT_FILES[3]).write_bytes(fluency)
+
+    return write_folder(out, fill, overwrite=overwrite)

@@ -27,8 +27,9 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from ..errors import OutputExistsError, UsageError
+from ..files import write_file
 from ..textio import finite_json
-from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index, write_atomic
+from ..vector import SteeringVector, VectorFileError, VectorMeta, layer_index
 
 ARCH = "controlvector"
 HINT_KEY = f"{ARCH}.model_hint"
@@ -54,7 +55,7 @@ def export_control_vector(
     if not hint:
         raise UsageError(f"{path}: the vector has no model_type; pass model_hint (the architecture, e.g. 'llama')")
     directions = _exportable(vector, path, skip_layer_0)
-    write_atomic(path, _gguf_bytes(directions, hint, vector.meta), overwrite=overwrite)
+    write_file(path, _gguf_bytes(directions, hint, vector.meta), overwrite=overwrite)
     return path
 
 

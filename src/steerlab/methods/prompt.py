@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from ..data import format_prompt
 from ..errors import UsageError
+from ..files import write_file
 from ..models import LoadedModel
 from ..textio import loads, read_text
-from ..vector import VectorFileError, write_atomic
+from ..vector import VectorFileError
 from ..version import __version__
 
 PLACEMENTS = ("system", "prefix")
@@ -88,7 +89,7 @@ class PromptSteering:
         """Write the steer as JSON ({"steerlab": {...}}) atomically; refuse to replace a file unless asked."""
         path = Path(path)
         blob = json.dumps({METADATA_KEY: asdict(self)}, indent=2, sort_keys=True) + "\n"
-        write_atomic(path, blob.encode("utf-8"), overwrite=overwrite)
+        write_file(path, blob.encode("utf-8"), overwrite=overwrite)
         return path
 
     @classmethod
