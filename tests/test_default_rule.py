@@ -5,6 +5,7 @@ the library's SteeringSpec, evaluate, the server (and the playground's default),
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -198,3 +199,18 @@ def test_after_calibrate_generate_with_no_strength_steers_at_what_calibrate_said
             config=GenerationConfig(max_new_tokens=6),
         )[0].steered
     )
+
+
+def test_the_calibrated_strength_itself_is_not_called_beyond_the_calibration():
+    """On SmolLM2 `generate` once warned that the calibrated +0.3 was "beyond the calibrated +0.3": the strength read
+    back from its float32 multiplier came out a hair above. Norms here are chosen so the round trip is inexact."""
+    from steerlab.cli.generate import strength_line
+    from steerlab.strength import multiplier_for, strength_of
+
+    lm = tiny_lm(num_layers=4)
+    vector = _calibrated(_vector(lm))
+    vector.meta = replace(vector.meta, residual_norms={"1": 12.345678, "2": 9.87654})
+    back = strength_of(vector, 1, float(torch.tensor(multiplier_for(vector, 1, 0.3), dtype=torch.float32)))
+    assert back != 0.3, "the round trip must be inexact, or this test could not fail"
+    assert "beyond" not in strength_line("v", SteeringSpec(vector))
+    assert "beyond the calibrated +0.3" in strength_line("v", SteeringSpec(vector, strength=0.31, layers=[1]))

@@ -218,7 +218,8 @@ def strength_line(name: str, spec) -> str:
                 parts.append(f"layer {layer}: multiplier {mult:+.4g} = strength {strength:+.4g}")
                 direction = "up" if strength > 0 else "down"
                 limit = calibration.strength(direction) if calibration else None
-                if limit is not None and abs(strength) > abs(limit) + 1e-9:
+                # The strength comes back from a float32 multiplier: the calibrated one itself may read 1e-7 above.
+                if limit is not None and abs(strength) > abs(limit) * (1 + 1e-5):
                     where = (
                         ""
                         if layer in calibration.layers.get(direction, [])
