@@ -35,7 +35,12 @@ def unit(direction: torch.Tensor) -> torch.Tensor:
 
 def project(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """Each token's scalar component along the unit direction: [rows, tokens, 1]."""
-    return (hidden * unit(direction)).sum(-1, keepdim=True)
+    return component(hidden, unit(direction))
+
+
+def component(hidden: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Each token's scalar component along the unit vector `u` (one, or one per token): [..., 1]."""
+    return (hidden * u).sum(-1, keepdim=True)
 
 
 def ablate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
@@ -63,17 +68,17 @@ def rotate(hidden: torch.Tensor, direction: torch.Tensor, coefficient: torch.Ten
 
 
 def ablate_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-    return hidden - (hidden * u).sum(-1, keepdim=True) * u
+    return hidden - component(hidden, u) * u
 
 
 def clamp_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-    return hidden + (coefficient - (hidden * u).sum(-1, keepdim=True)) * u
+    return hidden + (coefficient - component(hidden, u)) * u
 
 
 def rotate_unit(hidden: torch.Tensor, u: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
     work = hidden.float() if hidden.dtype in (torch.float16, torch.bfloat16) else hidden
     u = u.to(work.dtype)
-    along = (work * u).sum(-1, keepdim=True)
+    along = component(work, u)
     ortho = work - along * u
     ortho_norm = ortho.norm(dim=-1, keepdim=True)
     v = ortho / ortho_norm.clamp(min=torch.finfo(work.dtype).tiny)

@@ -167,8 +167,7 @@ def _unsteerable(original):
     @functools.wraps(original)
     def add_requests(self, scheduler_output, *args, **kwargs):
         for new in getattr(scheduler_output, compat.NEW_REQUESTS, None) or ():
-            extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
-            if extra.get(RESOLVED, "[]") != "[]":
+            if _resolved(new) != "[]":
                 raise SteeringNotApplied(
                     f"steerlab: request {new.req_id} is steered, but {type(self).__module__}."
                     f"{type(self).__name__} is a model runner the plugin does not steer; set "
@@ -213,6 +212,13 @@ def _worker_steering(runner) -> _RunnerState:
     return state
 
 
+def _resolved(request) -> str:
+    """The front end's resolved terms of a request (the worker's copy of it), "[]" for an unsteered one."""
+    if getattr(request, "sampling_params", None) is None:  # pooling requests carry none
+        return "[]"
+    return (compat.attr(request, compat.REQUEST_PARAMS) or {}).get(RESOLVED, "[]")
+
+
 def _rows(runner, state: _RunnerState) -> list[Row]:
     """The steered requests of the coming forward, in the flattened batch's order."""
     n = compat.attr(runner, compat.RUNNER_NUM_REQS)
@@ -224,11 +230,7 @@ def _rows(runner, state: _RunnerState) -> list[Row]:
     for i, req_id in enumerate(compat.attr(runner, compat.RUNNER_REQ_IDS)[:n]):
         terms = state.terms.get(req_id)
         if terms is None:
-            request = requests.get(req_id)
-            extra = (
-                compat.attr(request, compat.REQUEST_PARAMS) if getattr(request, "sampling_params", None) else None
-            ) or {}
-            terms = tuple(decode(extra[RESOLVED])) if RESOLVED in extra else ()
+            terms = tuple(decode(_resolved(requests.get(req_id))))
             if len(state.terms) > 2 * len(requests) + 64:
                 state.terms = {k: v for k, v in state.terms.items() if k in requests}
             state.terms[req_id] = terms

@@ -31,12 +31,12 @@ from torch import nn
 
 from ...operators import OPERATORS, UNIT_OPERATORS, unit
 from .errors import SteeringNotApplied, VLLMIncompatible
-from .request import Term
+from .request import MAX_ITEMS, Term
 
 # Operator codes in the plan buffers; 0 means "this slot does nothing to this token".
 CODES = {name: i + 1 for i, name in enumerate(OPERATORS)}
 NAMES = {code: name for name, code in CODES.items()}
-SLOTS = 8  # items one request may apply at one layer (request.MAX_ITEMS keeps requests within it)
+SLOTS = MAX_ITEMS  # slot k of a token holds its request's k-th item at that layer
 # The op finds its worker by key, a constant in the compiled graph (vLLM caches graphs on disk, so never an
 # object id): one runner per process, key 0; tests that build several give their own keys.
 _WORKERS: dict[int, WorkerSteering] = {}
