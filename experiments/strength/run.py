@@ -198,7 +198,7 @@ def run_ab(args) -> None:
                     "letter_share_plus": s_plus["first_answer_share"],
                     "mass_minus": s_minus["answer_mass"],
                     "mass_plus": s_plus["answer_mass"],
-                    "words": letter_words(spread.mean, letter),
+                    "words": letter_words(spread.mean, letter, min_effect=result.min_effect),
                 }
             )
         out[behaviour] = {
@@ -529,7 +529,9 @@ def ab_section(data: dict) -> str:
     lines += [
         "",
         "These runs predate the minimum effect size; their only recommended cell (refusal, down, -0.036) "
-        "is above it, so the verdicts are the ones the current rule gives.",
+        "is above it. They also predate the letter rule (a cell whose A-share moved more than twice its "
+        "p(matching) is never recommended; issue 21), and the validation letter shifts were not kept, so whether "
+        "that cell would now be left out is not known from these results.",
     ]
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     figures = [f"![{behaviour}](results/strength_ab_{behaviour}_qwen.png)" for behaviour in data]

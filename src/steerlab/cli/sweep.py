@@ -192,7 +192,8 @@ def print_grid(result, vector=None) -> None:
 
 
 def _ab_words(result) -> str:
-    """Letter-share shift at each direction's strongest cell, and whether the unsteered model is at chance."""
+    """What each direction's cell moved (behaviour, letter or neither): the recommended cell where there is one,
+    else the one with the largest effect; and whether the unsteered model is at chance."""
     from ..evaluation.ab import letter_words
 
     words = []
@@ -206,11 +207,14 @@ def _ab_words(result) -> str:
             for j, e in enumerate(row)
             if sign * result.values[j] > 0
         ]
+        pick = result.directions.get(name)
+        if pick is not None:
+            cells = [c for c in cells if result.layers[c[1]] == pick.layer and result.values[c[2]] == pick.value]
         if cells and shift:
             _, i, j = max(cells)
             words.append(
                 f"{name} (layer {result.layers[i]}, {result.values[j]:+g}): "
-                + letter_words(result.effect[i][j], shift[i][j])
+                + letter_words(result.effect[i][j], shift[i][j], min_effect=result.min_effect)
             )
     return "\n".join(words)
 
