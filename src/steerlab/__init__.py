@@ -14,6 +14,7 @@ from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs,
 from .errors import MissingFileError, OutputExistsError, SteerlabError, UsageError
 from .evaluation.ab import ABFormatError
 from .evaluation.metric_registry import MetricError
+from .evaluation.reasoning import ReasoningError
 from .evaluation.run import Comparison, EvaluationError, compare, evaluate
 from .evaluation.sweep import SweepError
 from .evaluation.tasks import TaskError
@@ -81,6 +82,7 @@ __all__ = [
     "MissingFileError",
     "OutputExistsError",
     "ModelLoadError",
+    "ReasoningError",
     "SteerNotFound",
     "SteeringError",
     "SteeringNotApplied",

@@ -173,6 +173,7 @@ def sweep(
     """Score the grid for the task's CAA vector (built at every swept layer unless `vector` is given) and return
     the result and the vector, whose metadata then holds the recommendation and the neutral-text residual norms."""
     config = config or SweepConfig()
+    check_sweepable(task)
     try:
         layers = check_layers(lm, config.layers or range(lm.num_layers))
     except LayerError as exc:
@@ -246,6 +247,16 @@ def sweep(
     recommend(result)
     vector.meta = replace(vector.meta, recommended=stored_recommendation(result, vector.meta.recommended))
     return result, vector
+
+
+def check_sweepable(task: Task) -> None:
+    """Refuse, before any model work, a task the grid cannot score (reasoning tasks: accuracy and tokens)."""
+    if task.kind == "reasoning":
+        raise SweepError(
+            f"task '{task.name}' is a reasoning task, scored by accuracy and tokens per answer, which the sweep's "
+            f"grid does not score; compare strengths with `steerlab eval --task {task.name} --vector F "
+            "--strengths=-0.1,0.1`"
+        )
 
 
 def stored_recommendation(result: SweepResult, before: Recommendation) -> Recommendation:
