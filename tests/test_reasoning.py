@@ -18,6 +18,7 @@ from steerlab.evaluation.reasoning import (
     length_pairs,
     math_prompt,
     read_math_items,
+    reasoning_table,
     split_of,
     strength_arms,
     worked_solution,
@@ -78,7 +79,7 @@ def test_arms_are_scored_as_each_problem_generated_alone(tmp_path):
     vector = SteeringVector({1: torch.randn(lm.hidden_size, generator=g) * 3}, VectorMeta.for_model(lm, "test"))
     arms = strength_arms(vector, [8.0], raw=True, layers=[1], budget=LengthBudget(3, 2))
     config = GenerationConfig(max_new_tokens=12)
-    results = evaluate_reasoning(lm, items, arms, config=config, batch_size=8)
+    results = evaluate_reasoning(lm, items, arms, config=config, budget=3, batch_size=8)
     assert [r.label for r in results] == ["unsteered", "x+8, budget 3", *BASELINES]
     base, steered, directly = results[0], results[1], results[3]
     for i, item in enumerate(items):  # the unsteered arm and the "answer directly" baseline, one problem at a time
@@ -95,6 +96,8 @@ def test_arms_are_scored_as_each_problem_generated_alone(tmp_path):
     assert steered.effects["tokens"].mean == pytest.approx(sum(diffs) / len(diffs))
     summary = steered.summary()
     assert summary["limit_share"] == sum(n >= 12 for n in steered.tokens) / len(items)
+    assert summary["within_budget"] == sum(n <= 3 for n in steered.tokens) / len(items)
+    assert reasoning_table(results).splitlines()[0].count("|") == 10  # with the "within 3 tokens" column
 
 
 def test_eval_on_a_reasoning_task_file_writes_its_report(model_dir, tmp_path, capsys):

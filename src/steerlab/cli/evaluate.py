@@ -276,7 +276,15 @@ def _eval_reasoning(args, task, generation, out) -> int:
     items = task.eval_items(args.split, args.data_dir, args.limit)
     lm = load_cli_model(args)
     with StageBars() as bars:
-        results = evaluate_reasoning(lm, items, arms, config=generation, batch_size=args.batch_size, progress=bars)
+        results = evaluate_reasoning(
+            lm,
+            items,
+            arms,
+            config=generation,
+            budget=args.reasoning_budget,
+            batch_size=args.batch_size,
+            progress=bars,
+        )
     settings = {
         "task": task.name,
         "split": args.split,

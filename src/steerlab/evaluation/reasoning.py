@@ -126,9 +126,10 @@ class ArmResult:
     texts: list[str]
     max_new_tokens: int
     effects: dict[str, Interval] = field(default_factory=dict)
+    budget: int | None = None  # a length budget to report against: the share of answers within it
 
     def summary(self) -> dict[str, float]:
-        return {
+        out = {
             "accuracy": _share(self.correct),
             "tokens_mean": statistics.fmean(self.tokens),
             "tokens_median": float(statistics.median(self.tokens)),
@@ -136,6 +137,9 @@ class ArmResult:
             "distinct_2": statistics.fmean(distinct_n(t, 2) for t in self.texts),
             "repetition": statistics.fmean(repetition_rate(t) for t in self.texts),
         }
+        if self.budget is not None:
+            out["within_budget"] = _share([n <= self.budget for n in self.tokens])
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, **{k: round(v, 4) for k, v in self.summary().items()}}
@@ -145,10 +149,15 @@ class ArmResult:
 
 
 def score_arm(
-    label: str, items: Sequence[MathItem], texts: Sequence[str], lengths: Sequence[int], max_new_tokens: int
+    label: str,
+    items: Sequence[MathItem],
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    max_new_tokens: int,
+    budget: int | None = None,
 ) -> ArmResult:
     correct = [final_number(t) == item.answer for t, item in zip(texts, items, strict=True)]
-    return ArmResult(label, correct, list(lengths), list(texts), max_new_tokens)
+    return ArmResult(label, correct, list(lengths), list(texts), max_new_tokens, budget=budget)
 
 
 def evaluate_reasoning(
@@ -158,11 +167,13 @@ def evaluate_reasoning(
     *,
     config: GenerationConfig,
     baselines: bool = True,
+    budget: int | None = None,
     batch_size: int = 8,
     progress: Progress | None = None,
 ) -> list[ArmResult]:
     """Unsteered, each arm (steers at their row scales) and, with `baselines`, the two prompt baselines, all on
-    the same problems in shared batches; each scored for accuracy, tokens and fluency, with paired intervals."""
+    the same problems in shared batches; each scored for accuracy, tokens and fluency, with paired intervals,
+    and with a `budget` (tokens) the share of answers within it, so a budget's cost and success read together."""
     if not items:
         raise ReasoningError("no problems to evaluate")
     prompts = [math_prompt(item) for item in items]
@@ -173,10 +184,10 @@ def evaluate_reasoning(
             every.append(Arm(label, prompt_ids=ids))
     tick = stage_ticker(progress, "problems", len(items))
     run: EvalRun = generate_arms(lm, prompts, every, config=config, batch_size=batch_size, progress=tick)
-    base = score_arm("unsteered", items, run.original, run.original_lengths, config.max_new_tokens)
+    base = score_arm("unsteered", items, run.original, run.original_lengths, config.max_new_tokens, budget)
     results = [base]
     for cond in run.conditions:
-        arm = score_arm(cond.label, items, cond.texts, cond.lengths, config.max_new_tokens)
+        arm = score_arm(cond.label, items, cond.texts, cond.lengths, config.max_new_tokens, budget)
         arm.effects = {
             "tokens": paired_interval([float(n) for n in arm.tokens], [float(n) for n in base.tokens]),
             "accuracy": paired_interval([float(c) for c in arm.correct], [float(c) for c in base.correct]),
@@ -186,19 +197,23 @@ def evaluate_reasoning(
 
 
 def reasoning_table(results: Sequence[ArmResult]) -> str:
-    """A Markdown table of every arm: accuracy and tokens with their changes against unsteered, and fluency."""
+    """A Markdown table of every arm: accuracy and tokens with their changes against unsteered, the share within
+    the budget where one is reported, and fluency."""
+    budget = results[0].budget if results else None
+    within = f" within {budget} tokens |" if budget is not None else ""
     lines = [
-        "| arm | accuracy | change [95% interval] | tokens mean / median | change [95% interval] | hit the limit "
-        "| distinct-2 | repetition |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | accuracy | change [95% interval] | tokens mean / median | change [95% interval] | hit the limit |"
+        f"{within} distinct-2 | repetition |",
+        "|---|---|---|---|---|---|" + ("---|" if budget is not None else "") + "---|---|",
     ]
     for arm in results:
         s = arm.summary()
         acc, tok = arm.effects.get("accuracy"), arm.effects.get("tokens")
+        share = f" {s['within_budget']:.0%} |" if budget is not None else ""
         lines.append(
             f"| {arm.label} | {s['accuracy']:.2f} | {_interval(acc, '+.2f')} | {s['tokens_mean']:.0f} / "
-            f"{s['tokens_median']:.0f} | {_interval(tok, '+.0f')} | {s['limit_share']:.0%} | {s['distinct_2']:.3f} "
-            f"| {s['repetition']:.3f} |"
+            f"{s['tokens_median']:.0f} | {_interval(tok, '+.0f')} | {s['limit_share']:.0%} |{share} "
+            f"{s['distinct_2']:.3f} | {s['repetition']:.3f} |"
         )
     return "\n".join(lines)
 
