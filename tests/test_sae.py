@@ -282,7 +282,9 @@ def test_clamping_sets_the_feature_to_the_value_by_re_encoding(activation, value
     sae.W_dec[4] = sae.W_enc[:, 4] * 1.7  # encoder and decoder agree in direction, not in scale (gain != 1)
     before = layer_output(lm, 1)
     after = layer_output(lm, 1, FeatureClamp(sae, 4, value))
-    assert torch.allclose(sae.encode(after)[..., 4], torch.full(after.shape[:2], value), atol=1e-4)
+    read = sae.encode(after)[0, 1:, 4]
+    assert torch.allclose(read, torch.full_like(read, value), atol=1e-4)
+    assert torch.equal(after[:, 0], before[:, 0])  # the first token (the attention sink) is left alone
     change = after - before  # only along the feature's decoder row
     along = (change @ sae.W_dec[4]) / sae.W_dec[4].norm() ** 2
     assert torch.allclose(change, along[..., None] * sae.W_dec[4], atol=1e-5)
@@ -326,9 +328,82 @@ def test_training_reconstructs_the_tiny_models_residuals(tmp_path):
     torch.manual_seed(0)
     texts = ["".join(chr(97 + int(i)) for i in torch.randint(0, 26, (40,))) for _ in range(60)]
     sae, report = train_sae(lm, texts, TrainConfig(layer=1, width=64, k=8, epochs=30, batch=256, lr=3e-3))
-    assert report.l0 == 8 and report.d_sae == 64 and report.train_tokens + report.held_out_tokens == 60 * 40
+    assert (
+        report.l0 == 8
+        and report.d_sae == 64
+        and report.train_tokens + report.held_out_tokens == 60 * 40
+        and report.held_out_tokens == 3 * 40
+    )
     assert report.explained_variance > 0.8
     assert (sae.layer, sae.model_name, sae.model_fingerprint) == (1, lm.name, lm.fingerprint)
     back = read_sae(write_saelens(sae, tmp_path / "sae"))
     assert same_weights(sae, back) and back.k == 8
     np.testing.assert_allclose(back.W_dec.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+# ---- a real model ----------------------------------------------------------------------------------------
+
+
+def block_outputs(lm, ids: torch.Tensor, steer=None) -> list[torch.Tensor]:
+    """Every block's output as the next block receives it, with `steer` attached."""
+    seen: list[torch.Tensor] = []
+    handle = steer.attach(lm) if steer else None
+    readers = [
+        block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        for block in lm.layers
+    ]
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+        return seen
+    finally:
+        for reader in readers:
+            reader.remove()
+        if handle:
+            handle.remove()
+
+
+def test_a_gemma_scope_file_loads_and_steers_gemma3_at_its_layer(gemma3_270m, tmp_path):
+    from steerlab.steering import SpecSteering, SteeringSpec
+
+    lm = gemma3_270m
+    g = torch.Generator().manual_seed(0)
+    d, n, layer = lm.hidden_size, 256, 6
+    w_dec = torch.randn(n, d, generator=g)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    written = SAE(
+        w_dec.T.clone(),
+        torch.zeros(n),
+        w_dec,
+        torch.zeros(d),
+        layer=layer,
+        activation="jumprelu",
+        threshold=torch.full((n,), 0.05),
+    )
+    sae = read_sae(write_gemma_scope(written, tmp_path / f"layer_{layer}" / "width_256" / "params.npz"))
+    assert same_weights(sae, written) and (sae.layer, sae.d_model) == (6, 640)
+    ids = torch.tensor([lm.tokenizer("The weather today is", add_special_tokens=True)["input_ids"]])
+    plain = block_outputs(lm, ids)
+    vector = feature_vector(lm, sae, 3)
+    added = block_outputs(lm, ids, SpecSteering(SteeringSpec(vector, multiplier=8.0)))
+    assert all(torch.equal(added[i], plain[i]) for i in range(layer))  # blocks before the hook's layer: untouched
+    # float32 sums at the attention sink (norm ~5e4) round at ~1e-3
+    assert torch.allclose(added[layer] - plain[layer], 8.0 * sae.W_dec[3].expand_as(plain[layer]), atol=1e-2)
+    assert not torch.allclose(added[layer + 1], plain[layer + 1])
+    clamped = block_outputs(lm, ids, FeatureClamp(sae, 3, 30.0))
+    assert all(torch.equal(clamped[i], plain[i]) for i in range(layer))
+    read = sae.encode(clamped[layer])[0, 1:, 3]  # every token but the attention sink
+    assert torch.allclose(read, torch.full_like(read, 30.0), atol=1e-2)
+
+
+def test_clamped_generation_is_the_same_batched_with_padding_and_alone():
+    from steerlab.generation import GenerationConfig, generate
+
+    lm = tiny_lm(num_layers=4, hidden=16)
+    sae = random_sae(layer=1, seed=2)
+    sae.W_dec[4] = sae.W_enc[:, 4]
+    clamp = FeatureClamp(sae, 4, 5.0)
+    prompts, config = ["hi", "a much longer prompt here"], GenerationConfig(max_new_tokens=8)
+    together = [r.steered for r in generate(lm, prompts, clamp, config=config)]
+    alone = [generate(lm, [p], clamp, config=config)[0].steered for p in prompts]
+    assert together == alone and together != [r.steered for r in generate(lm, prompts, None, config=config)]

@@ -7,7 +7,8 @@ itself; to switch a feature off, min(a_i, 0)). With g = 1 and the
 feature firing this is exactly encode -> replace f_i by the value -> decode, plus the SAE's reconstruction
 error kept (h - decode(encode(h))), so nothing the SAE misses is lost; when g != 1 it is the one move along
 W_dec[i] after which re-encoding reads the value. For TopK SAEs the value is read back when the feature then
-ranks among the k largest. Rows whose scale is 0 (originals beside steered rows) stay bit for bit as they were.
+ranks among the k largest. Each row's first token (the attention sink) is left as it is, and rows whose scale
+is 0 (originals beside steered rows) stay bit for bit as they were.
 The clamp file holds the whole SAE (TopK needs every feature to read one) and the clamp's feature and value.
 """
 
@@ -24,7 +25,7 @@ import torch
 from ..errors import UsageError
 from ..meta import VectorMeta
 from ..models import LoadedModel
-from ..steering import HookHandle, broadcast_rows, enter_scope, in_scope
+from ..steering import HookHandle, SteeringError, absolute_positions, broadcast_rows, enter_scope, in_scope
 from ..vector import VectorFileError, read_steer_file, write_steer_file
 from .model import SAE
 
@@ -144,24 +145,34 @@ class FeatureClamp:
 
 
 class ClampHandle(HookHandle):
-    """The hook of a FeatureClamp at its layer; a context manager that always removes it."""
+    """The hooks of a FeatureClamp: one on the model that reads each token's position, one at the SAE's layer
+    that clamps every token but each row's first (the attention sink, whose activations lie far outside what an
+    SAE is trained on; steerlab's trainer leaves it out) and padding. A context manager that always removes them."""
 
     def __init__(self, lm: LoadedModel, clamp: FeatureClamp, rows: torch.Tensor | None):
         self.clamp, self.rows = clamp, rows
+        self._positions: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         enter_scope(self)
         try:
+            self._handles.append(lm.model.register_forward_pre_hook(self._track, with_kwargs=True))
             self._handles.append(lm.layers[clamp.sae.layer].register_forward_hook(self._hook))
         except Exception:
             self.remove()
             raise
 
+    def _track(self, module, args, kwargs) -> None:
+        if in_scope(self):
+            self._positions = absolute_positions(args, kwargs)[0]
+
     def _hook(self, module, args, output):
         if not in_scope(self):
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        steered = self.clamp.clamped(hidden)
+        if self._positions is None:
+            raise SteeringError("an SAE clamp reads token positions; call the model itself, not one block")
+        selected = self._positions.to(hidden.device) > 0
         if self.rows is not None:
-            rows = broadcast_rows(self.rows, hidden.shape[0], "row scales").to(hidden.device)
-            steered = torch.where(rows[:, None, None], steered, hidden)
+            selected = selected & broadcast_rows(self.rows, hidden.shape[0], "row scales").to(hidden.device)[:, None]
+        steered = torch.where(selected.unsqueeze(-1), self.clamp.clamped(hidden), hidden)
         return (steered, *output[1:]) if isinstance(output, tuple) else steered

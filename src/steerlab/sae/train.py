@@ -3,8 +3,8 @@
 Why our own trainer and not sae-lens: see docs/sae.md (sae-lens 6.x would not install beside steerlab's pins).
 TopK is the quickest route to a given explained variance at a stated L0: L0 is k by construction, so there is
 no sparsity penalty to tune. Activations are recorded once (the forward stops at the layer; the first token,
-the attention sink with ~10x the norm of the others, is left out), a share is held out, and the SAE trains on
-the rest with Adam, decoder rows kept at unit norm. The report measures the held-out tokens.
+the attention sink with ~10x the norm of the others, is left out), a share of the texts is held out, and the SAE
+trains on the others' tokens with Adam, decoder rows kept at unit norm. The report measures the held-out texts' tokens.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainReport:
-    """What the training found, on held-out tokens: explained variance, mean L0, dead features, and the cost."""
+    """What the training found, on the tokens of held-out texts: explained variance, mean L0; dead features
+    (none of all the tokens fires them); and the cost."""
 
     explained_variance: float
     l0: float
@@ -79,9 +80,9 @@ def text_sequences(lm: LoadedModel, texts: Sequence[str], context: int) -> list[
 
 def record_training_tokens(
     lm: LoadedModel, texts: Sequence[str], config: TrainConfig, progress: Progress | None = None
-) -> tuple[torch.Tensor, int]:
-    """[tokens, hidden]: every text's token activations at the layer (the start token left out), up to
-    max_tokens; and how many texts that took."""
+) -> list[torch.Tensor]:
+    """Per text, [tokens, hidden]: its token activations at the layer (the start token left out), texts taken
+    in order until max_tokens."""
     seqs, total = [], 0
     for seq in text_sequences(lm, texts, config.context):
         if total >= config.max_tokens:
@@ -98,7 +99,7 @@ def record_training_tokens(
             progress("recording", done[0], len(seqs))
 
     acts = token_activations(lm, seqs, config.layer, batch_tokens=DEFAULT_BATCH_TOKENS, progress=tick)
-    return torch.cat([a[1:] for a in acts])[: config.max_tokens], len(seqs)
+    return [a[1:] for a in acts]
 
 
 def explained_variance(x: torch.Tensor, reconstruction: torch.Tensor) -> float:
@@ -114,12 +115,14 @@ def train_sae(
     config.check()
     check_layers(lm, [config.layer])
     start = time.perf_counter()
-    acts, n_texts = record_training_tokens(lm, texts, config, progress)
+    per_text = record_training_tokens(lm, texts, config, progress)
     recorded = time.perf_counter() - start
     gen = torch.Generator().manual_seed(config.seed)
-    acts = acts[torch.randperm(len(acts), generator=gen)]
-    n_held = max(1, int(len(acts) * config.held_out))
-    held, train = acts[:n_held], acts[n_held:]
+    order = torch.randperm(len(per_text), generator=gen).tolist()
+    n_held = max(1, int(len(per_text) * config.held_out))  # whole texts held out: their tokens are never trained on
+    held = torch.cat([per_text[i] for i in order[:n_held]])
+    train = torch.cat([per_text[i] for i in order[n_held:]])
+    acts = torch.cat([held, train])
     width = config.width or 8 * lm.hidden_size
     sae = _fit_topk(train, width, config, gen, progress)
     sae.layer, sae.model_name, sae.model_fingerprint = config.layer, lm.name, lm.fingerprint
@@ -136,7 +139,7 @@ def train_sae(
         d_sae=width,
         train_tokens=len(train),
         held_out_tokens=len(held),
-        texts=n_texts,
+        texts=len(per_text),
         seconds_recording=round(recorded, 1),
         seconds_training=round(time.perf_counter() - start - recorded, 1),
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
