@@ -407,3 +407,66 @@ def test_clamped_generation_is_the_same_batched_with_padding_and_alone():
     together = [r.steered for r in generate(lm, prompts, clamp, config=config)]
     alone = [generate(lm, [p], clamp, config=config)[0].steered for p in prompts]
     assert together == alone and together != [r.steered for r in generate(lm, prompts, None, config=config)]
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+
+
+def test_command_line_trains_finds_saves_and_clamps(model_dir, tmp_path, capsys):
+    from steerlab.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"{w} day number {i}, all told" for i in range(30) for w in ("good", "bad")))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": f"good {w}", "negative": f"bad {w}"}) + "\n" for w in "abcdefgh"))
+    sae_dir, vec, clamp = tmp_path / "sae", tmp_path / "f.safetensors", tmp_path / "c.safetensors"
+    model = ["--model", str(model_dir)]
+    assert main(["sae", "train", *model, "--texts", str(texts), "--layer", "2", "--width", "64", "--k", "4",
+                 "--epochs", "2", "--out", str(sae_dir)]) == 0  # fmt: skip
+    report = json.loads((sae_dir / "steerlab.json").read_text())["report"]
+    assert read_sae(sae_dir).layer == 2 and report["l0"] == 4 and report["d_sae"] == 64
+    capsys.readouterr()
+    assert main(["sae", "features", *model, "--sae", str(sae_dir), "--data", str(pairs), "--texts", str(texts),
+                 "--top", "3", "--save-feature", "best", "--out", str(vec), "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(len(r["snippets"]) >= 1 for r in rows)
+    saved = SteeringVector.load(vec)
+    assert saved.meta.config["feature"] == rows[0]["feature"] and saved.meta.method == "sae_feature"
+    assert main(["sae", "clamp", *model, "--sae", str(sae_dir), "--feature", str(rows[0]["feature"]),
+                 "--value", "1.5", "--out", str(clamp)]) == 0  # fmt: skip
+    assert main(["generate", *model, "--vector", str(clamp), "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    assert main(["generate", *model, "--vector", str(clamp), "--prompt", "hello", "--multiplier", "2"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: an SAE clamp sets its feature to its stored value; drop --multiplier (steerlab sae clamp --value)"
+    )
+
+
+def test_command_line_refuses_bad_arguments_before_the_model_loads(tmp_path, capsys):
+    from steerlab.cli import main
+
+    args = ["--model", "no/such/model", "--layer", "2", "--out", str(tmp_path / "o")]
+    assert main(["sae", "train", "--texts", str(tmp_path / "missing.txt"), *args]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'missing.txt'}: no such text file and not a named set (dexperts-sentiment); "
+        "give a .txt or .jsonl file"
+    )
+    assert main(["sae", "features", "--sae", "x", "--positive", "a", "--negative", "b", "--save-feature", "1"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: --save-feature and --out go together: which feature to save, and where"
+    )
+
+
+def test_the_vllm_plugin_refuses_a_clamp_by_name(tmp_path):
+    from steerlab.interop.vllm.library import SteerLibrary
+    from steerlab.interop.vllm.request import SteeringRequestError, resolve
+
+    lm = tiny_lm(num_layers=4, hidden=16)
+    sae = random_sae(layer=1)
+    sae.W_dec[4] = sae.W_enc[:, 4]
+    FeatureClamp(sae, 4, 2.0).save(tmp_path / "clamp.safetensors", lm)
+    with pytest.raises(
+        SteeringRequestError, match="'clamp' is an SAE clamp: it re-encodes every token through its SAE"
+    ):
+        resolve({"vector": "clamp"}, SteerLibrary(tmp_path), hidden_size=16, num_layers=4)
