@@ -1,6 +1,7 @@
 """Train a TopK SAE (Gao et al. 2024) on one layer's residual stream, for a model that has none.
 
-Why our own trainer and not sae-lens: see docs/sae.md (sae-lens 6.x would not install beside steerlab's pins).
+Why our own trainer and not sae-lens (docs/sae.md): sae-lens 6.54 installs beside our pins, but brings ~90 packages
+and trains through TransformerLens's own copy of the model, not the Hugging Face model steerlab loads offline.
 TopK is the quickest route to a given explained variance at a stated L0: L0 is k by construction, so there is
 no sparsity penalty to tune. Activations are recorded once (the forward stops at the layer; the first token,
 the attention sink with ~10x the norm of the others, is left out), a share of the texts is held out, and the SAE
