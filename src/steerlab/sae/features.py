@@ -113,19 +113,15 @@ def top_snippets(
             if values[j] > 0:
                 best[feature].append((float(values[j]), t, int(positions[j]) + 1))
 
-    def words(ids: list[int]) -> str:
-        return str(lm.tokenizer.decode(ids))
+    def snippet(ids: list[int], pos: int) -> str:
+        """The tokens around `pos`, decoded together (tokens decoded one by one lose their leading spaces)."""
+        start = max(1, pos - context)
+        left, through = (str(lm.tokenizer.decode(ids[start:end])) for end in (pos, pos + 1))
+        whole = str(lm.tokenizer.decode(ids[start : pos + 1 + context]))
+        return f"{left}«{through[len(left) :]}»{whole[len(through) :]}"
 
     out = {}
     for feature, hits in best.items():
         hits.sort(key=lambda h: -h[0])
-        out[feature] = [
-            Snippet(
-                round(value, 3),
-                t,
-                f"{words(seqs[t][max(1, pos - context) : pos])}«{words(seqs[t][pos : pos + 1])}»"
-                f"{words(seqs[t][pos + 1 : pos + 1 + context])}",
-            )
-            for value, t, pos in hits[:per_feature]
-        ]
+        out[feature] = [Snippet(round(value, 3), t, snippet(seqs[t], pos)) for value, t, pos in hits[:per_feature]]
     return out
