@@ -436,6 +436,9 @@ def test_command_line_trains_finds_saves_and_clamps(model_dir, tmp_path, capsys)
                  "--value", "1.5", "--out", str(clamp)]) == 0  # fmt: skip
     assert main(["generate", *model, "--vector", str(clamp), "--prompt", "hello", "--max-new-tokens", "3"]) == 0
     capsys.readouterr()
+    assert main(["vector", "info", str(clamp), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["kind"], info["feature"], info["value"], info["layer"]) == ("sae_clamp", rows[0]["feature"], 1.5, 2)
     assert main(["generate", *model, "--vector", str(clamp), "--prompt", "hello", "--multiplier", "2"]) == 1
     assert capsys.readouterr().err.strip() == (
         "error: an SAE clamp sets its feature to its stored value; drop --multiplier (steerlab sae clamp --value)"
