@@ -473,3 +473,11 @@ def test_the_vllm_plugin_refuses_a_clamp_by_name(tmp_path):
         SteeringRequestError, match="'clamp' is an SAE clamp: it re-encodes every token through its SAE"
     ):
         resolve({"vector": "clamp"}, SteerLibrary(tmp_path), hidden_size=16, num_layers=4)
+
+
+def test_the_named_text_set_joins_each_dexperts_prompt_and_continuation(shared_data):
+    from steerlab.sae.texts import load_texts
+
+    texts = load_texts("dexperts-sentiment", shared_data)
+    first = json.loads((shared_data / "sentiment" / "positive_prompts.jsonl").read_text().splitlines()[0])
+    assert len(texts) == 5000 and texts[0] == first["prompt"]["text"] + " " + first["continuation"]["text"]

@@ -44,13 +44,14 @@ def load_texts(source: str, data_dir: str | Path | None = None) -> list[str]:
 
 
 def _dexperts(path: Path) -> list[str]:
-    """Prompt and continuation of each DExperts record, joined as one text."""
+    """Prompt and continuation of each DExperts record, joined as one text by a space (the files strip the
+    continuation's leading space: "...captures the bizarre reality" + "of the U.S.")."""
     out = []
     for lineno, line in enumerate(read_text(path, TaskError).split("\n"), start=1):
         if line.strip():
             record = loads(line, str(path), TaskError, line=lineno)
             try:
-                out.append(record["prompt"]["text"] + record["continuation"]["text"])
+                out.append(record["prompt"]["text"].rstrip() + " " + record["continuation"]["text"].lstrip())
             except (KeyError, TypeError):
                 raise TaskError(f"{path}: line {lineno}: expected prompt.text and continuation.text") from None
     return out
