@@ -189,6 +189,8 @@ def test_hook_point_mismatch_is_refused_before_any_model_work():
         assert str(exc.value) == message
     with pytest.raises(IncompatibleVectorError, match="cannot read tiny-llama-4x16"):
         pair_feature_means(lm, random_sae(model_fingerprint="0" * 16), pairs.pairs)
+    with pytest.raises(IncompatibleVectorError, match="set its model_name to 'tiny-llama-4x16'"):
+        pair_feature_means(lm, random_sae(model_name="google/gemma-2-2b"), pairs.pairs)
     with pytest.raises(IncompatibleVectorError, match="hidden size 8"):
         pair_feature_means(lm, random_sae(d=8), pairs.pairs)
     assert forwards[0] == 0

@@ -94,9 +94,14 @@ class SAE:
         meta = self.identity()
         vector_rules.check_hidden_size(meta, lm, "SAE")
         if (self.model_fingerprint or self.model_name) and not vector_rules.same_model(meta, lm):
+            fix = (
+                f"use an SAE trained on {lm.name} (steerlab sae train)"
+                if self.model_fingerprint
+                else f"if it is the same model under another name, set its model_name to {lm.name!r}"
+            )
             raise vector_rules.IncompatibleVectorError(
                 f"this SAE was trained on {vector_rules.describe_model(meta)} and cannot read "
-                f"{vector_rules.describe_model(lm)}; use an SAE trained on {lm.name} (steerlab sae train)"
+                f"{vector_rules.describe_model(lm)}; {fix}"
             )
         try:
             check_layers(lm, [self.layer], f" (the SAE reads layer {self.layer})")
