@@ -60,7 +60,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/steerlab demo
 
-# The SAE of docs/results.md section 6, rebuilt into steerlab's cache (SmolLM2 layer 15, one thread, ~10 min).
+# The SAE of docs/results.md section 6, rebuilt into steerlab's cache (SmolLM2 layer 15, one thread, about 5 min).
 sae: install
 	OMP_NUM_THREADS=1 $(BIN)/python experiments/sae/run.py measure train --threads 1
 
