@@ -483,3 +483,19 @@ def test_the_named_text_set_joins_each_dexperts_prompt_and_continuation(shared_d
     texts = load_texts("dexperts-sentiment", shared_data)
     first = json.loads((shared_data / "sentiment" / "positive_prompts.jsonl").read_text().splitlines()[0])
     assert len(texts) == 5000 and texts[0] == first["prompt"]["text"] + " " + first["continuation"]["text"]
+
+
+def test_the_server_skips_a_clamp_naming_its_kind(tmp_path, caplog):
+    from steerlab.server.registry import VectorRegistry
+
+    lm = tiny_lm(num_layers=4, hidden=16)
+    sae = random_sae(layer=1)
+    sae.W_dec[4] = sae.W_enc[:, 4]
+    FeatureClamp(sae, 4, 2.0).save(tmp_path / "clamp.safetensors", lm)
+    with caplog.at_level("WARNING"):
+        registry = VectorRegistry.from_dir(lm, tmp_path)
+    assert not registry.entries
+    assert (
+        "skipping clamp.safetensors: a steer of kind 'sae_clamp'; the server applies vectors and conditions"
+        in caplog.text
+    )
