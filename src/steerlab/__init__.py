@@ -26,6 +26,7 @@ from .methods import fit
 from .methods.lm_steer import InsufficientMemoryError
 from .models import LayerError, LoadedModel, ModelLoadError, load_model
 from .positions import TemplateError
+from .sae.formats import SAEFileError
 from .steering import CombinedSteering, SpecSteering, SteeringError, SteeringHandle, SteeringSpec, steer
 from .steers import load_steer
 from .strength import StrengthError
@@ -81,6 +82,7 @@ __all__ = [
     "MetricError",
     "MissingFileError",
     "OutputExistsError",
+    "SAEFileError",
     "ModelLoadError",
     "ReasoningError",
     "SteerNotFound",

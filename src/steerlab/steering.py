@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -292,6 +292,22 @@ def unsteered():
         _ACTIVE.reset(token)
 
 
+def absolute_positions(args: Any, kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From a model forward's arguments (a forward pre-hook's), each token's position in its row, [rows, tokens]:
+    from the attention mask (so a left-padded row counts from its first real token; padding is -1), else from
+    the cache's length on; and the 2-D attention mask where the forward got one."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    batch, cur = ids.shape if ids is not None else embeds.shape[:2]
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.ndim == 2:
+        return mask.long().cumsum(-1)[:, -cur:] - 1, mask
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    device = (ids if ids is not None else embeds).device
+    return (torch.arange(cur, device=device) + past).expand(batch, cur), None
+
+
 class HookHandle:
     """Hooks that act only in the thread (or task) that attached them; a context manager that always removes them.
 
@@ -364,21 +380,11 @@ class SteeringHandle(HookHandle):
         if not in_scope(self):
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        batch, cur = ids.shape if ids is not None else embeds.shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.ndim == 2:
-            positions = mask.long().cumsum(-1)[:, -cur:] - 1
-            real = mask[:, -cur:].long().sum(-1) if self.prompt_lengths is None else None
-        else:
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-            positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(
-                batch, cur
-            )
-            real = torch.full((batch,), cur) if self.prompt_lengths is None else None
-        if self.prompt_lengths is None and real is not None:
+        positions, mask = absolute_positions(args, kwargs)
+        batch, cur = positions.shape
+        if self.prompt_lengths is None:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
+            real = mask[:, -cur:].long().sum(-1) if mask is not None else torch.full((batch,), cur)
             self.prompt_lengths = real.cpu()
         self._positions = positions
         if self._needs_tokens:

@@ -160,6 +160,10 @@ def cmd_generate(args) -> int:
             raise CLIError(f"a steer of kind '{kind}' is applied on its own; give it as the only --vector")
         if args.strength:
             raise CLIError(f"a steer of kind '{kind}' has no residual-norm strength; use --multiplier")
+        if kind == "sae_clamp" and args.multiplier:
+            raise CLIError(
+                "an SAE clamp sets its feature to its stored value; drop --multiplier (steerlab sae clamp --value)"
+            )
         if kind == "prompt" and (args.multiplier or layers is not None):
             raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
         if layers is not None:
