@@ -103,7 +103,7 @@ def add_pair_args(p: argparse.ArgumentParser) -> None:
         "--data-task", help="the train pairs of a built-in task (e.g. reasoning-length, sentiment) or a task file"
     )
     p.add_argument(
-        "--data-dir", help="the shared data folder for --data-task (default: $STEERLAB_DATA or ../shared/data)"
+        "--data-dir", help="the shared data folder for --data-task and named text sets (default: ../shared/data)"
     )
     src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
     src.add_argument("--negative", action="append", help="a negative text (repeatable)")

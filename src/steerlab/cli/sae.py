@@ -62,7 +62,6 @@ def register(sub, vsub) -> None:
     add_pair_args(p)
     p.add_argument("--texts", help="texts to show each top feature's top activating snippets from (file or named set)")
     p.add_argument("--text-limit", type=int, default=500, help="read at most this many of --texts")
-    p.add_argument("--data-dir", help="the shared data folder for a named --texts set")
     p.add_argument("--top", type=int, default=10, help="features to show")
     p.add_argument("--snippets", type=int, default=3, help="snippets per feature")
     p.add_argument("--save-feature", help="save this feature (a number, or 'best') as a steering vector to --out")
