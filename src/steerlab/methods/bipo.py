@@ -172,7 +172,8 @@ def fit(
 
     `progress` counts training pairs per step (epochs x training pairs in all, fewer when training stops
     early); each epoch's losses go to `report` (default: printed to stderr). The metadata's fit_stats hold
-    the loss curve, the epoch kept, the time, and each layer's norm and cosine to the CAA vector.
+    the loss curve, the epoch kept (0: the start had the lowest validation loss and is returned), the time,
+    and each layer's norm and cosine to the CAA vector of the training pairs.
     """
     config = config or BiPOConfig()
     report = report or (lambda message: print(message, file=sys.stderr))
