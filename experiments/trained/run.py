@@ -14,7 +14,6 @@ so its peak RSS is its own; `cost` starts one process per (model, method).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from common import load_study_model, save_json, study_parser, write_results_sect
 
 from steerlab.evaluation.ab import UNSTEERED, Cell  # noqa: E402
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate  # noqa: E402
+from steerlab.evaluation.compare import peak_memory_mib, reset_peak_memory  # noqa: E402
 from steerlab.evaluation.fluency import distinct_n, repetition_rate  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.stats import paired_interval  # noqa: E402
@@ -43,10 +43,7 @@ RESULTS = HERE / "results.json"
 METHODS = ("caa", "bipo")
 # The sentiment sweep's "up" layer on validation prompts in experiments/strength (the CAA reference protocol).
 SENTIMENT_LAYER = 8
-
-
-def _peak_mib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "qwen": "Qwen2.5-Coder-0.5B-Instruct"}
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -112,20 +109,21 @@ def run_sentiment(args) -> dict:
 
 
 def fit_cost(model: str, method: str, pairs: int) -> dict:
-    """One fit in this process: seconds and the process's peak RSS (model included) after loading and after fitting."""
+    """One fit in this process: seconds, the peak RSS of loading, and the peak RSS while fitting (model included)."""
     lm = load_study_model(model)
-    loaded = _peak_mib()
+    loaded = peak_memory_mib()
     data = get_task("refusal").train_data(limit=pairs)
+    reset_peak_memory()  # loading a GGUF peaks above the loaded model; the fit's own peak starts here
     start = time.perf_counter()
     vector = fit(lm, data, method, layers=[lm.default_layer()])
     return {
-        "model": lm.name,
+        "model": MODEL_NAMES[model],
         "method": method,
         "pairs": len(data.pairs),
         "layer": lm.default_layer(),
         "seconds": round(time.perf_counter() - start, 1),
         "peak_rss_mib_loaded": loaded,
-        "peak_rss_mib": _peak_mib(),
+        "peak_rss_mib": peak_memory_mib(),
         "epochs_run": vector.meta.fit_stats.get("epochs_run"),
         "threads": torch.get_num_threads(),
     }
@@ -258,11 +256,12 @@ def cost_section(rows: list[dict]) -> str:
     lines = [
         "### Fit cost on this CPU: 100 pairs at one layer",
         "",
-        "Refusal A/B training pairs (the first 100), each model's middle layer, one process per fit (peak RSS includes "
-        "the loaded model; the column before it is the peak right after loading). BiPO at its default settings "
-        "(at most 10 epochs, early stopping).",
+        "Refusal A/B training pairs (the first 100), each model's middle layer, one process per fit. Peak RSS while "
+        "fitting includes the loaded model (its window starts after loading, Linux `clear_refs`); the column before "
+        "it is the peak of loading (a GGUF is dequantized). BiPO at its default settings (at most 10 epochs, early "
+        "stopping on 20 held-out pairs).",
         "",
-        "| model | method | layer | seconds | epochs | peak RSS after load (MiB) | peak RSS (MiB) | threads |",
+        "| model | method | layer | seconds | epochs | peak RSS of loading (MiB) | peak RSS while fitting (MiB) | threads |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
