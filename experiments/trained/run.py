@@ -258,8 +258,10 @@ def cost_section(rows: list[dict]) -> str:
         "",
         "Refusal A/B training pairs (the first 100), each model's middle layer, one process per fit. Peak RSS while "
         "fitting includes the loaded model (its window starts after loading, Linux `clear_refs`); the column before "
-        "it is the peak of loading (a GGUF is dequantized). BiPO at its default settings (at most 10 epochs, early "
-        "stopping on 20 held-out pairs).",
+        "it is the peak of loading (from steerlab's safetensors cache). BiPO at its default settings (at most 10 epochs, "
+        "early stopping on 20 held-out pairs): its peak is one batch's activations of the blocks above the layer, "
+        "kept for the backward pass, so `batch_tokens` (default 4096) bounds it. The 2-core machine was shared with "
+        "another job, so the seconds are upper bounds.",
         "",
         "| model | method | layer | seconds | epochs | peak RSS of loading (MiB) | peak RSS while fitting (MiB) | threads |",
         "|---|---|---|---|---|---|---|---|",
