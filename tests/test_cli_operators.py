@@ -66,6 +66,30 @@ def test_operator_positions_and_ablation_flags(model_dir, tmp_path, capsys):
     assert main([*base, "--ablate-direction", "--multiplier", "2"]) == 1
 
 
+def test_reasoning_budget_and_segment_flags_generate_what_the_library_does(model_dir, tmp_path, capsys):
+    from steerlab.generation import GenerationConfig, generate
+    from steerlab.models import load_model
+    from steerlab.steering import LengthBudget, SteeringSpec
+    from steerlab.steers import load_steer
+
+    vec = _vector(tmp_path / "v.safetensors")
+    base = ["generate", "--model", str(model_dir), "--vector", str(vec), "--prompt", "Hi there", "--json"]
+    flags = ["--max-new-tokens", "8", "--layers", "1", "--multiplier", "8", "--positions", "until:zz"]
+    assert main([*base, *flags, "--reasoning-budget", "2", "--budget-ramp", "3"]) == 0
+    (row,) = _outputs(capsys)
+    lm = load_model(str(model_dir))
+    spec = SteeringSpec(load_steer(vec), 8.0, [1], "until:zz", budget=LengthBudget(2, 3))
+    assert row["steered"] == generate(lm, ["Hi there"], spec, config=GenerationConfig(max_new_tokens=8))[0].steered
+    assert main([*base, "--budget-ramp", "3"]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("--budget-ramp shapes a --reasoning-budget; give --reasoning-budget N too")
+    )
+    assert main([*base, "--reasoning-budget", "4", "--operator", "ablate"]) == 1
+    assert "a length budget scales an added vector; the ablate operator" in capsys.readouterr().err
+
+
 def test_orthogonalize_export_generates_what_run_time_ablation_generates(model_dir, tmp_path, capsys):
     vec = _vector(tmp_path / "v.safetensors")
     out = tmp_path / "ortho"

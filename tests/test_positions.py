@@ -52,15 +52,17 @@ def _vector(lm):
     return SteeringVector({1: torch.randn(lm.hidden_size, generator=g) * 3}, VectorMeta.for_model(lm, "test"))
 
 
-def steered_positions(lm, rows, positions) -> torch.Tensor:
-    """[rows, width] True where block 1's output changed under steering at `positions` (left-padded batch)."""
+def block_change(lm, rows, spec: SteeringSpec, prompt_lengths: list[int] | None = None) -> torch.Tensor:
+    """[rows, width, hidden]: block 1's output steered by `spec` minus unsteered, teacher-forced on left-padded
+    `rows` (the first `prompt_lengths` tokens of each are its prompt; default: all of it)."""
     ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)
+    lengths = None if prompt_lengths is None else torch.tensor(prompt_lengths)
     outs = []
-    for spec in (None, SteeringSpec(_vector(lm), 1.0, [1], positions=positions)):
-        seen = {}
-        handle = SpecSteering(spec).attach(lm) if spec else None
+    for steer in (None, SpecSteering(spec)):
+        seen: dict = {}
+        handle = steer.attach(lm, prompt_lengths=lengths) if steer else None
         hook = lm.layers[1].register_forward_hook(
-            lambda m, a, o, seen=seen: seen.setdefault("h", o[0] if isinstance(o, tuple) else o)
+            lambda m, a, o, seen=seen: seen.update(h=o[0] if isinstance(o, tuple) else o)
         )
         try:
             with torch.no_grad():
@@ -70,7 +72,12 @@ def steered_positions(lm, rows, positions) -> torch.Tensor:
             if handle:
                 handle.remove()
         outs.append(seen["h"])
-    return (outs[0] != outs[1]).any(-1)
+    return outs[1] - outs[0]
+
+
+def steered_positions(lm, rows, positions) -> torch.Tensor:
+    """[rows, width] True where block 1's output changed under steering at `positions` (left-padded batch)."""
+    return block_change(lm, rows, SteeringSpec(_vector(lm), 1.0, [1], positions=positions)).ne(0).any(-1)
 
 
 def test_prompt_roles_match_the_contents_the_template_renders():

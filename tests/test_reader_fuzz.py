@@ -5,6 +5,7 @@ generated cases in the fuzz set."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import tempfile
@@ -521,6 +522,105 @@ TASK_EXAMPLES = [
     {"task.yaml": yaml.safe_dump({k: v for k, v in TASK.items() if k != "test"}).encode(), **AB_FILES},
 ]
 test_task_reader_fast, test_task_reader_slow = fast_and_slow(task_folders(), TASK_EXAMPLES)(check_task)
+
+
+# ---- SAE files (sae-lens folders, Gemma Scope parameter files) ---------------------------------------
+SAE_SHAPES = {
+    "W_enc": [(4, 6), (4, 6), (6, 4), (4,)],
+    "W_dec": [(6, 4), (6, 4), (4, 6)],
+    "b_enc": [(6,), (4,)],
+    "b_dec": [(4,), (6,)],
+    "threshold": [(6,), (5,)],
+    "extra": [(2,)],
+}
+CFG_VALUES = {
+    "architecture": st.sampled_from(["standard", "jumprelu", "topk", "gated", 3]),
+    "k": st.sampled_from([2, 0, 7, -1, True, 2.5, None]),
+    "d_in": st.sampled_from([4, 6, "4"]),
+    "hook_name": st.sampled_from(
+        [
+            "blocks.2.hook_resid_post",
+            "blocks.0.hook_resid_pre",
+            "blocks.2.hook_mlp_out",
+            "blocks.\u0661.hook_resid_post",
+            5,
+        ]
+    ),
+    "normalize_activations": st.sampled_from(["none", "expected_average_only_in", None]),
+    "apply_b_dec_to_input": st.sampled_from([True, False, "yes"]),
+}
+
+
+@st.composite
+def sae_tensors(draw) -> bytes:
+    tensors = {}
+    for name in draw(st.lists(st.sampled_from(sorted(SAE_SHAPES)), min_size=3, max_size=6, unique=True)):
+        value = draw(st.sampled_from([0.5, -1.0, math.nan, math.inf]))
+        dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int32]))
+        tensors[name] = torch.full(draw(st.sampled_from(SAE_SHAPES[name])), value).to(dtype)
+    return safetensors_bytes(tensors)
+
+
+@st.composite
+def sae_folders(draw) -> dict[str, bytes]:
+    cfg = {"metadata": {}} if draw(st.booleans()) else {}
+    for key in draw(st.lists(st.sampled_from(sorted(CFG_VALUES)), max_size=6, unique=True)):
+        (cfg["metadata"] if "metadata" in cfg and key == "hook_name" else cfg)[key] = draw(CFG_VALUES[key])
+    cfg_bytes = json.dumps(cfg).encode() if draw(st.integers(0, 5)) else draw(st.binary(max_size=40))
+    return {"cfg.json": cfg_bytes, "sae_weights.safetensors": draw(sae_tensors())}
+
+
+def check_sae_folder(files: dict[str, bytes]) -> None:
+    from steerlab.sae.formats import SAEFileError, read_sae
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in files.items():
+            (Path(folder) / name).write_bytes(data)
+        try:
+            sae = read_sae(folder)
+        except SAEFileError as exc:
+            assert str(exc).startswith(folder) and "\n" not in str(exc), str(exc)  # noqa: PT017
+            return
+    assert sae.d_model == 4 and sae.d_sae == 6 and bool(torch.isfinite(sae.W_enc).all())
+
+
+test_sae_folder_reader_fast, test_sae_folder_reader_slow = fast_and_slow(sae_folders())(check_sae_folder)
+
+
+@st.composite
+def gemma_scope_files(draw) -> tuple[str, bytes]:
+    if draw(st.booleans()):
+        return "params.safetensors", mutate(draw(sae_tensors()), *draw(DAMAGE)) if draw(
+            st.integers(0, 3)
+        ) == 0 else draw(sae_tensors())
+    arrays = {}
+    for name in draw(st.lists(st.sampled_from(sorted(SAE_SHAPES)), min_size=3, max_size=6, unique=True)):
+        dtype = draw(st.sampled_from(["float32", "float64", "int8", "float16"]))
+        value = draw(st.sampled_from([0.5, np.nan])) if dtype != "int8" else 1
+        arrays[name] = np.full(draw(st.sampled_from(SAE_SHAPES[name])), value, dtype=dtype)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
+    return "params.npz", mutate(data, *draw(DAMAGE)) if draw(st.integers(0, 3)) == 0 else data
+
+
+def check_gemma_scope(file: tuple[str, bytes]) -> None:
+    from steerlab.sae.formats import SAEFileError, read_sae
+
+    name, data = file
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "layer_3" / name
+        path.parent.mkdir()
+        path.write_bytes(data)
+        try:
+            sae = read_sae(path)
+        except SAEFileError as exc:
+            assert str(exc).startswith(str(path)) and "\n" not in str(exc), str(exc)  # noqa: PT017
+            return
+    assert (sae.layer, sae.d_model, sae.d_sae, sae.activation) == (3, 4, 6, "jumprelu")
+
+
+test_gemma_scope_reader_fast, test_gemma_scope_reader_slow = fast_and_slow(gemma_scope_files())(check_gemma_scope)
 
 
 def test_the_vector_strategy_reaches_valid_files_too():

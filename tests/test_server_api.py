@@ -218,8 +218,8 @@ REFUSALS = [
     (
         {"steering": [{"vector": "sentiment", "multiplier": 2, "positions": "middle"}]},
         "steering[0].positions",
-        "steering[0].positions: positions must be one of all, prompt, generated, system, user, assistant or "
-        "between:OPEN:CLOSE; got 'middle'",
+        "steering[0].positions: positions must be one of all, prompt, generated, system, user, assistant, "
+        "between:OPEN:CLOSE or until:MARKER; got 'middle'",
     ),
     (
         {"steering": [{"vector": "sentiment", "multiplier": 2, "operator": "scale"}]},

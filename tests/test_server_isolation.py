@@ -134,8 +134,8 @@ def test_a_chat_role_position_on_completions_is_refused_at_validation(tiny, role
             assert reply.status_code == 400
             assert reply.json()["error"] == {
                 "message": f"steering[0].positions: '{role}' is a chat role, and a /v1/completions prompt has no "
-                "chat template to find roles in; use /v1/chat/completions, or positions all, prompt, generated "
-                "or between:OPEN:CLOSE",
+                "chat template to find roles in; use /v1/chat/completions, or positions all, prompt, generated, "
+                "between:OPEN:CLOSE or until:MARKER",
                 "type": "invalid_request_error",
                 "param": "steering[0].positions",
                 "code": "positions_unavailable",

@@ -164,7 +164,8 @@ def test_bad_steering_requests_are_refused(tiny_llama):
     v = random_vector(lm)
     with pytest.raises(
         SteeringError,
-        match="positions must be one of all, prompt, generated, system, user, assistant or between:OPEN:CLOSE; got 'middle'",
+        match="positions must be one of all, prompt, generated, system, user, assistant, between:OPEN:CLOSE or "
+        "until:MARKER; got 'middle'",
     ):
         steer(lm, v, positions="middle")
     with pytest.raises(SteeringError, match="multiplier must be a finite number within float32's range"):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from steerlab.cli import main
-from steerlab.evaluation.ab import Cell, score_ab
+from steerlab.evaluation.ab import Cell, ab_movement, letter_words, score_ab
 from steerlab.evaluation.sweep import SweepConfig, SweepResult, generate_grid, recommend, save_sweep, sweep
 from steerlab.evaluation.tasks import get_task
 from steerlab.generation import GenerationConfig, generate
@@ -118,6 +118,44 @@ def test_recommend_takes_per_direction_the_fluent_cell_whose_interval_is_furthes
     assert result.directions["up"] is None and result.recommended.verdict == "up: no reliable effect"
     assert result.recommended.layer is None and result.recommended.down.layer == 3
     assert result.note.startswith("no reliable effect steering up")
+
+
+def _letter_result(effect, interval, shift):
+    """A one-layer A/B grid at strengths -0.2 / +0.2 with the given effects, intervals and A-share shifts."""
+    return SweepResult(
+        "t", "ab", "val", "relative", [9], [-0.2, 0.2], [[-2.0, 2.0]],
+        score=[[0.5, 0.5]], fluency=[[1.0, 1.0]], effect=[effect], base_score=0.5, base_fluency=1.0,
+        score_name="s", fluency_name="f", fluency_bound=0.1, items=30, train_pairs=12, recommended=None,
+        interval=[interval], wrong_way=[[0.3, 0.3]], details={"letter_shift": [shift]}, min_effect=0.02,
+    )  # fmt: skip
+
+
+def test_a_cell_that_moves_the_letter_is_never_stored_as_a_recommendation():
+    # The held-out case from issue 21: down effect -0.026 [-0.04, -0.01] while the A-share fell by 0.197.
+    result = _letter_result([-0.026, 0.03], [[-0.04, -0.01], [0.01, 0.05]], [-0.197, 0.01])
+    recommend(result)
+    assert result.directions["down"] is None and result.recommended.down is None
+    assert result.directions["up"].layer == 9 and result.recommended.multiplier == 2.0
+    assert result.verdict.endswith(
+        "down: no reliable effect (layer 9, strength -0.2 (multiplier -2) moves the letter rather than the "
+        "behaviour: A-share -0.197 vs p(matching) -0.026)"
+    )
+    # The same effect with a small letter shift is the behaviour, and is recommended.
+    result.details["letter_shift"] = [[-0.03, 0.01]]
+    recommend(result)
+    assert result.directions["down"].multiplier == -2.0
+
+
+def test_letter_words_tell_behaviour_letter_and_neither_apart():
+    assert letter_words(0.002, 0.035, min_effect=0.02) == (
+        "moves neither the behaviour nor the letter (p(matching) +0.002, under 0.02; A-share +0.035)"
+    )
+    assert letter_words(-0.026, -0.197, min_effect=0.02) == (
+        "moves the letter rather than the behaviour (A-share -0.197 vs p(matching) -0.026)"
+    )
+    assert letter_words(0.09, 0.12, min_effect=0.02) == "moves the behaviour (p(matching) +0.090, A-share +0.120)"
+    assert ab_movement(0.019, 0.0, min_effect=0.02) == "neither"
+    assert ab_movement(0.03, 0.061, min_effect=0.02) == "letter"
 
 
 def test_generation_grid_matches_generating_each_cell_alone():

@@ -139,7 +139,7 @@ def test_a_user_generation_task_reads_prompts(tmp_path):
         (
             "name: x\nkind: chat\ntrain: train.jsonl\ntest: test.json\n",
             TaskError,
-            r"kind must be one of ab, generation; got 'chat'",
+            r"kind must be one of ab, generation, reasoning; got 'chat'",
         ),
         (
             "name: x\nkind: generation\ntrain: train.jsonl\ntest: prompts.txt\n",

@@ -56,7 +56,8 @@ def test_resolve_by_name_and_hash_with_float32_coefficients(library):
         ({"vector": "happy", "layers": [3]}, "no direction for layer 3"),
         ({"vector": "happy", "layers": [9]}, "out of range"),
         ({"vector": "happy", "positions": "middle"}, "positions"),
-        ({"vector": "happy", "positions": "user"}, "chat roles and between:OPEN:CLOSE windows need the HF engine"),
+        ({"vector": "happy", "positions": "user"}, "chat roles, between:OPEN:CLOSE windows and until:MARKER segments"),
+        ({"vector": "happy", "positions": "until:The answer is"}, "until:MARKER segments need the HF engine"),
         ({"vector": "happy", "positions": "between:<think>:</think>"}, "need the HF engine"),
         ({"vector": "happy", "multiplier": float("nan")}, "finite"),
         ({"vector": "cheerful"}, "prompt steer"),
@@ -302,12 +303,14 @@ def test_serve_engine_vllm_without_vllm_says_what_to_install(monkeypatch, capsys
 def test_the_library_engine_refuses_what_only_the_hf_engine_applies():
     from steerlab.conditional import Condition, ConditionalSteering
     from steerlab.interop.vllm.engine import _specs
-    from steerlab.steering import SteeringError, SteeringSpec
+    from steerlab.steering import LengthBudget, SteeringError, SteeringSpec
 
     spec = SteeringSpec(_vector(0), 1.0)
     assert _specs([spec, [spec]]) == [spec, spec]
     cast = ConditionalSteering(spec, Condition(torch.ones(HIDDEN), 1, 0.0))
     with pytest.raises(SteeringError, match="a steer of kind 'conditional' needs engine='hf'"):
         _specs([spec, cast])
-    with pytest.raises(SteeringError, match="positions 'user' \\(a chat role or a window\\) needs engine='hf'"):
+    with pytest.raises(SteeringError, match="positions 'user' \\(a chat role, a window or an until:MARKER segment\\)"):
         _specs(SteeringSpec(_vector(0), 1.0, positions="user"))
+    with pytest.raises(SteeringError, match=r"^engine='vllm' has no length budget .* needs engine='hf'$"):
+        _specs(SteeringSpec(_vector(0), 1.0, budget=LengthBudget(8)))

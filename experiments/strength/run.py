@@ -27,11 +27,18 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from common import load_study_model, save_json, study_parser, write_results_section  # noqa: E402
+from common import (  # noqa: E402
+    load_study_model,
+    reset_stage_progress,
+    save_json,
+    sentiment_arm,
+    stage_progress,
+    study_parser,
+    write_results_section,
+)
 
 from steerlab.evaluation.ab import UNSTEERED, Cell, at_chance, first_answer, letter_words, score_ab  # noqa: E402
 from steerlab.evaluation.calibrate import CalibrationConfig, calibrate  # noqa: E402
-from steerlab.evaluation.fluency import distinct_n, repetition_rate  # noqa: E402
 from steerlab.evaluation.sentiment import vader_scores  # noqa: E402
 from steerlab.evaluation.stats import paired_interval  # noqa: E402
 from steerlab.evaluation.sweep import SweepConfig, generate_grid, save_sweep, sweep  # noqa: E402
@@ -44,17 +51,6 @@ from steerlab.vector import SteeringVector  # noqa: E402
 OUT = HERE / "out"
 RESULTS = HERE / "results.json"
 FIGURES = ROOT / "docs" / "results"
-_SHOWN: dict[str, int] = {}
-_STARTED: dict[str, float] = {}
-
-
-def _progress(stage: str, done: int, total: int) -> None:
-    """One line per tenth of each stage, with the time so far."""
-    _STARTED.setdefault(stage, time.perf_counter())
-    tenth = 10 * done // max(1, total)
-    if tenth > _SHOWN.get(stage, -1):
-        _SHOWN[stage] = tenth
-        print(f"  {stage}: {done}/{total} ({time.perf_counter() - _STARTED[stage]:.0f}s)", flush=True)
 
 
 def _sweep_summary(result) -> dict:
@@ -82,7 +78,7 @@ def run_sentiment(args) -> None:
     task = get_task("sentiment")
     config = SweepConfig(layers=args.layers, limit=args.val, max_new_tokens=args.tokens, batch_rows=64)
     start = time.perf_counter()
-    result, vector = sweep(lm, task, config, progress=_progress)
+    result, vector = sweep(lm, task, config, progress=stage_progress)
     save_sweep(OUT / "sentiment_sweep", result, vector, overwrite=True)
     swept = time.perf_counter() - start
     prompts = task.eval_items("test", limit=args.test)
@@ -92,19 +88,10 @@ def run_sentiment(args) -> None:
     scores = [vader_scores(t) for t in texts]
     arms = {}
     for name, t, s in zip(["unsteered", *chosen], texts, scores, strict=False):
-        arms[name] = {
-            "positive_share": sum(x >= 0.05 for x in s) / len(s),
-            "negative_share": sum(x <= -0.05 for x in s) / len(s),
-            "mean_compound": sum(s) / len(s),
-            "distinct2": sum(distinct_n(x, 2) for x in t) / len(t),
-            "repetition": sum(repetition_rate(x) for x in t) / len(t),
-            "example": t[0],
-        }
-        if name != "unsteered":
-            iv = paired_interval(s, scores[0]).signed(1.0 if name == "up" else -1.0)
-            arms[name].update(
-                cell=chosen[name], test_interval=[iv.low, iv.high], test_change=iv.mean, wrong_way=iv.fell
-            )
+        if name == "unsteered":
+            arms[name] = sentiment_arm(t, s)
+        else:
+            arms[name] = dict(sentiment_arm(t, s, scores[0], 1.0 if name == "up" else -1.0), cell=chosen[name])
     save_json(
         OUT / "sentiment.json",
         {
@@ -125,7 +112,7 @@ def run_refusal(args) -> None:
         lm,
         get_task("refusal"),
         SweepConfig(layers=args.layers, limit=args.val, train_limit=args.train),
-        progress=_progress,
+        progress=stage_progress,
     )
     save_sweep(OUT / "refusal_sweep", result, vector, overwrite=True)
     save_json(
@@ -161,8 +148,7 @@ def run_ab(args) -> None:
     lm = load_study_model("qwen")
     out = {}
     for behaviour in args.behaviours:
-        _SHOWN.clear()
-        _STARTED.clear()
+        reset_stage_progress()
         task = get_task(behaviour)
         start = time.perf_counter()
         result, vector = sweep(
@@ -171,7 +157,7 @@ def run_ab(args) -> None:
             SweepConfig(
                 layers=args.layers, strengths=args.strengths, limit=args.val, train_limit=args.train, batch_rows=32
             ),
-            progress=_progress,
+            progress=stage_progress,
         )
         items = task.eval_items("test", limit=args.test)
         layer_cells = ab_test_cells(result)
@@ -198,7 +184,7 @@ def run_ab(args) -> None:
                     "letter_share_plus": s_plus["first_answer_share"],
                     "mass_minus": s_minus["answer_mass"],
                     "mass_plus": s_plus["answer_mass"],
-                    "words": letter_words(spread.mean, letter),
+                    "words": letter_words(spread.mean, letter, min_effect=result.min_effect),
                 }
             )
         out[behaviour] = {
@@ -276,7 +262,7 @@ def run_calibrate(args) -> None:
     saved = json.loads((OUT / "sentiment.json").read_text())
     layer = (saved["sweep"]["directions"]["up"] or {"layer": 15})["layer"]
     start = time.perf_counter()
-    result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=_progress)
+    result, _ = calibrate(lm, vector, CalibrationConfig(layers=[layer]), progress=stage_progress)
     reference = instruction_kl(lm, neutral_texts())
     save_json(
         OUT / "calibrate.json",
@@ -529,7 +515,9 @@ def ab_section(data: dict) -> str:
     lines += [
         "",
         "These runs predate the minimum effect size; their only recommended cell (refusal, down, -0.036) "
-        "is above it, so the verdicts are the ones the current rule gives.",
+        "is above it. They also predate the letter rule (a cell whose A-share moved more than twice its "
+        "p(matching) is never recommended; issue 21), and the validation letter shifts were not kept, so whether "
+        "that cell would now be left out is not known from these results.",
     ]
     secs = "; ".join(f"{b}: {r['seconds']} s" for b, r in data.items())
     figures = [f"![{behaviour}](results/strength_ab_{behaviour}_qwen.png)" for behaviour in data]

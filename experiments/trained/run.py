@@ -1,5 +1,5 @@
 """Steering vectors trained to steer (issue 21): BiPO beside CAA at the same calibrated KL budget
-(docs/results.md section 6).
+(docs/results.md section 7).
 
   python experiments/trained/run.py measure sentiment  # SmolLM2: CAA and BiPO at layer 8, calibrated, on test prompts
   python experiments/trained/run.py measure cost       # fit seconds and peak RSS, 100 pairs at one layer, CAA beside
@@ -142,7 +142,7 @@ def run_cost(args) -> list[dict]:
 
 # ---- render -------------------------------------------------------------------------------------------
 
-INTRO = """## 6. Steering vectors trained to steer: BiPO beside CAA (issue 21)
+INTRO = """## 7. Steering vectors trained to steer: BiPO beside CAA (issue 21)
 
 BiPO (Cao et al., NeurIPS 2024) trains the vector itself: for each pair and a random sign d, adding d*v should
 make the positive answer more likely than the negative one (d = +1) or the reverse (d = -1), each relative to the

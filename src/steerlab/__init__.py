@@ -14,6 +14,7 @@ from .data import ContrastiveDataset, ContrastivePair, DatasetError, load_pairs,
 from .errors import MissingFileError, OutputExistsError, SteerlabError, UsageError
 from .evaluation.ab import ABFormatError
 from .evaluation.metric_registry import MetricError
+from .evaluation.reasoning import ReasoningError
 from .evaluation.run import Comparison, EvaluationError, compare, evaluate
 from .evaluation.sweep import SweepError
 from .evaluation.tasks import TaskError
@@ -25,6 +26,7 @@ from .methods import fit
 from .methods.lm_steer import InsufficientMemoryError
 from .models import LayerError, LoadedModel, ModelLoadError, load_model
 from .positions import TemplateError
+from .sae.formats import SAEFileError
 from .steering import CombinedSteering, SpecSteering, SteeringError, SteeringHandle, SteeringSpec, steer
 from .steers import load_steer
 from .strength import StrengthError
@@ -80,7 +82,9 @@ __all__ = [
     "MetricError",
     "MissingFileError",
     "OutputExistsError",
+    "SAEFileError",
     "ModelLoadError",
+    "ReasoningError",
     "SteerNotFound",
     "SteeringError",
     "SteeringNotApplied",

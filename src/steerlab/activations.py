@@ -254,3 +254,37 @@ def _shared_prefix_batch(lm: LoadedModel, batch, layers: list[int]) -> torch.Ten
         reader.run(**inputs)
         acts = reader.stacked()
     return acts.view(len(batch), k, len(layers), -1)
+
+
+@torch.inference_mode()
+def token_activations(
+    lm: LoadedModel,
+    sequences: Sequence[TokenIds],
+    layer: int,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: Callable[[int], object] | None = None,
+) -> list[torch.Tensor]:
+    """Every token's block output at `layer`, one [len(sequence), hidden] float32 tensor per sequence.
+
+    Sequences run left-padded in token-budget batches and the forward stops at `layer` (SAE training and
+    feature reading need each token, not a mean).
+    """
+    check_layers(lm, [layer])
+    out: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
+    found: dict[int, torch.Tensor] = {}
+    for idx in token_batches([len(s) for s in sequences], max_tokens=batch_tokens):
+        ids, mask = pad([list(sequences[i]) for i in idx], lm.tokenizer.pad_token_id, left=True)
+        with BlockReader(lm, [layer], lambda _layer, hidden: found.__setitem__(0, hidden)) as reader:
+            reader.run(
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=positions_from_mask(mask).to(lm.device),
+                use_cache=False,
+            )
+        hidden = found.pop(0).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, ids.shape[1] - len(sequences[i]) :].clone()
+        if progress:
+            progress(len(idx))
+    return out

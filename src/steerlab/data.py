@@ -65,6 +65,14 @@ def demo_dataset_path() -> Path:
     return Path(str(resources.files("steerlab") / "resources" / DEMO_DATASET))
 
 
+def pairs_dataset(pairs: Sequence[ContrastivePair], name: str) -> ContrastiveDataset:
+    """A dataset of pairs a task builds in memory, its sha256 taken over every field of every pair."""
+    if not pairs:
+        raise DatasetError(f"{name}: no pairs")
+    fields = [[p.prompt, p.positive, p.negative, p.kind, p.answer_prefix] for p in pairs]
+    return ContrastiveDataset(list(pairs), name, hashlib.sha256(json.dumps(fields).encode()).hexdigest())
+
+
 def pairs_from_texts(
     positive: Sequence[str], negative: Sequence[str], prompt: str = "", name: str = "inline"
 ) -> ContrastiveDataset:

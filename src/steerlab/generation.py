@@ -274,6 +274,15 @@ def generate_ids(
     return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def end_token_ids(lm: LoadedModel) -> list[int]:
+    """The ids that end a generated row: the model's end-of-text tokens (its generation config may list several,
+    e.g. Qwen2.5's <|im_end|> and <|endoftext|>) and the padding generation puts after them."""
+    config_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids = config_eos if isinstance(config_eos, list) else [config_eos]
+    ids = [*ids, lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id]
+    return sorted({int(i) for i in ids if i is not None})
+
+
 def _generator(lm: LoadedModel) -> GenerationMixin:
     if not isinstance(lm.model, GenerationMixin):
         raise TypeError(f"{lm.name} ({type(lm.model).__name__}) cannot generate: load it as a causal LM")

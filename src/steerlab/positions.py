@@ -8,7 +8,10 @@ messages' contents, "system" those of the system message (or of the default syst
 as SmolLM2's or Qwen2.5's writes when none is given: it has the shape of a system message), and "assistant" those of earlier assistant messages plus every position from the last prompt
 token on (the answer being written). Windows select the tokens after an opening marker and before the
 next closing one (e.g. `<think>` .. `</think>`), in the prompt and in generated text, the markers
-themselves excluded; markers are matched as the tokens they encode to on their own.
+themselves excluded; markers are matched as the tokens they encode to on their own. A segment "until:MARKER"
+is the reasoning part of an answer: every position from the last prompt token on, up to the generated token
+that completes MARKER (the answer marker, e.g. "The answer is"), which and whatever follows it are left
+alone; the marker is found in the decoded generated text, so however the tokenizer splits it in context.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from .errors import SteerlabError, UsageError
 
 ROLES = ("system", "user", "assistant")
+FIXED = ("all", "prompt", "generated", *ROLES)  # besides windows (between:OPEN:CLOSE) and segments (until:MARKER)
 MARK = "zqxjk"
 # Conversation shapes a prompt is matched against, longest first: a multi-turn prompt also fits a one-turn shape
 # (its later turns would read as the first turn's content), never the other way round.
@@ -35,6 +39,15 @@ class TemplateError(SteerlabError, ValueError):
     """The chat template (or a prompt) cannot be split into role segments."""
 
 
+def check_positions(positions: str) -> str:
+    """`positions` if steerlab can steer there, else one error listing what it can (the one rule for every path)."""
+    if positions in FIXED or parse_window(positions) is not None or parse_until(positions) is not None:
+        return positions
+    raise UsageError(
+        f"positions must be one of {', '.join(FIXED)}, between:OPEN:CLOSE or until:MARKER; got '{positions}'"
+    )
+
+
 def parse_window(positions: str) -> tuple[str, str] | None:
     """("<think>", "</think>") for "between:<think>:</think>", else None."""
     if not positions.startswith("between:"):
@@ -43,6 +56,27 @@ def parse_window(positions: str) -> tuple[str, str] | None:
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise UsageError(f"a window is written between:OPEN:CLOSE (e.g. between:<think>:</think>); got '{positions}'")
     return parts[1], parts[2]
+
+
+def parse_until(positions: str) -> str | None:
+    """ "The answer is" for "until:The answer is", else None."""
+    if not positions.startswith("until:"):
+        return None
+    marker = positions[len("until:") :]
+    if not marker.strip():
+        raise UsageError(f"a segment is written until:MARKER (e.g. until:The answer is); got '{positions}'")
+    return marker
+
+
+def marker_end(tokenizer, ids: Sequence[int], start: int, marker: str, scanned: int | None = None) -> int | None:
+    """The absolute position of the first token at or after `start` whose text completes `marker` (None while
+    it has not appeared). A token completes it when the last few tokens up to it decode to a text containing
+    it; `scanned` (a position already searched) lets a caller resume without changing the answer."""
+    window = len(marker) + 4  # tokens enough to hold the marker: each decodes to at least one character
+    for end in range(max(start, scanned + 1 if scanned is not None else start), len(ids)):
+        if marker in tokenizer.decode(list(ids[max(start, end - window) : end + 1])):
+            return end
+    return None
 
 
 def template_segments(tokenizer, shape: Sequence[str]) -> list[list[int]]:

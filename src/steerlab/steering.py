@@ -15,18 +15,26 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from .errors import SteerlabError
 from .models import LoadedModel
 from .operators import OPERATORS, Operator, add, get_operator
-from .positions import ROLES, marker_ids, parse_window, prompt_roles, window_flags
+from .positions import (
+    ROLES,
+    check_positions,
+    marker_end,
+    marker_ids,
+    parse_until,
+    parse_window,
+    prompt_roles,
+    window_flags,
+)
 from .strength import StrengthError, multiplier_for
 from .vector import SteeringVector
 
-POSITIONS = ("all", "prompt", "generated", *ROLES)  # or "between:OPEN:CLOSE" (steerlab.positions)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Handles attached in the current thread or task; a hook registered by any other does nothing here.
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("steerlab_active_steering", default=frozenset())
@@ -47,7 +55,9 @@ class SteeringSpec:
     rule every path follows). Positions: "all"; "prompt" (prompt tokens only); "generated" (every position that predicts a
     new token: the last prompt token and all generated tokens); a chat role, "system", "user" or "assistant"
     (located through the model's chat template, see steerlab.positions); "between:OPEN:CLOSE", the tokens
-    between two markers (e.g. "between:<think>:</think>"). `operator` names a function of steerlab.operators
+    between two markers (e.g. "between:<think>:</think>"); "until:MARKER", the generated positions before the
+    token that completes MARKER (the reasoning, not the answer after "The answer is"). `budget` (a LengthBudget,
+    add only) steers nothing for the first `budget.tokens` generated tokens and then ramps up. `operator` names a function of steerlab.operators
     (add, ablate, clamp, rotate); None takes the operator the vector's file states (VectorMeta.operator, "add"
     for older files). The coefficient an operator gets is multiplier x layer weight (a strength for add, a
     target projection for clamp, degrees for rotate); 0 leaves a row off for every operator.
@@ -59,10 +69,18 @@ class SteeringSpec:
     positions: str = "all"
     operator: str | None = None
     strength: float | Sequence[float] | None = None
+    budget: LengthBudget | None = None
 
     def __post_init__(self) -> None:
         if self.multiplier is not None and self.strength is not None:
             raise SteeringError("give multiplier (raw) or strength (norm-relative), not both")
+        if self.budget is not None and self.operator_name() != "add":
+            raise SteeringError(
+                f"a length budget scales an added vector; the {self.operator_name()} operator has no strength to "
+                "ramp (use operator add, or drop the budget)"
+            )
+        if self.budget is not None and self.positions == "prompt":
+            raise SteeringError("a length budget counts generated tokens; positions 'prompt' never reach it")
         if self.multiplier is None and self.strength is None:
             default = default_steering(self.vector, self.layers, self.operator)
             self.multiplier, self.strength = default.multiplier, default.strength
@@ -95,6 +113,26 @@ class SteeringSpec:
         """{layer: the first row's coefficient there}, the float32 product the hooks compute (multiplier x layer
         weight, each layer converting a strength with its own norm): what an engine without these hooks adds."""
         return {layer: float(self.row_multipliers(layer)[0] * weight) for layer, weight in self.layer_weights().items()}
+
+
+@dataclass(frozen=True)
+class LengthBudget:
+    """A reasoning budget: no steering for the first `tokens` generated tokens, then a coefficient that rises
+    linearly to the spec's full value over `ramp` more, so only answers that run past the budget are steered
+    (toward shorter with a "be brief" vector), and only as much as their length asks for."""
+
+    tokens: int
+    ramp: int = 32
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("tokens", self.tokens, 0), ("ramp", self.ramp, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SteeringError(f"a length budget's {name} must be a whole number >= {low}; got {value!r}")
+
+    def scale(self, generated: torch.Tensor) -> torch.Tensor:
+        """The share of the coefficient at each position, from the number of tokens generated before it (the last
+        prompt token has 0 before it; it predicts the first generated token)."""
+        return ((generated - self.tokens + 1).float() / self.ramp).clamp(0.0, 1.0)
 
 
 # ---- what a spec steers at when nothing is given: one rule, for every path ------------------------------------
@@ -211,14 +249,23 @@ class Handle(Protocol):
 class _Term:
     """One (spec, layer) contribution, precomputed on the model's device and dtype."""
 
-    def __init__(self, direction: torch.Tensor, rows: torch.Tensor, positions: str, operator: Operator):
+    def __init__(
+        self,
+        direction: torch.Tensor,
+        rows: torch.Tensor,
+        positions: str,
+        operator: Operator,
+        budget: LengthBudget | None = None,
+    ):
         self.direction = direction  # [hidden]
         self.rows = rows  # [R] per-row coefficient (layer weight * multiplier * row scale)
         self.positions = positions
         self.operator = operator
+        self.budget = budget
         # The common case (one non-zero multiplier, all positions, addition) is one precomputed addition per forward.
         uniform = bool((rows == rows[0]).all()) and bool(rows[0] != 0)
-        self.constant = rows[0] * direction if uniform and positions == "all" and operator is add else None
+        plain = positions == "all" and operator is add and budget is None
+        self.constant = rows[0] * direction if uniform and plain else None
 
 
 def enter_scope(owner: object) -> None:
@@ -243,6 +290,22 @@ def unsteered():
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+def absolute_positions(args: Any, kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From a model forward's arguments (a forward pre-hook's), each token's position in its row, [rows, tokens]:
+    from the attention mask (so a left-padded row counts from its first real token; padding is -1), else from
+    the cache's length on; and the 2-D attention mask where the forward got one."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    batch, cur = ids.shape if ids is not None else embeds.shape[:2]
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.ndim == 2:
+        return mask.long().cumsum(-1)[:, -cur:] - 1, mask
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    device = (ids if ids is not None else embeds).device
+    return (torch.arange(cur, device=device) + past).expand(batch, cur), None
 
 
 class HookHandle:
@@ -280,11 +343,12 @@ class SteeringHandle(HookHandle):
         self._roles: dict[int, list[str | None]] = {}  # per row, found when a role term first steers the row
         self._templates: dict = {}
         self._markers: dict[str, tuple[list[int], list[int]]] = {}
+        # Per (segment, row): the last position searched for the segment's closing marker, and where it ended.
+        self._segments: dict[tuple[str, int], tuple[int, int | None]] = {}
         enter_scope(self)
-        needs_positions = any(t.positions != "all" for group in terms.values() for t in group)
-        self._needs_tokens = any(
-            t.positions in ROLES or t.positions.startswith("between:") for group in terms.values() for t in group
-        )
+        every = [t for group in terms.values() for t in group]
+        needs_positions = any(t.positions != "all" or t.budget is not None for t in every)
+        self._needs_tokens = any(t.positions in ROLES or t.positions.startswith(("between:", "until:")) for t in every)
         try:
             if needs_positions:
                 self._handles.append(lm.model.register_forward_pre_hook(self._track_positions, with_kwargs=True))
@@ -310,26 +374,17 @@ class SteeringHandle(HookHandle):
         self.prompt_lengths = prompt_lengths
         self._history = None
         self._roles = {}
+        self._segments = {}
 
     def _track_positions(self, module, args, kwargs) -> None:
         if not in_scope(self):
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        batch, cur = ids.shape if ids is not None else embeds.shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.ndim == 2:
-            positions = mask.long().cumsum(-1)[:, -cur:] - 1
-            real = mask[:, -cur:].long().sum(-1) if self.prompt_lengths is None else None
-        else:
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-            positions = (torch.arange(cur, device=(ids if ids is not None else embeds).device) + past).expand(
-                batch, cur
-            )
-            real = torch.full((batch,), cur) if self.prompt_lengths is None else None
-        if self.prompt_lengths is None and real is not None:
+        positions, mask = absolute_positions(args, kwargs)
+        batch, cur = positions.shape
+        if self.prompt_lengths is None:
             # Outside steerlab's generate, the first forward seen is taken as the prompt.
+            real = mask[:, -cur:].long().sum(-1) if mask is not None else torch.full((batch,), cur)
             self.prompt_lengths = real.cpu()
         self._positions = positions
         if self._needs_tokens:
@@ -385,11 +440,25 @@ class SteeringHandle(HookHandle):
                         out[r, c] = True
                     elif 0 <= pos < len(labels):
                         out[r, c] = labels[pos] == kind
+            elif (marker := parse_until(kind)) is not None:
+                end = self._segment_end(kind, marker, r, lengths[r])
+                for c, pos in enumerate(positions[r].tolist()):
+                    out[r, c] = pos >= lengths[r] - 1 and (end is None or pos < end)
             else:
                 flags = window_flags(history[r], *self._markers[kind])
                 for c, pos in enumerate(positions[r].tolist()):
                     out[r, c] = 0 <= pos < len(flags) and flags[pos]
         return out.to(device)
+
+    def _segment_end(self, kind: str, marker: str, row: int, prompt_length: int) -> int | None:
+        """Where row's until-segment ends: the position of the generated token completing its marker, if any yet."""
+        history = self._history
+        assert history is not None
+        scanned, end = self._segments.get((kind, row), (None, None))
+        if end is None:
+            end = marker_end(self.lm.tokenizer, history[row], prompt_length, marker, scanned)
+            self._segments[(kind, row)] = (len(history[row]) - 1, end)
+        return end
 
     def _layer_hook(self, group: list[_Term]):
         def hook(module, args, output):
@@ -412,10 +481,11 @@ class SteeringHandle(HookHandle):
         rows = broadcast_rows(term.rows, batch, "multipliers").to(hidden.device)
         coef = rows.to(hidden.dtype)[:, None, None]
         selected = (rows != 0)[:, None].expand(batch, hidden.shape[1])  # [rows, tokens]
-        if term.positions != "all":
+        if term.positions != "all" or term.budget is not None:
             if self._positions is None or self.prompt_lengths is None:
                 raise SteeringError(
-                    "positions 'prompt'/'generated' need the model's top-level forward; call the model itself"
+                    "positions other than 'all' and length budgets need the model's top-level forward; call the "
+                    "model itself"
                 )
             lengths = broadcast_rows(self.prompt_lengths.to(hidden.device), batch, "prompt lengths")[:, None]
             positions = self._positions.to(hidden.device)
@@ -423,9 +493,13 @@ class SteeringHandle(HookHandle):
                 selected = selected & (
                     (positions < lengths) if term.positions == "prompt" else (positions >= lengths - 1)
                 )
-            else:
+            elif term.positions != "all":
                 steered = (rows != 0).tolist()
                 selected = selected & self._token_mask(term.positions, batch, hidden.device, steered)
+            if term.budget is not None:
+                share = term.budget.scale(positions - (lengths - 1))  # [rows, tokens]
+                selected = selected & (share > 0)
+                coef = coef * share.to(hidden.dtype)[..., None]
         if not bool(selected.any()):
             return hidden
         return torch.where(selected.unsqueeze(-1), term.operator(hidden, term.direction, coef), hidden)
@@ -448,15 +522,10 @@ class SpecSteering:
     def __init__(self, specs: SteeringSpec | Sequence[SteeringSpec]):
         self.specs = [specs] if isinstance(specs, SteeringSpec) else list(specs)
         for spec in self.specs:
-            if spec.positions not in POSITIONS:
-                try:
-                    window = parse_window(spec.positions)
-                except ValueError as exc:
-                    raise SteeringError(str(exc)) from None
-                if window is None:
-                    raise SteeringError(
-                        f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; got '{spec.positions}'"
-                    )
+            try:
+                check_positions(spec.positions)
+            except ValueError as exc:
+                raise SteeringError(str(exc)) from None
             if spec.operator_name() not in OPERATORS:
                 raise SteeringError(f"operator must be one of {', '.join(OPERATORS)}; got '{spec.operator_name()}'")
 
@@ -486,8 +555,9 @@ class SpecSteering:
                         f"multiplier x layer weight at layer {layer} overflows float32 "
                         f"({wide:.4g} > {FLOAT32_MAX:.4g}); give a smaller multiplier or weight"
                     )
+                operator = get_operator(spec.operator_name())
                 terms.setdefault(layer, []).append(
-                    _Term(direction, (rows * weight).to(device), spec.positions, get_operator(spec.operator_name()))
+                    _Term(direction, (rows * weight).to(device), spec.positions, operator, spec.budget)
                 )
         return SteeringHandle(lm, terms, prompt_lengths)
 

@@ -1,8 +1,8 @@
 """Steer files of every kind behind one reader: `load_steer` reads the kind a file declares and dispatches on it.
 
 Kinds: "vector" (a SteeringVector: safetensors, one direction per layer), "condition" (a CAST Condition:
-safetensors, one direction), "lm_steer" (an LMSteer: safetensors with P1/P2) and "prompt" (a PromptSteering:
-JSON). The safetensors header and the JSON object both carry the kind in their steerlab metadata; files
+safetensors, one direction), "lm_steer" (an LMSteer: safetensors with P1/P2), "sae_clamp" (a FeatureClamp:
+safetensors with an SAE and the clamped feature) and "prompt" (a PromptSteering: JSON). The safetensors header and the JSON object both carry the kind in their steerlab metadata; files
 written before kinds were stored are read by their method.
 
 `read_steer_folder` is the one reader of a folder of steer files (the server's registry and the vLLM plugin's
@@ -20,15 +20,17 @@ from .conditional import Condition
 from .methods.lm_steer import LMSteer
 from .methods.prompt import METADATA_KEY as PROMPT_KEY
 from .methods.prompt import PromptSteering
+from .sae.clamp import FeatureClamp
 from .textio import loads, read_text
 from .vector import SteeringVector, VectorFileError, read_steer_meta
 
-AnySteer = SteeringVector | Condition | LMSteer | PromptSteering
+AnySteer = SteeringVector | Condition | LMSteer | PromptSteering | FeatureClamp
 READERS: dict[str, Callable[[Path], AnySteer]] = {
     "vector": SteeringVector.load,
     "condition": Condition.load,
     "lm_steer": LMSteer.load,
     "prompt": PromptSteering.load,
+    "sae_clamp": FeatureClamp.load,
 }
 
 

@@ -29,6 +29,7 @@ KIND_NAMES = {
     "condition": "condition",
     "lm_steer": "LM-Steer",
     "prompt": "prompt steer",
+    "sae_clamp": "SAE clamp",
 }  # as messages name them
 
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from ..errors import SteerlabError
 from ..version import __version__
-from . import condition, demo, evaluate, generate, interop, orthogonalize, serve, sweep, vector
+from . import condition, demo, evaluate, generate, interop, orthogonalize, sae, serve, sweep, vector
 from .common import CLIError, one_line
 
-GROUPS = (vector, orthogonalize, condition, interop, generate, evaluate, sweep, serve, demo)
+GROUPS = (vector, orthogonalize, condition, interop, generate, evaluate, sweep, sae, serve, demo)
 
 __all__ = ["CLIError", "build_parser", "main"]
 

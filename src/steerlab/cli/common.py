@@ -93,32 +93,43 @@ def check_writable(out: Path, option: str = "--out") -> None:
 
 
 def add_pair_args(p: argparse.ArgumentParser) -> None:
-    """--data FILE or inline --positive/--negative texts (with --prompt), as read by pairs_from_args."""
+    """--data FILE, a task's train pairs, or inline --positive/--negative texts (with --prompt), as read by
+    pairs_from_args."""
     src = p.add_argument_group("data (one of)")
     src.add_argument(
         "--data", help="pairs file: CAA generate_dataset.json, persona .jsonl, or JSONL {prompt, positive, negative}"
     )
+    src.add_argument(
+        "--data-task", help="the train pairs of a built-in task (e.g. reasoning-length, sentiment) or a task file"
+    )
+    p.add_argument(
+        "--data-dir", help="the shared data folder for --data-task and named text sets (default: ../shared/data)"
+    )
     src.add_argument("--positive", action="append", help="a positive text (repeatable; pairs with --negative)")
     src.add_argument("--negative", action="append", help="a negative text (repeatable)")
     p.add_argument("--prompt", default="", help="prompt shared by inline --positive/--negative texts")
-    p.add_argument("--limit", type=int, help="use only the first N pairs of --data")
+    p.add_argument("--limit", type=int, help="use only the first N pairs of --data or --data-task")
 
 
 def pairs_from_args(args, *, required: bool = True):
     """The pairs add_pair_args asked for; None when none were given and they are not required."""
     from ..data import load_pairs, pairs_from_texts
 
-    if args.data and (args.positive or args.negative):
-        raise CLIError("give either --data FILE or --positive/--negative texts, not both")
+    if sum(bool(x) for x in (args.data, args.data_task, args.positive or args.negative)) > 1:
+        raise CLIError("give one source of pairs: --data FILE, --data-task TASK or --positive/--negative texts")
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be at least 1, got {args.limit}")
+    if args.data_task:
+        from ..evaluation.tasks import get_task
+
+        return get_task(args.data_task, args.data_dir).train_data(args.data_dir, args.limit)
     if args.data:
         data = load_pairs(args.data)
         return data.subset(range(min(args.limit, len(data))), f" (first {args.limit})") if args.limit else data
     if args.positive or args.negative:
         return pairs_from_texts(args.positive or [], args.negative or [], prompt=args.prompt)
     if required:
-        raise CLIError("no data: give --data FILE or --positive TEXT --negative TEXT")
+        raise CLIError("no data: give --data FILE, --data-task TASK or --positive TEXT --negative TEXT")
     return None
 
 

@@ -65,6 +65,14 @@ def register(sub, vsub) -> None:
     p.add_argument(
         "--instruction", help="instruction for --method prompt / vector_prompt (default: one toward the task's goal)"
     )
+    reasoning = p.add_argument_group("reasoning tasks (e.g. reasoning-length)")
+    reasoning.add_argument(
+        "--positions", default="all", help="where to steer, e.g. 'until:The answer is' (the reasoning, not the answer)"
+    )
+    reasoning.add_argument(
+        "--reasoning-budget", type=int, metavar="N", help="steer nothing for the first N generated tokens, then ramp up"
+    )
+    reasoning.add_argument("--budget-ramp", type=int, metavar="R", help="tokens the budget's ramp takes (32)")
     _add_run_args(p, limit=None)
     p.set_defaults(func=cmd_eval)
 
@@ -135,11 +143,14 @@ def _prepare(args, command_name: str):
     """Checks that need no model: the task, limits, generation settings and a free --out folder."""
     from ..evaluation.report import check_free
     from ..evaluation.run import generation_task
+    from ..evaluation.tasks import get_task
     from ..generation import GenerationConfig
 
     check_at_least(args.limit, 1, "--limit")
     check_at_least(args.train_limit, 2, "--train-limit")
-    task = generation_task(args.task, args.data_dir)
+    task = get_task(args.task, args.data_dir)
+    if not (command_name == "eval" and task.kind == "reasoning"):
+        task = generation_task(task)
     try:
         generation = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
@@ -169,6 +180,13 @@ def cmd_eval(args) -> int:
     if bool(args.vector) == bool(args.method):
         raise CLIError("give one steer: --vector FILE or --method NAME")
     task, generation, out = _prepare(args, "eval")
+    if task.kind == "reasoning":
+        return _eval_reasoning(args, task, generation, out)
+    if args.positions != "all" or args.reasoning_budget is not None or args.budget_ramp is not None:
+        raise CLIError(
+            f"--positions, --reasoning-budget and --budget-ramp apply to reasoning tasks; task '{task.name}' is a "
+            f"{task.kind} task (steer positions there with `steerlab generate --positions`)"
+        )
     layers = parse_layers(args.layers)
     multipliers = parse_numbers(args.multipliers, "--multipliers")
     strengths = parse_numbers(args.strengths, "--strengths")
@@ -220,6 +238,74 @@ def cmd_eval(args) -> int:
         )
     write_report(out, report, overwrite=args.overwrite)
     print(summary_markdown(report).split("\n## Samples")[0].rstrip())
+    print(f"\nreport -> {out}")
+    return 0
+
+
+def _eval_reasoning(args, task, generation, out) -> int:
+    """A vector on a reasoning task: unsteered, each strength, and the two prompt baselines, scored for accuracy
+    and tokens (evaluation.reasoning)."""
+    from ..evaluation.reasoning import ReasoningReport, evaluate_reasoning, strength_arms
+    from ..positions import check_positions
+    from ..steering import LengthBudget, SteeringError
+    from ..steers import load_steer
+    from ..vector import SteeringVector
+
+    if args.method:
+        raise CLIError(
+            f"task '{task.name}' evaluates a vector file: build it first (`steerlab vector build --task {task.name}`) "
+            "and give it as --vector"
+        )
+    if args.multipliers is None and args.strengths is None:
+        raise CLIError("give the settings to compare: --strengths=-0.1,0.1 (or --multipliers)")
+    if args.budget_ramp is not None and args.reasoning_budget is None:
+        raise CLIError("--budget-ramp shapes a --reasoning-budget; give --reasoning-budget N too")
+    check_positions(args.positions)
+    vector = load_steer(args.vector)
+    if not isinstance(vector, SteeringVector):
+        raise CLIError(f"{args.vector} is a steer of kind '{vector.kind}'; reasoning tasks evaluate vector files")
+    layers = parse_layers(args.layers)
+    ramp = [args.budget_ramp] if args.budget_ramp is not None else []
+    try:
+        budget = LengthBudget(args.reasoning_budget, *ramp) if args.reasoning_budget is not None else None
+        values = parse_numbers(
+            args.multipliers or args.strengths, "--multipliers" if args.multipliers else "--strengths"
+        )
+        arms = strength_arms(
+            vector,
+            values or [],
+            raw=args.multipliers is not None,
+            layers=layers,
+            positions=args.positions,
+            budget=budget,
+        )
+    except SteeringError as exc:
+        raise CLIError(str(exc)) from None
+    items = task.eval_items(args.split, args.data_dir, args.limit)
+    lm = load_cli_model(args)
+    with StageBars() as bars:
+        results = evaluate_reasoning(
+            lm,
+            items,
+            arms,
+            config=generation,
+            budget=args.reasoning_budget,
+            batch_size=args.batch_size,
+            progress=bars,
+        )
+    settings = {
+        "task": task.name,
+        "split": args.split,
+        "items": len(items),
+        "max_new_tokens": generation.max_new_tokens,
+        "vector": args.vector,
+        "positions": args.positions,
+        "budget": None if budget is None else {"tokens": budget.tokens, "ramp": budget.ramp},
+        "model": lm.name,
+    }
+    report = ReasoningReport(settings, results, list(items))
+    report.save(out, overwrite=args.overwrite)
+    print(report.markdown().rstrip())
     print(f"\nreport -> {out}")
     return 0
 

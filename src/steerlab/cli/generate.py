@@ -57,8 +57,19 @@ def register(sub, vsub) -> None:
     p.add_argument(
         "--positions",
         default="all",
-        help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant) "
-        "or between:OPEN:CLOSE (e.g. between:<think>:</think>)",
+        help="token positions to steer: all, prompt, generated, a chat role (system, user, assistant), "
+        "between:OPEN:CLOSE (e.g. between:<think>:</think>) or until:MARKER (the reasoning before an answer "
+        "marker, e.g. 'until:The answer is')",
+    )
+    p.add_argument(
+        "--reasoning-budget",
+        type=int,
+        metavar="N",
+        help="steer nothing for the first N generated tokens, then ramp the vector up over --budget-ramp "
+        "tokens: a length budget (with a 'shorter' vector, only answers that run long are steered)",
+    )
+    p.add_argument(
+        "--budget-ramp", type=int, metavar="R", help="tokens over which the budget's steering rises to full (32)"
     )
     p.add_argument(
         "--operator",
@@ -96,7 +107,7 @@ def cmd_generate(args) -> int:
     from ..conditional import Condition, ConditionalSteering
     from ..generation import GenerationConfig, generate
     from ..methods.lm_steer import LMSteer
-    from ..steering import SpecSteering, SteeringSpec, default_steering
+    from ..steering import LengthBudget, SpecSteering, SteeringSpec, default_steering
     from ..steers import load_steer
     from ..vector import SteeringVector
 
@@ -105,8 +116,15 @@ def cmd_generate(args) -> int:
     for flag, values in (("--multiplier", args.multiplier), ("--strength", args.strength)):
         if values and len(values) != len(args.vector):
             raise CLIError(f"{len(values)} {flag} for {len(args.vector)} --vector; give one per vector")
+    if args.budget_ramp is not None and args.reasoning_budget is None:
+        raise CLIError("--budget-ramp shapes a --reasoning-budget; give --reasoning-budget N too")
+    budget = None
+    if args.reasoning_budget is not None:
+        budget = LengthBudget(args.reasoning_budget, *([args.budget_ramp] if args.budget_ramp is not None else []))
     prompts = read_prompts(args)
     steers = [load_steer(path) for path in args.vector]
+    if budget is not None and not all(isinstance(s, SteeringVector) for s in steers):
+        raise CLIError("--reasoning-budget ramps added vectors; every --vector must be a vector file")
     layers = parse_layers(args.layers)
     if args.ablate_direction:
         steering = _ablation(args, steers, layers)
@@ -120,6 +138,7 @@ def cmd_generate(args) -> int:
                 args.positions,
                 args.operator,
                 strength=args.strength[i] if args.strength else None,
+                budget=budget,
             )
             for i, v in enumerate(vectors)
         ]
@@ -141,6 +160,10 @@ def cmd_generate(args) -> int:
             raise CLIError(f"a steer of kind '{kind}' is applied on its own; give it as the only --vector")
         if args.strength:
             raise CLIError(f"a steer of kind '{kind}' has no residual-norm strength; use --multiplier")
+        if kind == "sae_clamp" and args.multiplier:
+            raise CLIError(
+                "an SAE clamp sets its feature to its stored value; drop --multiplier (steerlab sae clamp --value)"
+            )
         if kind == "prompt" and (args.multiplier or layers is not None):
             raise CLIError("a prompt steer has no multiplier or layers; drop --multiplier and --layers")
         if layers is not None:
@@ -191,10 +214,17 @@ def _ablation(args, steers, layers):
 
     if len(steers) != 1 or not isinstance(steers[0], SteeringVector):
         raise CLIError("--ablate-direction takes exactly one vector file")
-    if args.multiplier or args.strength or args.operator or args.condition or args.positions != "all":
+    if (
+        args.multiplier
+        or args.strength
+        or args.operator
+        or args.condition
+        or args.positions != "all"
+        or args.reasoning_budget is not None
+    ):
         raise CLIError(
             "--ablate-direction acts at every layer and position; drop --multiplier, --strength, "
-            "--operator, --condition and --positions"
+            "--operator, --condition, --positions and --reasoning-budget"
         )
     if layers is not None and len(layers) != 1:
         raise CLIError("--ablate-direction removes one direction: give --layers with the one layer to take it from")

@@ -91,7 +91,7 @@ def register(sub, vector_sub=None) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from ..evaluation.sweep import SweepConfig, save_sweep, sweep
+    from ..evaluation.sweep import SweepConfig, check_sweepable, save_sweep, sweep
     from ..evaluation.tasks import get_task
 
     if args.method != "caa":
@@ -116,6 +116,7 @@ def cmd_sweep(args) -> int:
         batch_rows=args.batch_size,
         min_effect=args.min_effect,
     )
+    check_sweepable(task)
     out = check_out_free(args.out, args.overwrite)  # the folder is the sweep's, replaced whole
     # Read the items before any model work, so a malformed file is named before minutes of loading and building.
     items = task.eval_items(config.split, args.data_dir, config.limit)
@@ -192,7 +193,8 @@ def print_grid(result, vector=None) -> None:
 
 
 def _ab_words(result) -> str:
-    """Letter-share shift at each direction's strongest cell, and whether the unsteered model is at chance."""
+    """What each direction's cell moved (behaviour, letter or neither): the recommended cell where there is one,
+    else the one with the largest effect; and whether the unsteered model is at chance."""
     from ..evaluation.ab import letter_words
 
     words = []
@@ -206,11 +208,14 @@ def _ab_words(result) -> str:
             for j, e in enumerate(row)
             if sign * result.values[j] > 0
         ]
+        pick = result.directions.get(name)
+        if pick is not None:
+            cells = [c for c in cells if result.layers[c[1]] == pick.layer and result.values[c[2]] == pick.value]
         if cells and shift:
             _, i, j = max(cells)
             words.append(
                 f"{name} (layer {result.layers[i]}, {result.values[j]:+g}): "
-                + letter_words(result.effect[i][j], shift[i][j])
+                + letter_words(result.effect[i][j], shift[i][j], min_effect=result.min_effect)
             )
     return "\n".join(words)
 
@@ -221,7 +226,7 @@ def cmd_tasks(args) -> int:
     for name, task in builtin_tasks(args.data_dir).items():
         print(f"{name:<34} {task.kind:<10} {task.description}")
     print(
-        "\nyour own task: a .yaml/.json file with name, kind (ab or generation), train, test, and optionally "
+        "\nyour own task: a .yaml/.json file with name, kind (ab, generation or reasoning), train, test, and optionally "
         "val, metric (sentiment, toxicity, refusal), direction (1 or -1), chat, description"
     )
     return 0

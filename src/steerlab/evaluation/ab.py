@@ -207,12 +207,32 @@ def at_chance(summary: dict[str, float], n: int) -> bool:
     return abs(summary["accuracy"] - 0.5) < 2 * math.sqrt(0.25 / n) and abs(summary["p_matching"] - 0.5) < 0.05
 
 
-def letter_words(behaviour_change: float, letter_shift: float) -> str:
-    """Say whether a steer moved the behaviour or mostly which letter the model picks (p(A) share vs p(matching))."""
-    if abs(letter_shift) >= 0.05 and abs(letter_shift) > 2 * abs(behaviour_change):
+LETTER_SHIFT_MIN = 0.05  # an A-share change below this is not read as a preference for one letter
+
+
+def ab_movement(behaviour_change: float, letter_shift: float, *, min_effect: float) -> str:
+    """What a steered A/B cell moved: "letter" when the A-share shift is real and over twice the change in
+    p(matching) (the steer picks a letter, whatever it says), "neither" when p(matching) moved less than
+    `min_effect` (the sweep's smallest effect worth recommending), else "behaviour"."""
+    if abs(letter_shift) >= LETTER_SHIFT_MIN and abs(letter_shift) > 2 * abs(behaviour_change):
+        return "letter"
+    if abs(behaviour_change) < min_effect:
+        return "neither"
+    return "behaviour"
+
+
+def letter_words(behaviour_change: float, letter_shift: float, *, min_effect: float) -> str:
+    """Say whether a steer moved the behaviour, mostly which letter the model picks, or neither."""
+    moved = ab_movement(behaviour_change, letter_shift, min_effect=min_effect)
+    if moved == "letter":
         return (
             f"moves the letter rather than the behaviour (A-share {letter_shift:+.3f} vs p(matching) "
             f"{behaviour_change:+.3f})"
+        )
+    if moved == "neither":
+        return (
+            f"moves neither the behaviour nor the letter (p(matching) {behaviour_change:+.3f}, under "
+            f"{min_effect:g}; A-share {letter_shift:+.3f})"
         )
     return f"moves the behaviour (p(matching) {behaviour_change:+.3f}, A-share {letter_shift:+.3f})"
 

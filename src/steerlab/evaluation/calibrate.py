@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..generation import GenerationConfig, encode_prompts, generate_ids
 from ..meta import CalibrationRecord
 from ..models import LoadedModel
-from ..steering import SpecSteering, SteeringSpec, default_layers
+from ..steering import SpecSteering, Steer, SteeringSpec, default_layers
 from ..strength import neutral_texts
 from ..vector import SteeringVector
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
@@ -81,6 +81,14 @@ def token_kl(
     progress: Callable[[int], object] | None = None,
 ) -> list[float]:
     """Mean per-token KL(steered || unsteered) in nats over `texts`' tokens, for each signed strength."""
+    steers = [SpecSteering(SteeringSpec(vector, layers=list(layers), strength=float(s))) for s in strengths]
+    return steers_kl(lm, steers, texts, progress=progress)
+
+
+def steers_kl(
+    lm: LoadedModel, steers: Sequence[Steer], texts: Sequence[str], *, progress: Callable[[int], object] | None = None
+) -> list[float]:
+    """Mean per-token KL(steered || unsteered) in nats over `texts`' tokens (first left out), for each hook steer."""
     rows = [r for r in (lm.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts) if len(r) > 1]
     ids, mask = pad(rows, lm.tokenizer.pad_token_id, left=True)
     positions = positions_from_mask(mask)
@@ -94,9 +102,8 @@ def token_kl(
     with torch.inference_mode():
         base = torch.log_softmax(lm.model(**inputs).logits.float(), -1)[keep.to(lm.device)]
         out = []
-        for s in strengths:
-            spec = SteeringSpec(vector, layers=list(layers), strength=float(s))
-            with SpecSteering(spec).attach(lm):
+        for steer in steers:
+            with steer.attach(lm):
                 steered = torch.log_softmax(lm.model(**inputs).logits.float(), -1)[keep.to(lm.device)]
             out.append(float((steered.exp() * (steered - base)).sum(-1).mean()))
             if progress:

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import OutputExistsError, UsageError
 from ..files import write_text_files
-from ..generation import GenerationConfig, encode_prompts, generate_ids
+from ..generation import GenerationConfig, encode_prompts, end_token_ids, generate_tokens
 from ..models import LoadedModel
 from ..steering import Steer
 from ..version import __version__
@@ -43,6 +43,7 @@ class Condition:
     label: str
     multiplier: float | None
     texts: list[str]
+    lengths: list[int] = field(default_factory=list)  # generated tokens per text, its end-of-text token not counted
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EvalRun:
     original: list[str]
     conditions: list[Condition]
     seconds: float = 0.0
+    original_lengths: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -140,7 +142,9 @@ def generate_arms(
     for arm in arms:
         if arm.steer is not None and all(arm.steer is not s for s in steers):
             steers.append(arm.steer)
+    end_ids = end_token_ids(lm)
     texts: list[list[str]] = [[] for _ in range(k)]
+    lengths: list[list[int]] = [[] for _ in range(k)]
     for start in range(0, len(prompts), per_call):
         n = min(per_call, len(prompts) - start)
         rows = [ids for src in sources for ids in src[start : start + n]]
@@ -154,14 +158,26 @@ def generate_arms(
             parts.append((steer, torch.tensor(scale)))
         # Every row of one prompt samples with the same seed, so its texts differ only by steering.
         seeds = [config.seed + start + i for i in range(n)] * k if config.seed is not None else None
-        out = generate_ids(lm, rows, _RowSteers(parts) if parts else None, config=config, task=task, row_seeds=seeds)
+        row_steers = _RowSteers(parts) if parts else None
+        new = generate_tokens(lm, rows, row_steers, config=config, task=task, row_seeds=seeds)
+        out = lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+        counts = generated_lengths(new, end_ids)
         for j in range(k):
             texts[j].extend(out[j * n : (j + 1) * n])
+            lengths[j].extend(counts[j * n : (j + 1) * n])
         if progress:
             progress(n)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
-    conditions = [Condition(arm.label, arm.multiplier, texts[j + 1]) for j, arm in enumerate(arms)]
-    return EvalRun(list(prompts), texts[0], conditions, seconds)
+    conditions = [Condition(arm.label, arm.multiplier, texts[j + 1], lengths[j + 1]) for j, arm in enumerate(arms)]
+    return EvalRun(list(prompts), texts[0], conditions, seconds, lengths[0])
+
+
+def generated_lengths(new: torch.Tensor, end_ids: Sequence[int]) -> list[int]:
+    """Tokens each row generated before it ended (an end-of-text token, or the padding after one); a row that
+    never ended generated them all (it hit the limit)."""
+    ended = torch.isin(new, torch.tensor(list(end_ids), dtype=new.dtype))
+    first = torch.where(ended.any(1), ended.int().argmax(1), torch.full((new.shape[0],), new.shape[1]))
+    return first.tolist()
 
 
 def multiplier_arms(steer: Steer, multipliers: Sequence[float]) -> list[Arm]:

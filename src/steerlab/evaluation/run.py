@@ -65,6 +65,12 @@ class Comparison:
 def generation_task(task: str | Task, data_dir: str | Path | None = None) -> Task:
     """The task, checked to be a generation task (A/B tasks are scored by `sweep`)."""
     task = task if isinstance(task, Task) else get_task(task, data_dir)
+    if task.kind == "reasoning":
+        raise EvaluationError(
+            f"task '{task.name}' is a reasoning task, scored by accuracy and tokens per answer: evaluate a vector "
+            f"on it with steerlab.evaluation.reasoning (`steerlab eval --task {task.name} --vector F "
+            "--strengths=-0.1,0.1`)"
+        )
     if task.kind != "generation":
         raise EvaluationError(
             f"task '{task.name}' is an A/B task, scored by answer probabilities rather than generated "

@@ -13,9 +13,10 @@ unsteered) and the share of items it moved the wrong way. A layer and strength a
 "up" (positive values, the task's wanted direction) and "down" (negative values, the opposite), each the
 fluent cell with the largest lower interval bound in its direction, and only where that interval excludes
 zero and the effect is at least `min_effect` (default 2% of the metric's range: 0.02 of p(matching), 0.04 of
-VADER compound; a +0.004 shift can be consistent across items and still be worth nothing); a direction
-with no such cell is "no reliable effect", and without a reliable "up" cell the vector
-gets no default multiplier. Generation tasks count a cell fluent only when n-gram entropy and distinct-2 keep
+VADER compound; a +0.004 shift can be consistent across items and still be worth nothing). An A/B cell
+whose A-share moved more than twice its p(matching) (evaluation.ab.ab_movement) steers the letter, not the
+behaviour, and is never recommended. A direction with no such cell is "no reliable effect" (naming the
+letter-moving cell left out, if any), and without a reliable "up" cell the vector gets no default multiplier. Generation tasks count a cell fluent only when n-gram entropy and distinct-2 keep
 (1 - fluency_bound) of unsteered and the repetition rate rises by at most fluency_bound.
 """
 
@@ -38,7 +39,7 @@ from ..models import LayerError, LoadedModel, check_layers
 from ..steering import SpecSteering, SteeringSpec
 from ..strength import multiplier_for, with_neutral_norms
 from ..vector import SteeringVector
-from .ab import POSITIONS, UNSTEERED, Cell, at_chance, check_ab_items, first_answer, score_ab
+from .ab import POSITIONS, UNSTEERED, Cell, ab_movement, at_chance, check_ab_items, first_answer, score_ab
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import Metric, get_metric
 from .progress import stage_ticker
@@ -172,6 +173,7 @@ def sweep(
     """Score the grid for the task's CAA vector (built at every swept layer unless `vector` is given) and return
     the result and the vector, whose metadata then holds the recommendation and the neutral-text residual norms."""
     config = config or SweepConfig()
+    check_sweepable(task)
     try:
         layers = check_layers(lm, config.layers or range(lm.num_layers))
     except LayerError as exc:
@@ -245,6 +247,16 @@ def sweep(
     recommend(result)
     vector.meta = replace(vector.meta, recommended=stored_recommendation(result, vector.meta.recommended))
     return result, vector
+
+
+def check_sweepable(task: Task) -> None:
+    """Refuse, before any model work, a task the grid cannot score (reasoning tasks: accuracy and tokens)."""
+    if task.kind == "reasoning":
+        raise SweepError(
+            f"task '{task.name}' is a reasoning task, scored by accuracy and tokens per answer, which the sweep's "
+            f"grid does not score; compare strengths with `steerlab eval --task {task.name} --vector F "
+            "--strengths=-0.1,0.1`"
+        )
 
 
 def stored_recommendation(result: SweepResult, before: Recommendation) -> Recommendation:
@@ -381,30 +393,25 @@ def recommend(result: SweepResult) -> None:
     floor = (1 - result.fluency_bound) * result.base_fluency
     fluent = result.fluent or [[f >= floor for f in row] for row in result.fluency]
     result.directions, result.recommended, result.note = {}, None, ""
+    words = []
     for name, sign in DIRECTIONS:
-        best, best_low = None, 0.0
+        best, best_low, letter_best, letter_low = None, 0.0, None, 0.0
         for i in range(len(result.layers)):
             for j, value in enumerate(result.values):
                 if sign * value <= 0 or not fluent[i][j] or not result.interval:
                     continue
                 low, high = result.interval[i][j]
                 wanted_low = low if sign > 0 else -high
-                if sign * result.effect[i][j] < result.min_effect:
+                if sign * result.effect[i][j] < result.min_effect or wanted_low <= 0:
                     continue
-                if wanted_low > best_low:
+                if moves_letter(result, i, j):
+                    if wanted_low > letter_low:
+                        letter_best, letter_low = (i, j), wanted_low
+                elif wanted_low > best_low:
                     best, best_low = (i, j), wanted_low
-        result.directions[name] = _pick(result, *best) if best else None
+        pick = result.directions[name] = _pick(result, *best) if best else None
+        words.append(f"{name}: " + (_pick_words(result, pick) if pick else _no_effect_words(result, letter_best)))
     up, down = result.directions["up"], result.directions["down"]
-    words = [
-        f"{name}: "
-        + (
-            f"layer {c.layer}, {_value_words(result, c)}, {result.effect_words(c.effect or 0.0)} "
-            f"(effect {c.effect:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}])"
-            if c and c.interval
-            else NO_EFFECT
-        )
-        for name, c in result.directions.items()
-    ]
     result.verdict = "; ".join(words)
     if up or down:
         result.recommended = Recommendation(
@@ -421,6 +428,38 @@ def recommend(result: SweepResult) -> None:
             f"{NO_EFFECT} steering up: no fluent positive-side cell has a 95% interval above zero and "
             f"an effect of at least {result.min_effect:g}; no default multiplier stored"
         )
+
+
+def letter_shift(result: SweepResult, i: int, j: int) -> float | None:
+    """The A-share change of an A/B cell against unsteered (None for generation sweeps)."""
+    shifts = result.details.get("letter_shift")
+    return shifts[i][j] if shifts else None
+
+
+def moves_letter(result: SweepResult, i: int, j: int) -> bool:
+    """An A/B cell whose A-share moved more than its behaviour: never a recommendation (it steers the letter)."""
+    shift = letter_shift(result, i, j)
+    return shift is not None and ab_movement(result.effect[i][j], shift, min_effect=result.min_effect) == "letter"
+
+
+def _pick_words(result: SweepResult, cell: Pick) -> str:
+    assert cell.interval is not None
+    return (
+        f"layer {cell.layer}, {_value_words(result, cell)}, {result.effect_words(cell.effect or 0.0)} "
+        f"(effect {cell.effect:+.3f} [{cell.interval[0]:+.3f}, {cell.interval[1]:+.3f}])"
+    )
+
+
+def _no_effect_words(result: SweepResult, letter_cell: tuple[int, int] | None) -> str:
+    """ "no reliable effect", naming the cell that was left out because it moved the letter, if one was."""
+    if letter_cell is None:
+        return NO_EFFECT
+    i, j = letter_cell
+    cell = _pick(result, i, j)
+    return (
+        f"{NO_EFFECT} (layer {cell.layer}, {_value_words(result, cell)} moves the letter rather than the "
+        f"behaviour: A-share {letter_shift(result, i, j):+.3f} vs p(matching) {cell.effect:+.3f})"
+    )
 
 
 def _value_words(result: SweepResult, cell: Pick) -> str:

@@ -4,7 +4,8 @@ Built-in tasks read the shared data folder (`--data-dir`, $STEERLAB_DATA, or ../
 project); a user registers a task from their own files with a small YAML/JSON description, checked
 like a config. "ab" tasks are scored by the A/B behaviour probability (evaluation.ab); "generation"
 tasks by a text metric on continuations of prompts (any of evaluation.metric_registry: sentiment, toxicity,
-refusal, ...).
+refusal, ...); "reasoning" tasks (maths problems with exact answers) by accuracy and the tokens an answer
+spends (evaluation.reasoning).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from ..errors import SteerlabError
 from ..textio import loads, read_text
 from .ab import load_ab_items
 from .metric_registry import text_metrics
+from .reasoning import length_pairs, read_math_items, split_of
 
 DATA_ENV = "STEERLAB_DATA"
-KINDS = ("ab", "generation")
+KINDS = ("ab", "generation", "reasoning")
 SPLITS = ("val", "test")
 CAA_BEHAVIOURS = ("sycophancy", "hallucination", "refusal")
 CAA_VAL_SIZE = 50  # the last items of each CAA generate file are held out of training to choose layer and strength
@@ -284,10 +286,34 @@ def _harmful_refusal() -> Task:
     )
 
 
+def _reasoning_length() -> Task:
+    rel = "gsm8k/train.jsonl"
+
+    def train(root: Path) -> ContrastiveDataset:
+        items = read_math_items(root / rel)
+        return length_pairs([it for i, it in enumerate(items) if split_of(i) == "fit"], "gsm8k[fit]")
+
+    def items(root: Path, split: str) -> list:
+        return [it for i, it in enumerate(read_math_items(root / rel)) if split_of(i) == split]
+
+    return Task(
+        "reasoning-length",
+        "reasoning",
+        "GSM8K problems: worked solution (+, longer) vs the final answer alone; accuracy and tokens per answer "
+        "(GSM8K's train split: every 10th problem test, every 10th from the 6th val, the rest fit the pairs)",
+        (rel,),
+        train,
+        items,
+        metric="reasoning",
+    )
+
+
 def builtin_tasks(data_dir: str | Path | None = None) -> dict[str, Task]:
     """Every built-in task; persona tasks are one per trait file found in the data folder."""
     tasks = {b: _caa(b) for b in CAA_BEHAVIOURS}
-    tasks.update({t.name: t for t in (_sentiment(False), _sentiment(True), _toxicity(), _harmful_refusal())})
+    tasks.update(
+        {t.name: t for t in (_sentiment(False), _sentiment(True), _toxicity(), _harmful_refusal(), _reasoning_length())}
+    )
     try:
         persona = sorted(p.stem for p in (data_root(data_dir) / "persona").glob("*.jsonl"))
     except TaskError:
@@ -313,9 +339,11 @@ def get_task(name: str, data_dir: str | Path | None = None) -> Task:
 
 @dataclass
 class TaskFile:
-    """A user task: name; kind (ab or generation); train (a pairs file steerlab reads); test (ab: an A/B file like
-    CAA's; generation: prompts .txt or .jsonl); val (optional, default test); metric (generation: sentiment,
-    toxicity, refusal or any registered metric); direction (+1 or -1); chat (wrap prompts in the chat template); description."""
+    """A user task: name; kind (ab, generation or reasoning); train (a pairs file steerlab reads; reasoning: maths
+    problems with worked solutions); test (ab: an A/B file like CAA's; generation: prompts .txt or .jsonl;
+    reasoning: a JSONL of {"question", "answer"}); val (optional, default test); metric (generation: sentiment,
+    toxicity, refusal or any registered metric); direction (+1 or -1); chat (wrap prompts in the chat template);
+    description."""
 
     name: str
     kind: str
@@ -360,8 +388,9 @@ def load_task_file(path: str | Path) -> Task:
         raise TaskError(
             f"{path}: a generation task needs metric: one of {', '.join(text_metrics())}; got '{spec.metric}'"
         )
-    if spec.kind == "ab" and spec.metric:
-        raise TaskError(f"{path}: an ab task is scored by p(matching); remove 'metric: {spec.metric}'")
+    if spec.kind in ("ab", "reasoning") and spec.metric:
+        scored = "p(matching)" if spec.kind == "ab" else "accuracy and tokens"
+        raise TaskError(f"{path}: an {spec.kind} task is scored by {scored}; remove 'metric: {spec.metric}'")
     if spec.direction not in (1.0, -1.0):
         raise TaskError(f"{path}: direction must be 1 or -1; got {spec.direction}")
     base = path.parent
@@ -379,9 +408,13 @@ def load_task_file(path: str | Path) -> Task:
 
     def items(_root: Path, split: str) -> list:
         file = files.get(split, files["test"])
+        if spec.kind == "reasoning":
+            return read_math_items(file)
         return load_ab_items(file) if spec.kind == "ab" else _prompts_file(file)
 
     def train(_root: Path) -> ContrastiveDataset:
+        if spec.kind == "reasoning":
+            return length_pairs(read_math_items(files["train"]), files["train"].name)
         data = load_pairs(files["train"])
         if spec.kind == "ab":
             _check_disjoint(path, data.pairs, items(_root, "test"))
@@ -394,7 +427,7 @@ def load_task_file(path: str | Path) -> Task:
         tuple(str(f) for f in files.values()),
         train,
         items,
-        metric=spec.metric or "ab",
+        metric=spec.metric or ("reasoning" if spec.kind == "reasoning" else "ab"),
         direction=spec.direction,
         chat=spec.chat,
         has_val="val" in files,

@@ -232,7 +232,7 @@ class _Service:
                         400,
                         f"{where}: '{item.positions}' is a chat role, and a /v1/completions prompt has no chat "
                         "template to find roles in; use /v1/chat/completions, or positions all, prompt, "
-                        "generated or between:OPEN:CLOSE",
+                        "generated, between:OPEN:CLOSE or until:MARKER",
                         param=where,
                         code="positions_unavailable",
                     )

@@ -286,7 +286,7 @@ class Batcher(JobQueue):
 
 
 def batch_steering(plans: list[RowPlan]) -> Steer | None:
-    """The batch's steering: one spec per distinct (vector, layers, positions, operator, repeat) with a per-row
+    """The batch's steering: one spec per distinct (vector, layers, positions, operator, budget, repeat) with a per-row
     multiplier list (0 = off); those gated by a condition in one ConditionalSteering per condition; one
     DirectionalAblation per ablated (vector, layer) with a per-row on/off list.
 
@@ -307,6 +307,7 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
                 item.layers,
                 item.positions,
                 item.operator,
+                (item.budget.tokens, item.budget.ramp) if item.budget else (),
             )
             key = (*base, seen.get(base, 0))
             seen[base] = seen.get(base, 0) + 1
@@ -334,6 +335,7 @@ def batch_steering(plans: list[RowPlan]) -> Steer | None:
                     layers=dict(items[key].layers),
                     positions=items[key].positions,
                     operator=items[key].operator,
+                    budget=items[key].budget,
                 )
                 for key in keys
             ]

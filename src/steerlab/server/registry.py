@@ -18,7 +18,7 @@ import torch
 from ..ablation import ablation_direction
 from ..conditional import Condition
 from ..models import LoadedModel
-from ..steering import SteeringError, SteeringSpec, default_steering
+from ..steering import LengthBudget, SteeringError, SteeringSpec, default_steering
 from ..steers import STEER_SUFFIXES, read_steer_folder
 from ..vector import SteeringVector, content_hash, describe_model, same_model
 from .errors import ApiError
@@ -43,6 +43,7 @@ class ResolvedSteering:
     condition_name: str | None = None
     condition: Condition | None = None
     ablate_direction: bool = False
+    budget: LengthBudget | None = None
 
     def describe(self) -> dict[str, Any]:
         layers = [layer for layer, _ in self.layers]
@@ -57,6 +58,8 @@ class ResolvedSteering:
         }
         if self.strength is not None:
             out.update(strength=self.strength, multipliers={str(k): round(w, 4) for k, w in self.layers})
+        if self.budget is not None:
+            out.update(reasoning_budget=self.budget.tokens, budget_ramp=self.budget.ramp)
         if self.condition is not None:
             c = self.condition
             out["condition"] = {
@@ -196,9 +199,22 @@ class VectorRegistry:
         if item.condition is not None:
             condition = self._usable(item.condition, f"{where}.condition", condition=True).condition
         # The library's one rule (steering.default_steering) decides what an omitted multiplier/strength/layers means.
-        spec = SteeringSpec(
-            entry.vector, item.multiplier, item.layers, item.positions, item.operator, strength=item.strength
-        )
+        try:
+            budget = None
+            if item.reasoning_budget is not None:
+                ramp = [item.budget_ramp] if item.budget_ramp is not None else []
+                budget = LengthBudget(item.reasoning_budget, *ramp)
+            spec = SteeringSpec(
+                entry.vector,
+                item.multiplier,
+                item.layers,
+                item.positions,
+                item.operator,
+                strength=item.strength,
+                budget=budget,
+            )
+        except SteeringError as exc:
+            raise ApiError(400, f"{where}: {exc}", param=where, code="invalid_steering") from None
         if (strength := spec.strength) is not None:  # asked for, or the vector's default: each layer's multiplier
             assert isinstance(strength, (int, float))  # one item steers its rows alike
             try:
@@ -217,6 +233,7 @@ class VectorRegistry:
                 float(strength),
                 condition_name=item.condition,
                 condition=condition,
+                budget=budget,
             )
         multiplier = float(spec.row_multipliers()[0])
         return ResolvedSteering(
@@ -228,6 +245,7 @@ class VectorRegistry:
             spec.operator_name(),
             condition_name=item.condition,
             condition=condition,
+            budget=budget,
         )
 
     def _usable(self, name: str, param: str, *, condition: bool) -> RegisteredVector:

@@ -45,7 +45,8 @@ class SteeringItem(_Strict):
     """One vector to apply: registered name, raw multiplier or norm-relative strength, optional layers, token
     positions and operator.
 
-    positions: all, prompt, generated, a chat role (system, user, assistant) or between:OPEN:CLOSE;
+    positions: all, prompt, generated, a chat role (system, user, assistant), between:OPEN:CLOSE or until:MARKER;
+    reasoning_budget: steer nothing for that many generated tokens, then ramp up over budget_ramp (32) tokens;
     operator: add, ablate, clamp, rotate (default: the one the vector's file states).
     condition: a registered condition (CAST): the item applies only where this request's prompt meets it.
     ablate_direction: remove the vector's direction from the residual stream at every layer (Arditi et al.);
@@ -60,16 +61,15 @@ class SteeringItem(_Strict):
     strength: float | None = None  # fraction of each steered layer's mean residual norm (steerlab.strength)
     condition: str | None = Field(default=None, min_length=1)
     ablate_direction: bool = False
+    reasoning_budget: int | None = Field(default=None, ge=0)
+    budget_ramp: int | None = Field(default=None, ge=1)
 
     @field_validator("positions")
     @classmethod
     def _positions(cls, value: str) -> str:
-        from ..positions import parse_window
-        from ..steering import POSITIONS
+        from ..positions import check_positions
 
-        if value not in POSITIONS and parse_window(value) is None:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or between:OPEN:CLOSE; got '{value}'")
-        return value
+        return check_positions(value)
 
     @field_validator("multiplier", "strength")
     @classmethod
@@ -82,6 +82,8 @@ class SteeringItem(_Strict):
     def _one_strength(self) -> SteeringItem:
         if self.multiplier is not None and self.strength is not None:
             raise ValueError("give multiplier (raw) or strength (norm-relative), not both")
+        if self.budget_ramp is not None and self.reasoning_budget is None:
+            raise ValueError("budget_ramp shapes a reasoning_budget; give reasoning_budget too")
         if self.ablate_direction:
             extra = [
                 name
@@ -91,6 +93,7 @@ class SteeringItem(_Strict):
                     ("operator", self.operator is not None),
                     ("condition", self.condition is not None),
                     ("positions", self.positions != "all"),
+                    ("reasoning_budget", self.reasoning_budget is not None),
                 )
                 if given
             ]

@@ -92,7 +92,8 @@ class VLLMBatcher(JobQueue):
             job.emit(JobFailed(str(exc)))
 
     def check_steering(self, steering: tuple[ResolvedSteering, ...]) -> None:
-        """Conditions, every-layer ablation, role and window positions are the HF engine's."""
+        """Conditions, every-layer ablation, role, window and segment positions and length budgets are the HF
+        engine's."""
         for i, item in enumerate(steering):
             field = (
                 "condition"
@@ -101,6 +102,8 @@ class VLLMBatcher(JobQueue):
                 if item.ablate_direction
                 else "positions"
                 if item.positions not in POSITIONS
+                else "reasoning_budget"
+                if item.budget is not None
                 else None
             )
             if field:

@@ -244,7 +244,12 @@ def _specs(steering: Any) -> list[SteeringSpec]:
         if spec.positions not in POSITIONS:
             raise SteeringError(
                 f"engine='vllm' steers positions {', '.join(POSITIONS)}; positions '{spec.positions}' "
-                "(a chat role or a window) needs engine='hf'"
+                "(a chat role, a window or an until:MARKER segment) needs engine='hf'"
+            )
+        if spec.budget is not None:
+            raise SteeringError(
+                "engine='vllm' has no length budget (its workers add one coefficient per request and layer); a "
+                "reasoning budget needs engine='hf'"
             )
     return specs
 

@@ -114,6 +114,11 @@ def _refusal(kind: str | None, name: str) -> str:
             f"{name} is a CAST condition: it gates another steer per prompt, which the vLLM plugin does not do; "
             "use engine='hf' or `steerlab serve` for conditions"
         )
+    if kind == "sae_clamp":
+        return (
+            f"{name} is an SAE clamp: it re-encodes every token through its SAE, which the vLLM plugin does not do; "
+            "use engine='hf', or steer with the feature's decoder direction (steerlab sae features --save-feature)"
+        )
     return f"{name} is a steer of kind '{kind}', which the vLLM plugin cannot apply"
 
 

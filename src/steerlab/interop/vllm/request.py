@@ -25,7 +25,8 @@ from .library import SteerLibrary, SteerNotFound
 KEY = "steerlab"
 RESOLVED = "steerlab_resolved"
 ITEM_KEYS = ("vector", "multiplier", "strength", "layers", "positions", "operator")
-# Chat-role and marker-window positions read token ids on the HF engine; the workers know absolute positions only.
+# Chat roles, marker windows and until-marker segments read token ids on the HF engine; the workers know absolute
+# positions only.
 POSITIONS = ("all", "prompt", "generated")
 MAX_ITEMS = 8  # items per request (the workers' plan holds this many per token and layer)
 
@@ -110,8 +111,8 @@ def _term(item: dict[str, Any], where: str, library: SteerLibrary, hidden_size: 
     positions = item.get("positions", "all")
     if positions not in POSITIONS:
         raise SteeringRequestError(
-            f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles "
-            f"and between:OPEN:CLOSE windows need the HF engine), got {positions!r}"
+            f"{where}.positions: must be one of {', '.join(POSITIONS)} on vLLM (chat roles, "
+            f"between:OPEN:CLOSE windows and until:MARKER segments need the HF engine), got {positions!r}"
         )
     multiplier, strength = (_coefficient(item.get(name), f"{where}.{name}") for name in ("multiplier", "strength"))
     if multiplier is not None and strength is not None:
