@@ -292,6 +292,30 @@ def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, caps
     assert row["prompt"] == "Hi" and row["original"] is not None
 
 
+def test_bipo_through_build_and_info_and_its_bad_settings_before_the_model_loads(model_dir, tmp_path, capsys):
+    out = tmp_path / "bipo.safetensors"
+    build = ["vector", "build", "--method", "bipo", "--model", str(model_dir), "--layers", "1", "--out", str(out)]
+    pairs = [
+        "--positive",
+        "Good day.",
+        "--negative",
+        "Bad day.",
+        "--positive",
+        "Nice food.",
+        "--negative",
+        "Awful food.",
+    ]
+    assert main([*build, *pairs, "--set", "epochs=0"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: config: epochs must be at least 1, got 0\n" and "loading" not in err
+    assert main([*build, *pairs, "--set", "epochs=2"]) == 0
+    capsys.readouterr()
+    assert main(["vector", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["kind"], info["method"], info["layers"]) == ("vector", "bipo", [1])
+    assert len(info["fit_stats"]["loss_train"]) == info["fit_stats"]["epochs_run"] <= 2
+
+
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
@@ -300,6 +324,7 @@ def test_lm_steer_file_through_build_info_and_generate(model_dir, tmp_path, caps
         ("prompt", {"instruction": "Be kind."}),
         ("vector_prompt", {"instruction": "Be kind.", "layers": [1]}),
         ("lm_steer", {"steps": 5, "rank": 4}),
+        ("bipo", {"layers": [1], "epochs": 2}),
     ],
 )
 def test_progress_bar_total_is_what_fit_reports(name, overrides):

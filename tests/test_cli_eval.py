@@ -309,6 +309,46 @@ def test_compare_puts_every_method_in_one_table(model_dir, task_file, tmp_path, 
     assert len(samples) == 3 and sorted(samples[0]["steered"]) == sorted(labels)
 
 
+def test_compare_calibrated_gives_every_vector_the_same_kl_budget_and_states_the_cost(
+    model_dir, task_file, pairs_file, tmp_path, capsys
+):
+    import steerlab
+    from steerlab.evaluation.calibrate import CalibrationConfig, calibrate
+    from steerlab.strength import with_neutral_norms
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--model", str(model_dir), "--task", str(task_file), "--methods", "caa,bipo", "--layer", "1"]
+    # a random tiny model moves a lot at any strength: a wide KL budget and fluency bound leave it strengths to pick
+    args += ["--calibrated", "--kl-budget", "20", "--fluency-bound", "0.9", "--set", "bipo.epochs=1"]
+    args += ["--limit", "3", "--max-new-tokens", "4", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    settings = report["settings"]
+    assert settings["calibration"] == {"kl_budget": 20, "fluency_bound": 0.9} and settings["strengths"] is None
+    # caa's strength is what calibrating the same vector on its own finds
+    lm = steerlab.load_model(str(model_dir))
+    data = steerlab.load_pairs(pairs_file)
+    vector = with_neutral_norms(lm, steerlab.fit(lm, data, "caa", layers=[1]))
+    record, _ = calibrate(lm, vector, CalibrationConfig(kl_budget=20, fluency_bound=0.9, layers=[1]))
+    caa = settings["methods"]["caa"]
+    assert record.up is not None and caa["params"]["strength"] == record.up
+    assert caa["setting"].startswith(f"layer 1, calibrated strength {record.up:g} ")
+    assert settings["methods"]["bipo"]["params"]["epochs"] == 1
+    for method in ("caa", "bipo"):
+        assert settings["methods"][method]["peak_rss_mib"] > 0
+    for cond in report["conditions"]:
+        low, high = cond["interval"]
+        assert low <= cond["effect"] <= high
+    header = (out / "summary.md").read_text().splitlines()
+    assert "| method | setting | behaviour | effect [95% interval] |" in "\n".join(header)
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "other"), "--strengths", "0.2"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "error: --calibrated applies each vector at its calibrated strength; drop --strengths\n"
+    )
+
+
 def test_compare_applies_an_lm_steer_with_its_overrides(model_dir, task_file, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert (
@@ -471,8 +511,8 @@ def test_library_compare_returns_the_table_the_cli_prints(model_dir, task_file, 
         lm, str(task_file), methods=["caa", "prompt"], limit=2, generation=GenerationConfig(max_new_tokens=3)
     )
     table = [line for line in result.markdown().splitlines() if line.startswith("| ")]
-    # Fit times differ from run to run; everything else in the table must not.
-    strip = lambda line: line.rsplit("|", 2)[0]  # noqa: E731
+    # Fit times and peak memory differ from run to run; everything else in the table must not.
+    strip = lambda line: line.rsplit("|", 3)[0]  # noqa: E731
     assert [strip(line) for line in table] == [strip(line) for line in printed.splitlines() if line.startswith("| ")]
     with pytest.raises(steerlab.EvaluationError, match="unknown method 'magic'; available: caa, pca"):
         steerlab.compare(lm, str(task_file), methods=["magic"])

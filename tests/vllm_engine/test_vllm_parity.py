@@ -78,6 +78,24 @@ def test_caa_equals_hf(lm, engine, vectors, rows, unsteered, layers, positions):
     assert on_vllm(engine, rows, [spec] * len(rows)) == expected
 
 
+def test_a_trained_bipo_vector_gives_the_tokens_of_a_caa_vector_of_the_same_numbers(lm, engine, rows, unsteered):
+    """A BiPO file is an ordinary vector: vLLM steers it token for token as HF does, and as a CAA file of the same numbers."""
+    from dataclasses import replace
+
+    from steerlab.data import ContrastiveDataset, demo_dataset_path, load_pairs
+    from steerlab.methods import fit
+    from steerlab.vector import SteeringVector
+
+    pairs = load_pairs(demo_dataset_path())
+    few = ContrastiveDataset(pairs.pairs[:4], pairs.name, pairs.sha256)
+    bipo = fit(lm, few, "bipo", layers=[15], epochs=1, val_fraction=0.0)
+    caa = SteeringVector(dict(bipo.directions), replace(bipo.meta, method="caa", fit_stats={}))
+    expected = hf(lm, rows, SteeringSpec(bipo, 4.0, [15]))
+    assert expected != unsteered, "the steer must change the output, or this test could not fail"
+    assert on_vllm(engine, rows, [SteeringSpec(bipo, 4.0, [15])] * len(rows)) == expected
+    assert on_vllm(engine, rows, [SteeringSpec(caa, 4.0, [15])] * len(rows)) == expected
+
+
 @pytest.mark.parametrize(("operator", "multiplier"), [("ablate", 1.0), ("clamp", 2.0), ("rotate", 40.0)])
 def test_operators_equal_hf(lm, engine, vectors, rows, unsteered, operator, multiplier):
     spec = SteeringSpec(vectors["sentiment"], multiplier, [10, 15], "all", operator=operator)

@@ -92,6 +92,14 @@ def register(sub, vsub) -> None:
         "of the layer's residual norm (default 0.2)",
     )
     p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="apply each vector at its own calibrated strength toward the task's goal (the same KL budget and "
+        "fluency bound for every method, as `steerlab vector calibrate`) instead of --strengths",
+    )
+    p.add_argument("--kl-budget", type=float, default=0.5, help="with --calibrated: nats per token of KL")
+    p.add_argument("--fluency-bound", type=float, default=0.1, help="with --calibrated: as in `vector calibrate`")
+    p.add_argument(
         "--instruction", help="instruction for prompt steering and vector-prompt (default: one toward the task's goal)"
     )
     p.add_argument(
@@ -321,6 +329,17 @@ def cmd_compare(args) -> int:
             )
         overrides.setdefault(name, []).append(rest)
     strengths = parse_numbers(args.strengths, "--strengths")
+    if args.calibrated and strengths:
+        raise CLIError("--calibrated applies each vector at its calibrated strength; drop --strengths")
+    calibration = None
+    if args.calibrated:
+        from ..errors import UsageError
+        from ..evaluation.calibrate import CalibrationConfig
+
+        try:
+            calibration = CalibrationConfig(kl_budget=args.kl_budget, fluency_bound=args.fluency_bound)
+        except UsageError as exc:
+            raise CLIError(f"--calibrated: {exc}") from None
     lm = load_cli_model(args)
     with StageBars() as bars:
         result = compare(
@@ -329,6 +348,7 @@ def cmd_compare(args) -> int:
             methods=methods,
             layer=args.layer,
             strengths=strengths,
+            calibration=calibration,
             instruction=args.instruction,
             overrides=overrides,
             split=args.split,

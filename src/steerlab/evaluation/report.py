@@ -28,6 +28,7 @@ from ..version import __version__
 from .fluency import distinct_n, repetition_rate, weighted_ngram_entropy
 from .metric_registry import get_metric
 from .perplexity import continuation_losses, corpus_perplexity
+from .stats import paired_interval
 
 if TYPE_CHECKING:
     from ..methods.prompt import PromptSteering
@@ -208,13 +209,13 @@ def score_texts(
     *,
     use_chat_template: bool | None = None,
     batch_size: int = 16,
+    scores: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Behaviour (the metric's mean and its extra summaries), fluency and diversity of one set of continuations,
-    and their perplexity under the unsteered model."""
+    and their perplexity under the unsteered model. `scores`: the texts' metric scores where already computed."""
     record = get_metric(metric)
-    if record.scores is None:
-        raise UsageError(f"metric '{metric}' is not scored from text")
-    scores = record.scores(texts)
+    if scores is None:
+        scores = item_scores(texts, metric)
     out = {
         "behaviour": _mean(scores),
         "fluency_entropy": _mean([weighted_ngram_entropy(t) for t in texts]),
@@ -226,7 +227,7 @@ def score_texts(
         "empty_share": _mean([0.0 if t.strip() else 1.0 for t in texts]),
     }
     if record.extra is not None:
-        out.update(record.extra(scores))
+        out.update(record.extra(list(scores)))
     return out
 
 
@@ -239,16 +240,26 @@ def score_run(
     use_chat_template: bool | None = None,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Scores of the original and every condition; `effect` is the behaviour change times the task's direction."""
+    """Scores of the original and every condition; `effect` is the behaviour change times the task's direction,
+    `interval` its paired bootstrap 95% interval over the prompts (stats.paired_interval)."""
+    base = item_scores(run.original, metric)
     original = score_texts(
-        lm, run.prompts, run.original, metric, use_chat_template=use_chat_template, batch_size=batch_size
+        lm, run.prompts, run.original, metric, use_chat_template=use_chat_template, batch_size=batch_size, scores=base
     )
     conditions = []
     for cond in run.conditions:
+        items = item_scores(cond.texts, metric)
         scores = score_texts(
-            lm, run.prompts, cond.texts, metric, use_chat_template=use_chat_template, batch_size=batch_size
+            lm,
+            run.prompts,
+            cond.texts,
+            metric,
+            use_chat_template=use_chat_template,
+            batch_size=batch_size,
+            scores=items,
         )
         delta = scores["behaviour"] - original["behaviour"]
+        interval = paired_interval(items, base).signed(direction)
         conditions.append(
             {
                 "label": cond.label,
@@ -256,9 +267,18 @@ def score_run(
                 "scores": scores,
                 "delta": delta,
                 "effect": delta * direction,
+                "interval": [interval.low, interval.high],
             }
         )
     return {"original": original, "conditions": conditions}
+
+
+def item_scores(texts: Sequence[str], metric: str) -> list[float]:
+    """The metric's score of each text (a metric not scored from text is refused)."""
+    record = get_metric(metric)
+    if record.scores is None:
+        raise UsageError(f"metric '{metric}' is not scored from text")
+    return list(record.scores(texts))
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..models import LoadedModel
 from ..steering import DEFAULT_STRENGTH, SpecSteering, SteeringSpec, default_steering
 from ..strength import with_neutral_norms
 from ..vector import SteeringVector
+from .calibrate import CalibrationConfig
 from .compare import Fitted, compare_markdown, fit_methods
 from .metric_registry import get_metric
 from .progress import Progress, stage_ticker
@@ -192,6 +193,7 @@ def compare(
     methods: Sequence[str] | None = None,
     layer: int | None = None,
     strengths: Sequence[float] | None = None,
+    calibration: CalibrationConfig | None = None,
     instruction: str | None = None,
     overrides: dict[str, list[str]] | None = None,
     split: str = "test",
@@ -206,7 +208,11 @@ def compare(
     """Compare methods on one task and budget: same train pairs, prompts, tokens and strength, one table.
 
     `overrides` maps a method to its "key=value" config overrides (e.g. {"lm_steer": ["steps=200"]}).
+    `calibration`: each vector at its own calibrated strength toward the task's goal (the same KL budget and
+    fluency bound for all, evaluation.calibrate; measured at the compared layer) instead of `strengths`.
     """
+    if calibration is not None and strengths:
+        raise EvaluationError("give strengths or a calibration (each vector at its calibrated strength), not both")
     task = generation_task(task, data_dir)
     generation = _checked_generation(generation, limit, train_limit)
     methods = list(methods) if methods else list(METHODS)
@@ -224,6 +230,7 @@ def compare(
     data = task.train_data(data_dir, train_limit)
     layer = lm.default_layer() if layer is None else layer
     chat = bool(task.chat and lm.use_chat_template)
+    calibration = replace(calibration, layers=[layer]) if calibration is not None else None
     fitted = fit_methods(
         lm,
         methods,
@@ -235,6 +242,8 @@ def compare(
         strengths=strengths,
         use_chat_template=chat,
         overrides=overrides,
+        calibration=calibration,
+        direction=task.direction,
         report=report,
         progress=progress,
     )
@@ -255,10 +264,19 @@ def compare(
         "model": _model_settings(lm),
         "train": data.describe(),
         "layer": layer,
-        "strengths": strengths,
+        "strengths": None if calibration else strengths,
+        "calibration": (
+            {"kl_budget": calibration.kl_budget, "fluency_bound": calibration.fluency_bound} if calibration else None
+        ),
         "instruction": instruction,
         "methods": {
-            f.label: {"setting": f.setting, "fit_seconds": round(f.seconds, 2), "params": f.params} for f in fitted
+            f.label: {
+                "setting": f.setting,
+                "fit_seconds": round(f.seconds, 2),
+                "peak_rss_mib": f.peak_mib,
+                "params": f.params,
+            }
+            for f in fitted
         },
         "generation": asdict(generation),
         "batch_size": batch_size,

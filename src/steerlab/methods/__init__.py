@@ -15,7 +15,7 @@ from ..config import build_config
 from ..data import ContrastiveDataset, load_pairs
 from ..errors import UsageError
 from ..models import LoadedModel
-from . import caa, lm_steer, pca, prompt, vector_prompt
+from . import bipo, caa, lm_steer, pca, prompt, vector_prompt
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ METHODS: dict[str, Method] = {
         "an instruction distilled into a vector: its mean shift of the residual stream",
         "example",
         lambda pairs, config: 2 * pairs,
+    ),
+    "bipo": Method(
+        "bipo",
+        bipo.BiPOConfig,
+        bipo.fit,
+        "a vector trained by a bidirectional preference objective (BiPO): +v prefers the positive answer, -v the negative",
+        "pair",
+        lambda pairs, config: config.epochs * (pairs - bipo.held_out_count(pairs, config.val_fraction)),
     ),
     "lm_steer": Method(
         "lm_steer",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ...batching import pad
 from ...data import ContrastiveDataset, DatasetError, format_prompt
 from ...errors import SteerlabError
 from ...models import LoadedModel
+from ..training import frozen, head_inputs, head_logits
 from .artifact import steered_hidden
 from .config import LMSteerConfig
 
@@ -141,30 +141,13 @@ def encode_examples(
     return examples
 
 
-class _StopForward(Exception):
-    """Raised by the hook on the LM head: training needs the head's input, not the model's logits."""
-
-
 @torch.no_grad()
 def final_hidden_states(lm: LoadedModel, examples: Sequence[Example]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per example: the frozen model's final hidden states at the positions that predict trained tokens
     ([n, hidden], the LM head's input) and those tokens ([n])."""
     # right padding: positions of real tokens start at 0
     input_ids, mask = pad([e.ids for e in examples], lm.tokenizer.pad_token_id, left=False)
-    captured: list[torch.Tensor] = []
-
-    def grab(module: torch.nn.Module, args: tuple) -> None:
-        captured.append(args[0])
-        raise _StopForward
-
-    handle = lm.model.get_output_embeddings().register_forward_pre_hook(grab)
-    try:
-        lm.model(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    hidden = captured[0]
+    hidden = head_inputs(lm, input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
     return [
         (hidden[i, e.start - 1 : len(e.ids) - 1].clone(), torch.tensor(e.ids[e.start :], device=hidden.device))
         for i, e in enumerate(examples)
@@ -189,34 +172,16 @@ def chunked_loss(
     share of the mean is backpropagated at once, so gradients accumulate into P1/P2 exactly as for the
     full loss while only one chunk's logits are alive.
     """
-    head = lm.model.get_output_embeddings()
-    config = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
-    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma caps logits after the head
     n, total = targets.numel(), 0.0
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
         steered = steered_hidden(hidden[start:end, None], projector1, projector2, values[start:end], epsilon)[:, 0]
-        logits = head(steered).float()
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
+        logits = head_logits(lm, steered)
         loss = F.cross_entropy(logits, targets[start:end], reduction="sum") / n
         if backward:
             loss.backward()
         total += float(loss.detach())
     return total
-
-
-@contextmanager
-def frozen(model: torch.nn.Module) -> Iterator[None]:
-    """Turn off gradients for every base parameter for the duration, then restore each one's flag."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[list[int]]:
